@@ -1,0 +1,322 @@
+package tables
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Manager reconciles wanpin's rules and routes in one network namespace.
+type Manager struct {
+	h *netlink.Handle
+}
+
+// New connects to the network namespace ns (netns.None() for the current one).
+func New(ns netns.NsHandle) (*Manager, error) {
+	var h *netlink.Handle
+	var err error
+	if ns == netns.None() {
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+	} else {
+		h, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening rtnetlink: %w", err)
+	}
+	return &Manager{h: h}, nil
+}
+
+// Close releases the netlink socket.
+func (m *Manager) Close() { m.h.Close() }
+
+// Result counts what an Apply changed.
+type Result struct {
+	RulesAdded, RulesDeleted   int
+	RoutesAdded, RoutesDeleted int
+}
+
+// Changed reports whether anything was changed.
+func (r Result) Changed() bool {
+	return r.RulesAdded+r.RulesDeleted+r.RoutesAdded+r.RoutesDeleted > 0
+}
+
+// Apply makes the kernel's wanpin-owned rules and routes equal to d. It
+// adds and replaces before it deletes, so at no moment does traffic find
+// fewer rules than either the old or the new state has. Objects that are
+// not wanpin's (another protocol tag, or outside scope) are never touched.
+// Applying the same d twice changes nothing the second time.
+func (m *Manager) Apply(d Desired) (Result, error) {
+	var res Result
+	haveRoutes, err := m.ownedRoutes()
+	if err != nil {
+		return res, err
+	}
+	wantRoutes := map[string]Route{}
+	for _, r := range d.Routes {
+		wantRoutes[r.Key()] = r
+	}
+	haveRules, err := m.ownedRules()
+	if err != nil {
+		return res, err
+	}
+	wantRules := map[string]Rule{}
+	for _, r := range d.Rules {
+		wantRules[r.Key()] = r
+	}
+
+	// Routes first: a rule pointing at a table must find its routes there.
+	for _, r := range d.Routes {
+		if cur, ok := haveRoutes[r.Key()]; ok && sameRoute(cur.spec, r) {
+			continue
+		}
+		nr, err := m.toNetlinkRoute(r)
+		if err != nil {
+			return res, err
+		}
+		if err := m.h.RouteReplace(nr); err != nil {
+			return res, fmt.Errorf("installing route %q in table %d: %w", RenderRoute(r), r.Table, err)
+		}
+		res.RoutesAdded++
+	}
+	for _, r := range d.Rules {
+		if _, ok := haveRules[r.Key()]; ok {
+			continue
+		}
+		if err := m.h.RuleAdd(toNetlinkRule(r)); err != nil && !errors.Is(err, unix.EEXIST) {
+			return res, fmt.Errorf("adding rule %q: %w", RenderRule(r), err)
+		}
+		res.RulesAdded++
+	}
+	for k, r := range haveRules {
+		if _, ok := wantRules[k]; ok {
+			continue
+		}
+		if err := m.h.RuleDel(r.nl); err != nil && !errors.Is(err, unix.ENOENT) {
+			return res, fmt.Errorf("deleting stale rule %q: %w", RenderRule(r.spec), err)
+		}
+		res.RulesDeleted++
+	}
+	for k, r := range haveRoutes {
+		if _, ok := wantRoutes[k]; ok {
+			continue
+		}
+		if err := m.h.RouteDel(r.nl); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+			return res, fmt.Errorf("deleting stale route %q: %w", RenderRoute(r.spec), err)
+		}
+		res.RoutesDeleted++
+	}
+	return res, nil
+}
+
+// Remove deletes every rule and route wanpin owns.
+func (m *Manager) Remove() (Result, error) {
+	var res Result
+	rules, err := m.ownedRules()
+	if err != nil {
+		return res, err
+	}
+	for _, r := range rules {
+		if err := m.h.RuleDel(r.nl); err != nil && !errors.Is(err, unix.ENOENT) {
+			return res, fmt.Errorf("deleting rule %q: %w", RenderRule(r.spec), err)
+		}
+		res.RulesDeleted++
+	}
+	routes, err := m.ownedRoutes()
+	if err != nil {
+		return res, err
+	}
+	for _, r := range routes {
+		if err := m.h.RouteDel(r.nl); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+			return res, fmt.Errorf("deleting route %q: %w", RenderRoute(r.spec), err)
+		}
+		res.RoutesDeleted++
+	}
+	return res, nil
+}
+
+// Current returns the wanpin-owned rules and routes the kernel holds now.
+func (m *Manager) Current() (Desired, error) {
+	var d Desired
+	rules, err := m.ownedRules()
+	if err != nil {
+		return d, err
+	}
+	for _, r := range rules {
+		d.Rules = append(d.Rules, r.spec)
+	}
+	routes, err := m.ownedRoutes()
+	if err != nil {
+		return d, err
+	}
+	for _, r := range routes {
+		d.Routes = append(d.Routes, r.spec)
+	}
+	return d, nil
+}
+
+type ownedRule struct {
+	spec Rule
+	nl   *netlink.Rule
+}
+
+type ownedRoute struct {
+	spec Route
+	nl   *netlink.Route
+}
+
+// ownedRules lists rules tagged with Protocol. RuleListFiltered cannot
+// filter on protocol, so the filtering is done here.
+func (m *Manager) ownedRules() (map[string]ownedRule, error) {
+	out := map[string]ownedRule{}
+	for _, fam := range Families {
+		list, err := m.h.RuleList(int(fam))
+		if err != nil {
+			return nil, fmt.Errorf("listing %v rules: %w", fam, err)
+		}
+		for i := range list {
+			nr := &list[i]
+			if nr.Protocol != Protocol {
+				continue
+			}
+			spec := fromNetlinkRule(fam, nr)
+			out[spec.Key()] = ownedRule{spec: spec, nl: nr}
+		}
+	}
+	return out, nil
+}
+
+func (m *Manager) ownedRoutes() (map[string]ownedRoute, error) {
+	out := map[string]ownedRoute{}
+	for _, fam := range Families {
+		list, err := m.h.RouteListFiltered(int(fam), &netlink.Route{Table: unix.RT_TABLE_UNSPEC, Protocol: Protocol},
+			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+		if err != nil {
+			return nil, fmt.Errorf("listing %v routes: %w", fam, err)
+		}
+		for i := range list {
+			nr := &list[i]
+			spec, err := m.fromNetlinkRoute(fam, nr)
+			if err != nil {
+				return nil, err
+			}
+			out[spec.Key()] = ownedRoute{spec: spec, nl: nr}
+		}
+	}
+	return out, nil
+}
+
+func toNetlinkRule(r Rule) *netlink.Rule {
+	nr := netlink.NewRule()
+	nr.Family = int(r.Family)
+	nr.Priority = r.Priority
+	nr.Table = r.Table
+	nr.Protocol = Protocol
+	if r.Suppress {
+		nr.SuppressPrefixlen = 0
+	}
+	if r.Mark != 0 {
+		nr.Mark = r.Mark
+		mask := r.Mask
+		nr.Mask = &mask
+	}
+	if r.Src.IsValid() {
+		nr.Src = prefixToIPNet(r.Src)
+	}
+	return nr
+}
+
+func fromNetlinkRule(fam Family, nr *netlink.Rule) Rule {
+	r := Rule{Family: fam, Priority: nr.Priority, Table: nr.Table, Suppress: nr.SuppressPrefixlen == 0, Mark: nr.Mark}
+	if nr.Mask != nil {
+		r.Mask = *nr.Mask
+	}
+	if nr.Src != nil {
+		if p, ok := ipNetToPrefix(nr.Src); ok {
+			r.Src = p
+		}
+	}
+	return r
+}
+
+func (m *Manager) toNetlinkRoute(r Route) (*netlink.Route, error) {
+	nr := &netlink.Route{
+		Family:   int(r.Family),
+		Table:    r.Table,
+		Dst:      prefixToIPNet(r.dst()),
+		Protocol: Protocol,
+		Priority: r.Metric,
+	}
+	switch r.Type {
+	case Unreachable:
+		nr.Type = unix.RTN_UNREACHABLE
+	default:
+		link, err := m.h.LinkByName(r.Interface)
+		if err != nil {
+			return nil, fmt.Errorf("route in table %d: interface %s: %w", r.Table, r.Interface, err)
+		}
+		nr.LinkIndex = link.Attrs().Index
+		nr.Type = unix.RTN_UNICAST
+		if r.Gateway.IsValid() {
+			nr.Gw = net.IP(r.Gateway.AsSlice())
+			if r.OnLink {
+				nr.Flags = int(netlink.FLAG_ONLINK)
+			}
+		} else {
+			nr.Scope = netlink.SCOPE_LINK
+		}
+	}
+	return nr, nil
+}
+
+func (m *Manager) fromNetlinkRoute(fam Family, nr *netlink.Route) (Route, error) {
+	r := Route{Family: fam, Table: nr.Table, Metric: nr.Priority}
+	if nr.Dst != nil {
+		if p, ok := ipNetToPrefix(nr.Dst); ok && p.Bits() != 0 {
+			r.Dst = p
+		}
+	}
+	if nr.Type == unix.RTN_UNREACHABLE {
+		r.Type = Unreachable
+		return r, nil
+	}
+	if nr.Gw != nil {
+		if a, ok := netip.AddrFromSlice(nr.Gw); ok {
+			r.Gateway = a.Unmap()
+		}
+	}
+	r.OnLink = nr.Flags&int(netlink.FLAG_ONLINK) != 0
+	if nr.LinkIndex != 0 {
+		if link, err := m.h.LinkByIndex(nr.LinkIndex); err == nil {
+			r.Interface = link.Attrs().Name
+		}
+	}
+	return r, nil
+}
+
+// sameRoute reports whether the installed route already is what we want.
+func sameRoute(have, want Route) bool {
+	if want.Dst.IsValid() && want.Dst.Bits() == 0 {
+		want.Dst = netip.Prefix{}
+	}
+	return have == want
+}
+
+func prefixToIPNet(p netip.Prefix) *net.IPNet {
+	p = p.Masked()
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	a = a.Unmap()
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a, ones), true
+}

@@ -1,0 +1,174 @@
+package tables
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/wanpin/wanpin/internal/nstest"
+)
+
+func sample() Desired {
+	return Desired{
+		Rules: []Rule{
+			{Family: V4, Priority: 10000, Table: 254, Suppress: true},
+			{Family: V6, Priority: 10000, Table: 254, Suppress: true},
+			{Family: V4, Priority: 10101, Table: 200, Mark: 0x10000, Mask: 0xff0000},
+			{Family: V6, Priority: 10101, Table: 200, Mark: 0x10000, Mask: 0xff0000},
+			{Family: V4, Priority: 10102, Table: 201, Mark: 0x20000, Mask: 0xff0000},
+			{Family: V4, Priority: 10401, Table: 200, Src: netip.MustParsePrefix("198.51.100.2/32")},
+		},
+		Routes: []Route{
+			{Family: V4, Table: 200, Gateway: netip.MustParseAddr("198.51.100.1"), Interface: "wan1"},
+			{Family: V4, Table: 200, Type: Unreachable, Metric: UnreachableMetric},
+			{Family: V6, Table: 200, Type: Unreachable, Metric: UnreachableMetric},
+			{Family: V4, Table: 201, Interface: "wan2"},
+			{Family: V4, Table: 201, Type: Unreachable, Metric: UnreachableMetric},
+		},
+	}
+}
+
+func setup(t *testing.T) (*nstest.NS, *Manager) {
+	ns := nstest.New(t, "wpt")
+	ns.Run(t, "ip", "link", "add", "wan1", "type", "veth", "peer", "isp1")
+	ns.Run(t, "ip", "link", "add", "wan2", "type", "veth", "peer", "isp2")
+	for _, l := range []string{"wan1", "wan2", "isp1", "isp2"} {
+		ns.Run(t, "ip", "link", "set", l, "up")
+	}
+	ns.Run(t, "ip", "addr", "add", "198.51.100.2/29", "dev", "wan1")
+	ns.Run(t, "ip", "addr", "add", "198.51.100.10/32", "peer", "198.51.100.9", "dev", "wan2")
+	m, err := New(ns.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	return ns, m
+}
+
+// kernelText reads back what ip prints for our objects, in Render's layout.
+func kernelText(t *testing.T, ns *nstest.NS, d Desired) string {
+	var b strings.Builder
+	for _, fam := range Families {
+		fs := fam.String()
+		var rules []string
+		for _, l := range strings.Split(ns.Run(t, "ip", fs, "rule"), "\n") {
+			if strings.Contains(l, "proto 119") {
+				rules = append(rules, strings.TrimSpace(l))
+			}
+		}
+		if len(rules) > 0 {
+			b.WriteString("# ip " + fs + " rule\n" + strings.Join(rules, "\n") + "\n")
+		}
+		seen := map[int]bool{}
+		for _, r := range d.Routes {
+			if r.Family != fam || seen[r.Table] {
+				continue
+			}
+			seen[r.Table] = true
+		}
+		for _, id := range sortedKeys(seen) {
+			out := ns.Run(t, "ip", fs, "route", "show", "table", itoa(id))
+			b.WriteString("# ip " + fs + " route show table " + itoa(id) + "\n")
+			for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+				b.WriteString(strings.TrimSpace(l) + "\n")
+			}
+		}
+	}
+	return b.String()
+}
+
+func TestApplyMatchesRender(t *testing.T) {
+	ns, m := setup(t)
+	d := sample()
+	res, err := m.Apply(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.RulesAdded != len(d.Rules) || res.RoutesAdded != len(d.Routes) {
+		t.Errorf("first apply: %+v", res)
+	}
+	want := normalise(Render(d))
+	got := normalise(kernelText(t, ns, d))
+	if got != want {
+		t.Errorf("kernel differs from Render:\n--- kernel\n%s\n--- render\n%s", got, want)
+	}
+	res, err = m.Apply(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Changed() {
+		t.Errorf("second apply changed something: %+v", res)
+	}
+	cur, err := m.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cur.Rules) != len(d.Rules) || len(cur.Routes) != len(d.Routes) {
+		t.Errorf("kernel holds %d rules, %d routes; want %d, %d", len(cur.Rules), len(cur.Routes), len(d.Rules), len(d.Routes))
+	}
+}
+
+func TestForeignObjectsSurvive(t *testing.T) {
+	ns, m := setup(t)
+	// Canaries: a rule inside wanpin's priority block but with another
+	// protocol, a rule with the same table, and a route in "our" table.
+	ns.Run(t, "ip", "rule", "add", "priority", "10050", "fwmark", "0x1", "lookup", "300")
+	ns.Run(t, "ip", "rule", "add", "priority", "10101", "from", "192.0.2.7", "lookup", "200")
+	ns.Run(t, "ip", "route", "add", "203.0.113.0/24", "dev", "wan1", "table", "200")
+	if _, err := m.Apply(sample()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Apply(Desired{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	rules := ns.Run(t, "ip", "rule")
+	for _, want := range []string{"10050:\tfrom all fwmark 0x1 lookup 300", "10101:\tfrom 192.0.2.7 lookup 200"} {
+		if !strings.Contains(rules, want) {
+			t.Errorf("canary rule %q gone:\n%s", want, rules)
+		}
+	}
+	if strings.Contains(rules, "proto 119") {
+		t.Errorf("wanpin rules left after Remove:\n%s", rules)
+	}
+	if out := ns.Run(t, "ip", "route", "show", "table", "200"); !strings.Contains(out, "203.0.113.0/24 dev wan1") {
+		t.Errorf("canary route gone: %q", out)
+	}
+	if out := ns.Run(t, "ip", "route", "show", "table", "all", "proto", "119"); strings.TrimSpace(out) != "" {
+		t.Errorf("wanpin routes left after Remove:\n%s", out)
+	}
+}
+
+func TestApplyConverges(t *testing.T) {
+	_, m := setup(t)
+	a := sample()
+	b := sample()
+	// b: uplink 2 gone, uplink 1's gateway changed, a new address rule.
+	b.Rules = append(b.Rules[:4], Rule{Family: V4, Priority: 10401, Table: 200, Src: netip.MustParsePrefix("198.51.100.3/32")})
+	b.Routes = []Route{
+		{Family: V4, Table: 200, Gateway: netip.MustParseAddr("198.51.100.4"), Interface: "wan1"},
+		{Family: V4, Table: 200, Type: Unreachable, Metric: UnreachableMetric},
+	}
+	for i, d := range []Desired{a, b, a, b, {}, a} {
+		if _, err := m.Apply(d); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		cur, err := m.Current()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := keys(cur), keys(d); got != want {
+			t.Fatalf("step %d: kernel\n%s\nwant\n%s", i, got, want)
+		}
+	}
+}
+
+func TestMissingInterfaceIsAnError(t *testing.T) {
+	_, m := setup(t)
+	_, err := m.Apply(Desired{Routes: []Route{{Family: V4, Table: 200, Interface: "ppp0"}}})
+	if err == nil || !strings.Contains(err.Error(), "ppp0") {
+		t.Fatalf("want an error naming ppp0, got %v", err)
+	}
+}
