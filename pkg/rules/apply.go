@@ -1,0 +1,339 @@
+package rules
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultTable is the table Remove and Present act on before any Apply.
+const DefaultTable = "wanpin"
+
+// Manager owns wanpin's nftables table through one lasting netlink
+// connection. Its methods are safe for concurrent use.
+type Manager struct {
+	mu     sync.Mutex
+	conn   *nftables.Conn
+	table  string
+	flags  nftables.TableFlags
+	closed bool
+
+	// beforeFlush, when set (tests only), may queue more messages into the
+	// batch right before it is sent.
+	beforeFlush func(*nftables.Conn)
+}
+
+type options struct {
+	netnsFD  int
+	hasNetNS bool
+	noOwner  bool
+	table    string
+}
+
+// Option configures New.
+type Option func(*options)
+
+// WithNetNS makes the Manager work inside the network namespace open as fd
+// (e.g. /run/netns/NAME). The caller keeps the fd open for the Manager's
+// lifetime.
+func WithNetNS(fd int) Option {
+	return func(o *options) { o.netnsFD, o.hasNetNS = fd, true }
+}
+
+// WithoutOwner creates the table without the owner flag, as on kernels
+// without persist: the table then outlives the process and anyone may
+// change it. For tests and old kernels.
+func WithoutOwner() Option { return func(o *options) { o.noOwner = true } }
+
+// WithTable names the table Remove and Present act on before the first
+// Apply (default "wanpin"). Apply always uses Spec.Table.
+func WithTable(name string) Option { return func(o *options) { o.table = name } }
+
+// New opens the lasting netlink connection. The owner flag binds the
+// table's ownership to this very socket (its netlink port id): a transient
+// connection per call would lose the table right after each Flush.
+func New(opts ...Option) (*Manager, error) {
+	o := options{table: DefaultTable}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	copts := []nftables.ConnOption{nftables.AsLasting()}
+	if o.hasNetNS {
+		copts = append(copts, nftables.WithNetNSFd(o.netnsFD))
+	}
+	conn, err := nftables.New(copts...)
+	if err != nil {
+		return nil, fmt.Errorf("opening nftables netlink connection: %w", err)
+	}
+	m := &Manager{conn: conn, table: o.table}
+	if !o.noOwner {
+		rel, err := kernelRelease()
+		if err != nil {
+			_ = conn.CloseLasting()
+			return nil, err
+		}
+		if ownerPersistSupported(rel) {
+			m.flags = nftables.TableFlagOwner | nftables.TableFlagPersist
+		}
+	}
+	return m, nil
+}
+
+// Owner reports whether the Manager creates its table with the owner and
+// persist flags.
+func (m *Manager) Owner() bool { return m.flags&nftables.TableFlagOwner != 0 }
+
+func (m *Manager) check() error {
+	if m.closed {
+		return errors.New("rules: manager closed")
+	}
+	return nil
+}
+
+// Apply replaces the whole table with s in one transaction: the old table
+// is deleted and the new one created in the same batch, so packets see
+// either the old table or the new one, and a batch the kernel refuses
+// changes nothing. Applying the same Spec again leaves exactly one, equal
+// table. Later Remove and Present calls act on s.Table; a table of another
+// name applied earlier is left alone.
+func (m *Manager) Apply(s Spec) error {
+	if err := s.Validate(); err != nil {
+		return fmt.Errorf("invalid rules spec: %w", err)
+	}
+	t := build(s)
+	if err := t.check(); err != nil {
+		return fmt.Errorf("compiling rules spec: %w", err)
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.check(); err != nil {
+		return err
+	}
+	c := m.conn
+	nt := &nftables.Table{Name: t.name, Family: nftables.TableFamilyINet, Flags: m.flags}
+	old, err := m.lookup(t.name)
+	if err != nil {
+		return err
+	}
+
+	// AddTable first so that DelTable never fails on a missing table: the
+	// kernel has no "delete if present" before 6.3 (DESTROY), and Debian
+	// 12's 6.1 must work too. Its flags must be the flags the table has
+	// now, because on 6.18 an update that changes owner or persist on an
+	// existing table fails with EOPNOTSUPP (plain -> owner, or unsetting
+	// persist). On an orphan (owner socket gone: the kernel clears the
+	// owner bit and keeps persist) an update with the same flags is a
+	// no-op and anyone may then delete it; the final AddTable creates the
+	// table anew, owned by this socket, which is how a restarted daemon
+	// re-claims its table. A table owned by another live socket makes the
+	// batch fail with EPERM: another wanpin is running.
+	claim := *nt
+	if old != nil {
+		claim.Flags = old.Flags
+	}
+	c.AddTable(&claim)
+	c.DelTable(nt)
+	c.AddTable(nt)
+	if err := m.queue(t, nt); err != nil {
+		// queue fails only where the library recorded the error in the
+		// connection: Flush then discards the batch without sending it.
+		_ = c.Flush()
+		return fmt.Errorf("building table %s: %w", t.name, err)
+	}
+	if m.beforeFlush != nil {
+		m.beforeFlush(c)
+	}
+	if err := c.Flush(); err != nil {
+		if old != nil && old.Flags&nftables.TableFlagOwner != 0 && errors.Is(err, unix.EPERM) {
+			err = fmt.Errorf("table is owned by another process (netlink port %d): %w", old.Owner, err)
+		}
+		return fmt.Errorf("replacing nftables table inet %s (%d sets, %d chains): %w",
+			t.name, len(t.sets), len(t.chains), err)
+	}
+	m.table = t.name
+	return nil
+}
+
+// check verifies the lookups of every rule against the sets, so that
+// queue cannot fail half way through on its own account.
+func (t *table) check() error {
+	named := map[string]bool{}
+	for _, s := range t.sets {
+		if named[s.name] {
+			return fmt.Errorf("set %s defined twice", s.name)
+		}
+		named[s.name] = true
+	}
+	for _, ch := range t.chains {
+		for i, r := range ch.rules {
+			anon := 0
+			for _, e := range r.exprs {
+				l, ok := e.(*expr.Lookup)
+				switch {
+				case !ok:
+				case l.SetName == "":
+					anon++
+				case !named[l.SetName]:
+					return fmt.Errorf("chain %s rule %d: unknown set %s", ch.name, i, l.SetName)
+				}
+			}
+			if anon != len(r.anon) {
+				return fmt.Errorf("chain %s rule %d: %d anonymous lookups for %d sets", ch.name, i, anon, len(r.anon))
+			}
+		}
+	}
+	return nil
+}
+
+// queue adds chains, then sets and maps (their elements name chains as
+// goto targets), then rules (they look sets up), all into the pending
+// batch.
+func (m *Manager) queue(t *table, nt *nftables.Table) error {
+	c := m.conn
+	chains := map[string]*nftables.Chain{}
+	for _, ch := range t.chains {
+		nc := &nftables.Chain{Name: ch.name, Table: nt}
+		if h := ch.hook; h != nil {
+			accept := nftables.ChainPolicyAccept
+			nc.Type, nc.Hooknum, nc.Priority, nc.Policy = h.typ, h.hook, h.prio, &accept
+		}
+		chains[ch.name] = c.AddChain(nc)
+	}
+	sets := map[string]*nftables.Set{}
+	for _, s := range t.sets {
+		ns := s.nftSet(nt)
+		if err := c.AddSet(ns, s.nftElements()); err != nil {
+			return fmt.Errorf("adding set %s: %w", s.name, err)
+		}
+		sets[s.name] = ns
+	}
+	for _, ch := range t.chains {
+		for i, r := range ch.rules {
+			anon := r.anon
+			exprs := slices.Clone(r.exprs)
+			for j, e := range exprs {
+				l0, ok := e.(*expr.Lookup)
+				if !ok {
+					continue
+				}
+				// Fragments (and so their expressions) are shared between
+				// the rules of one policy: fill in a copy.
+				l := new(expr.Lookup)
+				*l = *l0
+				exprs[j] = l
+				if l.SetName == "" {
+					// An anonymous set lives in the batch only: the
+					// library names it __set%d and the rule finds it by
+					// the transaction id.
+					a := anon[0]
+					anon = anon[1:]
+					ns := a.nftSet(nt)
+					if err := c.AddSet(ns, a.nftElements()); err != nil {
+						return fmt.Errorf("adding anonymous set for chain %s rule %d: %w", ch.name, i, err)
+					}
+					l.SetName, l.SetID = ns.Name, ns.ID
+					continue
+				}
+				l.SetID = sets[l.SetName].ID
+			}
+			c.AddRule(&nftables.Rule{Table: nt, Chain: chains[ch.name], Exprs: exprs})
+		}
+	}
+	return nil
+}
+
+func (s *set) nftSet(nt *nftables.Table) *nftables.Set {
+	ns := &nftables.Set{
+		Table:     nt,
+		Name:      s.name,
+		Anonymous: s.anonymous,
+		Constant:  s.anonymous,
+		Interval:  s.interval,
+		IsMap:     s.isMap,
+		KeyType:   s.key,
+	}
+	if s.isMap {
+		ns.DataType = nftables.TypeVerdict
+	}
+	if s.native {
+		ns.KeyByteOrder = binaryutil.NativeEndian
+	} else {
+		ns.KeyByteOrder = binaryutil.BigEndian
+	}
+	return ns
+}
+
+func (s *set) nftElements() []nftables.SetElement {
+	out := make([]nftables.SetElement, 0, len(s.elems))
+	for _, e := range s.elems {
+		out = append(out, nftables.SetElement{Key: e.key, VerdictData: e.verdict})
+		if e.interv && e.end != nil {
+			out = append(out, nftables.SetElement{Key: e.end, IntervalEnd: true})
+		}
+	}
+	return out
+}
+
+// Remove deletes the table; a table that is not there is no error.
+func (m *Manager) Remove() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.check(); err != nil {
+		return err
+	}
+	old, err := m.lookup(m.table)
+	if err != nil || old == nil {
+		return err
+	}
+	m.conn.DelTable(old)
+	if err := m.conn.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("removing nftables table inet %s: %w", m.table, err)
+	}
+	return nil
+}
+
+// lookup returns the table as the kernel has it, or nil if absent.
+func (m *Manager) lookup(name string) (*nftables.Table, error) {
+	t, err := m.conn.ListTableOfFamily(name, nftables.TableFamilyINet)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("looking up nftables table inet %s: %w", name, err)
+	}
+	return t, nil
+}
+
+// Present reports whether the table is in the kernel.
+func (m *Manager) Present() (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.check(); err != nil {
+		return false, err
+	}
+	t, err := m.lookup(m.table)
+	return t != nil, err
+}
+
+// Close closes the netlink connection. With the owner flag the kernel then
+// orphans the table (persist keeps it, and traffic keeps flowing); the
+// next Manager's Apply claims it again.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil
+	}
+	m.closed = true
+	if err := m.conn.CloseLasting(); err != nil {
+		return fmt.Errorf("closing nftables netlink connection: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,287 @@
+package rules
+
+import (
+	"fmt"
+
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// frag is one piece of a rule: the text nft lists for it and the
+// expressions that make nft list exactly that text. Each helper below
+// emits the same expression sequence nft 1.0.6 generates for the text, so
+// `nft list` decodes it back to the same words.
+type frag struct {
+	text  string
+	exprs []expr.Any
+	anon  *set // anonymous set the fragment's lookup refers to
+}
+
+const reg = 1 // NFT_REG_1: every expression here works in one register
+
+func native32(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
+
+func hexMark(v uint32) string { return fmt.Sprintf("0x%08x", v) }
+
+func ifnameKey(n string) []byte {
+	b := make([]byte, ifNameSize)
+	copy(b, n)
+	return b
+}
+
+func lookup(name string) *expr.Lookup {
+	return &expr.Lookup{SourceRegister: reg, SetName: name}
+}
+
+func vmapLookup(name string) *expr.Lookup {
+	// DestRegister 0 is the verdict register: IsDestRegSet makes the
+	// library send it, which turns the lookup into a verdict map.
+	return &expr.Lookup{SourceRegister: reg, DestRegister: 0, IsDestRegSet: true, SetName: name}
+}
+
+func cmpReg(op expr.CmpOp, data []byte) *expr.Cmp {
+	return &expr.Cmp{Op: op, Register: reg, Data: data}
+}
+
+func verdict(kind expr.VerdictKind, chain string) frag {
+	v := &expr.Verdict{Kind: kind, Chain: chain}
+	return frag{text: verdictText(v), exprs: []expr.Any{v}}
+}
+
+func verdictText(v *expr.Verdict) string {
+	switch v.Kind {
+	case expr.VerdictGoto:
+		return "goto " + v.Chain
+	case expr.VerdictJump:
+		return "jump " + v.Chain
+	case expr.VerdictDrop:
+		return "drop"
+	case expr.VerdictAccept:
+		return "accept"
+	case expr.VerdictReturn:
+		return "return"
+	}
+	return fmt.Sprintf("verdict %d", v.Kind)
+}
+
+// maskedMark loads meta mark or ct mark and ANDs it with mask. A full mask
+// needs no bitwise expression (and nft would print none).
+func maskedMark(src string, load expr.Any, mask uint32) frag {
+	f := frag{text: src, exprs: []expr.Any{load}}
+	if mask != ^uint32(0) {
+		f.text += " & " + hexMark(mask)
+		f.exprs = append(f.exprs, &expr.Bitwise{
+			SourceRegister: reg, DestRegister: reg, Len: 4,
+			Mask: native32(mask), Xor: native32(0),
+		})
+	}
+	return f
+}
+
+func metaMarkLoad() expr.Any { return &expr.Meta{Key: expr.MetaKeyMARK, Register: reg} }
+func ctMarkLoad() expr.Any   { return &expr.Ct{Key: expr.CtKeyMARK, Register: reg} }
+
+// setMark is `<what> mark set <what> mark & ~M | X`: one bitwise
+// expression (mask ~M, xor X) so bits outside M survive. With a full mask
+// the old value does not matter and an immediate is enough.
+func setMark(ct bool, mask, mark uint32) frag {
+	what, load := "meta mark", metaMarkLoad()
+	var store expr.Any = &expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg}
+	if ct {
+		what, load = "ct mark", ctMarkLoad()
+		store = &expr.Ct{Key: expr.CtKeyMARK, SourceRegister: true, Register: reg}
+	}
+	if mask == ^uint32(0) {
+		return frag{
+			text:  fmt.Sprintf("%s set %s", what, hexMark(mark)),
+			exprs: []expr.Any{&expr.Immediate{Register: reg, Data: native32(mark)}, store},
+		}
+	}
+	return frag{
+		text: fmt.Sprintf("%s set %s%s", what, what, bitwiseText(^mask, mark)),
+		exprs: []expr.Any{load,
+			&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4, Mask: native32(^mask), Xor: native32(mark)},
+			store},
+	}
+}
+
+// bitwiseText prints a kernel bitwise (r & mask) ^ xor the way nft 1.0.6
+// decodes it: xor bits outside the mask are shown as OR and folded into
+// the AND operand (so mask 0xffff00ff xor 0x100 lists as
+// "& 0xffff01ff | 0x00000100"); an all-ones AND and a zero XOR vanish.
+func bitwiseText(mask, xor uint32) string {
+	or := xor &^ mask
+	xor ^= or
+	mask |= or
+	s := ""
+	if mask != ^uint32(0) {
+		s += " & " + hexMark(mask)
+	}
+	if xor != 0 {
+		s += " ^ " + hexMark(xor)
+	}
+	if or != 0 {
+		s += " | " + hexMark(or)
+	}
+	return s
+}
+
+func ctStateNotNew() frag {
+	return frag{text: "ct state != new", exprs: []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATE, Register: reg},
+		cmpReg(expr.CmpOpNeq, native32(expr.CtStateBitNEW)),
+	}}
+}
+
+func ctStateNew() frag {
+	// A bitmask match, as nft encodes `ct state new`.
+	return frag{text: "ct state new", exprs: []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATE, Register: reg},
+		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4,
+			Mask: native32(expr.CtStateBitNEW), Xor: native32(0)},
+		cmpReg(expr.CmpOpNeq, native32(0)),
+	}}
+}
+
+// fibDaddrLocal is `fib daddr type local`.
+func fibDaddrLocal() frag {
+	return frag{text: "fib daddr type local", exprs: []expr.Any{
+		&expr.Fib{Register: reg, ResultADDRTYPE: true, FlagDADDR: true},
+		cmpReg(expr.CmpOpEq, native32(unix.RTN_LOCAL)),
+	}}
+}
+
+// fibDaddrNotUnicast is `fib daddr type { local, broadcast, multicast }`:
+// in the output hook meta pkttype is always "host", so the address type is
+// what tells the router's own broadcast and multicast apart.
+func fibDaddrNotUnicast() frag {
+	s := &set{anonymous: true, key: typeFibAddr, typeText: "fib_addrtype", native: true}
+	for _, t := range []struct {
+		v    uint32
+		name string
+	}{{unix.RTN_LOCAL, "local"}, {unix.RTN_BROADCAST, "broadcast"}, {unix.RTN_MULTICAST, "multicast"}} {
+		s.elems = append(s.elems, element{key: native32(t.v), text: t.name})
+	}
+	return frag{text: "fib daddr type " + s.inlineText(), anon: s, exprs: []expr.Any{
+		&expr.Fib{Register: reg, ResultADDRTYPE: true, FlagDADDR: true},
+		lookup(""),
+	}}
+}
+
+// pkttypeNotHost is `meta pkttype != host` (nft's name for unicast).
+func pkttypeNotHost() frag {
+	return frag{text: "meta pkttype != host", exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyPKTTYPE, Register: reg},
+		cmpReg(expr.CmpOpNeq, []byte{unix.PACKET_HOST}),
+	}}
+}
+
+func nfprotoIs(v4 bool) []expr.Any {
+	p := byte(unix.NFPROTO_IPV6)
+	if v4 {
+		p = unix.NFPROTO_IPV4
+	}
+	return []expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg}, cmpReg(expr.CmpOpEq, []byte{p})}
+}
+
+// addrPayload loads ip/ip6 saddr/daddr. The caller puts the nfproto
+// dependency in front once per rule: nft prints it implicitly.
+func addrPayload(v4, src bool) (string, expr.Any) {
+	var off, n uint32 = 16, 4
+	name := "ip daddr"
+	switch {
+	case v4 && src:
+		off, name = 12, "ip saddr"
+	case !v4 && src:
+		off, n, name = 8, 16, "ip6 saddr"
+	case !v4:
+		off, n, name = 24, 16, "ip6 daddr"
+	}
+	return name, &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n}
+}
+
+// ip6DaddrPrefix is `ip6 daddr <prefix>` for a prefix of whole bytes,
+// loaded as nft does: only the prefix bytes, no bitwise.
+func ip6DaddrPrefix(addr [16]byte, bits int, text string) frag {
+	n := uint32(bits / 8)
+	return frag{text: "ip6 daddr " + text, exprs: append(nfprotoIs(false),
+		&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: n},
+		cmpReg(expr.CmpOpEq, addr[:n]))}
+}
+
+// ip6DaddrMasked is `ip6 daddr <prefix>` for a prefix that ends inside a
+// byte: a full address load, a bitwise mask and a compare.
+func ip6DaddrMasked(addr [16]byte, bits int, text string) frag {
+	var mask [16]byte
+	for i := 0; i < bits; i++ {
+		mask[i/8] |= 0x80 >> (i % 8)
+	}
+	return frag{text: "ip6 daddr " + text, exprs: append(nfprotoIs(false),
+		&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16},
+		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 16, Mask: mask[:], Xor: make([]byte, 16)},
+		cmpReg(expr.CmpOpEq, addr[:]))}
+}
+
+func ifnameMeta(in bool) (string, expr.Any) {
+	if in {
+		return "iifname", &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg}
+	}
+	return "oifname", &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg}
+}
+
+func oifnameIs(n string) frag {
+	t, load := ifnameMeta(false)
+	return frag{text: fmt.Sprintf("%s %q", t, n), exprs: []expr.Any{load, cmpReg(expr.CmpOpEq, ifnameKey(n))}}
+}
+
+// l4protoIs is `meta l4proto tcp|udp`.
+func l4protoIs(p uint8) frag {
+	return frag{text: "meta l4proto " + protoName(p), exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg},
+		cmpReg(expr.CmpOpEq, []byte{p}),
+	}}
+}
+
+func protoName(p uint8) string {
+	switch p {
+	case unix.IPPROTO_TCP:
+		return "tcp"
+	case unix.IPPROTO_UDP:
+		return "udp"
+	}
+	return fmt.Sprint(p)
+}
+
+// l4protoTCPUDP is `meta l4proto { tcp, udp }`.
+func l4protoTCPUDP() frag {
+	s := &set{anonymous: true, key: typeInetProto, typeText: "inet_proto"}
+	s.elems = []element{{key: []byte{unix.IPPROTO_TCP}, text: "tcp"}, {key: []byte{unix.IPPROTO_UDP}, text: "udp"}}
+	return frag{text: "meta l4proto " + s.inlineText(), anon: s, exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg},
+		lookup(""),
+	}}
+}
+
+func thDport() expr.Any {
+	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}
+}
+
+func masquerade() frag {
+	return frag{text: "masquerade", exprs: []expr.Any{&expr.Masq{}}}
+}
+
+// rejectDefault is plain `reject` in an inet table: ICMP or ICMPv6 port
+// unreachable (type icmpx), whatever the protocol.
+func rejectDefault() frag {
+	return frag{text: "reject", exprs: []expr.Any{
+		&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH},
+	}}
+}
+
+func numgenVmap(mod uint32, mapName string) frag {
+	return frag{text: fmt.Sprintf("numgen random mod %d vmap @%s", mod, mapName), exprs: []expr.Any{
+		&expr.Numgen{Register: reg, Modulus: mod, Type: unix.NFT_NG_RANDOM},
+		vmapLookup(mapName),
+	}}
+}

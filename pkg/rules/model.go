@@ -1,0 +1,419 @@
+package rules
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+)
+
+// table is the Spec compiled once into what both Render and Apply need:
+// every set with its elements and every chain with its rules, each rule
+// holding its nft text and its expressions side by side. Building both
+// from one model is what keeps `wanpin plan` and the kernel in agreement.
+type table struct {
+	name   string
+	sets   []*set // named sets and maps, in creation (= listing) order
+	chains []*chain
+}
+
+var (
+	typeMark      = nftables.TypeMark
+	typeIfname    = nftables.TypeIFName
+	typeUID       = nftables.TypeUID
+	typeGID       = nftables.TypeGID
+	typeCgroup    = nftables.TypeCGroupV2
+	typeIPv4      = nftables.TypeIPAddr
+	typeIPv6      = nftables.TypeIP6Addr
+	typePort      = nftables.TypeInetService
+	typeInetProto = nftables.TypeInetProto
+	typeFibAddr   = nftables.TypeFIBAddr
+)
+
+type set struct {
+	name      string
+	anonymous bool
+	key       nftables.SetDatatype
+	typeText  string // "ipv4_addr", "mark : verdict"
+	isMap     bool   // verdict map
+	interval  bool
+	// native: the key is in host byte order (marks, uids, gids, ifnames,
+	// cgroup ids). Without the byte order hint nft lists such keys as
+	// garbage; the kernel matches them either way.
+	native bool
+	elems  []element
+}
+
+type element struct {
+	key []byte
+	// end is the exclusive end of an interval element (last+1); nil for an
+	// interval that runs to the top of the key space.
+	end     []byte
+	interv  bool
+	verdict *expr.Verdict
+	text    string
+}
+
+type chain struct {
+	name  string
+	hook  *baseHook
+	rules []*rule
+}
+
+type baseHook struct {
+	typ      nftables.ChainType
+	hook     *nftables.ChainHook
+	hookName string
+	prio     *nftables.ChainPriority
+	prioName string
+}
+
+type rule struct {
+	text  string
+	exprs []expr.Any
+	anon  []*set // anonymous sets, in the order of their lookups
+}
+
+func newRule(fs ...frag) *rule {
+	r := &rule{}
+	var words []string
+	for _, f := range fs {
+		words = append(words, f.text)
+		r.exprs = append(r.exprs, f.exprs...)
+		if f.anon != nil {
+			r.anon = append(r.anon, f.anon)
+		}
+	}
+	r.text = strings.Join(words, " ")
+	return r
+}
+
+// hostLittleEndian: nft sorts host-order keys by their numeric value, which
+// for a little-endian string key (ifname) means comparing from the last
+// byte.
+var hostLittleEndian = binaryutil.NativeEndian.PutUint16(1)[0] == 1
+
+// keyCmp orders elements as nft 1.0.6 lists them: by the key's value as an
+// integer in the set's byte order.
+func keyCmp(native bool) func(a, b element) int {
+	return func(a, b element) int {
+		if native && hostLittleEndian {
+			for i := len(a.key) - 1; i >= 0; i-- {
+				if a.key[i] != b.key[i] {
+					return int(a.key[i]) - int(b.key[i])
+				}
+			}
+			return 0
+		}
+		return bytes.Compare(a.key, b.key)
+	}
+}
+
+func (s *set) sortElems() { slices.SortStableFunc(s.elems, keyCmp(s.native)) }
+
+// inlineText is the `{ a, b }` form nft prints for an anonymous set.
+func (s *set) inlineText() string {
+	t := make([]string, len(s.elems))
+	for i, e := range s.elems {
+		t[i] = e.text
+	}
+	return "{ " + strings.Join(t, ", ") + " }"
+}
+
+func markElem(m uint32) element   { return element{key: native32(m), text: hexMark(m)} }
+func ifnameElem(n string) element { return element{key: ifnameKey(n), text: fmt.Sprintf("%q", n)} }
+func u32Elem(v uint32) element    { return element{key: native32(v), text: fmt.Sprint(v)} }
+func vmapElem(e element, v *expr.Verdict) element {
+	e.verdict = v
+	e.text += " : " + verdictText(v)
+	return e
+}
+
+func intervalElems(ivs []interval, width int, text func(interval) string) []element {
+	out := make([]element, 0, len(ivs))
+	for _, iv := range ivs {
+		e := element{key: bytesOf(iv.first, width), interv: true, text: text(iv)}
+		// The kernel stores an interval as its start and the first key
+		// past it, flagged as an end. A range up to the largest key has no
+		// such key: it is left open, and nft lists it up to the top.
+		if iv.last != maxKey(width) {
+			e.end = bytesOf(iv.last.addOne(), width)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// Chain names, fixed by layout.md.
+const (
+	chainPrerouting  = "prerouting"
+	chainOutput      = "output"
+	chainPostrouting = "postrouting"
+	chainNAT         = "nat"
+	chainBalDefault  = "bal_default_chain"
+	mapRestore       = "restore"
+	mapInbound       = "inbound"
+	mapOutbound      = "outbound"
+	mapBalDefault    = "bal_default"
+)
+
+func markChain(u Uplink) string { return "mark_" + u.Name }
+func pinChain(u Uplink) string  { return "pin_" + u.Name }
+func saveChain(u Uplink) string { return "save_" + u.Name }
+func polChain(p Policy) string  { return "pol_" + p.Name }
+func balMap(p Policy) string    { return "bal_" + p.Name }
+
+// gcd reduction: weights 2:4 and 1:2 balance the same, with fewer elements.
+func reducedWeights(bs []Bucket) ([]int, int) {
+	g := 0
+	for _, b := range bs {
+		g = gcd(g, b.Weight)
+	}
+	if g <= 0 {
+		return nil, 0
+	}
+	w := make([]int, len(bs))
+	sum := 0
+	for i, b := range bs {
+		w[i] = b.Weight / g
+		sum += w[i]
+	}
+	return w, sum
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}
+
+// build compiles s. It does not validate: Render must cope with anything.
+func build(s Spec) *table {
+	b := &builder{s: s, t: &table{name: s.Table}, byMark: map[uint32]Uplink{}}
+	for _, u := range s.Uplinks {
+		b.byMark[u.Mark] = u
+	}
+	b.build()
+	return b.t
+}
+
+type builder struct {
+	s      Spec
+	t      *table
+	byMark map[uint32]Uplink
+}
+
+func (b *builder) addSet(s *set) *set {
+	b.t.sets = append(b.t.sets, s)
+	return s
+}
+
+func (b *builder) addChain(name string, h *baseHook) *chain {
+	c := &chain{name: name, hook: h}
+	b.t.chains = append(b.t.chains, c)
+	return c
+}
+
+func (b *builder) build() {
+	s := b.s
+	pre := b.addChain(chainPrerouting, &baseHook{typ: nftables.ChainTypeFilter,
+		hook: nftables.ChainHookPrerouting, hookName: "prerouting",
+		prio: nftables.ChainPriorityMangle, prioName: "mangle"})
+	out := b.addChain(chainOutput, &baseHook{typ: nftables.ChainTypeRoute,
+		hook: nftables.ChainHookOutput, hookName: "output",
+		prio: nftables.ChainPriorityMangle, prioName: "mangle"})
+	post := b.addChain(chainPostrouting, &baseHook{typ: nftables.ChainTypeFilter,
+		hook: nftables.ChainHookPostrouting, hookName: "postrouting",
+		prio: nftables.ChainPriorityMangle, prioName: "mangle"})
+	nat := b.addChain(chainNAT, &baseHook{typ: nftables.ChainTypeNAT,
+		hook: nftables.ChainHookPostrouting, hookName: "postrouting",
+		prio: nftables.ChainPriorityNATSource, prioName: "srcnat"})
+
+	restore := b.addSet(&set{name: mapRestore, key: typeMark, typeText: "mark : verdict", isMap: true, native: true})
+	inbound := b.addSet(&set{name: mapInbound, key: typeIfname, typeText: "ifname : verdict", isMap: true, native: true})
+	outbound := b.addSet(&set{name: mapOutbound, key: typeIfname, typeText: "ifname : verdict", isMap: true, native: true})
+	for _, u := range s.Uplinks {
+		b.addChain(markChain(u), nil).rules = []*rule{newRule(setMark(false, s.Mask, u.Mark))}
+		b.addChain(pinChain(u), nil).rules = []*rule{
+			newRule(setMark(false, s.Mask, u.Mark)),
+			newRule(setMark(true, s.Mask, u.Mark)),
+		}
+		b.addChain(saveChain(u), nil).rules = []*rule{newRule(setMark(true, s.Mask, u.Mark))}
+
+		// A down uplink's connections drop rather than leak out another
+		// uplink with its source address.
+		v := &expr.Verdict{Kind: expr.VerdictDrop}
+		if u.Up {
+			v = &expr.Verdict{Kind: expr.VerdictGoto, Chain: markChain(u)}
+		}
+		restore.elems = append(restore.elems, vmapElem(markElem(u.Mark), v))
+		inbound.elems = append(inbound.elems, vmapElem(ifnameElem(u.Interface),
+			&expr.Verdict{Kind: expr.VerdictGoto, Chain: pinChain(u)}))
+		outbound.elems = append(outbound.elems, vmapElem(ifnameElem(u.Interface),
+			&expr.Verdict{Kind: expr.VerdictGoto, Chain: saveChain(u)}))
+	}
+	for _, st := range []*set{restore, inbound, outbound} {
+		st.sortElems()
+	}
+
+	balDefault := b.addChain(chainBalDefault, nil)
+	balDefault.rules = b.balancerRules(s.Default, mapBalDefault, true)
+
+	restoreRule := newRule(maskedMark("ct mark", ctMarkLoad(), s.Mask), vmapFrag(mapRestore))
+	returnRule := func(fs ...frag) *rule { return newRule(append(fs, verdict(expr.VerdictReturn, ""))...) }
+
+	pre.rules = append(pre.rules,
+		restoreRule,
+		returnRule(ctStateNotNew()),
+		newRule(func() frag { t, l := ifnameMeta(true); return frag{text: t, exprs: []expr.Any{l}} }(), vmapFrag(mapInbound)),
+		returnRule(fibDaddrLocal()),
+		returnRule(pkttypeNotHost()),
+		returnRule(linkLocal6()),
+		returnRule(multicast6()),
+	)
+	restoreOut := newRule(maskedMark("ct mark", ctMarkLoad(), s.Mask), vmapFrag(mapRestore))
+	out.rules = append(out.rules,
+		restoreOut,
+		returnRule(maskedMark("meta mark", metaMarkLoad(), s.Mask), frag{
+			text: "!= " + hexMark(0), exprs: []expr.Any{cmpReg(expr.CmpOpNeq, native32(0))}}),
+		returnRule(ctStateNotNew()),
+		returnRule(fibDaddrNotUnicast()),
+		returnRule(linkLocal6()),
+		returnRule(multicast6()),
+	)
+
+	for _, p := range s.Policies {
+		ps := &policySets{b: b, p: p}
+		if !p.LocalOnly() {
+			pre.rules = append(pre.rules, ps.rules(false)...)
+		}
+		if !p.ForwardOnly() {
+			out.rules = append(out.rules, ps.rules(true)...)
+		}
+		c := b.addChain(polChain(p), nil)
+		c.rules = b.balancerRules(p.Balancer, balMap(p), false)
+	}
+	pre.rules = append(pre.rules, newRule(verdict(expr.VerdictGoto, chainBalDefault)))
+
+	// The mask on the ct mark: a connection pinned by someone else's bits
+	// outside M still counts as unpinned for wanpin.
+	post.rules = append(post.rules, newRule(
+		ctStateNew(),
+		maskedMark("ct mark", ctMarkLoad(), s.Mask),
+		eqZero(s.Mask),
+		func() frag { t, l := ifnameMeta(false); return frag{text: t, exprs: []expr.Any{l}} }(),
+		vmapFrag(mapOutbound),
+	))
+
+	nat.rules = b.natRules()
+}
+
+// eqZero compares with 0. nft spells out "==" only after a binary
+// operation (the mask); a plain load compares implicitly.
+func eqZero(mask uint32) frag {
+	t := hexMark(0)
+	if mask != ^uint32(0) {
+		t = "== " + t
+	}
+	return frag{text: t, exprs: []expr.Any{cmpReg(expr.CmpOpEq, native32(0))}}
+}
+
+func vmapFrag(name string) frag {
+	return frag{text: "vmap @" + name, exprs: []expr.Any{vmapLookup(name)}}
+}
+
+func linkLocal6() frag {
+	return ip6DaddrMasked(netip.MustParseAddr("fe80::").As16(), 10, "fe80::/10")
+}
+
+func multicast6() frag {
+	return ip6DaddrPrefix(netip.MustParseAddr("ff00::").As16(), 8, "ff00::/8")
+}
+
+// balancerRules fills a balancer chain: a weighted random choice through a
+// numgen map, or reject, or a hand-over to the default balancer, or nothing
+// (the chain was reached by goto, so an empty chain ends the base chain
+// and the connection stays unmarked).
+func (b *builder) balancerRules(bal Balancer, mapName string, isDefault bool) []*rule {
+	weights, total := reducedWeights(bal.Buckets)
+	switch {
+	case total > 0:
+		m := b.addSet(&set{name: mapName, key: typeMark, typeText: "mark : verdict", isMap: true, native: true})
+		n := uint32(0)
+		for i, bk := range bal.Buckets {
+			u := b.byMark[bk.Mark]
+			for range weights[i] {
+				m.elems = append(m.elems, vmapElem(markElem(n),
+					&expr.Verdict{Kind: expr.VerdictGoto, Chain: markChain(u)}))
+				n++
+			}
+		}
+		return []*rule{newRule(numgenVmap(uint32(total), mapName))}
+	case bal.Reject:
+		return []*rule{newRule(rejectDefault())}
+	case bal.FallbackDefault && !isDefault:
+		return []*rule{newRule(verdict(expr.VerdictGoto, chainBalDefault))}
+	}
+	return nil
+}
+
+// natRules: masquerade everything leaving a Masquerade uplink; on the
+// others only the router's own traffic that a mark re-routed there and that
+// still carries another uplink's address.
+func (b *builder) natRules() []*rule {
+	var rs []*rule
+	for _, u := range b.s.Uplinks {
+		if u.Masquerade {
+			rs = append(rs, newRule(oifnameIs(u.Interface), masquerade()))
+			continue
+		}
+		var v4, v6 []netip.Addr
+		for _, o := range b.s.Uplinks {
+			if o.Name == u.Name {
+				continue
+			}
+			for _, a := range o.Addrs {
+				a = a.Unmap()
+				if a.Is4() {
+					v4 = append(v4, a)
+				} else if a.IsValid() {
+					v6 = append(v6, a.WithZone(""))
+				}
+			}
+		}
+		for _, fam := range []struct {
+			v4    bool
+			addrs []netip.Addr
+		}{{true, v4}, {false, v6}} {
+			if len(fam.addrs) == 0 {
+				continue
+			}
+			slices.SortFunc(fam.addrs, netip.Addr.Compare)
+			fam.addrs = slices.Compact(fam.addrs)
+			name, load := addrPayload(fam.v4, true)
+			f := frag{exprs: append(nfprotoIs(fam.v4), load)}
+			if len(fam.addrs) == 1 {
+				f.text = name + " " + fam.addrs[0].String()
+				f.exprs = append(f.exprs, cmpReg(expr.CmpOpEq, fam.addrs[0].AsSlice()))
+			} else {
+				st := &set{anonymous: true, key: typeIPv4, typeText: "ipv4_addr"}
+				if !fam.v4 {
+					st.key, st.typeText = typeIPv6, "ipv6_addr"
+				}
+				for _, a := range fam.addrs {
+					st.elems = append(st.elems, element{key: a.AsSlice(), text: a.String()})
+				}
+				f.text, f.anon = name+" "+st.inlineText(), st
+				f.exprs = append(f.exprs, lookup(""))
+			}
+			rs = append(rs, newRule(oifnameIs(u.Interface), f, masquerade()))
+		}
+	}
+	return rs
+}
