@@ -1,0 +1,148 @@
+// Package config reads and validates wanpin's policy file,
+// /etc/wanpin/wanpin.toml: the uplinks and the policies that steer
+// traffic onto them.
+//
+// Every problem is reported with the file, the line and the key it concerns,
+// so `wanpin check` can point the admin at it; see [Error].
+package config
+
+import (
+	"fmt"
+	"math/bits"
+	"net/netip"
+	"os"
+	"strings"
+)
+
+// Defaults for the optional top-level keys.
+const (
+	// DefaultMarkMask leaves the low 16 bits and the top byte to other
+	// software (tc, firewalls, VPNs), which commonly use those.
+	DefaultMarkMask uint32 = 0x00ff0000
+	// DefaultRulePriority sits well clear of the kernel's own rules (0,
+	// 32766, 32767) and of the low priorities admins tend to pick by hand.
+	DefaultRulePriority = 10000
+)
+
+// Limits of the values, shared by validation and its messages.
+const (
+	// ruleBlock is the number of `ip rule` priorities wanpin may use,
+	// starting at rule_priority.
+	ruleBlock = 1000
+	// MaxRulePriority keeps the whole block below 32766, the priority of
+	// the main table's rule, which wanpin's rules must come before.
+	MaxRulePriority = 32766 - ruleBlock - 1
+	MaxWeight       = 1000
+	MaxTier         = 100
+	// firstAutoTable is where automatically chosen routing tables start:
+	// below it are ids admins and other software commonly hand out.
+	firstAutoTable = 200
+)
+
+// Config is the validated content of the policy file.
+type Config struct {
+	Path         string
+	MarkMask     uint32 // the fwmark / ct mark bits wanpin may use; default 0x00ff0000
+	RulePriority int    // first `ip rule` priority wanpin uses; default 10000
+	Uplinks      []Uplink
+	Policies     []Policy
+}
+
+// Uplink is one [[uplink]] element.
+type Uplink struct {
+	Name, Interface string
+	Gateway         netip.Addr // invalid when not configured (learned at run time); v4 or v6
+	Weight          int        // default 1, 1..1000: share of new connections within its tier
+	Tier            int        // default 1, 1..100: lower tiers carry traffic while any of their uplinks is up
+	Table           int        // routing table id: configured, or assigned automatically; never 0
+	Masquerade      bool       // default true
+	Line            int        // line of its [[uplink]] header
+}
+
+// PortRange is an inclusive range of destination ports; First == Last for a
+// single port.
+type PortRange struct{ First, Last uint16 }
+
+// Policy is one [[policy]] element. Policies are evaluated in file order and
+// the first match wins. Matchers that are empty match anything.
+type Policy struct {
+	Name         string
+	UIDs         []uint32 // users, resolved: numeric strings as is, names via the user database
+	GIDs         []uint32 // groups, resolved likewise
+	Services     []string // systemd units or absolute cgroup v2 paths, kept as written: resolved at run time
+	Sources      []netip.Prefix
+	InInterfaces []string
+	Destinations []netip.Prefix
+	Protocol     uint8 // 0 any, 6 tcp, 17 udp
+	Ports        []PortRange
+	Uplinks      []string // names of the candidate uplinks; empty means all uplinks
+	FallbackNone bool     // fallback = "none": reject rather than use another uplink
+	Line         int      // line of its [[policy]] header
+}
+
+// Protocol numbers Policy.Protocol takes.
+const (
+	ProtoAny uint8 = 0
+	ProtoTCP uint8 = 6
+	ProtoUDP uint8 = 17
+)
+
+// MarkShift is the number of trailing zero bits of MarkMask: uplink marks are
+// small integers shifted into the mask.
+func (c *Config) MarkShift() int { return bits.TrailingZeros32(c.MarkMask) }
+
+// UplinkMark is the fwmark of the i-th uplink (0-based, file order). Mark 0
+// is left out so that "no mark" never means an uplink; validation made sure
+// every uplink's mark fits inside MarkMask.
+func (c *Config) UplinkMark(i int) uint32 { return uint32(i+1) << c.MarkShift() }
+
+// Error is one problem in the policy file. It prints as
+// "file:line: key: message". Key is the dotted path of the key concerned:
+// uplinks are numbered from 1 in file order (uplink[2].weight), policies are
+// named when they have a name (policy "p2p".ports, else policy[3].ports).
+// Line is 0 only for problems that have no place in the file, such as a
+// missing [[uplink]]; Key is empty for syntax errors.
+type Error struct {
+	File string
+	Line int
+	Key  string
+	Msg  string
+}
+
+func (e Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+	}
+	if e.Key != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Key)
+	}
+	b.WriteString(": ")
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Errors is every problem found in one file, sorted by line. Parse returns
+// it as its error when there is at least one.
+type Errors []Error
+
+func (es Errors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Load reads and parses the policy file at path. A file that cannot be read
+// is reported with the os error as is (errors.Is(err, fs.ErrNotExist) works);
+// a file with problems with [Errors].
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data)
+}

@@ -1,0 +1,265 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func mustParse(t *testing.T, src string) *Config {
+	t.Helper()
+	cfg, err := Parse("test.toml", []byte(src))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	return cfg
+}
+
+func TestExampleParses(t *testing.T) {
+	path := filepath.Join("..", "..", "examples", "wanpin.toml")
+	cfg, err := Load(path)
+	if err != nil {
+		t.Fatalf("the example does not parse:\n%v", err)
+	}
+	want := &Config{
+		Path:         path,
+		MarkMask:     0x00ff0000,
+		RulePriority: 10000,
+		Uplinks: []Uplink{
+			{Name: "dsl1", Interface: "ppp0", Weight: 2, Tier: 1, Table: 200, Masquerade: true, Line: 18},
+			{Name: "dsl2", Interface: "ppp1", Weight: 1, Tier: 1, Table: 201, Masquerade: true, Line: 25},
+			{Name: "lte", Interface: "wwan0", Gateway: netip.MustParseAddr("192.168.8.1"), Weight: 1, Tier: 2,
+				Table: 210, Masquerade: true, Line: 30},
+		},
+		Policies: []Policy{
+			{Name: "p2p", UIDs: []uint32{0}, Services: []string{"transmission-daemon.service"},
+				Uplinks: []string{"dsl1", "dsl2"}, FallbackNone: true, Line: 44},
+			{Name: "office-vpn",
+				Sources:      []netip.Prefix{netip.MustParsePrefix("192.0.2.20/32")},
+				InInterfaces: []string{"lan1"},
+				Destinations: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("2001:db8:10::/48")},
+				Protocol:     ProtoUDP,
+				Ports:        []PortRange{{1194, 1194}, {51820, 51821}},
+				Uplinks:      []string{"dsl1"},
+				Line:         53},
+		},
+	}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("got  %+v\nwant %+v", cfg, want)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	cfg := mustParse(t, "[[uplink]]\nname = \"dsl1\"\ninterface = \"ppp0\"\n\n[[policy]]\nname = \"all\"\nprotocol = \"any\"\n")
+	want := &Config{
+		Path:         "test.toml",
+		MarkMask:     DefaultMarkMask,
+		RulePriority: DefaultRulePriority,
+		Uplinks:      []Uplink{{Name: "dsl1", Interface: "ppp0", Weight: 1, Tier: 1, Table: 200, Masquerade: true, Line: 1}},
+		Policies:     []Policy{{Name: "all", Protocol: ProtoAny, Line: 5}},
+	}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("got  %+v\nwant %+v", cfg, want)
+	}
+	if cfg.Uplinks[0].Gateway.IsValid() {
+		t.Errorf("gateway not configured but valid: %v", cfg.Uplinks[0].Gateway)
+	}
+	if got := cfg.MarkShift(); got != 16 {
+		t.Errorf("MarkShift = %d, want 16", got)
+	}
+	if got := cfg.UplinkMark(0); got != 0x00010000 {
+		t.Errorf("UplinkMark(0) = %#x, want 0x10000", got)
+	}
+}
+
+func TestValues(t *testing.T) {
+	cfg := mustParse(t, `
+mark_mask = 0xf0          # 4 bits: marks 0x10 .. 0xf0
+rule_priority = 31765     # the highest allowed
+
+[[uplink]]
+name = "a"
+interface = "eth0"
+gateway = "2001:db8::1"
+weight = 1000
+tier = 100
+table = 4294967295
+masquerade = false
+
+[[uplink]]
+name = "b_2"
+interface = "eth1"
+gateway = "::ffff:198.51.100.1"
+
+[[policy]]
+name = "own"
+users = ["root", "1001", 4294967294]
+groups = ["0", 7]
+services = ["getty@tty1.service", "user.slice", "session-2.scope", "/system.slice/cron.service", "/"]
+destinations = ["198.51.100.7", "2001:db8::/32", "203.0.113.0/24"]
+protocol = "tcp"
+ports = [22, "80", "6881-6889", "65535"]
+uplinks = ["b_2", "a"]
+fallback = "none"
+
+[[policy]]
+name = "fwd"
+sources = ["192.0.2.0/25", "192.0.2.128/25", "2001:db8:1::/48"]
+in_interfaces = ["lan1", "wg0"]
+protocol = "udp"
+`)
+	if cfg.MarkMask != 0xf0 || cfg.RulePriority != 31765 {
+		t.Errorf("mark_mask %#x, rule_priority %d", cfg.MarkMask, cfg.RulePriority)
+	}
+	if got := []uint32{cfg.UplinkMark(0), cfg.UplinkMark(1)}; !reflect.DeepEqual(got, []uint32{0x10, 0x20}) {
+		t.Errorf("marks %#x", got)
+	}
+	a, b := cfg.Uplinks[0], cfg.Uplinks[1]
+	if a.Gateway != netip.MustParseAddr("2001:db8::1") || a.Weight != 1000 || a.Tier != 100 ||
+		a.Table != 4294967295 || a.Masquerade || a.Line != 5 {
+		t.Errorf("uplink a: %+v", a)
+	}
+	// A v4-mapped gateway is the v4 address: routes are per family.
+	if b.Gateway != netip.MustParseAddr("198.51.100.1") || b.Table != 200 || !b.Masquerade {
+		t.Errorf("uplink b: %+v", b)
+	}
+	own, fwd := cfg.Policies[0], cfg.Policies[1]
+	want := Policy{
+		Name:     "own",
+		UIDs:     []uint32{0, 1001, 4294967294},
+		GIDs:     []uint32{0, 7},
+		Services: []string{"getty@tty1.service", "user.slice", "session-2.scope", "/system.slice/cron.service", "/"},
+		Destinations: []netip.Prefix{netip.MustParsePrefix("198.51.100.7/32"), netip.MustParsePrefix("2001:db8::/32"),
+			netip.MustParsePrefix("203.0.113.0/24")},
+		Protocol:     ProtoTCP,
+		Ports:        []PortRange{{22, 22}, {80, 80}, {6881, 6889}, {65535, 65535}},
+		Uplinks:      []string{"b_2", "a"},
+		FallbackNone: true,
+		Line:         19,
+	}
+	if !reflect.DeepEqual(own, want) {
+		t.Errorf("policy own:\ngot  %+v\nwant %+v", own, want)
+	}
+	if len(fwd.Sources) != 3 || !reflect.DeepEqual(fwd.InInterfaces, []string{"lan1", "wg0"}) ||
+		fwd.Protocol != ProtoUDP || fwd.Uplinks != nil || fwd.FallbackNone {
+		t.Errorf("policy fwd: %+v", fwd)
+	}
+}
+
+func TestAutoTables(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		configured []int // 0: none configured
+		want       []int
+	}{
+		{"none configured", []int{0, 0, 0}, []int{200, 201, 202}},
+		{"skips configured ones", []int{0, 200, 0, 202, 0}, []int{201, 200, 203, 202, 204}},
+		{"configured later in the file", []int{0, 0, 201}, []int{200, 202, 201}},
+		{"skips 253 to 255", append(seq(200, 252), 0, 0), append(seq(200, 252), 256, 257)},
+		{"low ids stay the admin's", []int{1, 0, 100}, []int{1, 200, 100}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b strings.Builder
+			for i, table := range tc.configured {
+				fmt.Fprintf(&b, "[[uplink]]\nname = \"u%d\"\ninterface = \"eth%d\"\n", i, i)
+				if table != 0 {
+					fmt.Fprintf(&b, "table = %d\n", table)
+				}
+			}
+			cfg := mustParse(t, b.String())
+			var got []int
+			for _, u := range cfg.Uplinks {
+				got = append(got, u.Table)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("tables %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// seq is first..last.
+func seq(first, last int) []int {
+	var s []int
+	for i := first; i <= last; i++ {
+		s = append(s, i)
+	}
+	return s
+}
+
+// The default mask has 8 bits: 255 uplinks fit, the 256th is pointed at.
+func TestMarkRoomDefault(t *testing.T) {
+	uplinks := func(n int) string {
+		var b strings.Builder
+		for i := range n {
+			fmt.Fprintf(&b, "[[uplink]]\nname = \"u%d\"\ninterface = \"eth%d\"\n", i, i)
+		}
+		return b.String()
+	}
+	cfg := mustParse(t, uplinks(255))
+	if got := cfg.UplinkMark(254); got != 0x00ff0000 {
+		t.Errorf("last mark %#x, want 0x00ff0000", got)
+	}
+	_, err := Parse("big.toml", []byte(uplinks(256)))
+	want := "big.toml:766: uplink[256]: too many uplinks: the default mark_mask 0x00ff0000 has room for 255; set a wider mark_mask"
+	if err == nil || err.Error() != want {
+		t.Errorf("got %v\nwant %s", err, want)
+	}
+	// A mark mask of one bit: one uplink.
+	if _, err := Parse("one.toml", []byte("mark_mask = 0x80000000\n"+uplinks(1))); err != nil {
+		t.Errorf("one bit, one uplink: %v", err)
+	}
+}
+
+func TestErrorFormat(t *testing.T) {
+	for _, tc := range []struct {
+		e    Error
+		want string
+	}{
+		{Error{"f.toml", 3, "uplink[1].weight", "weight must be 1..1000, got 0"}, "f.toml:3: uplink[1].weight: weight must be 1..1000, got 0"},
+		{Error{"f.toml", 0, "uplink", "no [[uplink]]: at least one is required"}, "f.toml: uplink: no [[uplink]]: at least one is required"},
+		{Error{"f.toml", 7, "", "syntax error: x"}, "f.toml:7: syntax error: x"},
+	} {
+		if got := tc.e.Error(); got != tc.want {
+			t.Errorf("got %q, want %q", got, tc.want)
+		}
+	}
+	errs := Errors{{"f", 1, "a", "x"}, {"f", 2, "b", "y"}}
+	if got := errs.Error(); got != "f:1: a: x\nf:2: b: y" {
+		t.Errorf("Errors: %q", got)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.toml"))
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("got %v, want a not-exist error", err)
+	}
+}
+
+// A syntax error stops parsing: the semantic problems after it are not
+// reported, since the tree they would be found in is incomplete.
+func TestSyntaxErrorAlone(t *testing.T) {
+	_, err := Parse("s.toml", []byte("[[uplink]]\nname = \"BAD NAME\"\nweight = 0\nx = = 1\n"))
+	var errs Errors
+	if !errors.As(err, &errs) || len(errs) != 1 || errs[0].Line != 4 || !strings.HasPrefix(errs[0].Msg, "syntax error: ") {
+		t.Errorf("got %#v", err)
+	}
+}
+
+func TestSuggest(t *testing.T) {
+	known := []string{"weight", "users", "uplinks", "interface"}
+	for name, want := range map[string]string{
+		"weigth": "weight", "user": "users", "uplink": "uplinks", "interfce": "interface",
+		"note": "", "x": "", "wait": "",
+	} {
+		if got := suggest(name, known); got != want {
+			t.Errorf("suggest(%q) = %q, want %q", name, got, want)
+		}
+	}
+}

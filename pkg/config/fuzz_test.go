@@ -1,0 +1,138 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/BurntSushi/toml"
+)
+
+// FuzzParse: Parse never panics, fails only with Errors that point inside
+// the file or say clearly what is wrong, and what it accepts is valid. On
+// any text the library accepts, the locator must know the line of every key
+// and array element the library decoded. Its seed corpus is
+// testdata/fuzz/FuzzParse, plus the example and the testdata/bad corpus.
+func FuzzParse(f *testing.F) {
+	seeds, _ := filepath.Glob("testdata/bad/*.toml")
+	seeds = append(seeds, filepath.Join("..", "..", "examples", "wanpin.toml"))
+	for _, file := range seeds {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		checkLocator(t, data)
+		cfg, err := Parse("fuzz.toml", data)
+		if err == nil {
+			checkConfig(t, cfg)
+			return
+		}
+		if cfg != nil {
+			t.Errorf("a Config together with errors")
+		}
+		var errs Errors
+		if !errors.As(err, &errs) || len(errs) == 0 {
+			t.Fatalf("error is %T, not Errors: %v", err, err)
+		}
+		checkErrors(t, "fuzz.toml", data, errs)
+		for _, e := range errs {
+			if e.Msg == "" || e.Line == 0 && e.Key == "" && !strings.HasPrefix(e.Msg, "toml: ") {
+				t.Errorf("unclear error: %#v", e)
+			}
+		}
+	})
+}
+
+// checkLocator checks that locate finds every path of the decoded tree.
+func checkLocator(t *testing.T, data []byte) {
+	ix := locate(data) // also on text the library refuses: must not panic
+	var tree map[string]any
+	if _, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&tree); err != nil {
+		return
+	}
+	lines := bytes.Count(data, []byte("\n")) + 1
+	walkTree(tree, "", func(path string) {
+		if l := ix.line(path); l < 1 || l > lines {
+			t.Errorf("locator: %s at line %d", path, l)
+		}
+	})
+}
+
+// walkTree calls fn with the path of every key and array element in v, in
+// the locator's notation.
+func walkTree(v any, path string, fn func(string)) {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, sub := range v {
+			p := joinKey(path, k)
+			fn(p)
+			walkTree(sub, p, fn)
+		}
+	case []map[string]any:
+		for i, sub := range v {
+			p := joinIndex(path, i)
+			fn(p)
+			walkTree(sub, p, fn)
+		}
+	case []any:
+		for i, sub := range v {
+			p := joinIndex(path, i)
+			fn(p)
+			walkTree(sub, p, fn)
+		}
+	}
+}
+
+// checkConfig checks the promises of an accepted Config.
+func checkConfig(t *testing.T, cfg *Config) {
+	if len(cfg.Uplinks) == 0 {
+		t.Errorf("accepted without uplinks")
+	}
+	if cfg.RulePriority < 1 || cfg.RulePriority > MaxRulePriority {
+		t.Errorf("rule_priority %d", cfg.RulePriority)
+	}
+	tables := map[int]bool{}
+	names := map[string]bool{}
+	for i, u := range cfg.Uplinks {
+		if reservedTable(u.Table) || tables[u.Table] {
+			t.Errorf("uplink %d: table %d reserved or taken", i, u.Table)
+		}
+		tables[u.Table] = true
+		if names[u.Name] || checkUplinkName(u.Name) != nil || checkIfname("interface", u.Interface) != nil {
+			t.Errorf("uplink %d: name %q, interface %q", i, u.Name, u.Interface)
+		}
+		names[u.Name] = true
+		if u.Weight < 1 || u.Weight > MaxWeight || u.Tier < 1 || u.Tier > MaxTier || u.Line < 1 {
+			t.Errorf("uplink %d: %+v", i, u)
+		}
+		if m := cfg.UplinkMark(i); m == 0 || m&^cfg.MarkMask != 0 {
+			t.Errorf("uplink %d: mark %#x outside mask %#x", i, m, cfg.MarkMask)
+		}
+	}
+	for i, p := range cfg.Policies {
+		if p.Line < 1 || checkPolicyName(p.Name) != nil {
+			t.Errorf("policy %d: %+v", i, p)
+		}
+		for _, u := range p.Uplinks {
+			if !names[u] {
+				t.Errorf("policy %d: unknown uplink %q", i, u)
+			}
+		}
+		for _, r := range p.Ports {
+			if r.First == 0 || r.First > r.Last {
+				t.Errorf("policy %d: ports %+v", i, r)
+			}
+		}
+		for _, pfx := range append(p.Sources, p.Destinations...) {
+			if !pfx.IsValid() || pfx.Masked() != pfx {
+				t.Errorf("policy %d: prefix %v", i, pfx)
+			}
+		}
+	}
+}

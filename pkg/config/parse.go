@@ -1,0 +1,473 @@
+package config
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Parse parses and validates the policy file content data; path is used in
+// messages only. When there is any problem it returns a nil Config and
+// [Errors]: a syntax error alone, since nothing after it can be trusted, or
+// else every problem found, sorted by line.
+//
+// The file is decoded into a generic tree rather than straight into structs:
+// the library stops at the first type mismatch and positions it by a key
+// path shared by all elements of an array of tables. Walking the tree gives
+// every problem with its exact key, unknown keys included (which the
+// library's MetaData.Undecoded would list without any position).
+func Parse(path string, data []byte) (*Config, error) {
+	var tree map[string]any
+	if _, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&tree); err != nil {
+		return nil, Errors{syntaxError(path, data, err)}
+	}
+	p := &parser{file: path, ix: locate(data)}
+	cfg := p.config(tree)
+	if len(p.errs) > 0 {
+		slices.SortStableFunc(p.errs, func(a, b Error) int { return cmp.Compare(a.Line, b.Line) })
+		return nil, p.errs
+	}
+	return cfg, nil
+}
+
+func syntaxError(path string, data []byte, err error) Error {
+	var pe toml.ParseError
+	if !errors.As(err, &pe) {
+		return Error{File: path, Msg: err.Error()}
+	}
+	line := pe.Position.Line
+	if line < 1 {
+		// The library leaves the line 0 in a few cases (a "\r" before a
+		// newline in a string); its byte offset is still right.
+		start := min(max(pe.Position.Start, 0), len(data))
+		line = 1 + bytes.Count(data[:start], []byte("\n"))
+	}
+	return Error{File: path, Line: line, Msg: "syntax error: " + pe.Message}
+}
+
+type parser struct {
+	file string
+	ix   lineIndex
+	errs Errors
+}
+
+// node is one value in the file with what is needed to report on it.
+type node struct {
+	v    any
+	name string // the key's own name, for messages: "weight"
+	path string // locator path: uplink[1].weight
+	key  string // key shown to the admin: uplink[2].weight
+	line int    // the key's line, or its element's header line if unknown
+}
+
+func (p *parser) errorf(n node, format string, args ...any) {
+	p.errs = append(p.errs, Error{File: p.file, Line: n.line, Key: n.key, Msg: fmt.Sprintf(format, args...)})
+}
+
+// table is a TOML table being read field by field; keys not read are
+// reported as unknown.
+type table struct {
+	node
+	m    map[string]any
+	read map[string]bool
+}
+
+func (p *parser) table(n node) *table {
+	m, _ := n.v.(map[string]any)
+	return &table{node: n, m: m, read: map[string]bool{}}
+}
+
+// field is the node for key name below t. A missing key gets t's line, so a
+// "name is required" points at its [[uplink]] header.
+func (p *parser) field(t *table, name string) node {
+	n := node{v: t.m[name], name: name, path: joinKey(t.path, name), line: t.line}
+	n.key = quoteKey(name)
+	if t.key != "" {
+		n.key = t.key + "." + n.key
+	}
+	if l := p.ix.line(n.path); l > 0 {
+		n.line = l
+	}
+	return n
+}
+
+// get returns the field name of t and whether the file sets it.
+func (p *parser) get(t *table, name string) (node, bool) {
+	t.read[name] = true
+	_, ok := t.m[name]
+	return p.field(t, name), ok
+}
+
+// unknown reports the keys of t that nothing read, in name order so the
+// output is stable for keys on one line.
+func (p *parser) unknown(t *table, known []string) {
+	var names []string
+	for name := range t.m {
+		if !t.read[name] {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		msg := "unknown key"
+		if s := suggest(name, known); s != "" {
+			msg += " (did you mean " + s + "?)"
+		}
+		p.errorf(p.field(t, name), "%s", msg)
+	}
+}
+
+// elements returns the entries of an array with a node each; the key stays
+// the array's: messages quote the entry at fault.
+func (p *parser) elements(n node, vs []any) []node {
+	out := make([]node, len(vs))
+	for i, v := range vs {
+		e := n
+		e.v = v
+		e.path = joinIndex(n.path, i)
+		if l := p.ix.line(e.path); l > 0 {
+			e.line = l
+		}
+		out[i] = e
+	}
+	return out
+}
+
+// list reads an array of plain values.
+func (p *parser) list(n node) ([]node, bool) {
+	vs, ok := n.v.([]any)
+	if !ok {
+		p.errorf(n, "%s must be an array, got %s", n.name, describe(n.v))
+		return nil, false
+	}
+	return p.elements(n, vs), true
+}
+
+// tables reads an array of tables, written as [[name]] or inline.
+func (p *parser) tables(n node) ([]node, bool) {
+	var vs []any
+	switch v := n.v.(type) {
+	case []map[string]any:
+		for _, m := range v {
+			vs = append(vs, m)
+		}
+	case []any:
+		vs = v
+	case map[string]any:
+		p.errorf(n, "%s must be an array of tables: write [[%s]], not [%s]", n.name, n.name, n.name)
+		return nil, false
+	default:
+		p.errorf(n, "%s must be an array of tables ([[%s]]), got %s", n.name, n.name, describe(n.v))
+		return nil, false
+	}
+	out := p.elements(n, vs)
+	for i := range out {
+		out[i].key = n.key + "[" + strconv.Itoa(i+1) + "]"
+	}
+	ok := true
+	for _, e := range out {
+		if _, isTable := e.v.(map[string]any); !isTable {
+			p.errorf(e, "each %s entry must be a table, got %s", n.name, describe(e.v))
+			ok = false
+		}
+	}
+	return out, ok
+}
+
+func (p *parser) str(n node) (string, bool) {
+	s, ok := n.v.(string)
+	if !ok {
+		p.errorf(n, "%s must be a string, got %s", n.name, describe(n.v))
+	}
+	return s, ok
+}
+
+// integer reads an integer and checks it is within lo..hi.
+func (p *parser) integer(n node, lo, hi int64) (int64, bool) {
+	v, ok := n.v.(int64)
+	if !ok {
+		p.errorf(n, "%s must be an integer, got %s", n.name, describe(n.v))
+		return 0, false
+	}
+	if v < lo || v > hi {
+		p.errorf(n, "%s must be %d..%d, got %d", n.name, lo, hi, v)
+		return 0, false
+	}
+	return v, true
+}
+
+func (p *parser) boolean(n node) (bool, bool) {
+	b, ok := n.v.(bool)
+	if !ok {
+		p.errorf(n, "%s must be true or false, got %s", n.name, describe(n.v))
+	}
+	return b, ok
+}
+
+// describe names a decoded TOML value's type, with the value when short.
+func describe(v any) string {
+	switch v := v.(type) {
+	case string:
+		if len(v) > 40 {
+			v = v[:40] + "..."
+		}
+		return "string " + strconv.Quote(v)
+	case int64:
+		return "integer " + strconv.FormatInt(v, 10)
+	case float64:
+		return "float " + strconv.FormatFloat(v, 'g', -1, 64)
+	case bool:
+		return "boolean " + strconv.FormatBool(v)
+	case []map[string]any:
+		return "array of tables"
+	case []any:
+		return "array"
+	case map[string]any:
+		return "table"
+	case time.Time:
+		return "date/time"
+	default:
+		return fmt.Sprintf("%T", v)
+	}
+}
+
+// Keys of each table, in the order they are read (and documented).
+var (
+	topKeys    = []string{"mark_mask", "rule_priority", "uplink", "policy"}
+	uplinkKeys = []string{"name", "interface", "gateway", "weight", "tier", "table", "masquerade"}
+	policyKeys = []string{"name", "users", "groups", "services", "sources", "in_interfaces",
+		"destinations", "protocol", "ports", "uplinks", "fallback"}
+)
+
+func (p *parser) config(tree map[string]any) *Config {
+	cfg := &Config{Path: p.file, MarkMask: DefaultMarkMask, RulePriority: DefaultRulePriority}
+	root := p.table(node{v: tree})
+
+	mark, markSet := p.get(root, "mark_mask")
+	markOK := true
+	if markSet {
+		cfg.MarkMask, markOK = p.markMask(mark)
+	}
+	if n, ok := p.get(root, "rule_priority"); ok {
+		if v, ok := p.rulePriority(n); ok {
+			cfg.RulePriority = v
+		}
+	}
+
+	var uplinks []uplinkSrc
+	if n, ok := p.get(root, "uplink"); ok {
+		if elems, ok := p.tables(n); ok {
+			for _, e := range elems {
+				u, src := p.uplink(p.table(e))
+				cfg.Uplinks = append(cfg.Uplinks, u)
+				uplinks = append(uplinks, src)
+			}
+			if len(elems) == 0 {
+				p.errorf(n, "no [[uplink]]: at least one is required")
+			}
+		}
+	} else {
+		p.errorf(node{key: "uplink"}, "no [[uplink]]: at least one is required")
+	}
+	p.checkUplinks(cfg, uplinks)
+	if markOK {
+		p.checkMarkRoom(cfg, mark, markSet, uplinks)
+	}
+
+	if n, ok := p.get(root, "policy"); ok {
+		if elems, ok := p.tables(n); ok {
+			names := map[string]int{}
+			for i, e := range elems {
+				cfg.Policies = append(cfg.Policies, p.policy(p.table(e), i, cfg, names))
+			}
+		}
+	}
+	p.unknown(root, topKeys)
+	return cfg
+}
+
+// uplinkSrc keeps where an uplink's keys are, for checks across uplinks.
+type uplinkSrc struct {
+	elem, name, iface, table node
+	tableSet                 bool
+}
+
+func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
+	u := Uplink{Weight: 1, Tier: 1, Masquerade: true, Line: t.line}
+	src := uplinkSrc{elem: t.node}
+
+	var ok bool
+	if src.name, ok = p.get(t, "name"); ok {
+		if s, ok := p.str(src.name); ok && p.check(src.name, checkUplinkName(s)) {
+			u.Name = s
+		}
+	} else {
+		p.errorf(src.name, "name is required")
+	}
+	if src.iface, ok = p.get(t, "interface"); ok {
+		if s, ok := p.str(src.iface); ok && p.check(src.iface, checkIfname("interface", s)) {
+			u.Interface = s
+		}
+	} else {
+		p.errorf(src.iface, "interface is required")
+	}
+	if n, ok := p.get(t, "gateway"); ok {
+		if s, ok := p.str(n); ok {
+			a, err := parseGateway(s)
+			if p.check(n, err) {
+				u.Gateway = a
+			}
+		}
+	}
+	if n, ok := p.get(t, "weight"); ok {
+		if v, ok := p.integer(n, 1, MaxWeight); ok {
+			u.Weight = int(v)
+		}
+	}
+	if n, ok := p.get(t, "tier"); ok {
+		if v, ok := p.integer(n, 1, MaxTier); ok {
+			u.Tier = int(v)
+		}
+	}
+	if src.table, src.tableSet = p.get(t, "table"); src.tableSet {
+		if v, ok := src.table.v.(int64); !ok {
+			p.errorf(src.table, "table must be an integer, got %s", describe(src.table.v))
+		} else if p.check(src.table, checkTable(v)) {
+			u.Table = int(v)
+		}
+	}
+	if n, ok := p.get(t, "masquerade"); ok {
+		if b, ok := p.boolean(n); ok {
+			u.Masquerade = b
+		}
+	}
+	p.unknown(t, uplinkKeys)
+	return u, src
+}
+
+// check reports err, if any, at n, and tells whether there was none.
+func (p *parser) check(n node, err error) bool {
+	if err != nil {
+		p.errorf(n, "%s", err)
+		return false
+	}
+	return true
+}
+
+// policy reads the i-th [[policy]]. names maps the policy names seen so far
+// to their line.
+func (p *parser) policy(t *table, i int, cfg *Config, names map[string]int) Policy {
+	pol := Policy{Line: t.line}
+
+	// The name comes first: it labels every other message of this policy.
+	t.key = "policy[" + strconv.Itoa(i+1) + "]"
+	if n, ok := p.get(t, "name"); !ok {
+		p.errorf(n, "name is required")
+	} else if s, ok := p.str(n); ok && p.check(n, checkPolicyName(s)) {
+		// Only a valid name labels: an invalid one may hold anything.
+		t.key = "policy " + strconv.Quote(s)
+		n = p.field(t, "name")
+		pol.Name = s
+		if first, dup := names[s]; dup {
+			p.errorf(n, "duplicate policy name %q (first at line %d)", s, first)
+		} else {
+			names[s] = n.line
+		}
+	}
+
+	// Matchers: which ones the file sets, even with bad values, so that a
+	// bad value is not also reported as a missing matcher.
+	set := map[string]node{}
+	matcher := func(name string) (node, bool) {
+		n, ok := p.get(t, name)
+		if !ok {
+			return n, false
+		}
+		set[name] = n
+		if vs, isList := n.v.([]any); isList && len(vs) == 0 {
+			p.errorf(n, "%s must not be empty: leave it out to match anything", name)
+			return n, false
+		}
+		return n, true
+	}
+	if n, ok := matcher("users"); ok {
+		pol.UIDs = p.ids(n, lookupUser)
+	}
+	if n, ok := matcher("groups"); ok {
+		pol.GIDs = p.ids(n, lookupGroup)
+	}
+	if n, ok := matcher("services"); ok {
+		pol.Services = p.stringList(n, checkService)
+	}
+	if n, ok := matcher("sources"); ok {
+		pol.Sources = p.prefixes(n)
+	}
+	if n, ok := matcher("in_interfaces"); ok {
+		pol.InInterfaces = p.stringList(n, func(s string) error { return checkIfname("interface", s) })
+	}
+	if n, ok := matcher("destinations"); ok {
+		pol.Destinations = p.prefixes(n)
+	}
+	if n, ok := matcher("protocol"); ok {
+		if s, ok := p.str(n); ok {
+			proto, err := parseProtocol(s)
+			if p.check(n, err) {
+				pol.Protocol = proto
+			}
+		}
+	}
+	if n, ok := matcher("ports"); ok {
+		pol.Ports = p.ports(n)
+	}
+	p.checkMatchers(t, set)
+
+	if n, ok := p.get(t, "uplinks"); ok {
+		pol.Uplinks = p.policyUplinks(n, cfg)
+	}
+	if n, ok := p.get(t, "fallback"); ok {
+		if s, ok := p.str(n); ok {
+			switch s {
+			case "any":
+			case "none":
+				pol.FallbackNone = true
+			default:
+				p.errorf(n, `fallback must be "any" or "none", got %q`, s)
+			}
+		}
+	}
+	p.unknown(t, policyKeys)
+	return pol
+}
+
+// stringList reads an array of distinct strings, each checked by check.
+func (p *parser) stringList(n node, check func(string) error) []string {
+	elems, ok := p.list(n)
+	if !ok {
+		return nil
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, e := range elems {
+		s, ok := e.v.(string)
+		if !ok {
+			p.errorf(e, "%s entries must be strings, got %s", n.name, describe(e.v))
+			continue
+		}
+		if !p.check(e, check(s)) {
+			continue
+		}
+		if seen[s] {
+			p.errorf(e, "%q is listed twice", s)
+			continue
+		}
+		seen[s] = true
+		out = append(out, s)
+	}
+	return out
+}
