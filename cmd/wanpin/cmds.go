@@ -1,0 +1,127 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/wanpin/wanpin/pkg/config"
+	"github.com/wanpin/wanpin/pkg/daemon"
+	"github.com/wanpin/wanpin/pkg/plan"
+	"github.com/wanpin/wanpin/pkg/rules"
+	"github.com/wanpin/wanpin/pkg/tables"
+	"github.com/wanpin/wanpin/pkg/watch"
+)
+
+func newFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet("wanpin "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg := fs.String("config", DefaultConfig, "policy file")
+	return fs, cfg
+}
+
+func cmdRun(args []string, stderr io.Writer) int {
+	fs, cfgPath := newFlags("run", stderr)
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	if fs.Parse(args) != nil {
+		return 2
+	}
+	var lv slog.LevelVar
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(stderr, "wanpin run: --log-level: %v\n", err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: &lv}))
+	d, err := daemon.New(daemon.Options{ConfigPath: *cfgPath, Log: log})
+	if err != nil {
+		fmt.Fprintf(stderr, "wanpin run: %v\n", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	if err := d.Run(ctx, reload); err != nil {
+		log.Error("stopping", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	fs, cfgPath := newFlags("check", stderr)
+	if fs.Parse(args) != nil {
+		return 2
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, strings.TrimRight(err.Error(), "\n"))
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d uplinks, %d policies)\n", *cfgPath, len(cfg.Uplinks), len(cfg.Policies))
+	return 0
+}
+
+func cmdPlan(args []string, stdout, stderr io.Writer) int {
+	fs, cfgPath := newFlags("plan", stderr)
+	allUp := fs.Bool("all-up", false, "assume every uplink is up (do not read the interfaces)")
+	if fs.Parse(args) != nil {
+		return 2
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, strings.TrimRight(err.Error(), "\n"))
+		return 1
+	}
+	in := plan.Input{Config: cfg, Uplinks: map[string]plan.UplinkState{}}
+	if *allUp {
+		for _, u := range cfg.Uplinks {
+			in.Uplinks[u.Name] = daemon.AssumeUp(u)
+		}
+	} else if err := observeAll(cfg, in.Uplinks); err != nil {
+		fmt.Fprintf(stderr, "wanpin plan: %v (use --all-up to plan without reading the interfaces)\n", err)
+		return 1
+	}
+	d := plan.Build(in)
+	fmt.Fprint(stdout, rules.Render(d.NFT))
+	fmt.Fprint(stdout, tables.Render(d.Tables))
+	return 0
+}
+
+// observeAll reads the uplinks' interfaces; reading needs no privilege.
+func observeAll(cfg *config.Config, out map[string]plan.UplinkState) error {
+	obs, err := watch.NewObserver(netns.None())
+	if err != nil {
+		return err
+	}
+	defer obs.Close()
+	names := make([]string, len(cfg.Uplinks))
+	for i, u := range cfg.Uplinks {
+		names[i] = u.Interface
+	}
+	links, err := obs.Snapshot(names)
+	if err != nil {
+		return err
+	}
+	for _, u := range cfg.Uplinks {
+		out[u.Name], _ = daemon.Observe(u, links[u.Interface])
+	}
+	return nil
+}

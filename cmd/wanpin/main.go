@@ -1,0 +1,49 @@
+// Command wanpin is the multi-WAN router daemon and its command-line
+// interface: `wanpin run` is the daemon, the other commands inspect or steer.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+const usage = `wanpin: use several internet uplinks as one
+
+Usage:
+  wanpin run   [--config FILE]   run the daemon in the foreground
+  wanpin check [--config FILE]   validate the policy file
+  wanpin plan  [--config FILE] [--all-up]
+                                 print the nftables table, ip rules and routes
+                                 wanpin would install now (changes nothing)
+
+The default FILE is /etc/wanpin/wanpin.toml.
+`
+
+// DefaultConfig is where Debian keeps the policy file.
+const DefaultConfig = "/etc/wanpin/wanpin.toml"
+
+func main() {
+	os.Exit(runMain(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func runMain(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "run":
+		return cmdRun(rest, stderr)
+	case "check":
+		return cmdCheck(rest, stdout, stderr)
+	case "plan":
+		return cmdPlan(rest, stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "wanpin: unknown command %q\n\n%s", cmd, usage)
+	return 2
+}

@@ -1,0 +1,362 @@
+// Package daemon is wanpin's control loop: one goroutine owns every state
+// change. Events (netlink changes, SIGHUP, service restarts) only change its
+// inputs; it recomputes the desired state with plan.Build and lets the
+// reconcilers make the kernel match.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/wanpin/wanpin/pkg/cgroups"
+	"github.com/wanpin/wanpin/pkg/config"
+	"github.com/wanpin/wanpin/pkg/plan"
+	"github.com/wanpin/wanpin/pkg/rules"
+	"github.com/wanpin/wanpin/pkg/tables"
+	"github.com/wanpin/wanpin/pkg/watch"
+)
+
+// Options configure a Daemon.
+type Options struct {
+	ConfigPath string
+	Log        *slog.Logger
+	// ProcSys is where the namespace's sysctls live (default /proc/sys).
+	ProcSys string
+}
+
+// UplinkStatus is what the daemon knows of one uplink.
+type UplinkStatus struct {
+	Name, Interface string
+	Up              bool
+	State           plan.UplinkState
+	Reason          string
+	Since           time.Time
+}
+
+// Daemon is the running control loop.
+type Daemon struct {
+	opts Options
+	log  *slog.Logger
+
+	cfg      *config.Config
+	nft      *rules.Manager
+	tbl      *tables.Manager
+	obs      *watch.Observer
+	cgroups  *cgroups.Resolver
+	resolved map[string][]rules.CgroupMatch
+
+	status  map[string]*UplinkStatus
+	applied *plan.Desired // last state the kernel was brought to
+	tuned   map[string]int // interface -> ifindex whose sysctls were set
+	retry   *time.Timer
+}
+
+// New loads the configuration and connects to the kernel. Nothing is
+// changed until Run.
+func New(opts Options) (*Daemon, error) {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.ProcSys == "" {
+		opts.ProcSys = "/proc/sys"
+	}
+	cfg, err := config.Load(opts.ConfigPath)
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{opts: opts, log: opts.Log, cfg: cfg, status: map[string]*UplinkStatus{}, tuned: map[string]int{}}
+	// The daemon manages the network namespace it runs in (the lab starts
+	// it inside the router's namespace).
+	if d.nft, err = rules.New(); err != nil {
+		return nil, fmt.Errorf("connecting to nftables: %w", err)
+	}
+	if d.tbl, err = tables.New(netns.None()); err != nil {
+		d.nft.Close()
+		return nil, err
+	}
+	if d.obs, err = watch.NewObserver(netns.None()); err != nil {
+		d.nft.Close()
+		d.tbl.Close()
+		return nil, err
+	}
+	if d.cgroups, err = cgroups.NewResolver(); err != nil {
+		d.log.Warn("cgroup v2 not found: service policies match nothing", "err", err)
+		d.cgroups = &cgroups.Resolver{}
+	}
+	return d, nil
+}
+
+// Run applies the configuration and follows events until ctx ends, then
+// removes everything wanpin installed. reload receives SIGHUP.
+func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
+	defer d.close()
+	d.log.Info("starting", "config", d.opts.ConfigPath, "uplinks", len(d.cfg.Uplinks), "policies", len(d.cfg.Policies))
+	d.setGlobalSysctls()
+	d.resolveServices()
+
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	changed := watch.Watch(wctx, netns.None(), d.log)
+	services := time.NewTicker(2 * time.Second)
+	defer services.Stop()
+	d.retry = time.NewTimer(time.Hour)
+	d.retry.Stop()
+
+	d.sync("start")
+	for {
+		select {
+		case <-ctx.Done():
+			return d.teardown()
+		case <-changed:
+			d.sync("netlink")
+		case <-reload:
+			d.reload()
+		case <-services.C:
+			if d.resolveServices() {
+				d.sync("service cgroup changed")
+			}
+		case <-d.retry.C:
+			d.applied = nil
+			d.sync("retry")
+		}
+	}
+}
+
+func (d *Daemon) close() {
+	d.nft.Close()
+	d.tbl.Close()
+	d.obs.Close()
+}
+
+// reload re-reads the configuration. A bad file changes nothing: the
+// running configuration and the kernel state stay as they are.
+func (d *Daemon) reload() {
+	cfg, err := config.Load(d.opts.ConfigPath)
+	if err != nil {
+		d.log.Error("reload rejected, keeping the running configuration", "err", err)
+		return
+	}
+	d.cfg = cfg
+	d.log.Info("configuration reloaded", "uplinks", len(cfg.Uplinks), "policies", len(cfg.Policies))
+	d.resolveServices()
+	d.applied = nil
+	d.sync("reload")
+}
+
+// sync observes the uplinks, recomputes the desired state and applies
+// what changed.
+func (d *Daemon) sync(why string) {
+	names := make([]string, len(d.cfg.Uplinks))
+	for i, u := range d.cfg.Uplinks {
+		names[i] = u.Interface
+	}
+	links, err := d.obs.Snapshot(names)
+	if err != nil {
+		d.log.Error("reading interfaces", "err", err)
+		d.scheduleRetry()
+		return
+	}
+	states := map[string]plan.UplinkState{}
+	wentDown := false
+	seen := map[string]bool{}
+	for _, u := range d.cfg.Uplinks {
+		seen[u.Name] = true
+		l := links[u.Interface]
+		st, reason := Observe(u, l)
+		states[u.Name] = st
+		if l.Exists {
+			d.tuneInterface(l)
+		}
+		old, known := d.status[u.Name]
+		if !known || old.Up != st.Up() || old.Interface != u.Interface {
+			if known && old.Up && !st.Up() {
+				wentDown = true
+			}
+			state := "down"
+			if st.Up() {
+				state = "up"
+			}
+			d.log.Info("uplink "+state, "uplink", u.Name, "interface", u.Interface, "reason", reason, "trigger", why)
+			d.status[u.Name] = &UplinkStatus{Name: u.Name, Interface: u.Interface, Up: st.Up(), State: st, Reason: reason, Since: time.Now()}
+		} else {
+			old.State, old.Reason = st, reason
+		}
+	}
+	for name := range d.status {
+		if !seen[name] {
+			delete(d.status, name)
+		}
+	}
+	want := plan.Build(plan.Input{Config: d.cfg, Uplinks: states, Cgroups: d.resolved})
+	if err := d.apply(want, wentDown); err != nil {
+		d.log.Error("applying state", "err", err, "trigger", why)
+		d.scheduleRetry()
+	}
+}
+
+// apply brings the kernel to want. When an uplink went down the nftables
+// table goes first: in one transaction the uplink leaves the balancing and
+// its pinned connections stop being routed, before its routes change.
+// Otherwise routes go first, so that a mark handed out by the new table
+// always finds its route.
+func (d *Daemon) apply(want plan.Desired, nftFirst bool) error {
+	nftChanged := d.applied == nil || !reflect.DeepEqual(d.applied.NFT, want.NFT)
+	tblChanged := d.applied == nil || !reflect.DeepEqual(d.applied.Tables, want.Tables)
+	steps := []func() error{
+		func() error {
+			if !tblChanged {
+				return nil
+			}
+			res, err := d.tbl.Apply(want.Tables)
+			if err != nil {
+				return err
+			}
+			if res.Changed() {
+				d.log.Info("routing applied", "rules_added", res.RulesAdded, "rules_deleted", res.RulesDeleted,
+					"routes_added", res.RoutesAdded, "routes_deleted", res.RoutesDeleted)
+			}
+			return nil
+		},
+		func() error {
+			if !nftChanged {
+				return nil
+			}
+			if err := d.nft.Apply(want.NFT); err != nil {
+				return err
+			}
+			d.log.Info("nftables applied", "table", want.NFT.Table, "uplinks_up", countUp(want.NFT), "policies", len(want.NFT.Policies))
+			return nil
+		},
+	}
+	if nftFirst {
+		steps[0], steps[1] = steps[1], steps[0]
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			d.applied = nil
+			return err
+		}
+	}
+	d.applied = &want
+	return nil
+}
+
+func countUp(s rules.Spec) int {
+	n := 0
+	for _, u := range s.Uplinks {
+		if u.Up {
+			n++
+		}
+	}
+	return n
+}
+
+func (d *Daemon) scheduleRetry() {
+	d.retry.Reset(time.Second)
+}
+
+// teardown removes everything wanpin installed (SIGTERM): the router falls
+// back to plain routing by the main table.
+func (d *Daemon) teardown() error {
+	var errs []error
+	if err := d.nft.Remove(); err != nil {
+		errs = append(errs, fmt.Errorf("removing the nftables table: %w", err))
+	}
+	res, err := d.tbl.Remove()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("removing rules and routes: %w", err))
+	}
+	d.log.Info("stopped, state removed", "rules_deleted", res.RulesDeleted, "routes_deleted", res.RoutesDeleted)
+	return errors.Join(errs...)
+}
+
+// resolveServices re-resolves the policies' services to cgroup ids and
+// reports whether anything changed (a unit started, stopped or restarted).
+func (d *Daemon) resolveServices() bool {
+	next := map[string][]rules.CgroupMatch{}
+	for _, p := range d.cfg.Policies {
+		for _, svc := range p.Services {
+			m, err := d.cgroups.Resolve(svc)
+			if err != nil {
+				d.log.Warn("resolving service", "policy", p.Name, "service", svc, "err", err)
+			}
+			next[svc] = m
+		}
+	}
+	if reflect.DeepEqual(next, d.resolved) {
+		return false
+	}
+	for svc, m := range next {
+		if !reflect.DeepEqual(m, d.resolved[svc]) {
+			d.log.Info("service cgroup", "service", svc, "matches", fmt.Sprint(m))
+		}
+	}
+	d.resolved = next
+	return true
+}
+
+// setGlobalSysctls sets what policy routing with marks needs: without
+// src_valid_mark, the reverse-path filter validates a marked packet's
+// source without its mark and drops replies on the non-default uplinks.
+func (d *Daemon) setGlobalSysctls() {
+	d.sysctl("net/ipv4/conf/all/src_valid_mark", "1")
+	if v, err := os.ReadFile(filepath.Join(d.opts.ProcSys, "net/ipv4/ip_forward")); err == nil && string(v) != "1\n" {
+		d.log.Warn("net.ipv4.ip_forward is off: the LAN's traffic will not be forwarded")
+	}
+}
+
+// tuneInterface sets loose reverse-path filtering on an uplink: replies
+// arrive on the uplink their connection is pinned to, which is often not
+// the one the main table would route back through. The effective value is
+// the maximum of "all" and the interface's, so 2 here is loose whatever
+// "all" says. Set again when the interface is re-created (new ifindex).
+func (d *Daemon) tuneInterface(l watch.Link) {
+	if d.tuned[l.Name] == l.Index {
+		return
+	}
+	if d.sysctl("net/ipv4/conf/"+l.Name+"/rp_filter", "2") {
+		d.tuned[l.Name] = l.Index
+	}
+}
+
+func (d *Daemon) sysctl(key, value string) bool {
+	path := filepath.Join(d.opts.ProcSys, key)
+	cur, err := os.ReadFile(path)
+	if err == nil && string(cur) == value+"\n" {
+		return true
+	}
+	if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+		d.log.Warn("setting sysctl", "key", key, "value", value, "err", err)
+		return false
+	}
+	d.log.Info("sysctl set", "key", key, "value", value, "was", string(trimNL(cur)))
+	return true
+}
+
+func trimNL(b []byte) []byte {
+	if n := len(b); n > 0 && b[n-1] == '\n' {
+		return b[:n-1]
+	}
+	return b
+}
+
+// Status returns a copy of the uplinks' status, in configuration order.
+// It must be called from the loop goroutine (control requests are served
+// there).
+func (d *Daemon) Status() []UplinkStatus {
+	out := make([]UplinkStatus, 0, len(d.cfg.Uplinks))
+	for _, u := range d.cfg.Uplinks {
+		if s, ok := d.status[u.Name]; ok {
+			out = append(out, *s)
+		}
+	}
+	return out
+}

@@ -1,0 +1,57 @@
+package daemon
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/wanpin/wanpin/pkg/config"
+	"github.com/wanpin/wanpin/pkg/watch"
+)
+
+func addr(p string) watch.Addr { return watch.Addr{Prefix: netip.MustParsePrefix(p)} }
+
+func TestObserve(t *testing.T) {
+	dhcp := config.Uplink{Name: "cable", Interface: "wan1"}
+	ppp := config.Uplink{Name: "dsl", Interface: "ppp0"}
+	fixed := config.Uplink{Name: "lte", Interface: "wwan0", Gateway: netip.MustParseAddr("198.51.100.17")}
+	good := watch.Link{Name: "wan1", Exists: true, AdminUp: true, Carrier: true,
+		Addrs: []watch.Addr{addr("198.51.100.2/29")}, Gateway4: netip.MustParseAddr("198.51.100.1")}
+	cases := []struct {
+		name   string
+		u      config.Uplink
+		l      watch.Link
+		up     bool
+		gw     string
+		p2p    bool
+		reason string
+	}{
+		{"dhcp up", dhcp, good, true, "198.51.100.1", false, "gateway 198.51.100.1 from the main table"},
+		{"missing", ppp, watch.Link{Name: "ppp0"}, false, "", false, "does not exist"},
+		{"no carrier", dhcp, func() watch.Link { l := good; l.Carrier = false; return l }(), false, "", false, "no carrier"},
+		{"admin down", dhcp, func() watch.Link { l := good; l.AdminUp = false; return l }(), false, "", false, "administratively down"},
+		{"no address", dhcp, func() watch.Link { l := good; l.Addrs = nil; return l }(), false, "", false, "no IPv4 address"},
+		{"no gateway", dhcp, func() watch.Link { l := good; l.Gateway4 = netip.Addr{}; return l }(), false, "", false, "no IPv4 gateway known"},
+		{"ppp peer", ppp, watch.Link{Name: "ppp0", Exists: true, AdminUp: true, Carrier: true, PointToPoint: true,
+			Addrs: []watch.Addr{{Prefix: netip.MustParsePrefix("198.51.100.10/32"), Peer: netip.MustParseAddr("198.51.100.9")}}},
+			true, "", true, "point-to-point peer 198.51.100.9"},
+		{"configured gateway wins", fixed, func() watch.Link { l := good; l.Name = "wwan0"; return l }(), true, "198.51.100.17", false, "configured gateway"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			st, reason := Observe(c.u, c.l)
+			if st.Up() != c.up || !strings.Contains(reason, c.reason) {
+				t.Fatalf("up=%v reason=%q; want up=%v reason containing %q", st.Up(), reason, c.up, c.reason)
+			}
+			if c.up && (st.V4.Gateway.String() != c.gw && c.gw != "" || st.V4.PointToPoint != c.p2p) {
+				t.Errorf("gateway %v p2p %v; want %s %v", st.V4.Gateway, st.V4.PointToPoint, c.gw, c.p2p)
+			}
+		})
+	}
+	// A down link keeps its addresses, so its `from` rules stay.
+	l := good
+	l.Carrier = false
+	if st, _ := Observe(dhcp, l); len(st.V4.Addrs) != 1 || st.V4.Up {
+		t.Errorf("no carrier: %+v", st.V4)
+	}
+}

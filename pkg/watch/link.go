@@ -1,0 +1,172 @@
+// Package watch observes the network interfaces that carry wanpin's
+// uplinks: a snapshot of their state read from the kernel, and a stream of
+// "something changed" signals from netlink subscriptions. It never changes
+// anything; the daemon turns what it reports into uplink states.
+package watch
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Addr is one address of an interface.
+type Addr struct {
+	Prefix netip.Prefix // the local address with its prefix length
+	Peer   netip.Addr   // the far end of a point-to-point address (PPP), if any
+}
+
+// Link is what wanpin needs to know of one interface.
+type Link struct {
+	Name         string
+	Index        int
+	Exists       bool
+	AdminUp      bool // IFF_UP
+	Carrier      bool // IFF_LOWER_UP: the link layer is up
+	PointToPoint bool // IFF_POINTOPOINT (PPP, some LTE modems)
+	Addrs        []Addr
+	// Gateway4 / Gateway6: the main table's default route through this
+	// interface, as a DHCP client or router advertisements left it.
+	Gateway4, Gateway6 netip.Addr
+	// DefaultDev4/6: the main table has a default route through this
+	// interface without a gateway (`default dev ppp0`).
+	DefaultDev4, DefaultDev6 bool
+}
+
+// Observer reads interface state from one network namespace.
+type Observer struct {
+	h *netlink.Handle
+}
+
+// NewObserver opens rtnetlink in ns (netns.None() for the current one).
+func NewObserver(ns netns.NsHandle) (*Observer, error) {
+	var h *netlink.Handle
+	var err error
+	if ns == netns.None() {
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+	} else {
+		h, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening rtnetlink: %w", err)
+	}
+	return &Observer{h: h}, nil
+}
+
+// Close releases the socket.
+func (o *Observer) Close() { o.h.Close() }
+
+// Snapshot reads the named interfaces. An interface that does not exist
+// is reported with Exists false, not as an error: a PPP link that is not
+// dialled is a normal state.
+func (o *Observer) Snapshot(names []string) (map[string]Link, error) {
+	out := make(map[string]Link, len(names))
+	byIndex := map[int]string{}
+	for _, n := range names {
+		l := Link{Name: n}
+		nl, err := o.h.LinkByName(n)
+		if err != nil {
+			if _, ok := err.(netlink.LinkNotFoundError); ok {
+				out[n] = l
+				continue
+			}
+			return nil, fmt.Errorf("reading interface %s: %w", n, err)
+		}
+		a := nl.Attrs()
+		l.Exists = true
+		l.Index = a.Index
+		l.AdminUp = a.RawFlags&unix.IFF_UP != 0
+		l.Carrier = a.RawFlags&unix.IFF_LOWER_UP != 0
+		l.PointToPoint = a.RawFlags&unix.IFF_POINTOPOINT != 0
+		for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+			addrs, err := o.h.AddrList(nl, fam)
+			if err != nil {
+				return nil, fmt.Errorf("reading addresses of %s: %w", n, err)
+			}
+			for _, ad := range addrs {
+				ip, ok := netip.AddrFromSlice(ad.IP)
+				if !ok {
+					continue
+				}
+				ip = ip.Unmap()
+				// Link-local and tentative addresses cannot carry
+				// traffic to the internet.
+				if ip.IsLinkLocalUnicast() || ad.Flags&unix.IFA_F_TENTATIVE != 0 || ad.Flags&unix.IFA_F_DADFAILED != 0 {
+					continue
+				}
+				ones, _ := ad.Mask.Size()
+				x := Addr{Prefix: netip.PrefixFrom(ip, ones)}
+				if ad.Peer != nil {
+					if p, ok := netip.AddrFromSlice(ad.Peer.IP); ok && p.Unmap() != ip {
+						x.Peer = p.Unmap()
+					}
+				}
+				l.Addrs = append(l.Addrs, x)
+			}
+		}
+		sort.Slice(l.Addrs, func(i, j int) bool { return l.Addrs[i].Prefix.Addr().Less(l.Addrs[j].Prefix.Addr()) })
+		out[n] = l
+		byIndex[a.Index] = n
+	}
+	if err := o.mainDefaults(out, byIndex); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// mainDefaults finds the main table's default routes through the watched
+// interfaces: that is where a DHCP client or RA puts the ISP's gateway.
+func (o *Observer) mainDefaults(out map[string]Link, byIndex map[int]string) error {
+	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+		routes, err := o.h.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return fmt.Errorf("reading the main table: %w", err)
+		}
+		best := map[string]int{}
+		for _, r := range routes {
+			if r.Dst != nil {
+				if ones, _ := r.Dst.Mask.Size(); ones != 0 {
+					continue
+				}
+			}
+			if r.Type != unix.RTN_UNICAST {
+				continue
+			}
+			hops := []struct {
+				idx int
+				gw  []byte
+			}{{r.LinkIndex, r.Gw}}
+			for _, nh := range r.MultiPath {
+				hops = append(hops, struct {
+					idx int
+					gw  []byte
+				}{nh.LinkIndex, nh.Gw})
+			}
+			for _, hop := range hops {
+				name, ok := byIndex[hop.idx]
+				if !ok {
+					continue
+				}
+				// Lowest metric wins, as it would in the kernel.
+				if m, seen := best[name]; seen && m <= r.Priority {
+					continue
+				}
+				best[name] = r.Priority
+				l := out[name]
+				gw, _ := netip.AddrFromSlice(hop.gw)
+				gw = gw.Unmap()
+				if fam == unix.AF_INET {
+					l.Gateway4, l.DefaultDev4 = gw, !gw.IsValid()
+				} else {
+					l.Gateway6, l.DefaultDev6 = gw, !gw.IsValid()
+				}
+				out[name] = l
+			}
+		}
+	}
+	return nil
+}

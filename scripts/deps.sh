@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what wanpin's lab and tests need on a Debian machine, once.
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps.sh: run as root (the lab creates network namespaces)" >&2
+  exit 1
+fi
+
+# command -> Debian package that provides it
+declare -A need=(
+  [ip]=iproute2 [nft]=nftables [conntrack]=conntrack [iperf3]=iperf3
+  [socat]=socat [curl]=curl [dbus-daemon]=dbus-daemon [nsenter]=util-linux
+  [setpriv]=util-linux [systemd-analyze]=systemd [dpkg-deb]=dpkg
+)
+missing=()
+for cmd in "${!need[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  echo "deps.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # iperf3 asks whether to start a daemon; the lab starts its own.
+  echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections 2>/dev/null || true
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v go >/dev/null 2>&1; then
+  if [ -x /usr/local/go/bin/go ]; then
+    :
+  else
+    echo "deps.sh: installing Go"
+    apt-get install -y -qq --no-install-recommends golang-go ca-certificates >/dev/null
+  fi
+fi
