@@ -54,7 +54,7 @@ type Daemon struct {
 	resolved map[string][]rules.CgroupMatch
 
 	status  map[string]*UplinkStatus
-	applied *plan.Desired // last state the kernel was brought to
+	applied *plan.Desired  // last state the kernel was brought to
 	tuned   map[string]int // interface -> ifindex whose sysctls were set
 	retry   *time.Timer
 }
