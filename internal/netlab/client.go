@@ -1,0 +1,150 @@
+package netlab
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// CurlMany opens n new TCP connections from the LAN host to the server's
+// whoami service with curl, and returns how many arrived through each ISP
+// as the server saw them. The server closes every connection, so curl
+// opens a new one per URL.
+func (l *Lab) CurlMany(n int) (map[int]int, error) {
+	return l.CurlManyFrom(l.LAN, ServerAddr4, n)
+}
+
+// CurlManyFrom is CurlMany from namespace ns to server address dst.
+func (l *Lab) CurlManyFrom(ns, dst string, n int) (map[int]int, error) {
+	host := dst
+	if strings.Contains(dst, ":") {
+		host = "[" + dst + "]"
+	}
+	url := fmt.Sprintf("http://%s:%d/", host, PortWhoami)
+	counts := map[int]int{}
+	// Batches keep the command line short; each URL is its own
+	// connection.
+	for done := 0; done < n; {
+		batch := min(100, n-done)
+		args := []string{"curl", "-sS", "-m", "20", "--retry", "0", "-H", "Connection: close"}
+		for i := 0; i < batch; i++ {
+			args = append(args, url)
+		}
+		out, err := l.Exec(ns, args...)
+		if err != nil {
+			return counts, fmt.Errorf("%w: %s", err, out)
+		}
+		for _, line := range strings.Fields(out) {
+			counts[l.ISPOf(line)]++
+		}
+		done += batch
+	}
+	return counts, nil
+}
+
+// UDPExchange sends one datagram from the LAN host's fixed source port to
+// the server's UDP service with socat and returns the address the server
+// saw ("" when no answer came within timeout).
+func (l *Lab) UDPExchange(srcPort int, dst string, timeout time.Duration) (string, error) {
+	host := dst
+	if strings.Contains(dst, ":") {
+		host = "[" + dst + "]"
+	}
+	out, err := l.Exec(l.LAN, "sh", "-c", fmt.Sprintf("echo ping | socat -t %.3[1]f -T %.3[1]f - UDP:%[2]s:%[3]d,sourceport=%[4]d,reuseaddr",
+		timeout.Seconds(), host, PortUDP, srcPort))
+	// socat exits non-zero on a timeout: no answer is an answer ("").
+	// Anything else that is not an address is a broken command.
+	got := strings.TrimSpace(out)
+	if got == "" {
+		return "", nil
+	}
+	if net.ParseIP(got) == nil {
+		return "", fmt.Errorf("lab: udp exchange: %v: %s", err, got)
+	}
+	return got, nil
+}
+
+// Stream is a long-lived TCP download from the server's stream service,
+// opened from the LAN host.
+type Stream struct {
+	conn     net.Conn
+	received atomic.Int64
+	mu       sync.Mutex
+	err      error
+	done     chan struct{}
+	peer     func() string
+}
+
+// OpenStream opens a stream from the LAN namespace to dst (ServerAddr4 if
+// empty). The connection's socket lives in the LAN namespace.
+func (l *Lab) OpenStream(dst string) (*Stream, error) {
+	if dst == "" {
+		dst = ServerAddr4
+	}
+	var conn net.Conn
+	before := l.Seen()
+	err := inNetNS(l.LAN, func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", net.JoinHostPort(dst, fmt.Sprint(PortStream)), 5*time.Second)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lab: opening a stream to %s: %w", dst, err)
+	}
+	s := &Stream{conn: conn, done: make(chan struct{})}
+	// The server recorded the connection's source: the one address whose
+	// count grew.
+	var peer string
+	for i := 0; i < 50 && peer == ""; i++ {
+		for addr, n := range l.Seen() {
+			if n > before[addr] {
+				peer = addr
+			}
+		}
+		if peer == "" {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	s.peer = func() string { return peer }
+	go func() {
+		defer close(s.done)
+		buf := make([]byte, 256<<10)
+		for {
+			conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+			n, err := conn.Read(buf)
+			s.received.Add(int64(n))
+			if err != nil {
+				if err != io.EOF {
+					s.mu.Lock()
+					s.err = err
+					s.mu.Unlock()
+				}
+				return
+			}
+		}
+	}()
+	return s, nil
+}
+
+// Received is the number of bytes received so far.
+func (s *Stream) Received() int64 { return s.received.Load() }
+
+// Peer is the source address the server saw for this stream.
+func (s *Stream) Peer() string { return s.peer() }
+
+// Err is the error that ended the stream, if it ended.
+func (s *Stream) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Close closes the stream.
+func (s *Stream) Close() {
+	s.conn.Close()
+	<-s.done
+}

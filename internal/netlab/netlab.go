@@ -1,0 +1,352 @@
+// Package netlab builds a small internet in network namespaces for
+// wanpin's end-to-end tests and demo:
+//
+//	lan host ── router ── isp1 ── server
+//	                  └── isp2 ──┘   (n ISPs)
+//
+// The router is where wanpin runs; the lab itself installs no NAT and no
+// policy there. Each ISP drops every packet from its customer whose source
+// is not the customer's address, as real ISPs do, so a wrong NAT shows up
+// as loss (and in a counter). The server tells which ISP a connection came
+// through by the source address it sees. Only documentation addresses are
+// used, and nothing outside the lab's own namespaces is touched.
+package netlab
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"sync"
+)
+
+// Addresses. Uplink i (1-based) uses 198.51.100.8(i-1)/29 (ISP .1, router
+// .2) and 2001:db8:10i::/64; the server is reached over 203.0.113.x.
+const (
+	LANRouter4  = "192.0.2.1"
+	LANHost4    = "192.0.2.10"
+	LANHostAlt4 = "192.0.2.20" // second LAN address, for source policies
+	LANRouter6  = "2001:db8:1::1"
+	LANHost6    = "2001:db8:1::10"
+	ServerAddr4 = "203.0.113.10"
+	ServerAlt4  = "203.0.113.11" // second server address, for destination policies
+	ServerAddr6 = "2001:db8:ff::10"
+	ServerAlt6  = "2001:db8:ff::11"
+)
+
+// Ports of the server's services.
+const (
+	PortWhoami = 8080 // TCP: replies with the peer address (HTTP or raw)
+	PortUDP    = 8081 // UDP: replies to each datagram with the peer address
+	PortStream = 8082 // TCP: sends data until the client closes
+	PortIperf  = 5201
+)
+
+// UplinkAddr4 is the router's address on uplink i.
+func UplinkAddr4(i int) string { return fmt.Sprintf("198.51.100.%d", 8*(i-1)+2) }
+
+// UplinkGateway4 is ISP i's address on the customer link.
+func UplinkGateway4(i int) string { return fmt.Sprintf("198.51.100.%d", 8*(i-1)+1) }
+
+// UplinkAddr6 is the router's IPv6 address on uplink i.
+func UplinkAddr6(i int) string { return fmt.Sprintf("2001:db8:10%d::2", i) }
+
+// UplinkGateway6 is ISP i's IPv6 address on the customer link.
+func UplinkGateway6(i int) string { return fmt.Sprintf("2001:db8:10%d::1", i) }
+
+// Options shape a lab.
+type Options struct {
+	ISPs int // default 2
+}
+
+// Lab is one built lab. Close tears it down.
+type Lab struct {
+	Prefix string
+	Router string
+	LAN    string
+	Server string
+	isps   []string
+
+	server *server
+	mu     sync.Mutex
+	procs  []*Proc
+	closed bool
+}
+
+// ISP returns the namespace name of ISP i (1-based).
+func (l *Lab) ISP(i int) string { return l.isps[i-1] }
+
+// ISPs is the number of ISPs.
+func (l *Lab) ISPs() int { return len(l.isps) }
+
+// ISPOf maps a source address the server saw to the ISP it came through
+// (0 if it is none of the uplinks' addresses).
+func (l *Lab) ISPOf(addr string) int {
+	addr = strings.TrimSpace(addr)
+	for i := 1; i <= len(l.isps); i++ {
+		if addr == UplinkAddr4(i) || addr == UplinkAddr6(i) {
+			return i
+		}
+	}
+	return 0
+}
+
+// New builds a lab. On error, what was built is torn down again.
+func New(opts Options) (*Lab, error) {
+	if opts.ISPs == 0 {
+		opts.ISPs = 2
+	}
+	if opts.ISPs < 1 || opts.ISPs > 8 {
+		return nil, fmt.Errorf("lab: %d ISPs, want 1..8", opts.ISPs)
+	}
+	b := make([]byte, 2)
+	_, _ = rand.Read(b)
+	p := "wpl" + hex.EncodeToString(b)
+	l := &Lab{Prefix: p, Router: p + "-router", LAN: p + "-lan", Server: p + "-srv"}
+	for i := 1; i <= opts.ISPs; i++ {
+		l.isps = append(l.isps, fmt.Sprintf("%s-isp%d", p, i))
+	}
+	if err := l.build(); err != nil {
+		l.Close()
+		return nil, err
+	}
+	srv, err := startServer(l)
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("lab: starting the server's services: %w", err)
+	}
+	l.server = srv
+	return l, nil
+}
+
+func (l *Lab) namespaces() []string {
+	return append([]string{l.Router, l.LAN, l.Server}, l.isps...)
+}
+
+// build creates namespaces, links, addresses, routes and ISP filters with
+// one `ip -batch` per namespace where it can: building a lab takes well
+// under a second.
+func (l *Lab) build() error {
+	for _, ns := range l.namespaces() {
+		if err := sh("ip", "netns", "add", ns); err != nil {
+			return err
+		}
+		if err := l.ip(ns, "link set lo up"); err != nil {
+			return err
+		}
+	}
+	// LAN.
+	if err := sh("ip", "link", "add", "lan0", "netns", l.Router, "type", "veth", "peer", "eth0", "netns", l.LAN); err != nil {
+		return err
+	}
+	if err := l.ip(l.Router,
+		"link set lan0 up",
+		"addr add 192.0.2.1/26 dev lan0",
+		"addr add 2001:db8:1::1/64 dev lan0 nodad",
+	); err != nil {
+		return err
+	}
+	if err := l.ip(l.LAN,
+		"link set eth0 up",
+		"addr add 192.0.2.10/26 dev eth0",
+		"addr add 192.0.2.20/26 dev eth0",
+		"addr add 2001:db8:1::10/64 dev eth0 nodad",
+		"route add default via 192.0.2.1",
+		"route add ::/0 via 2001:db8:1::1",
+	); err != nil {
+		return err
+	}
+	for i, isp := range l.isps {
+		n := i + 1
+		wan := fmt.Sprintf("wan%d", n)
+		if err := sh("ip", "link", "add", wan, "netns", l.Router, "type", "veth", "peer", "cust", "netns", isp); err != nil {
+			return err
+		}
+		if err := sh("ip", "link", "add", "srv", "netns", isp, "type", "veth", "peer", fmt.Sprintf("isp%d", n), "netns", l.Server); err != nil {
+			return err
+		}
+		// The router's main table gets what a DHCP client and router
+		// advertisements would leave: a default route per uplink, with
+		// a metric by preference.
+		if err := l.ip(l.Router,
+			"link set "+wan+" up",
+			fmt.Sprintf("addr add %s/29 dev %s", UplinkAddr4(n), wan),
+			fmt.Sprintf("addr add %s/64 dev %s nodad", UplinkAddr6(n), wan),
+			fmt.Sprintf("route add default via %s dev %s metric %d", UplinkGateway4(n), wan, 100*n),
+			fmt.Sprintf("route add ::/0 via %s dev %s metric %d", UplinkGateway6(n), wan, 100*n),
+		); err != nil {
+			return err
+		}
+		srv4, isp4 := fmt.Sprintf("203.0.113.%d", 4*i+18), fmt.Sprintf("203.0.113.%d", 4*i+17)
+		srv6, isp6 := fmt.Sprintf("2001:db8:20%d::2", n), fmt.Sprintf("2001:db8:20%d::1", n)
+		if err := l.ip(isp,
+			"link set cust up",
+			"link set srv up",
+			fmt.Sprintf("addr add %s/29 dev cust", UplinkGateway4(n)),
+			fmt.Sprintf("addr add %s/64 dev cust nodad", UplinkGateway6(n)),
+			fmt.Sprintf("addr add %s/30 dev srv", isp4),
+			fmt.Sprintf("addr add %s/64 dev srv nodad", isp6),
+			fmt.Sprintf("route add 203.0.113.10/31 via %s", srv4),
+			fmt.Sprintf("route add 2001:db8:ff::/64 via %s", srv6),
+		); err != nil {
+			return err
+		}
+		if err := l.sysctl(isp, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"); err != nil {
+			return err
+		}
+		// Ingress filtering: only the customer's own addresses may
+		// come from the customer link.
+		filter := fmt.Sprintf(`table inet isp {
+	counter spoofed { }
+	chain in {
+		type filter hook prerouting priority -300; policy accept;
+		iifname "cust" ip saddr != %s counter name spoofed drop
+		iifname "cust" ip6 saddr != { %s, fe80::/10 } counter name spoofed drop
+	}
+}
+`, UplinkAddr4(n), UplinkAddr6(n))
+		if err := l.nft(isp, filter); err != nil {
+			return err
+		}
+		if err := l.ip(l.Server,
+			fmt.Sprintf("link set isp%d up", n),
+			fmt.Sprintf("addr add %s/30 dev isp%d", srv4, n),
+			fmt.Sprintf("addr add %s/64 dev isp%d nodad", srv6, n),
+			fmt.Sprintf("route add 198.51.100.%d/29 via %s", 8*i, isp4),
+			fmt.Sprintf("route add 2001:db8:10%d::/64 via %s", n, isp6),
+		); err != nil {
+			return err
+		}
+	}
+	if err := l.ip(l.Server,
+		"addr add 203.0.113.10/32 dev lo",
+		"addr add 203.0.113.11/32 dev lo",
+		"addr add 2001:db8:ff::10/128 dev lo",
+		"addr add 2001:db8:ff::11/128 dev lo",
+	); err != nil {
+		return err
+	}
+	// The router forwards; what it does with marks and NAT is wanpin's job.
+	return l.sysctl(l.Router, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+}
+
+// ip runs `ip -batch` with the given lines in ns.
+func (l *Lab) ip(ns string, lines ...string) error {
+	cmd := exec.Command("ip", "-n", ns, "-batch", "-")
+	cmd.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("lab: ip -n %s: %v: %s (batch: %q)", ns, err, strings.TrimSpace(string(out)), lines)
+	}
+	return nil
+}
+
+func (l *Lab) nft(ns, ruleset string) error {
+	cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(ruleset)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("lab: nft in %s: %v: %s", ns, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func (l *Lab) sysctl(ns string, settings ...string) error {
+	args := append([]string{"netns", "exec", ns, "sysctl", "-q", "-w"}, settings...)
+	return sh("ip", args...)
+}
+
+func sh(name string, args ...string) error {
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("lab: %s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Exec runs a command in a namespace and returns its combined output.
+func (l *Lab) Exec(ns string, args ...string) (string, error) {
+	full := append([]string{"netns", "exec", ns}, args...)
+	out, err := exec.Command("ip", full...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("in %s: %s: %w", ns, strings.Join(args, " "), err)
+	}
+	return string(out), nil
+}
+
+// Close stops the lab's processes and deletes its namespaces. It is safe
+// to call more than once.
+func (l *Lab) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	procs := l.procs
+	l.mu.Unlock()
+	for _, p := range procs {
+		p.Close()
+	}
+	if l.server != nil {
+		l.server.close()
+	}
+	var errs []error
+	for _, ns := range l.namespaces() {
+		if err := exec.Command("ip", "netns", "del", ns).Run(); err != nil {
+			if _, statErr := exec.Command("ip", "netns", "pids", ns).Output(); statErr == nil {
+				errs = append(errs, fmt.Errorf("lab: deleting %s: %w", ns, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Sweep deletes namespaces left by labs of crashed runs.
+func Sweep() {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 0 && strings.HasPrefix(f[0], "wpl") && strings.Contains(f[0], "-") {
+			_ = exec.Command("ip", "netns", "del", f[0]).Run()
+		}
+	}
+}
+
+// SetCarrier takes ISP i's side of the customer link down or up: the
+// router's wan<i> loses carrier but keeps its address, as when a modem
+// loses sync.
+func (l *Lab) SetCarrier(i int, up bool) error {
+	state := "down"
+	if up {
+		state = "up"
+	}
+	return l.ip(l.ISP(i), "link set cust "+state)
+}
+
+// Blackhole makes ISP i silently drop everything it would forward or
+// answer, while every link stays up.
+func (l *Lab) Blackhole(i int, on bool) error {
+	if on {
+		return l.nft(l.ISP(i), `table inet blackhole {
+	chain pre { type filter hook prerouting priority -400; policy drop; }
+}
+`)
+	}
+	return sh("ip", "netns", "exec", l.ISP(i), "nft", "delete", "table", "inet", "blackhole")
+}
+
+// SpoofedDrops reads how many packets ISP i dropped for a foreign source.
+func (l *Lab) SpoofedDrops(i int) (uint64, error) {
+	out, err := l.Exec(l.ISP(i), "nft", "list", "counter", "inet", "isp", "spoofed")
+	if err != nil {
+		return 0, fmt.Errorf("%w: %s", err, out)
+	}
+	var n uint64
+	if i := strings.Index(out, "packets "); i >= 0 {
+		fmt.Sscan(out[i+len("packets "):], &n)
+	}
+	return n, nil
+}
