@@ -203,7 +203,7 @@ func (l *Lab) build() error {
 	chain in {
 		type filter hook prerouting priority -300; policy accept;
 		iifname "cust" ip saddr != %s counter name spoofed drop
-		iifname "cust" ip6 saddr != { %s, fe80::/10 } counter name spoofed drop
+		iifname "cust" ip6 saddr != { %s, fe80::/10, :: } counter name spoofed drop
 	}
 }
 `, UplinkAddr4(n), UplinkAddr6(n))
@@ -264,9 +264,11 @@ func sh(name string, args ...string) error {
 }
 
 // Exec runs a command in a namespace and returns its combined output.
+// Like Start it enters only the network namespace: `ip netns exec` would
+// remount /sys and hide the cgroup tree.
 func (l *Lab) Exec(ns string, args ...string) (string, error) {
-	full := append([]string{"netns", "exec", ns}, args...)
-	out, err := exec.Command("ip", full...).CombinedOutput()
+	full := append([]string{"--net=/run/netns/" + ns, "--"}, args...)
+	out, err := exec.Command("nsenter", full...).CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("in %s: %s: %w", ns, strings.Join(args, " "), err)
 	}

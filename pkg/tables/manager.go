@@ -275,6 +275,9 @@ func (m *Manager) toNetlinkRoute(r Route) (*netlink.Route, error) {
 
 func (m *Manager) fromNetlinkRoute(fam Family, nr *netlink.Route) (Route, error) {
 	r := Route{Family: fam, Table: nr.Table, Metric: nr.Priority}
+	if fam == V6 && r.Metric == v6DefaultMetric {
+		r.Metric = 0
+	}
 	if nr.Dst != nil {
 		if p, ok := ipNetToPrefix(nr.Dst); ok && p.Bits() != 0 {
 			r.Dst = p

@@ -22,6 +22,7 @@ func sample() Desired {
 			{Family: V4, Table: 200, Gateway: netip.MustParseAddr("198.51.100.1"), Interface: "wan1"},
 			{Family: V4, Table: 200, Type: Unreachable, Metric: UnreachableMetric},
 			{Family: V6, Table: 200, Type: Unreachable, Metric: UnreachableMetric},
+			{Family: V6, Table: 200, Gateway: netip.MustParseAddr("2001:db8:101::1"), Interface: "wan1"},
 			{Family: V4, Table: 201, Interface: "wan2"},
 			{Family: V4, Table: 201, Type: Unreachable, Metric: UnreachableMetric},
 		},
@@ -36,6 +37,7 @@ func setup(t *testing.T) (*nstest.NS, *Manager) {
 		ns.Run(t, "ip", "link", "set", l, "up")
 	}
 	ns.Run(t, "ip", "addr", "add", "198.51.100.2/29", "dev", "wan1")
+	ns.Run(t, "ip", "addr", "add", "2001:db8:101::2/64", "dev", "wan1", "nodad")
 	ns.Run(t, "ip", "addr", "add", "198.51.100.10/32", "peer", "198.51.100.9", "dev", "wan2")
 	m, err := New(ns.Handle)
 	if err != nil {

@@ -98,8 +98,8 @@ func RenderRoute(r Route) string {
 	if r.OnLink {
 		s += " onlink"
 	}
-	if r.Metric != 0 {
-		s += fmt.Sprintf(" metric %d", r.Metric)
+	if m := r.metric(); m != 0 {
+		s += fmt.Sprintf(" metric %d", m)
 	}
 	if r.Family == V6 {
 		s += " pref medium"

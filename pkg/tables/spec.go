@@ -88,7 +88,18 @@ type Route struct {
 // Key identifies a route the way the kernel does: the same key in the
 // same table is one route, and RouteReplace swaps its content.
 func (r Route) Key() string {
-	return fmt.Sprintf("%v|%d|%v|%d", r.Family, r.Table, r.dst(), r.Metric)
+	return fmt.Sprintf("%v|%d|%v|%d", r.Family, r.Table, r.dst(), r.metric())
+}
+
+// v6DefaultMetric is what the kernel stores for an IPv6 route added with
+// metric 0: a route read back with it is the same route.
+const v6DefaultMetric = 1024
+
+func (r Route) metric() int {
+	if r.Family == V6 && r.Metric == 0 {
+		return v6DefaultMetric
+	}
+	return r.Metric
 }
 
 func (r Route) dst() netip.Prefix {

@@ -1,0 +1,141 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/wanpin/wanpin/internal/netlab"
+)
+
+// newLab builds a lab with n ISPs, closed when the test ends.
+func newLab(t *testing.T, n int) *netlab.Lab {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	l, err := netlab.New(netlab.Options{ISPs: n})
+	if err != nil {
+		t.Fatalf("building the lab: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// daemon is one wanpin process running in the lab's router namespace.
+type daemon struct {
+	t       *testing.T
+	l       *netlab.Lab
+	proc    *netlab.Proc
+	cfgPath string
+	dir     string
+	logs    []string // one log file per process started
+}
+
+// startWanpin writes cfg and starts `wanpin run` in the router namespace.
+func startWanpin(t *testing.T, l *netlab.Lab, cfg string) *daemon {
+	t.Helper()
+	dir := t.TempDir()
+	d := &daemon{t: t, l: l, cfgPath: filepath.Join(dir, "wanpin.toml"), dir: dir}
+	d.writeConfig(cfg)
+	d.start()
+	t.Cleanup(func() {
+		if d.proc != nil {
+			d.proc.Signal(syscall.SIGTERM)
+			d.proc.Wait(5 * time.Second)
+			d.proc.Close()
+		}
+		if t.Failed() {
+			t.Logf("wanpin log:\n%s", d.allLogs())
+		}
+	})
+	return d
+}
+
+func (d *daemon) writeConfig(cfg string) {
+	d.t.Helper()
+	if err := os.WriteFile(d.cfgPath, []byte(cfg), 0o644); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+func (d *daemon) start() {
+	d.t.Helper()
+	logPath := filepath.Join(d.dir, fmt.Sprintf("wanpin-%d.log", len(d.logs)+1))
+	d.logs = append(d.logs, logPath)
+	p, err := d.l.Start(d.l.Router, logPath, wanpinBin, "run", "--config", d.cfgPath)
+	if err != nil {
+		d.t.Fatalf("starting wanpin: %v", err)
+	}
+	d.proc = p
+	d.waitFor("nftables applied", 1, 10*time.Second)
+}
+
+// log returns what the newest wanpin process has logged.
+func (d *daemon) log() string {
+	if len(d.logs) == 0 {
+		return ""
+	}
+	b, _ := os.ReadFile(d.logs[len(d.logs)-1])
+	return string(b)
+}
+
+func (d *daemon) allLogs() string {
+	var all strings.Builder
+	for _, p := range d.logs {
+		b, _ := os.ReadFile(p)
+		all.Write(b)
+	}
+	return all.String()
+}
+
+// waitFor waits until the newest process's log holds at least n lines
+// containing s.
+func (d *daemon) waitFor(s string, n int, timeout time.Duration) {
+	d.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if strings.Count(d.log(), s) >= n {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	d.t.Fatalf("timed out waiting for %d× %q in the log:\n%s", n, s, d.log())
+}
+
+// stop sends sig and waits for the process to end.
+func (d *daemon) stop(sig syscall.Signal) {
+	d.t.Helper()
+	if err := d.proc.Signal(sig); err != nil {
+		d.t.Fatalf("signal: %v", err)
+	}
+	d.proc.Wait(10 * time.Second)
+	d.proc.Close()
+	d.proc = nil
+}
+
+// run runs a command in a namespace of the lab and fails the test on error.
+func run(t *testing.T, l *netlab.Lab, ns string, args ...string) string {
+	t.Helper()
+	out, err := l.Exec(ns, args...)
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+const twoUplinks = `
+[[uplink]]
+name = "isp1"
+interface = "wan1"
+weight = %d
+
+[[uplink]]
+name = "isp2"
+interface = "wan2"
+weight = %d
+`
