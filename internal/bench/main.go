@@ -1,0 +1,185 @@
+// Command bench measures wanpin in the lab and prints one table of
+// figures, each ratio measured side by side in one run (configurations
+// interleaved, medians compared), because the machines are shared and
+// noisy. Run as root: go run ./internal/bench [-wanpin PATH] [-reps N]
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/wanpin/wanpin/internal/netlab"
+)
+
+func main() {
+	bin := flag.String("wanpin", "", "wanpin binary (built from ./cmd/wanpin when empty)")
+	reps := flag.Int("reps", 5, "iperf3 runs per configuration")
+	secs := flag.Int("seconds", 3, "length of one iperf3 run")
+	flag.Parse()
+	if err := run(*bin, *reps, *secs); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// config is one way of setting up the router for a throughput run.
+type config struct {
+	name  string
+	setup func(l *netlab.Lab, dir string) (stop func(), err error)
+}
+
+func run(bin string, reps, secs int) error {
+	dir, err := os.MkdirTemp("", "wanpin-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if bin == "" {
+		bin = filepath.Join(dir, "wanpin")
+		if out, err := exec.Command("go", "build", "-o", bin, "./cmd/wanpin").CombinedOutput(); err != nil {
+			return fmt.Errorf("building wanpin: %v: %s", err, out)
+		}
+	}
+	netlab.Sweep()
+	l, err := netlab.New(netlab.Options{ISPs: 2})
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+
+	wanpin := func(cfg string) func(l *netlab.Lab, dir string) (func(), error) {
+		return func(l *netlab.Lab, dir string) (func(), error) {
+			path := filepath.Join(dir, "wanpin.toml")
+			if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+				return nil, err
+			}
+			logPath := filepath.Join(dir, "wanpin.log")
+			p, err := l.Start(l.Router, logPath, bin, "run", "--config", path)
+			if err != nil {
+				return nil, err
+			}
+			if err := waitLog(logPath, "nftables applied", 20*time.Second); err != nil {
+				p.Close()
+				return nil, err
+			}
+			return func() { p.Signal(os.Interrupt); p.Wait(10 * time.Second); p.Close() }, nil
+		}
+	}
+	configs := []config{
+		{"no rules (one masquerade)", func(l *netlab.Lab, dir string) (func(), error) {
+			_, err := l.Exec(l.Router, "nft", `add table ip bare; add chain ip bare nat { type nat hook postrouting priority srcnat; }; add rule ip bare nat oifname "wan1" masquerade`)
+			return func() { l.Exec(l.Router, "nft", "delete", "table", "ip", "bare") }, err
+		}},
+		{"wanpin, 1 policy entry", wanpin(oneUplinkConfig(1))},
+		{"wanpin, 10,000 policy entries", wanpin(oneUplinkConfig(10000))},
+	}
+	results := make([][]float64, len(configs))
+	for r := 0; r < reps; r++ {
+		for i, c := range configs {
+			stop, err := c.setup(l, dir)
+			if err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+			bps, err := iperf(l, secs)
+			stop()
+			if err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+			results[i] = append(results[i], bps)
+		}
+	}
+	med := make([]float64, len(configs))
+	for i := range configs {
+		med[i] = median(results[i])
+	}
+	fmt.Printf("%-44s %14s %10s %s\n", "figure", "value", "target", "")
+	row := func(name, value, target string, ok bool) {
+		verdict := "ok"
+		if !ok {
+			verdict = "MISSED"
+		}
+		fmt.Printf("%-44s %14s %10s %s\n", name, value, target, verdict)
+	}
+	for i, c := range configs {
+		fmt.Printf("%-44s %11.2f Gb/s %10s (median of %d: %s)\n", "throughput: "+c.name, med[i]/1e9, "", reps, gbps(results[i]))
+	}
+	r1 := med[1] / med[0]
+	row("ratio: wanpin / no rules", fmt.Sprintf("%.3f", r1), ">= 0.95", r1 >= 0.95)
+	r2 := med[2] / med[1]
+	row("ratio: 10,000 entries / 1 entry", fmt.Sprintf("%.3f", r2), ">= 0.95", r2 >= 0.95)
+	return nil
+}
+
+// oneUplinkConfig: two uplinks, all traffic through isp1 (isp2 is a
+// backup), and a policy with n destination entries that the benchmark
+// traffic does not match, so every new connection is looked up in it.
+func oneUplinkConfig(n int) string {
+	var b strings.Builder
+	b.WriteString("[[uplink]]\nname = \"isp1\"\ninterface = \"wan1\"\n\n[[uplink]]\nname = \"isp2\"\ninterface = \"wan2\"\ntier = 2\n\n")
+	b.WriteString("[[policy]]\nname = \"many\"\nuplinks = [\"isp2\"]\ndestinations = [\n")
+	for i := 0; i < n; i++ {
+		// Set elements only, never a packet's address: 10,000 disjoint
+		// /30s do not fit in the documentation ranges.
+		a := netip.AddrFrom4([4]byte{byte(100 + i>>14), byte(i >> 6), byte(i << 2), 0})
+		fmt.Fprintf(&b, "  \"%s/30\",\n", a)
+	}
+	b.WriteString("]\n")
+	return b.String()
+}
+
+func iperf(l *netlab.Lab, secs int) (float64, error) {
+	out, err := l.Exec(l.LAN, "iperf3", "-c", netlab.ServerAddr4, "-p", fmt.Sprint(netlab.PortIperf),
+		"-t", fmt.Sprint(secs), "-O", "1", "-J")
+	if err != nil {
+		return 0, fmt.Errorf("iperf3: %w: %s", err, out)
+	}
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		return 0, fmt.Errorf("iperf3 output: %w", err)
+	}
+	return res.End.SumReceived.BitsPerSecond, nil
+}
+
+func waitLog(path, s string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if b, _ := os.ReadFile(path); strings.Contains(string(b), s) {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(path)
+	return fmt.Errorf("wanpin did not apply within %v:\n%s", timeout, b)
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func gbps(xs []float64) string {
+	var parts []string
+	for _, x := range xs {
+		parts = append(parts, fmt.Sprintf("%.2f", x/1e9))
+	}
+	return strings.Join(parts, " ")
+}
