@@ -121,7 +121,7 @@ func observeAll(cfg *config.Config, out map[string]plan.UplinkState) error {
 		return err
 	}
 	for _, u := range cfg.Uplinks {
-		out[u.Name], _ = daemon.Observe(u, links[u.Interface])
+		out[u.Name], _ = daemon.Observe(u, links[u.Interface], daemon.Hint{})
 	}
 	return nil
 }

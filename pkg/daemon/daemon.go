@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -30,6 +31,17 @@ type Options struct {
 	Log        *slog.Logger
 	// ProcSys is where the namespace's sysctls live (default /proc/sys).
 	ProcSys string
+	// NewFlusher opens a conntrack connection; nil: entries are never
+	// flushed (tests of the routing alone).
+	NewFlusher func() (Flusher, error)
+}
+
+// Flusher deletes and counts conntrack entries (pkg/ctflush).
+type Flusher interface {
+	FlushMark(mark, mask uint32) (int, error)
+	FlushNATAddr(addr netip.Addr) (int, error)
+	CountByMark(mask uint32) (map[uint32]int, error)
+	Close() error
 }
 
 // UplinkStatus is what the daemon knows of one uplink.
@@ -57,6 +69,13 @@ type Daemon struct {
 	applied *plan.Desired  // last state the kernel was brought to
 	tuned   map[string]int // interface -> ifindex whose sysctls were set
 	retry   *time.Timer
+	hints   map[string]Hint // by interface, from PPP hooks
+
+	flusher Flusher // used by the loop
+	counter Flusher // used by Status, outside the loop
+
+	requests chan func()   // work for the loop, from control requests
+	stopped  chan struct{} // closed when Run returns
 }
 
 // New loads the configuration and connects to the kernel. Nothing is
@@ -72,7 +91,8 @@ func New(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{opts: opts, log: opts.Log, cfg: cfg, status: map[string]*UplinkStatus{}, tuned: map[string]int{}}
+	d := &Daemon{opts: opts, log: opts.Log, cfg: cfg, status: map[string]*UplinkStatus{}, tuned: map[string]int{},
+		hints: map[string]Hint{}, requests: make(chan func()), stopped: make(chan struct{})}
 	// The daemon manages the network namespace it runs in (the lab starts
 	// it inside the router's namespace).
 	if d.nft, err = rules.New(); err != nil {
@@ -87,6 +107,16 @@ func New(opts Options) (*Daemon, error) {
 		d.tbl.Close()
 		return nil, err
 	}
+	if opts.NewFlusher != nil {
+		if d.flusher, err = opts.NewFlusher(); err != nil {
+			d.close()
+			return nil, fmt.Errorf("connecting to conntrack: %w", err)
+		}
+		if d.counter, err = opts.NewFlusher(); err != nil {
+			d.close()
+			return nil, fmt.Errorf("connecting to conntrack: %w", err)
+		}
+	}
 	if d.cgroups, err = cgroups.NewResolver(); err != nil {
 		d.log.Warn("cgroup v2 not found: service policies match nothing", "err", err)
 		d.cgroups = &cgroups.Resolver{}
@@ -97,6 +127,7 @@ func New(opts Options) (*Daemon, error) {
 // Run applies the configuration and follows events until ctx ends, then
 // removes everything wanpin installed. reload receives SIGHUP.
 func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
+	defer close(d.stopped)
 	defer d.close()
 	d.log.Info("starting", "config", d.opts.ConfigPath, "uplinks", len(d.cfg.Uplinks), "policies", len(d.cfg.Policies))
 	d.setGlobalSysctls()
@@ -118,7 +149,9 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 		case <-changed:
 			d.sync("netlink")
 		case <-reload:
-			d.reload()
+			_ = d.reload()
+		case f := <-d.requests:
+			f()
 		case <-services.C:
 			if d.resolveServices() {
 				d.sync("service cgroup changed")
@@ -131,24 +164,37 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 }
 
 func (d *Daemon) close() {
-	d.nft.Close()
-	d.tbl.Close()
-	d.obs.Close()
+	if d.nft != nil {
+		d.nft.Close()
+	}
+	if d.tbl != nil {
+		d.tbl.Close()
+	}
+	if d.obs != nil {
+		d.obs.Close()
+	}
+	if d.flusher != nil {
+		d.flusher.Close()
+	}
+	if d.counter != nil {
+		d.counter.Close()
+	}
 }
 
 // reload re-reads the configuration. A bad file changes nothing: the
 // running configuration and the kernel state stay as they are.
-func (d *Daemon) reload() {
+func (d *Daemon) reload() error {
 	cfg, err := config.Load(d.opts.ConfigPath)
 	if err != nil {
 		d.log.Error("reload rejected, keeping the running configuration", "err", err)
-		return
+		return err
 	}
 	d.cfg = cfg
 	d.log.Info("configuration reloaded", "uplinks", len(cfg.Uplinks), "policies", len(cfg.Policies))
 	d.resolveServices()
 	d.applied = nil
 	d.sync("reload")
+	return nil
 }
 
 // sync observes the uplinks, recomputes the desired state and applies
@@ -166,11 +212,13 @@ func (d *Daemon) sync(why string) {
 	}
 	states := map[string]plan.UplinkState{}
 	wentDown := false
+	var flushMarks []string // uplinks that went down: flush their entries
+	oldAddrs := usedAddrs(d.cfg, d.status)
 	seen := map[string]bool{}
 	for _, u := range d.cfg.Uplinks {
 		seen[u.Name] = true
 		l := links[u.Interface]
-		st, reason := Observe(u, l)
+		st, reason := Observe(u, l, d.hint(l))
 		states[u.Name] = st
 		if l.Exists {
 			d.tuneInterface(l)
@@ -179,6 +227,7 @@ func (d *Daemon) sync(why string) {
 		if !known || old.Up != st.Up() || old.Interface != u.Interface {
 			if known && old.Up && !st.Up() {
 				wentDown = true
+				flushMarks = append(flushMarks, u.Name)
 			}
 			state := "down"
 			if st.Up() {
@@ -200,6 +249,81 @@ func (d *Daemon) sync(why string) {
 		d.log.Error("applying state", "err", err, "trigger", why)
 		d.scheduleRetry()
 	}
+	// Only now, with the uplink out of the balancing and its packets
+	// dropped, are its conntrack entries flushed: a new packet of such a
+	// flow (a UDP stream with a fixed 5-tuple) then starts a new entry on
+	// a live uplink instead of finding the dead one again.
+	d.flush(flushMarks, oldAddrs, usedAddrs(d.cfg, d.status))
+}
+
+// flush deletes the conntrack entries of uplinks that went down (by
+// their mark) and the entries NATed to addresses an uplink lost (a PPP
+// re-dial or a new DHCP lease). Nothing else is touched.
+func (d *Daemon) flush(down []string, before, after map[string][]netip.Addr) {
+	if d.flusher == nil {
+		return
+	}
+	for _, name := range down {
+		for i, u := range d.cfg.Uplinks {
+			if u.Name != name {
+				continue
+			}
+			mark := d.cfg.UplinkMark(i)
+			n, err := d.flusher.FlushMark(mark, d.cfg.MarkMask)
+			if err != nil {
+				d.log.Error("flushing conntrack entries", "uplink", name, "err", err)
+				continue
+			}
+			d.log.Info("conntrack flushed", "uplink", name, "mark", fmt.Sprintf("%#x", mark), "entries", n, "reason", "uplink down")
+		}
+	}
+	for name, old := range before {
+		for _, a := range old {
+			if containsAddr(after[name], a) {
+				continue
+			}
+			n, err := d.flusher.FlushNATAddr(a)
+			if err != nil {
+				d.log.Error("flushing conntrack entries", "uplink", name, "address", a, "err", err)
+				continue
+			}
+			d.log.Info("conntrack flushed", "uplink", name, "address", a.String(), "entries", n, "reason", "address gone")
+		}
+	}
+}
+
+func containsAddr(list []netip.Addr, a netip.Addr) bool {
+	for _, x := range list {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+// hint returns the PPP hook's hint for an interface, binding it to the
+// interface instance it was given for: a PPP link that is re-dialled gets
+// a new interface index, and an old session's hint must not stick to it.
+func (d *Daemon) hint(l watch.Link) Hint {
+	h, ok := d.hints[l.Name]
+	if !ok {
+		return Hint{}
+	}
+	switch {
+	case !l.Exists && h.Down:
+		// ip-down, then the interface went away: the hint did its job.
+		delete(d.hints, l.Name)
+		return Hint{}
+	case !l.Exists:
+		return h
+	case h.Index == 0:
+		h.Index = l.Index
+		d.hints[l.Name] = h
+	case h.Index != l.Index:
+		delete(d.hints, l.Name)
+		return Hint{}
+	}
+	return h
 }
 
 // apply brings the kernel to want. When an uplink went down the nftables
@@ -346,17 +470,4 @@ func trimNL(b []byte) []byte {
 		return b[:n-1]
 	}
 	return b
-}
-
-// Status returns a copy of the uplinks' status, in configuration order.
-// It must be called from the loop goroutine (control requests are served
-// there).
-func (d *Daemon) Status() []UplinkStatus {
-	out := make([]UplinkStatus, 0, len(d.cfg.Uplinks))
-	for _, u := range d.cfg.Uplinks {
-		if s, ok := d.status[u.Name]; ok {
-			out = append(out, *s)
-		}
-	}
-	return out
 }

@@ -16,10 +16,21 @@ import (
 // an address of that family, and a way to the internet is known: the
 // configured gateway, the main table's default route through the interface
 // (DHCP, router advertisements), or a point-to-point link (PPP).
-func Observe(u config.Uplink, l watch.Link) (plan.UplinkState, string) {
+func Observe(u config.Uplink, l watch.Link, h Hint) (plan.UplinkState, string) {
 	var st plan.UplinkState
 	if !l.Exists {
 		return st, fmt.Sprintf("interface %s does not exist", u.Interface)
+	}
+	if h.Peer.IsValid() {
+		// The PPP hook told us the peer: the link is point-to-point even
+		// if the kernel shows no peer address (some PPPoE setups).
+		l.Addrs = append([]watch.Addr(nil), l.Addrs...)
+		for i, a := range l.Addrs {
+			if a.Prefix.Addr().Is4() == h.Peer.Is4() && !a.Peer.IsValid() {
+				l.Addrs[i].Peer = h.Peer
+			}
+		}
+		l.PointToPoint = true
 	}
 	// Addresses are reported even while the link is down: the uplink's
 	// `from` rules stay, so a socket bound to its address fails fast on
@@ -27,6 +38,10 @@ func Observe(u config.Uplink, l watch.Link) (plan.UplinkState, string) {
 	v4, r4 := family(u, l, false)
 	v6, r6 := family(u, l, true)
 	switch {
+	case h.Down:
+		v4.Up, v6.Up = false, false
+		st.V4, st.V6 = v4, v6
+		return st, fmt.Sprintf("pppd ip-down for %s", u.Interface)
 	case !l.AdminUp:
 		v4.Up, v6.Up = false, false
 		st.V4, st.V6 = v4, v6
@@ -46,6 +61,16 @@ func Observe(u config.Uplink, l watch.Link) (plan.UplinkState, string) {
 		return st, r6
 	}
 	return st, r4
+}
+
+// Hint is what PPP hooks told the daemon about an interface: the peer
+// address from ip-up, and ip-down (the link is going away; netlink will
+// confirm it a moment later). A hint lives until the interface is
+// re-created with a new index or the opposite event arrives.
+type Hint struct {
+	Index int // the ifindex the hint was given for (0: whatever exists)
+	Peer  netip.Addr
+	Down  bool
 }
 
 func family(u config.Uplink, l watch.Link, v6 bool) (plan.FamilyState, string) {

@@ -39,7 +39,7 @@ func TestObserve(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			st, reason := Observe(c.u, c.l)
+			st, reason := Observe(c.u, c.l, Hint{})
 			if st.Up() != c.up || !strings.Contains(reason, c.reason) {
 				t.Fatalf("up=%v reason=%q; want up=%v reason containing %q", st.Up(), reason, c.up, c.reason)
 			}
@@ -51,7 +51,20 @@ func TestObserve(t *testing.T) {
 	// A down link keeps its addresses, so its `from` rules stay.
 	l := good
 	l.Carrier = false
-	if st, _ := Observe(dhcp, l); len(st.V4.Addrs) != 1 || st.V4.Up {
+	if st, _ := Observe(dhcp, l, Hint{}); len(st.V4.Addrs) != 1 || st.V4.Up {
 		t.Errorf("no carrier: %+v", st.V4)
+	}
+	// PPP hooks: ip-up's peer makes a plain interface point-to-point,
+	// ip-down takes it down before netlink does.
+	veth := watch.Link{Name: "ppp0", Exists: true, AdminUp: true, Carrier: true, Addrs: []watch.Addr{addr("198.51.100.10/32")}}
+	if st, _ := Observe(ppp, veth, Hint{}); st.Up() {
+		t.Error("no gateway and no hint: up")
+	}
+	st, reason := Observe(ppp, veth, Hint{Peer: netip.MustParseAddr("198.51.100.9")})
+	if !st.Up() || !st.V4.PointToPoint || !strings.Contains(reason, "198.51.100.9") {
+		t.Errorf("ip-up hint: %+v %q", st.V4, reason)
+	}
+	if st, reason := Observe(ppp, veth, Hint{Down: true}); st.Up() || !strings.Contains(reason, "ip-down") {
+		t.Errorf("ip-down hint: up=%v %q", st.Up(), reason)
 	}
 }

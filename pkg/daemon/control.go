@@ -1,0 +1,147 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/wanpin/wanpin/pkg/config"
+)
+
+// ErrStopped is returned by requests made while the loop is not running.
+var ErrStopped = errors.New("wanpin is stopping")
+
+// do runs f on the loop goroutine, which owns all state, and waits for it.
+func (d *Daemon) do(ctx context.Context, f func()) error {
+	done := make(chan struct{})
+	select {
+	case d.requests <- func() { f(); close(done) }:
+	case <-d.stopped:
+		return ErrStopped
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-d.stopped:
+		return ErrStopped
+	}
+}
+
+// Report is the daemon's state as `wanpin status` shows it.
+type Report struct {
+	Config  string
+	Uplinks []UplinkReport
+}
+
+// UplinkReport is one uplink in a Report.
+type UplinkReport struct {
+	Name, Interface string
+	Up              bool
+	Reason          string
+	Since           time.Time
+	Addresses       []netip.Addr
+	Gateway4        netip.Addr
+	Gateway6        netip.Addr
+	Weight, Tier    int
+	Mark            uint32
+	Pinned          int // conntrack entries carrying the uplink's mark
+}
+
+// Status reports every uplink. The conntrack count runs outside the loop:
+// dumping a large table must not delay reactions to events.
+func (d *Daemon) Status(ctx context.Context) (Report, error) {
+	var r Report
+	var mask uint32
+	err := d.do(ctx, func() {
+		r.Config = d.opts.ConfigPath
+		mask = d.cfg.MarkMask
+		for i, u := range d.cfg.Uplinks {
+			ur := UplinkReport{Name: u.Name, Interface: u.Interface, Weight: u.Weight, Tier: u.Tier, Mark: d.cfg.UplinkMark(i)}
+			if s, ok := d.status[u.Name]; ok {
+				ur.Up, ur.Reason, ur.Since = s.Up, s.Reason, s.Since
+				ur.Addresses = append(append(ur.Addresses, s.State.V4.Addrs...), s.State.V6.Addrs...)
+				ur.Gateway4, ur.Gateway6 = s.State.V4.Gateway, s.State.V6.Gateway
+			}
+			r.Uplinks = append(r.Uplinks, ur)
+		}
+	})
+	if err != nil {
+		return r, err
+	}
+	if d.counter != nil {
+		counts, err := d.counter.CountByMark(mask)
+		if err != nil {
+			d.log.Warn("counting pinned connections", "err", err)
+		}
+		for i := range r.Uplinks {
+			r.Uplinks[i].Pinned = counts[r.Uplinks[i].Mark]
+		}
+	}
+	return r, nil
+}
+
+// Reload re-reads the configuration; a bad file is returned as the error
+// and changes nothing.
+func (d *Daemon) Reload(ctx context.Context) error {
+	var rerr error
+	if err := d.do(ctx, func() { rerr = d.reload() }); err != nil {
+		return err
+	}
+	return rerr
+}
+
+// Event takes a PPP hook's news: "up" with the local and peer addresses,
+// or "down". Netlink reports the same a moment later; the hook makes the
+// reaction faster and tells the peer address.
+func (d *Daemon) Event(ctx context.Context, kind, iface string, local, peer netip.Addr) error {
+	if kind != "up" && kind != "down" {
+		return fmt.Errorf("event %q: want up or down", kind)
+	}
+	var rerr error
+	err := d.do(ctx, func() {
+		known := false
+		for _, u := range d.cfg.Uplinks {
+			known = known || u.Interface == iface
+		}
+		if !known {
+			rerr = fmt.Errorf("event %s %s: no uplink uses interface %s", kind, iface, iface)
+			return
+		}
+		d.log.Info("ppp event", "kind", kind, "interface", iface, "local", addrOrEmpty(local), "peer", addrOrEmpty(peer))
+		if kind == "up" {
+			d.hints[iface] = Hint{Peer: peer}
+		} else {
+			d.hints[iface] = Hint{Down: true}
+		}
+		d.sync("ppp ip-" + kind)
+	})
+	if err != nil {
+		return err
+	}
+	return rerr
+}
+
+func addrOrEmpty(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+// usedAddrs returns the addresses of every uplink, for noticing changes.
+func usedAddrs(cfg *config.Config, status map[string]*UplinkStatus) map[string][]netip.Addr {
+	out := map[string][]netip.Addr{}
+	for _, u := range cfg.Uplinks {
+		if s, ok := status[u.Name]; ok {
+			a := append(append([]netip.Addr(nil), s.State.V4.Addrs...), s.State.V6.Addrs...)
+			sort.Slice(a, func(i, j int) bool { return a[i].Less(a[j]) })
+			out[u.Name] = a
+		}
+	}
+	return out
+}
