@@ -39,7 +39,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "wanpin run: --log-level: %v\n", err)
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: &lv}))
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: &lv, ReplaceAttr: microseconds}))
 	d, err := daemon.New(daemon.Options{ConfigPath: *cfgPath, Log: log})
 	if err != nil {
 		fmt.Fprintf(stderr, "wanpin run: %v\n", err)
@@ -63,6 +63,15 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// microseconds stamps log lines to the microsecond: reactions to a link
+// event take well under a millisecond, and the log is how they are timed.
+func microseconds(groups []string, a slog.Attr) slog.Attr {
+	if a.Key == slog.TimeKey && len(groups) == 0 {
+		return slog.String(slog.TimeKey, a.Value.Time().Format("2006-01-02T15:04:05.000000Z07:00"))
+	}
+	return a
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {

@@ -56,22 +56,7 @@ func run(bin string, reps, secs int) error {
 	defer l.Close()
 
 	wanpin := func(cfg string) func(l *netlab.Lab, dir string) (func(), error) {
-		return func(l *netlab.Lab, dir string) (func(), error) {
-			path := filepath.Join(dir, "wanpin.toml")
-			if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-				return nil, err
-			}
-			logPath := filepath.Join(dir, "wanpin.log")
-			p, err := l.Start(l.Router, logPath, bin, "run", "--config", path)
-			if err != nil {
-				return nil, err
-			}
-			if err := waitLog(logPath, "nftables applied", 20*time.Second); err != nil {
-				p.Close()
-				return nil, err
-			}
-			return func() { p.Signal(os.Interrupt); p.Wait(10 * time.Second); p.Close() }, nil
-		}
+		return func(l *netlab.Lab, dir string) (func(), error) { return startWanpin(l, bin, dir, cfg) }
 	}
 	configs := []config{
 		{"no rules (one masquerade)", func(l *netlab.Lab, dir string) (func(), error) {
@@ -115,7 +100,118 @@ func run(bin string, reps, secs int) error {
 	row("ratio: wanpin / no rules", fmt.Sprintf("%.3f", r1), ">= 0.95", r1 >= 0.95)
 	r2 := med[2] / med[1]
 	row("ratio: 10,000 entries / 1 entry", fmt.Sprintf("%.3f", r2), ">= 0.95", r2 >= 0.95)
+
+	sw, err := switchTimes(l, bin, dir, 20)
+	if err != nil {
+		return fmt.Errorf("switch time: %w", err)
+	}
+	p50, p95 := percentile(sw, 0.5), percentile(sw, 0.95)
+	row("carrier loss -> switch, median (20 trials)", p50.Round(time.Microsecond*100).String(), "< 100ms", p50 < 100*time.Millisecond)
+	row("carrier loss -> switch, 95th percentile", p95.Round(time.Microsecond*100).String(), "< 100ms", p95 < 100*time.Millisecond)
 	return nil
+}
+
+// switchTimes takes uplink 1's carrier away n times and measures, each
+// time, from just before the link change to the moment wanpin's
+// nftables transaction (uplink 1 out of the balancing) is committed, as
+// the daemon's log timestamps it. Both clocks are this machine's.
+func switchTimes(l *netlab.Lab, bin, dir string, n int) ([]time.Duration, error) {
+	stop, err := startWanpin(l, bin, dir, "[[uplink]]\nname = \"isp1\"\ninterface = \"wan1\"\n\n[[uplink]]\nname = \"isp2\"\ninterface = \"wan2\"\n")
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	logPath := filepath.Join(dir, "wanpin.log")
+	var out []time.Duration
+	for i := 0; i < n; i++ {
+		before := countLog(logPath, "uplink down")
+		t0 := time.Now()
+		if err := l.SetCarrier(1, false); err != nil {
+			return nil, err
+		}
+		if err := waitCount(logPath, "uplink down", before+1, 5*time.Second); err != nil {
+			return nil, err
+		}
+		var applied time.Time
+		for wait := time.Now(); ; time.Sleep(2 * time.Millisecond) {
+			if applied, err = firstAfter(logPath, "nftables applied", t0); err == nil {
+				break
+			}
+			if time.Since(wait) > 5*time.Second {
+				return nil, err
+			}
+		}
+		out = append(out, applied.Sub(t0))
+		up := countLog(logPath, "uplink up")
+		if err := l.SetCarrier(1, true); err != nil {
+			return nil, err
+		}
+		if err := waitCount(logPath, "uplink up", up+1, 5*time.Second); err != nil {
+			return nil, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return out, nil
+}
+
+func countLog(path, s string) int {
+	b, _ := os.ReadFile(path)
+	return strings.Count(string(b), s)
+}
+
+func waitCount(path, s string, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if countLog(path, s) >= n {
+			return nil
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return fmt.Errorf("waiting for %d× %q in %s", n, s, path)
+}
+
+// firstAfter finds the first log line containing s stamped after t.
+func firstAfter(path, s string, t time.Time) (time.Time, error) {
+	b, _ := os.ReadFile(path)
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.Contains(line, s) || !strings.HasPrefix(line, "time=") {
+			continue
+		}
+		stamp := strings.Fields(line)[0][len("time="):]
+		at, err := time.Parse(time.RFC3339Nano, stamp)
+		if err == nil && at.After(t) {
+			return at, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("no %q after %v in:\n%s", s, t, b)
+}
+
+func percentile(ds []time.Duration, p float64) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := int(float64(len(s)-1)*p + 0.5)
+	return s[i]
+}
+
+// startWanpin runs wanpin with cfg in the router namespace, logging to
+// dir/wanpin.log (started afresh), and returns a function that stops it.
+func startWanpin(l *netlab.Lab, bin, dir, cfg string) (func(), error) {
+	path := filepath.Join(dir, "wanpin.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(dir, "wanpin.log")
+	os.Remove(logPath)
+	p, err := l.Start(l.Router, logPath, bin, "run", "--config", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitLog(logPath, "nftables applied", 20*time.Second); err != nil {
+		exited := p.Exited()
+		p.Close()
+		return nil, fmt.Errorf("%w (process exited: %v, %v)", err, exited, p.Wait(0))
+	}
+	return func() { p.Signal(os.Interrupt); p.Wait(10 * time.Second); p.Close() }, nil
 }
 
 // oneUplinkConfig: two uplinks, all traffic through isp1 (isp2 is a

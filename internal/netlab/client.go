@@ -148,3 +148,81 @@ func (s *Stream) Close() {
 	s.conn.Close()
 	<-s.done
 }
+
+// UDPFlow sends a datagram from a fixed source port on the LAN host to
+// the server every interval, like a VoIP call or a WireGuard tunnel, and
+// records which address the server saw in each answer.
+type UDPFlow struct {
+	conn    net.PacketConn
+	mu      sync.Mutex
+	answers []UDPAnswer
+	stop    chan struct{}
+	done    sync.WaitGroup
+}
+
+// UDPAnswer is one reply: when it came and the source the server saw.
+type UDPAnswer struct {
+	At   time.Time
+	Seen string
+}
+
+// StartUDPFlow starts a flow from LANHost4:srcPort to dst.
+func (l *Lab) StartUDPFlow(srcPort int, dst string, interval time.Duration) (*UDPFlow, error) {
+	var conn net.PacketConn
+	err := inNetNS(l.LAN, func() error {
+		var err error
+		conn, err = net.ListenPacket("udp", net.JoinHostPort(LANHost4, fmt.Sprint(srcPort)))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lab: udp flow socket: %w", err)
+	}
+	to, err := net.ResolveUDPAddr("udp", net.JoinHostPort(dst, fmt.Sprint(PortUDP)))
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	f := &UDPFlow{conn: conn, stop: make(chan struct{})}
+	f.done.Add(2)
+	go func() {
+		defer f.done.Done()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			conn.WriteTo([]byte("ping"), to)
+			select {
+			case <-f.stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	go func() {
+		defer f.done.Done()
+		buf := make([]byte, 256)
+		for {
+			n, _, err := conn.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			f.mu.Lock()
+			f.answers = append(f.answers, UDPAnswer{At: time.Now(), Seen: strings.TrimSpace(string(buf[:n]))})
+			f.mu.Unlock()
+		}
+	}()
+	return f, nil
+}
+
+// Answers returns the replies so far.
+func (f *UDPFlow) Answers() []UDPAnswer {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]UDPAnswer(nil), f.answers...)
+}
+
+// Close stops the flow.
+func (f *UDPFlow) Close() {
+	close(f.stop)
+	f.conn.Close()
+	f.done.Wait()
+}

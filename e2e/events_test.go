@@ -1,0 +1,182 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wanpin/wanpin/internal/netlab"
+)
+
+// TestCarrierLossFailover: uplink 1 loses carrier; new connections all go
+// through uplink 2, and a stream already on uplink 2 loses nothing.
+func TestCarrierLossFailover(t *testing.T) {
+	l := newLab(t, 2)
+	d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1)+`
+[[policy]]
+name = "pin-stream"
+protocol = "tcp"
+ports = ["8082"]
+uplinks = ["isp2"]
+`)
+	s, err := l.OpenStream("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if l.ISPOf(s.Peer()) != 2 {
+		t.Fatalf("stream through %s, want ISP 2", s.Peer())
+	}
+	if err := l.SetCarrier(1, false); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor("uplink down", 1, 5*time.Second)
+	counts, err := l.CurlMany(50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts[2] != 50 {
+		t.Errorf("with uplink 1 down: %v, want all 50 through ISP 2", counts)
+	}
+	n := s.Received()
+	time.Sleep(200 * time.Millisecond)
+	if s.Received() <= n || s.Err() != nil {
+		t.Errorf("stream on uplink 2 stalled or broke: %v", s.Err())
+	}
+	assertNoSpoofed(t, l)
+}
+
+// TestPinnedAcrossFailback: uplink 1 down, a stream opens through uplink
+// 2, uplink 1 comes back: the stream keeps flowing through uplink 2
+// without a stall, while new connections use both again.
+func TestPinnedAcrossFailback(t *testing.T) {
+	l := newLab(t, 2)
+	d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1))
+	if err := l.SetCarrier(1, false); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor("uplink down", 1, 5*time.Second)
+	s, err := l.OpenStream("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if l.ISPOf(s.Peer()) != 2 {
+		t.Fatalf("stream through %s, want ISP 2", s.Peer())
+	}
+	if err := l.SetCarrier(1, true); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor("uplink up", 3, 5*time.Second)
+	// No stall: the stream grows in every 50 ms window for a second,
+	// while new connections spread over both uplinks.
+	done := make(chan map[int]int)
+	go func() {
+		c, _ := l.CurlMany(100)
+		done <- c
+	}()
+	last := s.Received()
+	for i := 0; i < 20; i++ {
+		time.Sleep(50 * time.Millisecond)
+		now := s.Received()
+		if now == last {
+			t.Fatalf("stream stalled %d ms after uplink 1 came back (err %v)", 50*(i+1), s.Err())
+		}
+		last = now
+	}
+	counts := <-done
+	if counts[1] < 20 || counts[2] < 20 {
+		t.Errorf("new connections after failback: %v, want both uplinks used", counts)
+	}
+	if s.Err() != nil {
+		t.Errorf("stream broke: %v", s.Err())
+	}
+	assertNoSpoofed(t, l)
+}
+
+// TestUDPRescue: a UDP flow with a fixed source port runs through uplink
+// 1; within a second of uplink 1 going down it continues through uplink 2
+// (the server sees the new source address). Without the conntrack flush
+// the flow would stay pinned to the dead uplink forever.
+func TestUDPRescue(t *testing.T) {
+	l := newLab(t, 2)
+	d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1)+"tier = 2\n")
+	f, err := l.StartUDPFlow(40000, netlab.ServerAddr4, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	time.Sleep(200 * time.Millisecond)
+	a := f.Answers()
+	if len(a) == 0 || l.ISPOf(a[len(a)-1].Seen) != 1 {
+		t.Fatalf("flow before the failure: %v", a)
+	}
+	down := time.Now()
+	if err := l.SetCarrier(1, false); err != nil {
+		t.Fatal(err)
+	}
+	deadline := down.Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, ans := range f.Answers() {
+			if ans.At.After(down) && l.ISPOf(ans.Seen) == 2 {
+				took := ans.At.Sub(down)
+				t.Logf("UDP flow resumed through ISP 2 after %v", took.Round(time.Millisecond))
+				if took > time.Second {
+					t.Errorf("UDP flow took %v to move, want under 1 s", took)
+				}
+				if !strings.Contains(d.log(), "conntrack flushed") {
+					t.Error("no conntrack flush logged")
+				}
+				return
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("UDP flow never moved to ISP 2; answers since the failure: %v", f.Answers()[len(a):])
+}
+
+// TestFlapStorm: hundreds of carrier flaps in a few seconds leave the
+// daemon alive and the final state right.
+func TestFlapStorm(t *testing.T) {
+	l := newLab(t, 2)
+	d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1))
+	start := time.Now()
+	flaps := 0
+	for time.Since(start) < 3*time.Second {
+		if err := l.SetCarrier(1, flaps%2 == 1); err != nil {
+			t.Fatal(err)
+		}
+		flaps++
+	}
+	if flaps%2 == 1 {
+		l.SetCarrier(1, true)
+		flaps++
+	}
+	t.Logf("%d carrier changes in %v", flaps, time.Since(start).Round(time.Millisecond))
+	if d.proc.Exited() {
+		t.Fatal("wanpin died")
+	}
+	// Settled: both uplinks up, both used.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, _ := l.Exec(l.Router, "nft", "list", "map", "inet", "wanpin", "restore")
+		if !strings.Contains(out, "drop") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("uplink 1 still down after the storm:\n%s", out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	counts, err := l.CurlMany(100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts[1] < 20 || counts[2] < 20 {
+		t.Errorf("after the storm: %v", counts)
+	}
+	if got, want := kernelCounts(t, l, l.Router), "rules v4=5 v6=5"; !strings.HasPrefix(got, want) {
+		t.Errorf("after the storm: %s", got)
+	}
+}
