@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Addresses. Uplink i (1-based) uses 198.51.100.8(i-1)/29 (ISP .1, router
@@ -134,6 +135,18 @@ func (l *Lab) build() error {
 			return err
 		}
 		if err := l.ip(ns, "link set lo up"); err != nil {
+			return err
+		}
+		// Before any link exists, so every link inherits them:
+		// no DAD (addresses usable at once), IPv6 addresses kept while a
+		// link is down (an ISP taking its side down must get them back),
+		// and no reverse-path filter inherited from the host (wanpin sets
+		// what it needs on the router).
+		if err := l.sysctl(ns,
+			"net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
+			"net.ipv6.conf.all.keep_addr_on_down=1", "net.ipv6.conf.default.keep_addr_on_down=1",
+			"net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
+		); err != nil {
 			return err
 		}
 	}
@@ -303,7 +316,9 @@ func (l *Lab) Close() error {
 	return errors.Join(errs...)
 }
 
-// Sweep deletes namespaces left by labs of crashed runs.
+// Sweep deletes namespaces left by labs of crashed runs. A live lab
+// always has a process in its server namespace (iperf3), so a lab
+// namespace whose server has none is a leftover.
 func Sweep() {
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
@@ -311,7 +326,12 @@ func Sweep() {
 	}
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Fields(line)
-		if len(f) > 0 && strings.HasPrefix(f[0], "wpl") && strings.Contains(f[0], "-") {
+		if len(f) == 0 || !strings.HasPrefix(f[0], "wpl") || !strings.Contains(f[0], "-") {
+			continue
+		}
+		prefix := f[0][:strings.Index(f[0], "-")]
+		pids, _ := exec.Command("ip", "netns", "pids", prefix+"-srv").Output()
+		if len(strings.TrimSpace(string(pids))) == 0 {
 			_ = exec.Command("ip", "netns", "del", f[0]).Run()
 		}
 	}
@@ -325,7 +345,25 @@ func (l *Lab) SetCarrier(i int, up bool) error {
 	if up {
 		state = "up"
 	}
-	return l.ip(l.ISP(i), "link set cust "+state)
+	if err := l.ip(l.ISP(i), "link set cust "+state); err != nil {
+		return err
+	}
+	// The kernel's linkwatch worker applies carrier changes, possibly up
+	// to a second later: return once the router sees the new state.
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		out, err := exec.Command("ip", "-n", l.Router, "-o", "link", "show", "dev", fmt.Sprintf("wan%d", i)).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("lab: reading wan%d: %v: %s", i, err, out)
+		}
+		if strings.Contains(string(out), " state UP ") == up {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("lab: carrier of ISP %d %s: router still shows %s", i, state, out)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 // Blackhole makes ISP i silently drop everything it would forward or

@@ -128,14 +128,20 @@ func TestLabCleansUp(t *testing.T) {
 			t.Fatal(err)
 		}
 		prefix := l.Prefix
+		pids, _ := exec.Command("ip", "netns", "pids", l.Server).Output()
+		if len(strings.Fields(string(pids))) == 0 {
+			t.Fatal("no process in the server namespace (iperf3)")
+		}
 		l.Close()
 		l.Close()
 		out, _ := exec.Command("ip", "netns", "list").Output()
 		if strings.Contains(string(out), prefix) {
 			t.Fatalf("namespaces left: %s", out)
 		}
-	}
-	if out, _ := exec.Command("pgrep", "-f", "iperf3 -s -p 5201").Output(); len(out) > 0 {
-		t.Errorf("iperf3 left running: %s", out)
+		for _, pid := range strings.Fields(string(pids)) {
+			if _, err := os.Stat("/proc/" + pid); err == nil {
+				t.Errorf("process %s of the lab still running", pid)
+			}
+		}
 	}
 }
