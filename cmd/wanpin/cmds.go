@@ -109,6 +109,7 @@ func cmdPlan(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	d := plan.Build(in)
+	fmt.Fprintln(stdout, "# nft list table inet "+d.NFT.Table)
 	fmt.Fprint(stdout, rules.Render(d.NFT))
 	fmt.Fprint(stdout, tables.Render(d.Tables))
 	return 0
