@@ -15,6 +15,7 @@ import (
 
 	"github.com/wanpin/wanpin/pkg/config"
 	"github.com/wanpin/wanpin/pkg/daemon"
+	"github.com/wanpin/wanpin/pkg/flush"
 	"github.com/wanpin/wanpin/pkg/plan"
 	"github.com/wanpin/wanpin/pkg/rules"
 	"github.com/wanpin/wanpin/pkg/tables"
@@ -40,7 +41,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: &lv, ReplaceAttr: microseconds}))
-	d, err := daemon.New(daemon.Options{ConfigPath: *cfgPath, Log: log})
+	d, err := daemon.New(daemon.Options{ConfigPath: *cfgPath, Log: log,
+		NewFlusher: func() (daemon.Flusher, error) { return flush.New(-1) }})
 	if err != nil {
 		fmt.Fprintf(stderr, "wanpin run: %v\n", err)
 		return 1

@@ -1,0 +1,100 @@
+// Package flush deletes the stale conntrack entries of one uplink, and
+// only those: the entries pinned to it (by its mark) when it goes down,
+// and the entries NATed to an address it lost. It also counts the entries
+// pinned to each uplink, for status and metrics.
+//
+// Why it is needed: the kernel purges masquerade entries when an
+// interface goes administratively down or loses its address, but not on
+// carrier loss or a failed health check. A UDP flow (VoIP, WireGuard)
+// with a fixed 5-tuple would keep its dead NAT mapping forever.
+package flush
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
+)
+
+// Flusher talks to conntrack in one network namespace.
+type Flusher struct {
+	c *conntrack.Conn
+}
+
+// New connects to conntrack in the namespace whose fd is nsFd, or in the
+// current one when nsFd < 0.
+func New(nsFd int) (*Flusher, error) {
+	cfg := &netlink.Config{}
+	if nsFd >= 0 {
+		cfg.NetNS = nsFd
+	}
+	c, err := conntrack.Dial(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to conntrack: %w", err)
+	}
+	return &Flusher{c: c}, nil
+}
+
+// Close releases the connection.
+func (f *Flusher) Close() error { return f.c.Close() }
+
+// FlushMark deletes every entry whose ct mark & mask == mark, in both
+// families, filtered in the kernel. It returns how many there were just
+// before (the kernel's filtered flush does not count).
+func (f *Flusher) FlushMark(mark, mask uint32) (int, error) {
+	filter := conntrack.NewFilter().Mark(mark).MarkMask(mask)
+	flows, err := f.c.DumpFilter(filter, nil)
+	if err != nil {
+		return 0, fmt.Errorf("listing entries with mark %#x/%#x: %w", mark, mask, err)
+	}
+	if len(flows) == 0 {
+		return 0, nil
+	}
+	if err := f.c.FlushFilter(filter); err != nil {
+		return 0, fmt.Errorf("flushing entries with mark %#x/%#x: %w", mark, mask, err)
+	}
+	return len(flows), nil
+}
+
+// FlushNATAddr deletes the entries source-NATed to addr: what a PPP
+// re-dial or a new DHCP lease leaves behind. The kernel cannot filter on
+// NAT addresses, so the table is dumped and matching entries deleted one
+// by one; an entry already gone is not an error.
+func (f *Flusher) FlushNATAddr(addr netip.Addr) (int, error) {
+	flows, err := f.c.Dump(nil)
+	if err != nil {
+		return 0, fmt.Errorf("listing conntrack entries: %w", err)
+	}
+	n := 0
+	for _, fl := range flows {
+		if !fl.Status.SrcNAT() || fl.TupleReply.IP.DestinationAddress != addr {
+			continue
+		}
+		if err := f.c.Delete(fl); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue
+			}
+			return n, fmt.Errorf("deleting an entry NATed to %s: %w", addr, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// CountByMark counts entries per (ct mark & mask).
+func (f *Flusher) CountByMark(mask uint32) (map[uint32]int, error) {
+	flows, err := f.c.Dump(nil)
+	if err != nil {
+		return nil, fmt.Errorf("listing conntrack entries: %w", err)
+	}
+	out := map[uint32]int{}
+	for _, fl := range flows {
+		if m := fl.Mark & mask; m != 0 {
+			out[m]++
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,78 @@
+package flush
+
+import (
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/wanpin/wanpin/internal/nstest"
+)
+
+// insert creates n conntrack entries with the given mark in ns, without
+// traffic, with the conntrack CLI.
+func insert(t *testing.T, ns *nstest.NS, proto string, firstPort, n int, mark uint32) {
+	t.Helper()
+	script := fmt.Sprintf(`for p in $(seq %d %d); do conntrack -I -p %s -s 192.0.2.10 -d 203.0.113.10 --sport $p --dport 80 %s -t 300 --mark %d >/dev/null 2>&1 || exit 1; done`,
+		firstPort, firstPort+n-1, proto, map[string]string{"tcp": "--state ESTABLISHED", "udp": ""}[proto], mark)
+	ns.Run(t, "sh", "-c", script)
+}
+
+func count(t *testing.T, ns *nstest.NS) map[string]int {
+	t.Helper()
+	// stdout only: conntrack's summary on stderr can land in the middle
+	// of a buffered stdout line.
+	out, _ := ns.Try("sh", "-c", "conntrack -L 2>/dev/null")
+	c := map[string]int{}
+	for _, l := range strings.Split(out, "\n") {
+		if i := strings.Index(l, "mark="); i >= 0 {
+			c[strings.Fields(l[i:])[0]]++
+		}
+	}
+	return c
+}
+
+func TestFlushMarkOnlyThatUplink(t *testing.T) {
+	if _, err := exec.LookPath("conntrack"); err != nil {
+		t.Skip("needs the conntrack CLI")
+	}
+	ns := nstest.New(t, "wpc")
+	insert(t, ns, "tcp", 1000, 100, 0x10000) // uplink 1
+	insert(t, ns, "udp", 2000, 50, 0x10001)  // uplink 1 + another program's bit
+	insert(t, ns, "tcp", 3000, 80, 0x20000)  // uplink 2
+	insert(t, ns, "udp", 4000, 20, 0x1)      // not wanpin's at all
+	f, err := New(int(ns.Handle))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	counts, err := f.CountByMark(0xff0000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts[0x10000] != 150 || counts[0x20000] != 80 || len(counts) != 2 {
+		t.Errorf("CountByMark: %v", counts)
+	}
+	n, err := f.FlushMark(0x10000, 0xff0000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 150 {
+		t.Errorf("flushed %d, want 150", n)
+	}
+	after, err := f.CountByMark(0xffffffff)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after[0x20000] != 80 || after[0x1] != 20 || len(after) != 2 {
+		t.Errorf("library count after the flush: %v", after)
+	}
+	left := count(t, ns)
+	want := map[string]int{fmt.Sprintf("mark=%d", 0x20000): 80, "mark=1": 20}
+	if fmt.Sprint(left) != fmt.Sprint(want) {
+		t.Errorf("left after flushing uplink 1: %v, want %v", left, want)
+	}
+	if n, err := f.FlushMark(0x10000, 0xff0000); err != nil || n != 0 {
+		t.Errorf("second flush: %d, %v", n, err)
+	}
+}
