@@ -3,12 +3,14 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/wanpin/wanpin/internal/bustest"
 	"github.com/wanpin/wanpin/internal/netlab"
 )
 
@@ -34,13 +36,15 @@ type daemon struct {
 	cfgPath string
 	dir     string
 	logs    []string // one log file per process started
+	busAddr string   // the test's private system bus
 }
 
 // startWanpin writes cfg and starts `wanpin run` in the router namespace.
 func startWanpin(t *testing.T, l *netlab.Lab, cfg string) *daemon {
 	t.Helper()
 	dir := t.TempDir()
-	d := &daemon{t: t, l: l, cfgPath: filepath.Join(dir, "wanpin.toml"), dir: dir}
+	// Every daemon gets a private bus: never the machine's own.
+	d := &daemon{t: t, l: l, cfgPath: filepath.Join(dir, "wanpin.toml"), dir: dir, busAddr: bustest.Start(t)}
 	d.writeConfig(cfg)
 	d.start()
 	t.Cleanup(func() {
@@ -67,7 +71,7 @@ func (d *daemon) start() {
 	d.t.Helper()
 	logPath := filepath.Join(d.dir, fmt.Sprintf("wanpin-%d.log", len(d.logs)+1))
 	d.logs = append(d.logs, logPath)
-	p, err := d.l.Start(d.l.Router, logPath, wanpinBin, "run", "--config", d.cfgPath)
+	p, err := d.l.Start(d.l.Router, logPath, "env", "DBUS_SYSTEM_BUS_ADDRESS="+d.busAddr, wanpinBin, "run", "--config", d.cfgPath)
 	if err != nil {
 		d.t.Fatalf("starting wanpin: %v", err)
 	}
@@ -116,6 +120,26 @@ func (d *daemon) stop(sig syscall.Signal) {
 	d.proc.Wait(10 * time.Second)
 	d.proc.Close()
 	d.proc = nil
+}
+
+// cli runs the wanpin CLI against this daemon's bus, as root or, with
+// uid > 0, as that user; it returns the output and the exit code.
+func (d *daemon) cli(uid int, args ...string) (string, int) {
+	d.t.Helper()
+	full := append([]string{wanpinBin}, args...)
+	if uid > 0 {
+		full = append([]string{"setpriv", fmt.Sprintf("--reuid=%d", uid), fmt.Sprintf("--regid=%d", uid), "--clear-groups"}, full...)
+	}
+	cmd := exec.Command(full[0], full[1:]...)
+	cmd.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+d.busAddr)
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		d.t.Fatalf("running %v: %v", args, err)
+	}
+	return string(out), code
 }
 
 // run runs a command in a namespace of the lab and fails the test on error.

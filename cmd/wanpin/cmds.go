@@ -60,6 +60,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 			}
 		}
 	}()
+	stopBus := serveBus(d, log)
+	defer stopBus()
 	if err := d.Run(ctx, reload); err != nil {
 		log.Error("stopping", "err", err)
 		return 1

@@ -16,6 +16,10 @@ Usage:
   wanpin plan  [--config FILE] [--all-up]
                                  print the nftables table, ip rules and routes
                                  wanpin would install now (changes nothing)
+  wanpin status [--json]         the uplinks' state, from the running daemon
+  wanpin reload                  re-read the policy file (root)
+  wanpin event up|down IFACE [--local ADDR] [--peer ADDR]
+                                 news from a PPP hook (root)
 
 The default FILE is /etc/wanpin/wanpin.toml.
 `
@@ -40,6 +44,12 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(rest, stdout, stderr)
 	case "plan":
 		return cmdPlan(rest, stdout, stderr)
+	case "status":
+		return cmdStatus(rest, stdout, stderr)
+	case "reload":
+		return cmdReload(rest, stdout, stderr)
+	case "event":
+		return cmdEvent(rest, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -22,15 +22,14 @@ func Observe(u config.Uplink, l watch.Link, h Hint) (plan.UplinkState, string) {
 		return st, fmt.Sprintf("interface %s does not exist", u.Interface)
 	}
 	if h.Peer.IsValid() {
-		// The PPP hook told us the peer: the link is point-to-point even
-		// if the kernel shows no peer address (some PPPoE setups).
+		// The PPP hook told us the peer, which the kernel may not show
+		// (some PPPoE setups use a plain /32).
 		l.Addrs = append([]watch.Addr(nil), l.Addrs...)
 		for i, a := range l.Addrs {
 			if a.Prefix.Addr().Is4() == h.Peer.Is4() && !a.Peer.IsValid() {
 				l.Addrs[i].Peer = h.Peer
 			}
 		}
-		l.PointToPoint = true
 	}
 	// Addresses are reported even while the link is down: the uplink's
 	// `from` rules stay, so a socket bound to its address fails fast on
@@ -101,10 +100,14 @@ func family(u config.Uplink, l watch.Link, v6 bool) (plan.FamilyState, string) {
 	case u.Gateway.IsValid() && u.Gateway.Is6() == v6:
 		fs.Gateway, how = u.Gateway, "configured gateway "+u.Gateway.String()
 		fs.OnLink = l.PointToPoint || peer.IsValid()
-	case peer.IsValid():
+	case peer.IsValid() && l.PointToPoint:
 		// PPP: the peer is on the other end of the wire, a device route
 		// reaches it; no neighbour resolution is involved.
 		fs.PointToPoint, how = true, "point-to-point peer "+peer.String()
+	case peer.IsValid():
+		// A peer address on a broadcast link: route via the peer, which
+		// no connected route covers.
+		fs.Gateway, fs.OnLink, how = peer, true, "peer "+peer.String()
 	case learned.IsValid():
 		fs.Gateway, how = learned, "gateway "+learned.String()+" from the main table"
 	case l.PointToPoint || defaultDev:

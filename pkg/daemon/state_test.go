@@ -61,7 +61,7 @@ func TestObserve(t *testing.T) {
 		t.Error("no gateway and no hint: up")
 	}
 	st, reason := Observe(ppp, veth, Hint{Peer: netip.MustParseAddr("198.51.100.9")})
-	if !st.Up() || !st.V4.PointToPoint || !strings.Contains(reason, "198.51.100.9") {
+	if !st.Up() || st.V4.Gateway.String() != "198.51.100.9" || !st.V4.OnLink || !strings.Contains(reason, "198.51.100.9") {
 		t.Errorf("ip-up hint: %+v %q", st.V4, reason)
 	}
 	if st, reason := Observe(ppp, veth, Hint{Down: true}); st.Up() || !strings.Contains(reason, "ip-down") {

@@ -1,0 +1,125 @@
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+)
+
+// Timeout bounds every call: a CLI must never hang on a stuck daemon.
+const Timeout = 5 * time.Second
+
+// Client calls a running daemon.
+type Client struct {
+	conn *dbus.Conn
+	obj  dbus.BusObject
+}
+
+// Dial connects to the system bus (DBUS_SYSTEM_BUS_ADDRESS is honoured).
+func Dial() (*Client, error) {
+	conn, err := dbus.ConnectSystemBus()
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach the D-Bus system bus: %w", err)
+	}
+	return &Client{conn: conn, obj: conn.Object(Name, Path)}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+func (c *Client) call(ctx context.Context, method string, args ...any) *dbus.Call {
+	ctx, cancel := context.WithTimeout(ctx, Timeout)
+	defer cancel()
+	return c.obj.CallWithContext(ctx, Interface+"."+method, 0, args...)
+}
+
+// Status fetches the daemon's status.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var js string
+	var s Status
+	if err := c.call(ctx, "Status").Store(&js); err != nil {
+		return s, explain("status", err)
+	}
+	if err := json.Unmarshal([]byte(js), &s); err != nil {
+		return s, fmt.Errorf("status: bad answer from the daemon: %w", err)
+	}
+	return s, nil
+}
+
+// Reload asks the daemon to re-read its configuration.
+func (c *Client) Reload(ctx context.Context) error {
+	return explain("reload", c.call(ctx, "Reload").Err)
+}
+
+// Event hands the daemon a PPP hook's news.
+func (c *Client) Event(ctx context.Context, kind, iface string, local, peer netip.Addr) error {
+	args := map[string]dbus.Variant{}
+	if local.IsValid() {
+		args["local"] = dbus.MakeVariant(local.String())
+	}
+	if peer.IsValid() {
+		args["peer"] = dbus.MakeVariant(peer.String())
+	}
+	return explain("event", c.call(ctx, "Event", kind, iface, args).Err)
+}
+
+// explain turns a D-Bus error into one line a person can act on.
+func explain(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var derr dbus.Error
+	if errors.As(err, &derr) {
+		msg := ""
+		if len(derr.Body) > 0 {
+			msg, _ = derr.Body[0].(string)
+		}
+		switch derr.Name {
+		case "org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner":
+			return errNotRunning
+		case "org.freedesktop.DBus.Error.AccessDenied":
+			return fmt.Errorf("permission denied: %s requires root", what)
+		case ErrPermissionDenied:
+			return fmt.Errorf("permission denied: %s", msg)
+		case ErrInvalidArgs, ErrFailed:
+			return fmt.Errorf("%s: %s", what, msg)
+		}
+		if msg != "" {
+			return fmt.Errorf("%s: %s (%s)", what, msg, derr.Name)
+		}
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s: wanpin did not answer within %v", what, Timeout)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// FormatStatus renders a status as a table a person can read.
+func FormatStatus(s Status, now time.Time) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-10s %-8s %-5s %-10s %-16s %-16s %6s %4s %6s  %s\n",
+		"UPLINK", "IFACE", "STATE", "SINCE", "ADDRESS", "GATEWAY", "WEIGHT", "TIER", "PINNED", "REASON")
+	for _, u := range s.Uplinks {
+		since := "-"
+		if !u.Since.IsZero() {
+			since = now.Sub(u.Since).Round(time.Second).String()
+		}
+		gw := u.Gateway
+		if gw == "" {
+			gw = "-"
+		}
+		addr := u.Address
+		if addr == "" {
+			addr = "-"
+		}
+		fmt.Fprintf(&b, "%-10s %-8s %-5s %-10s %-16s %-16s %6d %4d %6d  %s\n",
+			u.Name, u.Interface, u.State, since, addr, gw, u.Weight, u.Tier, u.Pinned, u.Reason)
+	}
+	return b.String()
+}

@@ -1,0 +1,145 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+
+	"github.com/godbus/dbus/v5"
+	"github.com/godbus/dbus/v5/introspect"
+)
+
+// Backend is what the daemon offers; calls are made one at a time per
+// D-Bus request.
+type Backend interface {
+	Status() (Status, error)
+	Reload() error
+	Event(kind, iface string, local, peer netip.Addr) error
+}
+
+// Server exports the interface on one bus connection.
+type Server struct {
+	conn *dbus.Conn
+	b    Backend
+	log  *slog.Logger
+}
+
+// object is what godbus exports: its exported methods are the D-Bus
+// methods. A dbus.Sender parameter is filled in by the library.
+type object struct{ s *Server }
+
+// Serve exports the interface on conn and takes the well-known name.
+func Serve(conn *dbus.Conn, b Backend, log *slog.Logger) (*Server, error) {
+	s := &Server{conn: conn, b: b, log: log}
+	obj := object{s}
+	if err := conn.Export(obj, Path, Interface); err != nil {
+		return nil, fmt.Errorf("exporting %s: %w", Path, err)
+	}
+	node := &introspect.Node{
+		Name: Path,
+		Interfaces: []introspect.Interface{
+			introspect.IntrospectData,
+			{Name: Interface, Methods: introspect.Methods(obj)},
+		},
+	}
+	if err := conn.Export(introspect.NewIntrospectable(node), Path, "org.freedesktop.DBus.Introspectable"); err != nil {
+		return nil, fmt.Errorf("exporting introspection: %w", err)
+	}
+	reply, err := conn.RequestName(Name, dbus.NameFlagDoNotQueue)
+	if err != nil {
+		return nil, fmt.Errorf("requesting %s on the bus: %w", Name, err)
+	}
+	if reply != dbus.RequestNameReplyPrimaryOwner {
+		return nil, fmt.Errorf("another wanpin owns %s on the bus", Name)
+	}
+	return s, nil
+}
+
+// Close releases the name.
+func (s *Server) Close() {
+	_, _ = s.conn.ReleaseName(Name)
+}
+
+// Status returns the daemon's status as JSON. Anyone may call it.
+func (o object) Status() (string, *dbus.Error) {
+	st, err := o.s.b.Status()
+	if err != nil {
+		return "", dbus.NewError(ErrFailed, []any{err.Error()})
+	}
+	return st.Marshal(), nil
+}
+
+// Reload re-reads the configuration. Root only.
+func (o object) Reload(sender dbus.Sender) *dbus.Error {
+	if derr := o.s.requireRoot(sender, "reload"); derr != nil {
+		return derr
+	}
+	if err := o.s.b.Reload(); err != nil {
+		return dbus.NewError(ErrFailed, []any{"reload rejected: " + err.Error()})
+	}
+	return nil
+}
+
+// Event takes news from the PPP hooks. Root only.
+func (o object) Event(sender dbus.Sender, kind, iface string, args map[string]dbus.Variant) *dbus.Error {
+	if derr := o.s.requireRoot(sender, "event"); derr != nil {
+		return derr
+	}
+	if kind != "up" && kind != "down" {
+		return invalid("kind %q: want up or down", kind)
+	}
+	if !validIfname(iface) {
+		return invalid("interface %q is not a valid interface name", iface)
+	}
+	var addrs [2]netip.Addr
+	for i, key := range []string{"local", "peer"} {
+		v, ok := args[key]
+		if !ok {
+			continue
+		}
+		str, ok := v.Value().(string)
+		if !ok {
+			return invalid("%s: want a string", key)
+		}
+		a, err := netip.ParseAddr(str)
+		if err != nil {
+			return invalid("%s: %v", key, err)
+		}
+		addrs[i] = a
+	}
+	for key := range args {
+		if key != "local" && key != "peer" {
+			return invalid("unknown argument %q", key)
+		}
+	}
+	if err := o.s.b.Event(kind, iface, addrs[0], addrs[1]); err != nil {
+		return dbus.NewError(ErrFailed, []any{err.Error()})
+	}
+	return nil
+}
+
+func invalid(format string, args ...any) *dbus.Error {
+	return dbus.NewError(ErrInvalidArgs, []any{fmt.Sprintf(format, args...)})
+}
+
+// requireRoot asks the bus for the caller's uid.
+func (s *Server) requireRoot(sender dbus.Sender, what string) *dbus.Error {
+	var uid uint32
+	err := s.conn.BusObject().Call("org.freedesktop.DBus.GetConnectionUnixUser", 0, string(sender)).Store(&uid)
+	if err != nil {
+		return dbus.NewError(ErrFailed, []any{"cannot tell who is calling: " + err.Error()})
+	}
+	if uid != 0 {
+		s.log.Warn("refused a control call", "method", what, "uid", uid)
+		return dbus.NewError(ErrPermissionDenied, []any{what + " requires root"})
+	}
+	return nil
+}
+
+func validIfname(s string) bool {
+	return len(s) > 0 && len(s) < 16 && s != "." && s != ".." && !strings.ContainsAny(s, "/: \t\n")
+}
+
+var errNotRunning = errors.New("wanpin is not running (no owner of " + Name + " on the system bus)")
