@@ -1,0 +1,132 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+
+	"github.com/wanpin/wanpin/internal/bustest"
+)
+
+type fake struct {
+	events []string
+	reload error
+}
+
+func (f *fake) Status() (Status, error) {
+	return Status{Config: "/etc/wanpin/wanpin.toml", Uplinks: []Uplink{{Name: "dsl", Interface: "ppp0", State: "up"}}}, nil
+}
+func (f *fake) Reload() error { return f.reload }
+func (f *fake) Event(kind, iface string, local, peer netip.Addr) error {
+	f.events = append(f.events, kind+" "+iface+" "+local.String()+" "+peer.String())
+	return nil
+}
+
+// serve starts a private bus with the shipped policy and a server on it.
+func serve(t *testing.T) (*fake, *Client) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the shipped policy lets only root own the name")
+	}
+	addr := bustest.Start(t)
+	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", addr)
+	conn, err := dbus.ConnectSystemBus()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	f := &fake{}
+	srv, err := Serve(conn, f, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	c, err := Dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return f, c
+}
+
+func TestCalls(t *testing.T) {
+	f, c := serve(t)
+	ctx := context.Background()
+	s, err := c.Status(ctx)
+	if err != nil || len(s.Uplinks) != 1 || s.Uplinks[0].Interface != "ppp0" {
+		t.Fatalf("status: %+v %v", s, err)
+	}
+	if err := c.Event(ctx, "up", "ppp0", netip.MustParseAddr("198.51.100.18"), netip.MustParseAddr("198.51.100.17")); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.events) != 1 || f.events[0] != "up ppp0 198.51.100.18 198.51.100.17" {
+		t.Errorf("events: %q", f.events)
+	}
+	f.reload = errors.New("wanpin.toml:3: uplink[1].weight: weight must be 1..1000, got 0")
+	if err := c.Reload(ctx); err == nil || !strings.Contains(err.Error(), "wanpin.toml:3: uplink[1].weight") {
+		t.Errorf("reload of a bad file: %v", err)
+	}
+}
+
+func TestInvalidEvents(t *testing.T) {
+	f, c := serve(t)
+	ctx := context.Background()
+	for _, tc := range []struct{ kind, iface string }{
+		{"sideways", "ppp0"}, {"up", ""}, {"up", "a/b"}, {"up", "averyveryverylongname"},
+	} {
+		err := c.Event(ctx, tc.kind, tc.iface, netip.Addr{}, netip.Addr{})
+		if err == nil || !strings.HasPrefix(err.Error(), "event: ") {
+			t.Errorf("%v: %v", tc, err)
+		}
+	}
+	// Arguments the CLI would never send, straight on the wire.
+	err := c.obj.Call(Interface+".Event", 0, "up", "ppp0", map[string]dbus.Variant{"peer": dbus.MakeVariant("not-an-ip")}).Err
+	if err == nil || !strings.Contains(err.Error(), "peer") {
+		t.Errorf("bad peer: %v", err)
+	}
+	if len(f.events) != 0 {
+		t.Errorf("invalid events reached the backend: %q", f.events)
+	}
+}
+
+func TestSecondServerAndNoServer(t *testing.T) {
+	_, c := serve(t)
+	conn, err := dbus.ConnectSystemBus()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := Serve(conn, &fake{}, slog.Default()); err == nil || !strings.Contains(err.Error(), "another wanpin") {
+		t.Errorf("second server: %v", err)
+	}
+	other := &Client{conn: c.conn, obj: c.conn.Object("org.wanpin.Nobody", Path)}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if _, err := other.Status(ctx); err == nil || !strings.Contains(err.Error(), "not running") {
+		t.Errorf("no server: %v", err)
+	}
+}
+
+func TestFormatStatus(t *testing.T) {
+	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	s := Status{Uplinks: []Uplink{
+		{Name: "dsl", Interface: "ppp0", State: "up", Since: now.Add(-192 * time.Second), Address: "198.51.100.18",
+			Weight: 2, Tier: 1, Pinned: 17, Reason: "IPv4 198.51.100.18, point-to-point peer 198.51.100.17"},
+		{Name: "lte", Interface: "wwan0", State: "down", Reason: "interface wwan0 does not exist", Weight: 1, Tier: 2},
+	}}
+	got := FormatStatus(s, now)
+	want := `UPLINK     IFACE    STATE SINCE      ADDRESS          GATEWAY          WEIGHT TIER PINNED  REASON
+dsl        ppp0     up    3m12s      198.51.100.18    -                     2    1     17  IPv4 198.51.100.18, point-to-point peer 198.51.100.17
+lte        wwan0    down  -          -                -                     1    2      0  interface wwan0 does not exist
+`
+	if got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+}
