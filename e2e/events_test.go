@@ -161,7 +161,7 @@ func TestFlapStorm(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		out, _ := l.Exec(l.Router, "nft", "list", "map", "inet", "wanpin", "restore")
-		if !strings.Contains(out, "drop") {
+		if strings.Contains(out, "mark_isp1") && strings.Contains(out, "mark_isp2") {
 			break
 		}
 		if time.Now().After(deadline) {

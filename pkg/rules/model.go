@@ -246,13 +246,15 @@ func (b *builder) build() {
 		}
 		b.addChain(saveChain(u), nil).rules = []*rule{newRule(setMark(true, s.Mask, u.Mark))}
 
-		// A down uplink's connections drop rather than leak out another
-		// uplink with its source address.
-		v := &expr.Verdict{Kind: expr.VerdictDrop}
-		if u.Up {
-			v = &expr.Verdict{Kind: expr.VerdictGoto, Chain: markChain(u)}
-		}
-		restore.elems = append(restore.elems, vmapElem(markElem(u.Mark), v))
+		// Pinned connections keep their uplink's mark even while it is
+		// down: its table then holds only `unreachable default` (link
+		// down), so nothing leaks out of another uplink with the wrong
+		// source; or still its default route (health probes failing),
+		// which the probes themselves need, replies included, to notice
+		// the ISP coming back. The daemon flushes the connections of a
+		// down uplink, so their next packet is balanced afresh.
+		restore.elems = append(restore.elems, vmapElem(markElem(u.Mark),
+			&expr.Verdict{Kind: expr.VerdictGoto, Chain: markChain(u)}))
 		inbound.elems = append(inbound.elems, vmapElem(ifnameElem(u.Interface),
 			&expr.Verdict{Kind: expr.VerdictGoto, Chain: pinChain(u)}))
 		outbound.elems = append(outbound.elems, vmapElem(ifnameElem(u.Interface),

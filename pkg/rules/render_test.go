@@ -139,7 +139,8 @@ func TestRenderNoCandidateRejects(t *testing.T) {
 	for _, want := range []string{
 		"\tchain pol_strict {\n\t\treject\n\t}\n",
 		"\tchain bal_default_chain {\n\t\treject\n\t}\n",
-		"0x00000001 : drop, 0x00000002 : drop",
+		// Down uplinks keep their restore element (see layout.md).
+		"0x00000001 : goto mark_a, 0x00000002 : goto mark_b",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in\n%s", want, out)
