@@ -160,7 +160,7 @@ func TestFlapStorm(t *testing.T) {
 	// Settled: both uplinks up, both used.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		out, _ := l.Exec(l.Router, "nft", "list", "map", "inet", "wanpin", "restore")
+		out, _ := l.Exec(l.Router, "nft", "list", "map", "inet", "wanpin", "bal_default")
 		if strings.Contains(out, "mark_isp1") && strings.Contains(out, "mark_isp2") {
 			break
 		}
