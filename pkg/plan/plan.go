@@ -49,10 +49,16 @@ type FamilyState struct {
 // UplinkState is the observed state of one uplink, keyed by family.
 type UplinkState struct {
 	V4, V6 FamilyState
+	// Unhealthy: the link is up but its health probes fail. Its routes
+	// stay (the probes need them), but it carries no new connections.
+	Unhealthy bool
 }
 
+// LinkUp reports whether the uplink's link can carry traffic at all.
+func (s UplinkState) LinkUp() bool { return s.V4.Up || s.V6.Up }
+
 // Up reports whether the uplink can carry new connections.
-func (s UplinkState) Up() bool { return s.V4.Up || s.V6.Up }
+func (s UplinkState) Up() bool { return s.LinkUp() && !s.Unhealthy }
 
 // Input is everything the desired state depends on.
 type Input struct {

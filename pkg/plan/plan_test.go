@@ -139,3 +139,25 @@ func TestServicesResolution(t *testing.T) {
 		t.Errorf("unit running: %+v", p)
 	}
 }
+
+func TestUnhealthyKeepsRoutes(t *testing.T) {
+	st := allUp()
+	dsl1 := st["dsl1"]
+	dsl1.Unhealthy = true
+	st["dsl1"] = dsl1
+	d := Build(Input{Config: testConfig(), Uplinks: st})
+	want := []rules.Bucket{{Mark: 0x20000, Weight: 1}}
+	if !reflect.DeepEqual(d.NFT.Default.Buckets, want) {
+		t.Errorf("unhealthy dsl1 still balanced: %v", d.NFT.Default.Buckets)
+	}
+	if d.NFT.Uplinks[0].Up {
+		t.Error("unhealthy dsl1 marked up in nftables")
+	}
+	found := false
+	for _, r := range d.Tables.Routes {
+		found = found || (r.Table == 200 && r.Type == tables.Unicast)
+	}
+	if !found {
+		t.Error("unhealthy dsl1 lost its default route: its probes could never see the ISP come back")
+	}
+}
