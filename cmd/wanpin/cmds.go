@@ -32,6 +32,7 @@ func newFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
 func cmdRun(args []string, stderr io.Writer) int {
 	fs, cfgPath := newFlags("run", stderr)
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	hooksDir := fs.String("hooks-dir", "/etc/wanpin/hooks.d", "executables run on every uplink transition")
 	if fs.Parse(args) != nil {
 		return 2
 	}
@@ -42,7 +43,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: &lv, ReplaceAttr: microseconds}))
 	d, err := daemon.New(daemon.Options{ConfigPath: *cfgPath, Log: log,
-		NewFlusher: func() (daemon.Flusher, error) { return flush.New(-1) }})
+		NewFlusher: func() (daemon.Flusher, error) { return flush.New(-1) }, HooksDir: *hooksDir})
 	if err != nil {
 		fmt.Fprintf(stderr, "wanpin run: %v\n", err)
 		return 1

@@ -34,6 +34,8 @@ type Options struct {
 	// NewFlusher opens a conntrack connection; nil: entries are never
 	// flushed (tests of the routing alone).
 	NewFlusher func() (Flusher, error)
+	// HooksDir holds executables run on every uplink transition.
+	HooksDir string
 }
 
 // Flusher deletes and counts conntrack entries (pkg/ctflush).
@@ -74,6 +76,8 @@ type Daemon struct {
 	flusher Flusher // used by the loop
 	counter Flusher // used by Status, outside the loop
 
+	hooks *hookRunner
+
 	requests chan func()   // work for the loop, from control requests
 	stopped  chan struct{} // closed when Run returns
 }
@@ -92,7 +96,8 @@ func New(opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{opts: opts, log: opts.Log, cfg: cfg, status: map[string]*UplinkStatus{}, tuned: map[string]int{},
-		hints: map[string]Hint{}, requests: make(chan func()), stopped: make(chan struct{})}
+		hints: map[string]Hint{}, requests: make(chan func()), stopped: make(chan struct{}),
+		hooks: newHookRunner(opts.HooksDir, opts.Log)}
 	// The daemon manages the network namespace it runs in (the lab starts
 	// it inside the router's namespace).
 	if d.nft, err = rules.New(); err != nil {
@@ -234,6 +239,9 @@ func (d *Daemon) sync(why string) {
 				state = "up"
 			}
 			d.log.Info("uplink "+state, "uplink", u.Name, "interface", u.Interface, "reason", reason, "trigger", why)
+			if known {
+				d.hooks.transition(u.Name, u.Interface, state, reason)
+			}
 			d.status[u.Name] = &UplinkStatus{Name: u.Name, Interface: u.Interface, Up: st.Up(), State: st, Reason: reason, Since: time.Now()}
 		} else {
 			old.State, old.Reason = st, reason
