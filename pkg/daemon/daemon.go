@@ -76,7 +76,8 @@ type Daemon struct {
 	flusher Flusher // used by the loop
 	counter Flusher // used by Status, outside the loop
 
-	hooks *hookRunner
+	hooks  *hookRunner
+	notify *notifier
 
 	requests chan func()   // work for the loop, from control requests
 	stopped  chan struct{} // closed when Run returns
@@ -97,7 +98,7 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d := &Daemon{opts: opts, log: opts.Log, cfg: cfg, status: map[string]*UplinkStatus{}, tuned: map[string]int{},
 		hints: map[string]Hint{}, requests: make(chan func()), stopped: make(chan struct{}),
-		hooks: newHookRunner(opts.HooksDir, opts.Log)}
+		hooks: newHookRunner(opts.HooksDir, opts.Log), notify: newNotifier()}
 	// The daemon manages the network namespace it runs in (the lab starts
 	// it inside the router's namespace).
 	if d.nft, err = rules.New(); err != nil {
@@ -147,10 +148,23 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 	d.retry.Stop()
 
 	d.sync("start")
+	if err := d.notify.ready(); err != nil {
+		d.log.Warn("telling systemd we are ready", "err", err)
+	}
+	var watchdog <-chan time.Time
+	if d.notify.watchdog > 0 {
+		t := time.NewTicker(d.notify.watchdog)
+		defer t.Stop()
+		watchdog = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
+			d.notify.stopping()
 			return d.teardown()
+		case <-watchdog:
+			// Petted from the loop: if the loop hangs, systemd notices.
+			d.notify.pet()
 		case <-changed:
 			d.sync("netlink")
 		case <-reload:
@@ -189,6 +203,8 @@ func (d *Daemon) close() {
 // reload re-reads the configuration. A bad file changes nothing: the
 // running configuration and the kernel state stay as they are.
 func (d *Daemon) reload() error {
+	d.notify.reloading()
+	defer d.notify.ready()
 	cfg, err := config.Load(d.opts.ConfigPath)
 	if err != nil {
 		d.log.Error("reload rejected, keeping the running configuration", "err", err)
