@@ -193,3 +193,34 @@ interface = "ppp0"
 	hook("ip-up", "198.51.100.20")
 	hook("ip-down", "198.51.100.20")
 }
+
+// TestMaintenance: `wanpin down NAME` takes an uplink out of service
+// (reported in status), `wanpin up NAME` puts it back; only root may.
+func TestMaintenance(t *testing.T) {
+	l := newLab(t, 2)
+	d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1))
+	if out, code := d.cli(65534, "down", "isp1"); code == 0 || !strings.Contains(out, "permission denied") {
+		t.Errorf("down as nobody: %d %q", code, out)
+	}
+	if out, code := d.cli(0, "down", "isp1"); code != 0 {
+		t.Fatalf("down: %d %s", code, out)
+	}
+	var s bus.Status
+	out, _ := d.cli(0, "status", "--json")
+	json.Unmarshal([]byte(out), &s)
+	if s.Uplinks[0].State != "down" || !strings.Contains(s.Uplinks[0].Reason, "out of service") {
+		t.Errorf("status after down: %+v", s.Uplinks[0])
+	}
+	if counts, err := l.CurlMany(30); err != nil || counts[2] != 30 {
+		t.Errorf("isp1 out of service: %v %v", counts, err)
+	}
+	if out, code := d.cli(0, "up", "isp1"); code != 0 {
+		t.Fatalf("up: %d %s", code, out)
+	}
+	if counts, err := l.CurlMany(60); err != nil || counts[1] == 0 || counts[2] == 0 {
+		t.Errorf("isp1 back in service: %v %v", counts, err)
+	}
+	if out, code := d.cli(0, "down", "nosuch"); code == 0 || !strings.Contains(out, `no uplink named "nosuch"`) {
+		t.Errorf("down of an unknown uplink: %d %q", code, out)
+	}
+}

@@ -62,6 +62,12 @@ func (b backend) Reload() error {
 	return b.d.Reload(ctx)
 }
 
+func (b backend) SetService(uplink string, inService bool) error {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	return b.d.SetService(ctx, uplink, inService)
+}
+
 func (b backend) Event(kind, iface string, local, peer netip.Addr) error {
 	ctx, cancel := b.ctx()
 	defer cancel()
@@ -176,6 +182,24 @@ func cmdEvent(args []string, stderr io.Writer) int {
 	defer c.Close()
 	if err := c.Event(context.Background(), kind, iface, addrs[0], addrs[1]); err != nil {
 		fmt.Fprintf(stderr, "wanpin event: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// cmdService is `wanpin up NAME` / `wanpin down NAME`: maintenance.
+func cmdService(what string, args []string, stdout, stderr io.Writer) int {
+	if len(args) != 1 {
+		fmt.Fprintf(stderr, "usage: wanpin %s UPLINK\n", what)
+		return 2
+	}
+	c, ok := dial(stderr, what)
+	if !ok {
+		return 1
+	}
+	defer c.Close()
+	if err := c.SetService(context.Background(), args[0], what == "up"); err != nil {
+		fmt.Fprintf(stderr, "wanpin %s: %v\n", what, err)
 		return 1
 	}
 	return 0

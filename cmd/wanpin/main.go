@@ -18,6 +18,8 @@ Usage:
                                  wanpin would install now (changes nothing)
   wanpin status [--json]         the uplinks' state, from the running daemon
   wanpin reload                  re-read the policy file (root)
+  wanpin down UPLINK / up UPLINK  take an uplink out of service for maintenance,
+                                 or put it back (root)
   wanpin event up|down IFACE [--local ADDR] [--peer ADDR]
                                  news from a PPP hook (root)
 
@@ -50,6 +52,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		return cmdReload(rest, stdout, stderr)
 	case "event":
 		return cmdEvent(rest, stderr)
+	case "up", "down":
+		return cmdService(cmd, rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

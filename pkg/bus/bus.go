@@ -7,6 +7,7 @@
 //	  Status() -> (s json)                         anyone
 //	  Reload() -> ()                               root
 //	  Event(s kind, s iface, a{sv} args) -> ()     root; kind up|down, args local, peer
+//	  SetService(s uplink, b in_service) -> ()     root; maintenance (wanpin up/down)
 //
 // The bus policy (dbus/org.wanpin.Wanpin1.conf) already restricts Reload
 // and Event to root; the daemon checks the caller's uid again, so a

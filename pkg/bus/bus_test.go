@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -24,6 +25,10 @@ func (f *fake) Status() (Status, error) {
 	return Status{Config: "/etc/wanpin/wanpin.toml", Uplinks: []Uplink{{Name: "dsl", Interface: "ppp0", State: "up"}}}, nil
 }
 func (f *fake) Reload() error { return f.reload }
+func (f *fake) SetService(uplink string, in bool) error {
+	f.events = append(f.events, fmt.Sprintf("service %s %v", uplink, in))
+	return nil
+}
 func (f *fake) Event(kind, iface string, local, peer netip.Addr) error {
 	f.events = append(f.events, kind+" "+iface+" "+local.String()+" "+peer.String())
 	return nil

@@ -69,6 +69,15 @@ func (c *Client) Event(ctx context.Context, kind, iface string, local, peer neti
 	return explain("event", c.call(ctx, "Event", kind, iface, args).Err)
 }
 
+// SetService takes an uplink out of service or puts it back.
+func (c *Client) SetService(ctx context.Context, uplink string, inService bool) error {
+	what := "down"
+	if inService {
+		what = "up"
+	}
+	return explain(what, c.call(ctx, "SetService", uplink, inService).Err)
+}
+
 // explain turns a D-Bus error into one line a person can act on.
 func explain(what string, err error) error {
 	if err == nil {

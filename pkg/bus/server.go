@@ -17,6 +17,7 @@ type Backend interface {
 	Status() (Status, error)
 	Reload() error
 	Event(kind, iface string, local, peer netip.Addr) error
+	SetService(uplink string, inService bool) error
 }
 
 // Server exports the interface on one bus connection.
@@ -115,6 +116,17 @@ func (o object) Event(sender dbus.Sender, kind, iface string, args map[string]db
 		}
 	}
 	if err := o.s.b.Event(kind, iface, addrs[0], addrs[1]); err != nil {
+		return dbus.NewError(ErrFailed, []any{err.Error()})
+	}
+	return nil
+}
+
+// SetService takes an uplink out of service or puts it back. Root only.
+func (o object) SetService(sender dbus.Sender, uplink string, inService bool) *dbus.Error {
+	if derr := o.s.requireRoot(sender, "up/down"); derr != nil {
+		return derr
+	}
+	if err := o.s.b.SetService(uplink, inService); err != nil {
 		return dbus.NewError(ErrFailed, []any{err.Error()})
 	}
 	return nil

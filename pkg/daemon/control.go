@@ -145,3 +145,31 @@ func usedAddrs(cfg *config.Config, status map[string]*UplinkStatus) map[string][
 	}
 	return out
 }
+
+// SetService takes an uplink out of service (inService false: it carries
+// no new connections and its pinned ones are flushed, as if it had failed)
+// or puts it back, for maintenance. It lasts until the daemon restarts.
+func (d *Daemon) SetService(ctx context.Context, uplink string, inService bool) error {
+	var rerr error
+	err := d.do(ctx, func() {
+		found := false
+		for _, u := range d.cfg.Uplinks {
+			found = found || u.Name == uplink
+		}
+		if !found {
+			rerr = fmt.Errorf("no uplink named %q", uplink)
+			return
+		}
+		if inService {
+			delete(d.maintenance, uplink)
+		} else {
+			d.maintenance[uplink] = true
+		}
+		d.log.Info("maintenance", "uplink", uplink, "in_service", inService)
+		d.sync("admin")
+	})
+	if err != nil {
+		return err
+	}
+	return rerr
+}

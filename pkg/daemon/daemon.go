@@ -76,8 +76,9 @@ type Daemon struct {
 	flusher Flusher // used by the loop
 	counter Flusher // used by Status, outside the loop
 
-	hooks  *hookRunner
-	notify *notifier
+	hooks       *hookRunner
+	notify      *notifier
+	maintenance map[string]bool // uplinks forced out of service (wanpin down)
 
 	requests chan func()   // work for the loop, from control requests
 	stopped  chan struct{} // closed when Run returns
@@ -98,7 +99,7 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d := &Daemon{opts: opts, log: opts.Log, cfg: cfg, status: map[string]*UplinkStatus{}, tuned: map[string]int{},
 		hints: map[string]Hint{}, requests: make(chan func()), stopped: make(chan struct{}),
-		hooks: newHookRunner(opts.HooksDir, opts.Log), notify: newNotifier()}
+		hooks: newHookRunner(opts.HooksDir, opts.Log), notify: newNotifier(), maintenance: map[string]bool{}}
 	// The daemon manages the network namespace it runs in (the lab starts
 	// it inside the router's namespace).
 	if d.nft, err = rules.New(); err != nil {
@@ -240,6 +241,11 @@ func (d *Daemon) sync(why string) {
 		seen[u.Name] = true
 		l := links[u.Interface]
 		st, reason := Observe(u, l, d.hint(l))
+		if d.maintenance[u.Name] && st.LinkUp() {
+			// Forced out of service by the admin: routes stay (so it can
+			// be tested by hand), new connections avoid it.
+			st.Unhealthy, reason = true, "taken out of service by the admin (wanpin down "+u.Name+")"
+		}
 		states[u.Name] = st
 		if l.Exists {
 			d.tuneInterface(l)
