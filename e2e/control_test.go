@@ -224,3 +224,50 @@ func TestMaintenance(t *testing.T) {
 		t.Errorf("down of an unknown uplink: %d %q", code, out)
 	}
 }
+
+// TestExplain: `wanpin explain` agrees with what the server sees.
+func TestExplain(t *testing.T) {
+	l := newLab(t, 2)
+	d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1)+`
+tier = 2
+
+[[policy]]
+name = "guest"
+sources = ["192.0.2.20/32"]
+uplinks = ["isp2"]
+
+[[policy]]
+name = "strict"
+protocol = "udp"
+ports = ["8081"]
+uplinks = ["isp2"]
+fallback = "none"
+`)
+	explain := func(args ...string) string {
+		t.Helper()
+		full := append([]string{"env", "DBUS_SYSTEM_BUS_ADDRESS=" + d.busAddr, wanpinBin, "explain", "--config", d.cfgPath}, args...)
+		return run(t, l, l.Router, full...)
+	}
+	out := explain("--src", "192.0.2.20", "--dst", "203.0.113.10", "--dport", "8080")
+	if !strings.Contains(out, `policy: "guest"`) || !strings.Contains(out, "100%  isp2") || !strings.Contains(out, "dev wan2 via 198.51.100.9") {
+		t.Errorf("guest flow:\n%s", out)
+	}
+	if got := strings.TrimSpace(run(t, l, l.LAN, "curl", "-sS", "-m", "5", "--interface", "192.0.2.20", "http://203.0.113.10:8080/")); l.ISPOf(got) != 2 {
+		t.Errorf("the server saw the guest flow from %s", got)
+	}
+	out = explain("--src", "192.0.2.10", "--dst", "203.0.113.10", "--dport", "8080")
+	if !strings.Contains(out, "policy: none") || !strings.Contains(out, "100%  isp1") || !strings.Contains(out, "dev wan1 via 198.51.100.1") {
+		t.Errorf("default flow:\n%s", out)
+	}
+	if got := strings.TrimSpace(run(t, l, l.LAN, "curl", "-sS", "-m", "5", "http://203.0.113.10:8080/")); l.ISPOf(got) != 1 {
+		t.Errorf("the server saw the default flow from %s", got)
+	}
+	d.cli(0, "down", "isp2")
+	out = explain("--src", "192.0.2.10", "--dst", "203.0.113.10", "--proto", "udp", "--dport", "8081")
+	if !strings.Contains(out, `policy: "strict"`) || !strings.Contains(out, "rejected") {
+		t.Errorf("strict flow with isp2 down:\n%s", out)
+	}
+	if got, _ := l.UDPExchange(40100, "203.0.113.10", 500*time.Millisecond); got != "" {
+		t.Errorf("strict flow with isp2 down reached the server as %s", got)
+	}
+}

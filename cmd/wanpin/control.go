@@ -101,6 +101,9 @@ func dial(stderr io.Writer, what string) (*bus.Client, bool) {
 	return c, true
 }
 
+// dialQuiet connects without printing anything.
+func dialQuiet() (*bus.Client, error) { return bus.Dial() }
+
 func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("wanpin status", flag.ContinueOnError)
 	fs.SetOutput(stderr)

@@ -16,6 +16,8 @@ Usage:
   wanpin plan  [--config FILE] [--all-up]
                                  print the nftables table, ip rules and routes
                                  wanpin would install now (changes nothing)
+  wanpin explain --dst ADDR [--src ADDR] [--proto tcp|udp] [--dport N] [--uid N] [--iif IFACE]
+                                 which policy and uplink a new connection gets, and why
   wanpin status [--json]         the uplinks' state, from the running daemon
   wanpin reload                  re-read the policy file (root)
   wanpin down UPLINK / up UPLINK  take an uplink out of service for maintenance,
@@ -46,6 +48,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(rest, stdout, stderr)
 	case "plan":
 		return cmdPlan(rest, stdout, stderr)
+	case "explain":
+		return cmdExplain(rest, stdout, stderr)
 	case "status":
 		return cmdStatus(rest, stdout, stderr)
 	case "reload":
