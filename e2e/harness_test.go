@@ -35,16 +35,17 @@ type daemon struct {
 	proc    *netlab.Proc
 	cfgPath string
 	dir     string
+	extra   []string // more arguments for wanpin run
 	logs    []string // one log file per process started
 	busAddr string   // the test's private system bus
 }
 
 // startWanpin writes cfg and starts `wanpin run` in the router namespace.
-func startWanpin(t *testing.T, l *netlab.Lab, cfg string) *daemon {
+func startWanpin(t *testing.T, l *netlab.Lab, cfg string, extra ...string) *daemon {
 	t.Helper()
 	dir := t.TempDir()
 	// Every daemon gets a private bus: never the machine's own.
-	d := &daemon{t: t, l: l, cfgPath: filepath.Join(dir, "wanpin.toml"), dir: dir, busAddr: bustest.Start(t)}
+	d := &daemon{t: t, l: l, cfgPath: filepath.Join(dir, "wanpin.toml"), dir: dir, busAddr: bustest.Start(t), extra: extra}
 	d.writeConfig(cfg)
 	d.start()
 	t.Cleanup(func() {
@@ -71,7 +72,8 @@ func (d *daemon) start() {
 	d.t.Helper()
 	logPath := filepath.Join(d.dir, fmt.Sprintf("wanpin-%d.log", len(d.logs)+1))
 	d.logs = append(d.logs, logPath)
-	p, err := d.l.Start(d.l.Router, logPath, "env", "DBUS_SYSTEM_BUS_ADDRESS="+d.busAddr, wanpinBin, "run", "--config", d.cfgPath)
+	args := append([]string{"env", "DBUS_SYSTEM_BUS_ADDRESS=" + d.busAddr, wanpinBin, "run", "--config", d.cfgPath}, d.extra...)
+	p, err := d.l.Start(d.l.Router, logPath, args...)
 	if err != nil {
 		d.t.Fatalf("starting wanpin: %v", err)
 	}

@@ -33,6 +33,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	fs, cfgPath := newFlags("run", stderr)
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	hooksDir := fs.String("hooks-dir", "/etc/wanpin/hooks.d", "executables run on every uplink transition")
+	noOwner := fs.Bool("no-table-owner", false, "do not claim the nftables table: other tools may delete it (it is then repaired)")
 	if fs.Parse(args) != nil {
 		return 2
 	}
@@ -43,7 +44,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: &lv, ReplaceAttr: microseconds}))
 	d, err := daemon.New(daemon.Options{ConfigPath: *cfgPath, Log: log,
-		NewFlusher: func() (daemon.Flusher, error) { return flush.New(-1) }, HooksDir: *hooksDir})
+		NewFlusher: func() (daemon.Flusher, error) { return flush.New(-1) }, HooksDir: *hooksDir, NoTableOwner: *noOwner})
 	if err != nil {
 		fmt.Fprintf(stderr, "wanpin run: %v\n", err)
 		return 1

@@ -36,6 +36,9 @@ type Options struct {
 	NewFlusher func() (Flusher, error)
 	// HooksDir holds executables run on every uplink transition.
 	HooksDir string
+	// NoTableOwner: do not claim the nftables table (owner flag), so
+	// other tools may delete it; drift repair then puts it back.
+	NoTableOwner bool
 }
 
 // Flusher deletes and counts conntrack entries (pkg/ctflush).
@@ -102,7 +105,11 @@ func New(opts Options) (*Daemon, error) {
 		hooks: newHookRunner(opts.HooksDir, opts.Log), notify: newNotifier(), maintenance: map[string]bool{}}
 	// The daemon manages the network namespace it runs in (the lab starts
 	// it inside the router's namespace).
-	if d.nft, err = rules.New(); err != nil {
+	var nftOpts []rules.Option
+	if opts.NoTableOwner {
+		nftOpts = append(nftOpts, rules.WithoutOwner())
+	}
+	if d.nft, err = rules.New(nftOpts...); err != nil {
 		return nil, fmt.Errorf("connecting to nftables: %w", err)
 	}
 	if d.tbl, err = tables.New(netns.None()); err != nil {
@@ -145,6 +152,8 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 	changed := watch.Watch(wctx, netns.None(), d.log)
 	services := time.NewTicker(2 * time.Second)
 	defer services.Stop()
+	drift := time.NewTicker(DriftInterval)
+	defer drift.Stop()
 	d.retry = time.NewTimer(time.Hour)
 	d.retry.Stop()
 
@@ -172,6 +181,8 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 			_ = d.reload()
 		case f := <-d.requests:
 			f()
+		case <-drift.C:
+			d.checkDrift()
 		case <-services.C:
 			if d.resolveServices() {
 				d.sync("service cgroup changed")
