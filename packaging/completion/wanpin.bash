@@ -1,0 +1,32 @@
+# bash completion for wanpin
+_wanpin() {
+	local cur prev cmds
+	cur=${COMP_WORDS[COMP_CWORD]}
+	prev=${COMP_WORDS[COMP_CWORD-1]}
+	cmds="run check plan status reload explain up down event help"
+	if [ "$COMP_CWORD" -eq 1 ]; then
+		COMPREPLY=($(compgen -W "$cmds" -- "$cur"))
+		return
+	fi
+	case "$prev" in
+	--config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+	--hooks-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
+	--proto) COMPREPLY=($(compgen -W "tcp udp" -- "$cur")); return ;;
+	--log-level) COMPREPLY=($(compgen -W "debug info warn error" -- "$cur")); return ;;
+	esac
+	case "${COMP_WORDS[1]}" in
+	run) COMPREPLY=($(compgen -W "--config --log-level --hooks-dir --no-table-owner" -- "$cur")) ;;
+	check) COMPREPLY=($(compgen -W "--config" -- "$cur")) ;;
+	plan) COMPREPLY=($(compgen -W "--config --all-up" -- "$cur")) ;;
+	status) COMPREPLY=($(compgen -W "--json" -- "$cur")) ;;
+	explain) COMPREPLY=($(compgen -W "--config --src --dst --proto --dport --uid --iif" -- "$cur")) ;;
+	up|down)
+		local names
+		names=$(sed -n 's/^[[:space:]]*name[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' /etc/wanpin/wanpin.toml 2>/dev/null)
+		COMPREPLY=($(compgen -W "$names" -- "$cur")) ;;
+	event)
+		if [ "$COMP_CWORD" -eq 2 ]; then COMPREPLY=($(compgen -W "up down" -- "$cur"));
+		else COMPREPLY=($(compgen -W "--local --peer" -- "$cur")); fi ;;
+	esac
+}
+complete -F _wanpin wanpin
