@@ -16,6 +16,7 @@ import (
 	"github.com/wanpin/wanpin/pkg/config"
 	"github.com/wanpin/wanpin/pkg/daemon"
 	"github.com/wanpin/wanpin/pkg/flush"
+	"github.com/wanpin/wanpin/pkg/metrics"
 	"github.com/wanpin/wanpin/pkg/plan"
 	"github.com/wanpin/wanpin/pkg/rules"
 	"github.com/wanpin/wanpin/pkg/tables"
@@ -34,6 +35,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	hooksDir := fs.String("hooks-dir", "/etc/wanpin/hooks.d", "executables run on every uplink transition")
 	noOwner := fs.Bool("no-table-owner", false, "do not claim the nftables table: other tools may delete it (it is then repaired)")
+	metricsAddr := fs.String("metrics-listen", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9469 (off when empty)")
 	if fs.Parse(args) != nil {
 		return 2
 	}
@@ -64,6 +66,13 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}()
 	stopBus := serveBus(d, log)
 	defer stopBus()
+	if *metricsAddr != "" {
+		go func() {
+			if err := metrics.Serve(ctx, *metricsAddr, d.Metrics, log); err != nil {
+				log.Error("metrics unavailable", "err", err)
+			}
+		}()
+	}
 	if err := d.Run(ctx, reload); err != nil {
 		log.Error("stopping", "err", err)
 		return 1

@@ -83,6 +83,14 @@ type Daemon struct {
 	notify      *notifier
 	maintenance map[string]bool // uplinks forced out of service (wanpin down)
 
+	// Figures for metrics. Traffic counters live in the nftables table,
+	// which every apply replaces: what they held is added here first.
+	transitions map[string]uint64
+	flushed     map[string]uint64
+	traffic     map[string]rules.UplinkTraffic
+	applies     uint64
+	applyErrors uint64
+
 	requests chan func()   // work for the loop, from control requests
 	stopped  chan struct{} // closed when Run returns
 }
@@ -102,7 +110,8 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d := &Daemon{opts: opts, log: opts.Log, cfg: cfg, status: map[string]*UplinkStatus{}, tuned: map[string]int{},
 		hints: map[string]Hint{}, requests: make(chan func()), stopped: make(chan struct{}),
-		hooks: newHookRunner(opts.HooksDir, opts.Log), notify: newNotifier(), maintenance: map[string]bool{}}
+		hooks: newHookRunner(opts.HooksDir, opts.Log), notify: newNotifier(), maintenance: map[string]bool{},
+		transitions: map[string]uint64{}, flushed: map[string]uint64{}, traffic: map[string]rules.UplinkTraffic{}}
 	// The daemon manages the network namespace it runs in (the lab starts
 	// it inside the router's namespace).
 	var nftOpts []rules.Option
@@ -273,6 +282,7 @@ func (d *Daemon) sync(why string) {
 			}
 			d.log.Info("uplink "+state, "uplink", u.Name, "interface", u.Interface, "reason", reason, "trigger", why)
 			if known {
+				d.transitions[u.Name]++
 				d.hooks.transition(u.Name, u.Interface, state, reason)
 			}
 			d.status[u.Name] = &UplinkStatus{Name: u.Name, Interface: u.Interface, Up: st.Up(), State: st, Reason: reason, Since: time.Now()}
@@ -315,6 +325,7 @@ func (d *Daemon) flush(down []string, before, after map[string][]netip.Addr) {
 				d.log.Error("flushing conntrack entries", "uplink", name, "err", err)
 				continue
 			}
+			d.flushed[name] += uint64(n)
 			d.log.Info("conntrack flushed", "uplink", name, "mark", fmt.Sprintf("%#x", mark), "entries", n, "reason", "uplink down")
 		}
 	}
@@ -328,6 +339,7 @@ func (d *Daemon) flush(down []string, before, after map[string][]netip.Addr) {
 				d.log.Error("flushing conntrack entries", "uplink", name, "address", a, "err", err)
 				continue
 			}
+			d.flushed[name] += uint64(n)
 			d.log.Info("conntrack flushed", "uplink", name, "address", a.String(), "entries", n, "reason", "address gone")
 		}
 	}
@@ -394,6 +406,7 @@ func (d *Daemon) apply(want plan.Desired, nftFirst bool) error {
 			if !nftChanged {
 				return nil
 			}
+			d.saveTraffic()
 			if err := d.nft.Apply(want.NFT); err != nil {
 				return err
 			}
@@ -404,8 +417,10 @@ func (d *Daemon) apply(want plan.Desired, nftFirst bool) error {
 	if nftFirst {
 		steps[0], steps[1] = steps[1], steps[0]
 	}
+	d.applies++
 	for _, step := range steps {
 		if err := step(); err != nil {
+			d.applyErrors++
 			d.applied = nil
 			return err
 		}

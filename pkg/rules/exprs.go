@@ -285,3 +285,8 @@ func numgenVmap(mod uint32, mapName string) frag {
 		vmapLookup(mapName),
 	}}
 }
+
+// counterFrag is an anonymous counter, listed as nft prints a fresh one.
+func counterFrag() frag {
+	return frag{text: "counter packets 0 bytes 0", exprs: []expr.Any{&expr.Counter{}}}
+}

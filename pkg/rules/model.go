@@ -159,14 +159,21 @@ const (
 	mapRestore       = "restore"
 	mapInbound       = "inbound"
 	mapOutbound      = "outbound"
+	mapCountIn       = "count_in"
+	mapCountOut      = "count_out"
 	mapBalDefault    = "bal_default"
 )
 
 func markChain(u Uplink) string { return "mark_" + u.Name }
-func pinChain(u Uplink) string  { return "pin_" + u.Name }
-func saveChain(u Uplink) string { return "save_" + u.Name }
-func polChain(p Policy) string  { return "pol_" + p.Name }
-func balMap(p Policy) string    { return "bal_" + p.Name }
+
+// CountInChain and CountOutChain are the per-uplink chains whose counter
+// says how much traffic came in and went out through the uplink.
+func CountInChain(uplink string) string  { return "count_in_" + uplink }
+func CountOutChain(uplink string) string { return "count_out_" + uplink }
+func pinChain(u Uplink) string           { return "pin_" + u.Name }
+func saveChain(u Uplink) string          { return "save_" + u.Name }
+func polChain(p Policy) string           { return "pol_" + p.Name }
+func balMap(p Policy) string             { return "bal_" + p.Name }
 
 // gcd reduction: weights 2:4 and 1:2 balance the same, with fewer elements.
 func reducedWeights(bs []Bucket) ([]int, int) {
@@ -238,6 +245,8 @@ func (b *builder) build() {
 	restore := b.addSet(&set{name: mapRestore, key: typeMark, typeText: "mark : verdict", isMap: true, native: true})
 	inbound := b.addSet(&set{name: mapInbound, key: typeIfname, typeText: "ifname : verdict", isMap: true, native: true})
 	outbound := b.addSet(&set{name: mapOutbound, key: typeIfname, typeText: "ifname : verdict", isMap: true, native: true})
+	countIn := b.addSet(&set{name: mapCountIn, key: typeIfname, typeText: "ifname : verdict", isMap: true, native: true})
+	countOut := b.addSet(&set{name: mapCountOut, key: typeIfname, typeText: "ifname : verdict", isMap: true, native: true})
 	for _, u := range s.Uplinks {
 		b.addChain(markChain(u), nil).rules = []*rule{newRule(setMark(false, s.Mask, u.Mark))}
 		b.addChain(pinChain(u), nil).rules = []*rule{
@@ -245,6 +254,14 @@ func (b *builder) build() {
 			newRule(setMark(true, s.Mask, u.Mark)),
 		}
 		b.addChain(saveChain(u), nil).rules = []*rule{newRule(setMark(true, s.Mask, u.Mark))}
+		// Counting chains are jumped to (not gone to): the base chain
+		// goes on after the counter.
+		b.addChain(CountInChain(u.Name), nil).rules = []*rule{newRule(counterFrag())}
+		b.addChain(CountOutChain(u.Name), nil).rules = []*rule{newRule(counterFrag())}
+		countIn.elems = append(countIn.elems, vmapElem(ifnameElem(u.Interface),
+			&expr.Verdict{Kind: expr.VerdictJump, Chain: CountInChain(u.Name)}))
+		countOut.elems = append(countOut.elems, vmapElem(ifnameElem(u.Interface),
+			&expr.Verdict{Kind: expr.VerdictJump, Chain: CountOutChain(u.Name)}))
 
 		// Pinned connections keep their uplink's mark even while it is
 		// down: its table then holds only `unreachable default` (link
@@ -260,7 +277,7 @@ func (b *builder) build() {
 		outbound.elems = append(outbound.elems, vmapElem(ifnameElem(u.Interface),
 			&expr.Verdict{Kind: expr.VerdictGoto, Chain: saveChain(u)}))
 	}
-	for _, st := range []*set{restore, inbound, outbound} {
+	for _, st := range []*set{restore, inbound, outbound, countIn, countOut} {
 		st.sortElems()
 	}
 
@@ -271,6 +288,7 @@ func (b *builder) build() {
 	returnRule := func(fs ...frag) *rule { return newRule(append(fs, verdict(expr.VerdictReturn, ""))...) }
 
 	pre.rules = append(pre.rules,
+		newRule(func() frag { t, l := ifnameMeta(true); return frag{text: t, exprs: []expr.Any{l}} }(), vmapFrag(mapCountIn)),
 		restoreRule,
 		returnRule(ctStateNotNew()),
 		newRule(func() frag { t, l := ifnameMeta(true); return frag{text: t, exprs: []expr.Any{l}} }(), vmapFrag(mapInbound)),
@@ -305,6 +323,8 @@ func (b *builder) build() {
 
 	// The mask on the ct mark: a connection pinned by someone else's bits
 	// outside M still counts as unpinned for wanpin.
+	post.rules = append(post.rules, newRule(
+		func() frag { t, l := ifnameMeta(false); return frag{text: t, exprs: []expr.Any{l}} }(), vmapFrag(mapCountOut)))
 	post.rules = append(post.rules, newRule(
 		ctStateNew(),
 		maskedMark("ct mark", ctMarkLoad(), s.Mask),
