@@ -271,3 +271,33 @@ fallback = "none"
 		t.Errorf("strict flow with isp2 down reached the server as %s", got)
 	}
 }
+
+// TestExec: `wanpin exec --uplink isp2 -- CMD` sends every connection of
+// CMD (and its children) through isp2 while the router's default is isp1.
+func TestExec(t *testing.T) {
+	l := newLab(t, 2)
+	d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1)+"tier = 2\n")
+	wexec := func(args ...string) (string, error) {
+		full := append([]string{"env", "DBUS_SYSTEM_BUS_ADDRESS=" + d.busAddr, wanpinBin, "exec", "--uplink", "isp2", "--"}, args...)
+		return l.Exec(l.Router, full...)
+	}
+	out, err := wexec("sh", "-c", "for i in 1 2 3 4 5; do curl -sS -m 5 http://203.0.113.10:8080/; done")
+	if err != nil {
+		t.Fatalf("wanpin exec: %v\n%s", err, out)
+	}
+	for _, a := range strings.Fields(out) {
+		if l.ISPOf(a) != 2 {
+			t.Errorf("a connection of the exec'd command arrived from %s, want ISP 2 (all: %q)", a, out)
+		}
+	}
+	if got := strings.TrimSpace(run(t, l, l.Router, "curl", "-sS", "-m", "5", "http://203.0.113.10:8080/")); l.ISPOf(got) != 1 {
+		t.Errorf("the router's other traffic arrived from %s, want ISP 1", got)
+	}
+	d.waitFor("exec ended", 1, 5*time.Second)
+	if out, err := l.Exec(l.Router, "nft", "list", "table", "inet", "wanpin"); err != nil || strings.Contains(out, "exec_") {
+		t.Errorf("exec policy left in the table after the command ended")
+	}
+	if out, code := d.cli(65534, "exec", "--uplink", "isp2", "--", "true"); code == 0 {
+		t.Errorf("exec as nobody succeeded: %s", out)
+	}
+}

@@ -68,6 +68,12 @@ func (b backend) SetService(uplink string, inService bool) error {
 	return b.d.SetService(ctx, uplink, inService)
 }
 
+func (b backend) Exec(uplink, cgroup string) error {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	return b.d.Exec(ctx, uplink, cgroup)
+}
+
 func (b backend) Event(kind, iface string, local, peer netip.Addr) error {
 	ctx, cancel := b.ctx()
 	defer cancel()

@@ -18,6 +18,8 @@ Usage:
                                  wanpin would install now (changes nothing)
   wanpin explain --dst ADDR [--src ADDR] [--proto tcp|udp] [--dport N] [--uid N] [--iif IFACE]
                                  which policy and uplink a new connection gets, and why
+  wanpin exec --uplink NAME -- COMMAND [ARG...]
+                                 run a command whose connections all use one uplink (root)
   wanpin status [--json]         the uplinks' state, from the running daemon
   wanpin reload                  re-read the policy file (root)
   wanpin down UPLINK / up UPLINK  take an uplink out of service for maintenance,
@@ -50,6 +52,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		return cmdPlan(rest, stdout, stderr)
 	case "explain":
 		return cmdExplain(rest, stdout, stderr)
+	case "exec":
+		return cmdExec(rest, stderr)
 	case "status":
 		return cmdStatus(rest, stdout, stderr)
 	case "reload":

@@ -8,6 +8,7 @@
 //	  Reload() -> ()                               root
 //	  Event(s kind, s iface, a{sv} args) -> ()     root; kind up|down, args local, peer
 //	  SetService(s uplink, b in_service) -> ()     root; maintenance (wanpin up/down)
+//	  Exec(s uplink, s cgroup) -> ()               root; wanpin exec --uplink
 //
 // The bus policy (dbus/org.wanpin.Wanpin1.conf) already restricts Reload
 // and Event to root; the daemon checks the caller's uid again, so a

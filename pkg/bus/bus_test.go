@@ -24,7 +24,8 @@ type fake struct {
 func (f *fake) Status() (Status, error) {
 	return Status{Config: "/etc/wanpin/wanpin.toml", Uplinks: []Uplink{{Name: "dsl", Interface: "ppp0", State: "up"}}}, nil
 }
-func (f *fake) Reload() error { return f.reload }
+func (f *fake) Reload() error                    { return f.reload }
+func (f *fake) Exec(uplink, cgroup string) error { return nil }
 func (f *fake) SetService(uplink string, in bool) error {
 	f.events = append(f.events, fmt.Sprintf("service %s %v", uplink, in))
 	return nil

@@ -78,6 +78,11 @@ func (c *Client) SetService(ctx context.Context, uplink string, inService bool) 
 	return explain(what, c.call(ctx, "SetService", uplink, inService).Err)
 }
 
+// Exec pins the processes of a cgroup to an uplink.
+func (c *Client) Exec(ctx context.Context, uplink, cgroup string) error {
+	return explain("exec", c.call(ctx, "Exec", uplink, cgroup).Err)
+}
+
 // explain turns a D-Bus error into one line a person can act on.
 func explain(what string, err error) error {
 	if err == nil {

@@ -18,6 +18,7 @@ type Backend interface {
 	Reload() error
 	Event(kind, iface string, local, peer netip.Addr) error
 	SetService(uplink string, inService bool) error
+	Exec(uplink, cgroup string) error
 }
 
 // Server exports the interface on one bus connection.
@@ -127,6 +128,17 @@ func (o object) SetService(sender dbus.Sender, uplink string, inService bool) *d
 		return derr
 	}
 	if err := o.s.b.SetService(uplink, inService); err != nil {
+		return dbus.NewError(ErrFailed, []any{err.Error()})
+	}
+	return nil
+}
+
+// Exec pins a cgroup made by `wanpin exec` to an uplink. Root only.
+func (o object) Exec(sender dbus.Sender, uplink, cgroup string) *dbus.Error {
+	if derr := o.s.requireRoot(sender, "exec"); derr != nil {
+		return derr
+	}
+	if err := o.s.b.Exec(uplink, cgroup); err != nil {
 		return dbus.NewError(ErrFailed, []any{err.Error()})
 	}
 	return nil

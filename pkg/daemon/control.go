@@ -5,10 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/wanpin/wanpin/pkg/config"
+	"github.com/wanpin/wanpin/pkg/plan"
 )
 
 // ErrStopped is returned by requests made while the loop is not running.
@@ -172,4 +176,74 @@ func (d *Daemon) SetService(ctx context.Context, uplink string, inService bool) 
 		return err
 	}
 	return rerr
+}
+
+// execEntry is one running `wanpin exec`.
+type execEntry struct {
+	uplink string
+	path   string // cgroup path relative to the cgroup2 root
+}
+
+// Exec pins the new connections of the processes in cgroup path (made by
+// `wanpin exec`, which then runs the command in it) to one uplink. The
+// entry goes when the cgroup is empty.
+func (d *Daemon) Exec(ctx context.Context, uplink, path string) error {
+	var rerr error
+	err := d.do(ctx, func() {
+		found := false
+		for _, u := range d.cfg.Uplinks {
+			found = found || u.Name == uplink
+		}
+		if !found {
+			rerr = fmt.Errorf("no uplink named %q", uplink)
+			return
+		}
+		if !strings.HasPrefix(path, "/wanpin-exec/") || strings.Contains(path, "..") {
+			rerr = fmt.Errorf("cgroup %q is not one of wanpin exec's", path)
+			return
+		}
+		m, err := d.cgroups.Resolve(path)
+		if err != nil || len(m) == 0 {
+			rerr = fmt.Errorf("cgroup %s: not found (%v)", path, err)
+			return
+		}
+		d.execs[path] = execEntry{uplink: uplink, path: path}
+		d.execMatch[path] = m[0]
+		d.log.Info("exec pinned", "cgroup", path, "uplink", uplink)
+		d.sync("exec")
+	})
+	if err != nil {
+		return err
+	}
+	return rerr
+}
+
+// reapExecs forgets the exec cgroups whose processes have all ended and
+// removes their directories. It reports whether anything went.
+func (d *Daemon) reapExecs() bool {
+	changed := false
+	for path := range d.execs {
+		dir := filepath.Join(d.cgroups.Root, path)
+		procs, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		if err == nil && len(strings.TrimSpace(string(procs))) > 0 {
+			continue
+		}
+		_ = os.Remove(dir)
+		_ = os.Remove(filepath.Dir(dir)) // /wanpin-exec itself, once empty
+		delete(d.execs, path)
+		delete(d.execMatch, path)
+		d.log.Info("exec ended", "cgroup", path)
+		changed = true
+	}
+	return changed
+}
+
+// execList is the plan's view of the running execs, in a stable order.
+func (d *Daemon) execList() []plan.Exec {
+	var out []plan.Exec
+	for path, e := range d.execs {
+		out = append(out, plan.Exec{Name: "exec_" + filepath.Base(path), Uplink: e.uplink, Cgroup: d.execMatch[path]})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }

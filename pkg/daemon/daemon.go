@@ -82,6 +82,8 @@ type Daemon struct {
 	hooks       *hookRunner
 	notify      *notifier
 	maintenance map[string]bool // uplinks forced out of service (wanpin down)
+	execs       map[string]execEntry
+	execMatch   map[string]rules.CgroupMatch
 
 	// Figures for metrics. Traffic counters live in the nftables table,
 	// which every apply replaces: what they held is added here first.
@@ -111,6 +113,7 @@ func New(opts Options) (*Daemon, error) {
 	d := &Daemon{opts: opts, log: opts.Log, cfg: cfg, status: map[string]*UplinkStatus{}, tuned: map[string]int{},
 		hints: map[string]Hint{}, requests: make(chan func()), stopped: make(chan struct{}),
 		hooks: newHookRunner(opts.HooksDir, opts.Log), notify: newNotifier(), maintenance: map[string]bool{},
+		execs: map[string]execEntry{}, execMatch: map[string]rules.CgroupMatch{},
 		transitions: map[string]uint64{}, flushed: map[string]uint64{}, traffic: map[string]rules.UplinkTraffic{}}
 	// The daemon manages the network namespace it runs in (the lab starts
 	// it inside the router's namespace).
@@ -193,6 +196,9 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 		case <-drift.C:
 			d.checkDrift()
 		case <-services.C:
+			if d.reapExecs() {
+				d.sync("exec ended")
+			}
 			if d.resolveServices() {
 				d.sync("service cgroup changed")
 			}
@@ -295,7 +301,7 @@ func (d *Daemon) sync(why string) {
 			delete(d.status, name)
 		}
 	}
-	want := plan.Build(plan.Input{Config: d.cfg, Uplinks: states, Cgroups: d.resolved})
+	want := plan.Build(plan.Input{Config: d.cfg, Uplinks: states, Cgroups: d.resolved, Execs: d.execList()})
 	if err := d.apply(want, wentDown); err != nil {
 		d.log.Error("applying state", "err", err, "trigger", why)
 		d.scheduleRetry()

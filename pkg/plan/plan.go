@@ -68,6 +68,17 @@ type Input struct {
 	// Cgroups: the services named by policies, resolved to cgroup ids
 	// (empty: the unit is not running right now).
 	Cgroups map[string][]rules.CgroupMatch
+	// Execs: processes started with `wanpin exec --uplink`, by cgroup.
+	// They come before every policy, and are refused rather than sent
+	// elsewhere while their uplink is down.
+	Execs []Exec
+}
+
+// Exec pins one cgroup's new connections to one uplink.
+type Exec struct {
+	Name   string // [a-z0-9_-]: becomes a chain name
+	Uplink string
+	Cgroup rules.CgroupMatch
 }
 
 // Desired is the whole state wanpin wants in the kernel.
@@ -129,6 +140,13 @@ func Build(in Input) Desired {
 		all[i] = u.Name
 	}
 	d.NFT.Default = balancer(cfg, in.Uplinks, all)
+	for _, e := range in.Execs {
+		b := balancer(cfg, in.Uplinks, []string{e.Uplink})
+		b.Reject = len(b.Buckets) == 0
+		d.NFT.Policies = append(d.NFT.Policies, rules.Policy{
+			Name: e.Name, Cgroups: []rules.CgroupMatch{e.Cgroup}, Balancer: b,
+		})
+	}
 	for _, p := range cfg.Policies {
 		cands := p.Uplinks
 		if len(cands) == 0 {
