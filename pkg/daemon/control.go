@@ -36,6 +36,25 @@ func (d *Daemon) do(ctx context.Context, f func()) error {
 	}
 }
 
+// doErr runs f on the loop and returns its error, or the loop's.
+func (d *Daemon) doErr(ctx context.Context, f func() error) error {
+	var ferr error
+	if err := d.do(ctx, func() { ferr = f() }); err != nil {
+		return err
+	}
+	return ferr
+}
+
+// checkUplink says whether the configuration has an uplink of that name.
+func (d *Daemon) checkUplink(name string) error {
+	for _, u := range d.cfg.Uplinks {
+		if u.Name == name {
+			return nil
+		}
+	}
+	return fmt.Errorf("no uplink named %q", name)
+}
+
 // Report is the daemon's state as `wanpin status` shows it.
 type Report struct {
 	Config  string
@@ -92,11 +111,7 @@ func (d *Daemon) Status(ctx context.Context) (Report, error) {
 // Reload re-reads the configuration; a bad file is returned as the error
 // and changes nothing.
 func (d *Daemon) Reload(ctx context.Context) error {
-	var rerr error
-	if err := d.do(ctx, func() { rerr = d.reload() }); err != nil {
-		return err
-	}
-	return rerr
+	return d.doErr(ctx, d.reload)
 }
 
 // Event takes a PPP hook's news: "up" with the local and peer addresses,
@@ -106,15 +121,13 @@ func (d *Daemon) Event(ctx context.Context, kind, iface string, local, peer neti
 	if kind != "up" && kind != "down" {
 		return fmt.Errorf("event %q: want up or down", kind)
 	}
-	var rerr error
-	err := d.do(ctx, func() {
+	return d.doErr(ctx, func() error {
 		known := false
 		for _, u := range d.cfg.Uplinks {
 			known = known || u.Interface == iface
 		}
 		if !known {
-			rerr = fmt.Errorf("event %s %s: no uplink uses interface %s", kind, iface, iface)
-			return
+			return fmt.Errorf("event %s %s: no uplink uses interface %s", kind, iface, iface)
 		}
 		d.log.Info("ppp event", "kind", kind, "interface", iface, "local", addrOrEmpty(local), "peer", addrOrEmpty(peer))
 		if kind == "up" {
@@ -123,11 +136,8 @@ func (d *Daemon) Event(ctx context.Context, kind, iface string, local, peer neti
 			d.hints[iface] = Hint{Down: true}
 		}
 		d.sync("ppp ip-" + kind)
+		return nil
 	})
-	if err != nil {
-		return err
-	}
-	return rerr
 }
 
 func addrOrEmpty(a netip.Addr) string {
@@ -154,15 +164,9 @@ func usedAddrs(cfg *config.Config, status map[string]*UplinkStatus) map[string][
 // no new connections and its pinned ones are flushed, as if it had failed)
 // or puts it back, for maintenance. It lasts until the daemon restarts.
 func (d *Daemon) SetService(ctx context.Context, uplink string, inService bool) error {
-	var rerr error
-	err := d.do(ctx, func() {
-		found := false
-		for _, u := range d.cfg.Uplinks {
-			found = found || u.Name == uplink
-		}
-		if !found {
-			rerr = fmt.Errorf("no uplink named %q", uplink)
-			return
+	return d.doErr(ctx, func() error {
+		if err := d.checkUplink(uplink); err != nil {
+			return err
 		}
 		if inService {
 			delete(d.maintenance, uplink)
@@ -171,11 +175,8 @@ func (d *Daemon) SetService(ctx context.Context, uplink string, inService bool) 
 		}
 		d.log.Info("maintenance", "uplink", uplink, "in_service", inService)
 		d.sync("admin")
+		return nil
 	})
-	if err != nil {
-		return err
-	}
-	return rerr
 }
 
 // execEntry is one running `wanpin exec`.
@@ -188,34 +189,23 @@ type execEntry struct {
 // `wanpin exec`, which then runs the command in it) to one uplink. The
 // entry goes when the cgroup is empty.
 func (d *Daemon) Exec(ctx context.Context, uplink, path string) error {
-	var rerr error
-	err := d.do(ctx, func() {
-		found := false
-		for _, u := range d.cfg.Uplinks {
-			found = found || u.Name == uplink
-		}
-		if !found {
-			rerr = fmt.Errorf("no uplink named %q", uplink)
-			return
+	return d.doErr(ctx, func() error {
+		if err := d.checkUplink(uplink); err != nil {
+			return err
 		}
 		if !strings.HasPrefix(path, "/wanpin-exec/") || strings.Contains(path, "..") {
-			rerr = fmt.Errorf("cgroup %q is not one of wanpin exec's", path)
-			return
+			return fmt.Errorf("cgroup %q is not one of wanpin exec's", path)
 		}
 		m, err := d.cgroups.Resolve(path)
 		if err != nil || len(m) == 0 {
-			rerr = fmt.Errorf("cgroup %s: not found (%v)", path, err)
-			return
+			return fmt.Errorf("cgroup %s: not found (%v)", path, err)
 		}
 		d.execs[path] = execEntry{uplink: uplink, path: path}
 		d.execMatch[path] = m[0]
 		d.log.Info("exec pinned", "cgroup", path, "uplink", uplink)
 		d.sync("exec")
+		return nil
 	})
-	if err != nil {
-		return err
-	}
-	return rerr
 }
 
 // reapExecs forgets the exec cgroups whose processes have all ended and

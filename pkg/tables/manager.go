@@ -9,6 +9,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/wanpin/wanpin/internal/rtnl"
 )
 
 // Manager reconciles wanpin's rules and routes in one network namespace.
@@ -18,15 +20,9 @@ type Manager struct {
 
 // New connects to the network namespace ns (netns.None() for the current one).
 func New(ns netns.NsHandle) (*Manager, error) {
-	var h *netlink.Handle
-	var err error
-	if ns == netns.None() {
-		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
-	} else {
-		h, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	}
+	h, err := rtnl.Open(ns)
 	if err != nil {
-		return nil, fmt.Errorf("opening rtnetlink: %w", err)
+		return nil, err
 	}
 	return &Manager{h: h}, nil
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/wanpin/wanpin/internal/rtnl"
 )
 
 // Addr is one address of an interface.
@@ -44,15 +46,9 @@ type Observer struct {
 
 // NewObserver opens rtnetlink in ns (netns.None() for the current one).
 func NewObserver(ns netns.NsHandle) (*Observer, error) {
-	var h *netlink.Handle
-	var err error
-	if ns == netns.None() {
-		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
-	} else {
-		h, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	}
+	h, err := rtnl.Open(ns)
 	if err != nil {
-		return nil, fmt.Errorf("opening rtnetlink: %w", err)
+		return nil, err
 	}
 	return &Observer{h: h}, nil
 }
