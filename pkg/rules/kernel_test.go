@@ -1,74 +1,35 @@
 package rules
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"os"
-	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"github.com/wanpin/wanpin/internal/nstest"
 )
 
 const nftBin = "/usr/sbin/nft"
 
-// testNS is a throwaway named network namespace. Every kernel change of
-// these tests happens inside one; the host namespace is never touched.
+// testNS is a throwaway named network namespace (internal/nstest). Every
+// kernel change of these tests happens inside one.
 type testNS struct {
-	name string
-	fd   int
-}
-
-func needRoot(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root (network namespaces, nftables)")
-	}
-	if _, err := os.Stat(nftBin); err != nil {
-		tb.Skipf("needs %s: %v", nftBin, err)
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		tb.Skip("needs ip (iproute2)")
-	}
+	*nstest.NS
+	fd int
 }
 
 func newNS(tb testing.TB) *testNS {
 	tb.Helper()
-	needRoot(tb)
-	var b [4]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		tb.Fatal(err)
+	if _, err := os.Stat(nftBin); err != nil {
+		tb.Skipf("needs %s: %v", nftBin, err)
 	}
-	name := "wpr-" + hex.EncodeToString(b[:])
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		tb.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	ns := &testNS{name: name, fd: -1}
-	// Registered before anything can fail, so the namespace goes away
-	// whatever happens next.
-	tb.Cleanup(func() {
-		if ns.fd >= 0 {
-			unix.Close(ns.fd)
-		}
-		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
-			tb.Errorf("ip netns delete %s: %v: %s", name, err, out)
-		}
-	})
-	fd, err := unix.Open("/run/netns/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		tb.Fatalf("open netns %s: %v", name, err)
-	}
-	ns.fd = fd
-	return ns
+	ns := nstest.New(tb, "wpr")
+	return &testNS{NS: ns, fd: int(ns.Handle)}
 }
 
 // nft runs the nft CLI inside the namespace.
 func (ns *testNS) nft(args ...string) (string, error) {
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.name, nftBin}, args...)...)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	return ns.Try(append([]string{nftBin}, args...)...)
 }
 
 func (ns *testNS) mustNft(tb testing.TB, args ...string) string {
