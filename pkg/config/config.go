@@ -51,12 +51,13 @@ type Config struct {
 // Uplink is one [[uplink]] element.
 type Uplink struct {
 	Name, Interface string
-	Gateway         netip.Addr // invalid when not configured (learned at run time); v4 or v6
-	Weight          int        // default 1, 1..1000: share of new connections within its tier
-	Tier            int        // default 1, 1..100: lower tiers carry traffic while any of their uplinks is up
-	Table           int        // routing table id: configured, or assigned automatically; never 0
-	Masquerade      bool       // default true
-	Line            int        // line of its [[uplink]] header
+	Gateway         netip.Addr    // invalid when not configured (learned at run time); v4 or v6
+	Weight          int           // default 1, 1..1000: share of new connections within its tier
+	Tier            int           // default 1, 1..100: lower tiers carry traffic while any of their uplinks is up
+	Table           int           // routing table id: configured, or assigned automatically; never 0
+	Masquerade      bool          // default true
+	Health          *HealthConfig // nil: the link state alone says whether it is up
+	Line            int           // line of its [[uplink]] header
 }
 
 // PortRange is an inclusive range of destination ports; First == Last for a

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func mustParse(t *testing.T, src string) *Config {
@@ -261,5 +262,44 @@ func TestSuggest(t *testing.T) {
 		if got := suggest(name, known); got != want {
 			t.Errorf("suggest(%q) = %q, want %q", name, got, want)
 		}
+	}
+}
+
+func TestHealthDefaults(t *testing.T) {
+	cfg, err := Parse("h.toml", []byte(`[[uplink]]
+name = "dsl1"
+interface = "ppp0"
+
+[uplink.health]
+targets = ["203.0.113.1", "2001:db8:ff::1"]
+
+[[uplink]]
+name = "cable"
+interface = "wan2"
+
+[uplink.health]
+method = "tcp"
+targets = ["203.0.113.1:443"]
+interval = "1s"
+timeout = "800ms"
+hold_down = "0s"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := cfg.Uplinks[0].Health
+	if h == nil || h.Method != "icmp" || h.Interval != DefaultHealthInterval || h.Timeout != DefaultHealthTimeout ||
+		h.DownAfter != 2 || h.UpAfter != 3 || h.Quorum != 1 || h.HoldDown != DefaultHealthHoldDown || len(h.Targets) != 2 {
+		t.Errorf("defaults: %+v", h)
+	}
+	// Worst-case detection with the defaults (see the constants): at most 1.5 s.
+	if worst := time.Duration(h.DownAfter)*h.Interval + h.Timeout; worst > 1500*time.Millisecond {
+		t.Errorf("worst-case detection %v", worst)
+	}
+	if h := cfg.Uplinks[1].Health; h.Method != "tcp" || h.Interval != time.Second || h.HoldDown != 0 {
+		t.Errorf("tcp: %+v", h)
+	}
+	if cfg.Uplinks[1].Health == cfg.Uplinks[0].Health {
+		t.Error("health tables shared")
 	}
 }

@@ -240,7 +240,7 @@ func describe(v any) string {
 // Keys of each table, in the order they are read (and documented).
 var (
 	topKeys    = []string{"mark_mask", "rule_priority", "uplink", "policy"}
-	uplinkKeys = []string{"name", "interface", "gateway", "weight", "tier", "table", "masquerade"}
+	uplinkKeys = []string{"name", "interface", "gateway", "weight", "tier", "table", "masquerade", "health"}
 	policyKeys = []string{"name", "users", "groups", "services", "sources", "in_interfaces",
 		"destinations", "protocol", "ports", "uplinks", "fallback"}
 )
@@ -346,6 +346,9 @@ func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
 		if b, ok := p.boolean(n); ok {
 			u.Masquerade = b
 		}
+	}
+	if n, ok := p.get(t, "health"); ok {
+		u.Health = p.health(n)
 	}
 	p.unknown(t, uplinkKeys)
 	return u, src
