@@ -35,7 +35,8 @@ func (b backend) Status() (bus.Status, error) {
 	s := bus.Status{Config: r.Config}
 	for _, u := range r.Uplinks {
 		bu := bus.Uplink{Name: u.Name, Interface: u.Interface, State: "down", Reason: u.Reason, Since: u.Since,
-			Weight: u.Weight, Tier: u.Tier, Mark: fmt.Sprintf("%#x", u.Mark), Pinned: u.Pinned}
+			Weight: u.Weight, Tier: u.Tier, Mark: fmt.Sprintf("%#x", u.Mark), Pinned: u.Pinned,
+			RTTms: u.RTT * 1000, Loss: u.Loss}
 		if u.Up {
 			bu.State = "up"
 		}

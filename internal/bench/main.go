@@ -108,7 +108,83 @@ func run(bin string, reps, secs int) error {
 	p50, p95 := percentile(sw, 0.5), percentile(sw, 0.95)
 	row("carrier loss -> switch, median (20 trials)", p50.Round(time.Microsecond*100).String(), "< 100ms", p50 < 100*time.Millisecond)
 	row("carrier loss -> switch, 95th percentile", p95.Round(time.Microsecond*100).String(), "< 100ms", p95 < 100*time.Millisecond)
+
+	bh, pps, err := blackholeTimes(l, bin, dir, 20)
+	if err != nil {
+		return fmt.Errorf("blackhole detection: %w", err)
+	}
+	b50, b95 := percentile(bh, 0.5), percentile(bh, 0.95)
+	row("blackhole -> uplink down, median (20 trials)", b50.Round(time.Millisecond).String(), "", true)
+	row("blackhole -> uplink down, 95th percentile", b95.Round(time.Millisecond).String(), "<= 1.5s", b95 <= 1500*time.Millisecond)
+	row("probe packets per second, one uplink", fmt.Sprintf("%.1f", pps), "<= 10", pps <= 10)
 	return nil
+}
+
+// blackholeTimes makes ISP 1 drop everything n times and measures, each
+// time, from just before the drop to the daemon's "uplink down" log line
+// (default health settings). It also counts uplink 1's probe packets at
+// ISP 1 over ten seconds of normal operation.
+func blackholeTimes(l *netlab.Lab, bin, dir string, n int) ([]time.Duration, float64, error) {
+	stop, err := startWanpin(l, bin, dir, `
+[[uplink]]
+name = "isp1"
+interface = "wan1"
+[uplink.health]
+targets = ["203.0.113.10", "203.0.113.11"]
+
+[[uplink]]
+name = "isp2"
+interface = "wan2"
+[uplink.health]
+targets = ["203.0.113.10", "203.0.113.11"]
+`)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer stop()
+	isp := l.ISP(1)
+	if _, err := l.Exec(isp, "nft", "add chain inet isp probes { type filter hook prerouting priority -310; }; add rule inet isp probes iifname \"cust\" icmp type echo-request counter"); err != nil {
+		return nil, 0, err
+	}
+	readProbes := func() float64 {
+		out, _ := l.Exec(isp, "nft", "list", "chain", "inet", "isp", "probes")
+		var n float64
+		if i := strings.Index(out, "packets "); i >= 0 {
+			fmt.Sscan(out[i+len("packets "):], &n)
+		}
+		return n
+	}
+	p0 := readProbes()
+	time.Sleep(10 * time.Second)
+	pps := (readProbes() - p0) / 10
+
+	logPath := filepath.Join(dir, "wanpin.log")
+	var out []time.Duration
+	for i := 0; i < n; i++ {
+		downs := countLog(logPath, "uplink down")
+		t0 := time.Now()
+		if err := l.Blackhole(1, true); err != nil {
+			return nil, 0, err
+		}
+		if err := waitCount(logPath, "uplink down", downs+1, 5*time.Second); err != nil {
+			return nil, 0, err
+		}
+		at, err := firstAfter(logPath, "uplink down", t0)
+		if err != nil {
+			return nil, 0, err
+		}
+		out = append(out, at.Sub(t0))
+		ups := countLog(logPath, "uplink up")
+		if err := l.Blackhole(1, false); err != nil {
+			return nil, 0, err
+		}
+		if err := waitCount(logPath, "uplink up", ups+1, 10*time.Second); err != nil {
+			return nil, 0, err
+		}
+		// A random phase against the probe rounds for the next trial.
+		time.Sleep(time.Duration(100+37*i%400) * time.Millisecond)
+	}
+	return out, pps, nil
 }
 
 // switchTimes takes uplink 1's carrier away n times and measures, each

@@ -52,6 +52,8 @@ type Uplink struct {
 	Tier      int       `json:"tier"`
 	Mark      string    `json:"mark"`
 	Pinned    int       `json:"pinned"` // conntrack entries pinned to it
+	RTTms     float64   `json:"rtt_ms"` // latest health probe round trip; 0: not probed or no answer
+	Loss      float64   `json:"loss"`   // health probe loss over the window, 0..1; -1: not probed
 }
 
 // Marshal encodes a Status for the wire.

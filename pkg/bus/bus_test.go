@@ -124,13 +124,13 @@ func TestFormatStatus(t *testing.T) {
 	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
 	s := Status{Uplinks: []Uplink{
 		{Name: "dsl", Interface: "ppp0", State: "up", Since: now.Add(-192 * time.Second), Address: "198.51.100.18",
-			Weight: 2, Tier: 1, Pinned: 17, Reason: "IPv4 198.51.100.18, point-to-point peer 198.51.100.17"},
-		{Name: "lte", Interface: "wwan0", State: "down", Reason: "interface wwan0 does not exist", Weight: 1, Tier: 2},
+			Weight: 2, Tier: 1, Pinned: 17, RTTms: 12.34, Loss: 0.05, Reason: "IPv4 198.51.100.18, point-to-point peer 198.51.100.17"},
+		{Name: "lte", Interface: "wwan0", State: "down", Reason: "interface wwan0 does not exist", Weight: 1, Tier: 2, Loss: -1},
 	}}
 	got := FormatStatus(s, now)
-	want := `UPLINK     IFACE    STATE SINCE      ADDRESS          GATEWAY          WEIGHT TIER PINNED  REASON
-dsl        ppp0     up    3m12s      198.51.100.18    -                     2    1     17  IPv4 198.51.100.18, point-to-point peer 198.51.100.17
-lte        wwan0    down  -          -                -                     1    2      0  interface wwan0 does not exist
+	want := `UPLINK     IFACE    STATE SINCE      ADDRESS          GATEWAY          WEIGHT TIER PINNED      RTT  LOSS  REASON
+dsl        ppp0     up    3m12s      198.51.100.18    -                     2    1     17   12.3ms    5%  IPv4 198.51.100.18, point-to-point peer 198.51.100.17
+lte        wwan0    down  -          -                -                     1    2      0        -     -  interface wwan0 does not exist
 `
 	if got != want {
 		t.Errorf("got:\n%s\nwant:\n%s", got, want)

@@ -117,8 +117,8 @@ func explain(what string, err error) error {
 // FormatStatus renders a status as a table a person can read.
 func FormatStatus(s Status, now time.Time) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-10s %-8s %-5s %-10s %-16s %-16s %6s %4s %6s  %s\n",
-		"UPLINK", "IFACE", "STATE", "SINCE", "ADDRESS", "GATEWAY", "WEIGHT", "TIER", "PINNED", "REASON")
+	fmt.Fprintf(&b, "%-10s %-8s %-5s %-10s %-16s %-16s %6s %4s %6s %8s %5s  %s\n",
+		"UPLINK", "IFACE", "STATE", "SINCE", "ADDRESS", "GATEWAY", "WEIGHT", "TIER", "PINNED", "RTT", "LOSS", "REASON")
 	for _, u := range s.Uplinks {
 		since := "-"
 		if !u.Since.IsZero() {
@@ -132,8 +132,15 @@ func FormatStatus(s Status, now time.Time) string {
 		if addr == "" {
 			addr = "-"
 		}
-		fmt.Fprintf(&b, "%-10s %-8s %-5s %-10s %-16s %-16s %6d %4d %6d  %s\n",
-			u.Name, u.Interface, u.State, since, addr, gw, u.Weight, u.Tier, u.Pinned, u.Reason)
+		rtt, loss := "-", "-"
+		if u.RTTms > 0 {
+			rtt = fmt.Sprintf("%.1fms", u.RTTms)
+		}
+		if u.Loss >= 0 {
+			loss = fmt.Sprintf("%.0f%%", u.Loss*100)
+		}
+		fmt.Fprintf(&b, "%-10s %-8s %-5s %-10s %-16s %-16s %6d %4d %6d %8s %5s  %s\n",
+			u.Name, u.Interface, u.State, since, addr, gw, u.Weight, u.Tier, u.Pinned, rtt, loss, u.Reason)
 	}
 	return b.String()
 }

@@ -72,7 +72,9 @@ type UplinkReport struct {
 	Gateway6        netip.Addr
 	Weight, Tier    int
 	Mark            uint32
-	Pinned          int // conntrack entries carrying the uplink's mark
+	Pinned          int     // conntrack entries carrying the uplink's mark
+	RTT             float64 // latest probe round trip, seconds; 0: not probed or no answer
+	Loss            float64 // probe loss over the window, 0..1; -1: not probed
 }
 
 // Status reports every uplink. The conntrack count runs outside the loop:
@@ -90,6 +92,7 @@ func (d *Daemon) Status(ctx context.Context) (Report, error) {
 				ur.Addresses = append(append(ur.Addresses, s.State.V4.Addrs...), s.State.V6.Addrs...)
 				ur.Gateway4, ur.Gateway6 = s.State.V4.Gateway, s.State.V6.Gateway
 			}
+			ur.RTT, ur.Loss = d.healthStats(u.Name)
 			r.Uplinks = append(r.Uplinks, ur)
 		}
 	})

@@ -19,6 +19,7 @@ import (
 
 	"github.com/wanpin/wanpin/pkg/cgroups"
 	"github.com/wanpin/wanpin/pkg/config"
+	"github.com/wanpin/wanpin/pkg/health"
 	"github.com/wanpin/wanpin/pkg/plan"
 	"github.com/wanpin/wanpin/pkg/rules"
 	"github.com/wanpin/wanpin/pkg/tables"
@@ -85,6 +86,14 @@ type Daemon struct {
 	execs       map[string]execEntry
 	execMatch   map[string]rules.CgroupMatch
 
+	// Health probes: one monitor per uplink with a [uplink.health] table,
+	// and the verdicts they sent (none yet: the link state decides).
+	monitors     map[string]*health.Monitor
+	specs        map[string]health.Spec
+	verdicts     map[string]health.Event
+	healthEvents chan health.Event
+	runCtx       context.Context
+
 	// Figures for metrics. Traffic counters live in the nftables table,
 	// which every apply replaces: what they held is added here first.
 	transitions map[string]uint64
@@ -114,6 +123,7 @@ func New(opts Options) (*Daemon, error) {
 		hints: map[string]Hint{}, requests: make(chan func()), stopped: make(chan struct{}),
 		hooks: newHookRunner(opts.HooksDir, opts.Log), notify: newNotifier(), maintenance: map[string]bool{},
 		execs: map[string]execEntry{}, execMatch: map[string]rules.CgroupMatch{},
+		monitors: map[string]*health.Monitor{}, specs: map[string]health.Spec{}, verdicts: map[string]health.Event{}, healthEvents: make(chan health.Event, 64),
 		transitions: map[string]uint64{}, flushed: map[string]uint64{}, traffic: map[string]rules.UplinkTraffic{}}
 	// The daemon manages the network namespace it runs in (the lab starts
 	// it inside the router's namespace).
@@ -161,6 +171,9 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	d.runCtx = wctx
+	d.startMonitors()
+	defer d.stopMonitors()
 	changed := watch.Watch(wctx, netns.None(), d.log)
 	services := time.NewTicker(2 * time.Second)
 	defer services.Stop()
@@ -193,6 +206,11 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 			_ = d.reload()
 		case f := <-d.requests:
 			f()
+		case ev := <-d.healthEvents:
+			if _, live := d.monitors[ev.Uplink]; live {
+				d.verdicts[ev.Uplink] = ev
+				d.sync("health probes")
+			}
 		case <-drift.C:
 			d.checkDrift()
 		case <-services.C:
@@ -238,6 +256,9 @@ func (d *Daemon) reload() error {
 		return err
 	}
 	d.cfg = cfg
+	// Probes follow the new configuration; verdicts of uplinks whose
+	// probing did not change are kept.
+	d.restartMonitors()
 	d.log.Info("configuration reloaded", "uplinks", len(cfg.Uplinks), "policies", len(cfg.Policies))
 	d.resolveServices()
 	d.applied = nil
@@ -267,6 +288,9 @@ func (d *Daemon) sync(why string) {
 		seen[u.Name] = true
 		l := links[u.Interface]
 		st, reason := Observe(u, l, d.hint(l))
+		if v, ok := d.verdicts[u.Name]; ok && !v.Healthy && st.LinkUp() {
+			st.Unhealthy, reason = true, "health probes: "+v.Reason
+		}
 		if d.maintenance[u.Name] && st.LinkUp() {
 			// Forced out of service by the admin: routes stay (so it can
 			// be tested by hand), new connections avoid it.

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"time"
 
 	"github.com/wanpin/wanpin/pkg/metrics"
 	"github.com/wanpin/wanpin/pkg/rules"
@@ -47,6 +48,8 @@ func (d *Daemon) Metrics(ctx context.Context) (metrics.Snapshot, error) {
 			if st, ok := d.status[u.Name]; ok {
 				mu.Up = st.Up
 			}
+			rtt, loss := d.healthStats(u.Name)
+			mu.RTT, mu.Loss = time.Duration(rtt*float64(time.Second)), loss
 			marks[u.Name] = d.cfg.UplinkMark(i)
 			s.Uplinks = append(s.Uplinks, mu)
 		}

@@ -1,0 +1,144 @@
+package e2e
+
+import (
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wanpin/wanpin/internal/netlab"
+)
+
+const healthConfig = `
+[[uplink]]
+name = "isp1"
+interface = "wan1"
+
+[uplink.health]
+targets = ["203.0.113.10", "203.0.113.11"]
+
+[[uplink]]
+name = "isp2"
+interface = "wan2"
+tier = 2
+
+[uplink.health]
+targets = ["203.0.113.10", "203.0.113.11"]
+`
+
+// TestBlackhole: the ISP behind uplink 1 silently drops everything while
+// the link stays up. With the default health settings, new connections
+// stop using uplink 1 and a running UDP flow moves to uplink 2; when the
+// ISP forwards again, uplink 1 takes new connections after up_after and
+// hold_down.
+func TestBlackhole(t *testing.T) {
+	l := newLab(t, 2)
+	d := startWanpin(t, l, healthConfig)
+	f, err := l.StartUDPFlow(40002, netlab.ServerAddr4, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	time.Sleep(300 * time.Millisecond)
+	if a := f.Answers(); len(a) == 0 || l.ISPOf(a[len(a)-1].Seen) != 1 {
+		t.Fatalf("UDP flow before the failure: %v", a)
+	}
+	start := time.Now()
+	if err := l.Blackhole(1, true); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(`uplink down" uplink=isp1`, 1, 5*time.Second)
+	detect := time.Since(start)
+	t.Logf("blackhole noticed after %v", detect.Round(time.Millisecond))
+	if !regexp.MustCompile(`uplink down" uplink=isp1 .*reason="health probes: 2 rounds lost: 203.0.113.10 timeout, 203.0.113.11 timeout"`).MatchString(d.log()) {
+		t.Errorf("no readable reason in the log:\n%s", d.log())
+	}
+	if counts, err := l.CurlMany(20); err != nil || counts[2] != 20 {
+		t.Errorf("new connections during the blackhole: %v %v", counts, err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		a := f.Answers()
+		if len(a) > 0 && l.ISPOf(a[len(a)-1].Seen) == 2 && time.Since(a[len(a)-1].At) < 200*time.Millisecond {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the UDP flow did not move to ISP 2")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	out, _ := d.cli(0, "status")
+	if !strings.Contains(out, "health probes: 2 rounds lost") {
+		t.Errorf("status does not say why:\n%s", out)
+	}
+	// Recovery: three good rounds and the 2 s hold-down.
+	back := time.Now()
+	if err := l.Blackhole(1, false); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(`uplink up" uplink=isp1`, 2, 8*time.Second)
+	took := time.Since(back)
+	t.Logf("uplink 1 back after %v", took.Round(time.Millisecond))
+	if took < 2*time.Second {
+		t.Errorf("uplink 1 came back after %v, before the 2 s hold-down", took)
+	}
+	if counts, err := l.CurlMany(20); err != nil || counts[1] != 20 {
+		t.Errorf("new connections after recovery: %v %v", counts, err)
+	}
+}
+
+// TestProbesUseTheirUplink: uplink 1's probes are seen only at ISP 1 and
+// uplink 2's only at ISP 2, although a policy sends all traffic to the
+// server's network through uplink 2 and the weights favour uplink 1.
+func TestProbesUseTheirUplink(t *testing.T) {
+	l := newLab(t, 2)
+	cfg := `
+[[uplink]]
+name = "isp1"
+interface = "wan1"
+weight = 10
+
+[uplink.health]
+targets = ["203.0.113.10"]
+
+[[uplink]]
+name = "isp2"
+interface = "wan2"
+
+[uplink.health]
+targets = ["203.0.113.11"]
+
+[[policy]]
+name = "all-to-isp2"
+destinations = ["203.0.113.0/24"]
+uplinks = ["isp2"]
+`
+	for i := 1; i <= 2; i++ {
+		run(t, l, l.ISP(i), "nft", "add", "chain", "inet", "isp", "probes", "{ type filter hook prerouting priority -310; }")
+		for _, dst := range []string{"203.0.113.10", "203.0.113.11"} {
+			run(t, l, l.ISP(i), "nft", "add", "rule", "inet", "isp", "probes", "ip", "daddr", dst, "icmp", "type", "echo-request", "counter")
+		}
+	}
+	startWanpin(t, l, cfg)
+	time.Sleep(2 * time.Second)
+	count := func(isp int, dst string) int {
+		out := run(t, l, l.ISP(isp), "nft", "list", "chain", "inet", "isp", "probes")
+		m := regexp.MustCompile(regexp.QuoteMeta(dst) + ` icmp type echo-request counter packets (\d+)`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("no counter for %s:\n%s", dst, out)
+		}
+		n, _ := strconv.Atoi(m[1])
+		return n
+	}
+	own1, own2 := count(1, "203.0.113.10"), count(2, "203.0.113.11")
+	wrong1, wrong2 := count(1, "203.0.113.11"), count(2, "203.0.113.10")
+	t.Logf("probes at ISP 1: %d own, %d of uplink 2; at ISP 2: %d own, %d of uplink 1", own1, wrong1, own2, wrong2)
+	if own1 < 3 || own2 < 3 || wrong1 != 0 || wrong2 != 0 {
+		t.Errorf("probes left through the wrong uplink")
+	}
+	// At most 10 probe packets a second per uplink with the defaults.
+	if rate := float64(own1) / 2; rate > 10 {
+		t.Errorf("%.1f probes/s on uplink 1", rate)
+	}
+}
