@@ -32,14 +32,17 @@ func TestExampleParses(t *testing.T) {
 		MarkMask:     0x00ff0000,
 		RulePriority: 10000,
 		Uplinks: []Uplink{
-			{Name: "dsl1", Interface: "ppp0", Weight: 2, Tier: 1, Table: 200, Masquerade: true, Line: 18},
-			{Name: "dsl2", Interface: "ppp1", Weight: 1, Tier: 1, Table: 201, Masquerade: true, Line: 25},
+			{Name: "dsl1", Interface: "ppp0", Weight: 2, Tier: 1, Table: 200, Masquerade: true, Line: 18,
+				Health: &HealthConfig{Method: "icmp", Targets: []string{"198.51.100.53", "203.0.113.53"}, DNSName: ".",
+					Interval: DefaultHealthInterval, Timeout: DefaultHealthTimeout, DownAfter: DefaultHealthDownAfter,
+					UpAfter: DefaultHealthUpAfter, Quorum: 1, Window: DefaultHealthWindow, HoldDown: DefaultHealthHoldDown}},
+			{Name: "dsl2", Interface: "ppp1", Weight: 1, Tier: 1, Table: 201, Masquerade: true, Line: 30},
 			{Name: "lte", Interface: "wwan0", Gateway: netip.MustParseAddr("192.168.8.1"), Weight: 1, Tier: 2,
-				Table: 210, Masquerade: true, Line: 30},
+				Table: 210, Masquerade: true, Line: 35},
 		},
 		Policies: []Policy{
 			{Name: "p2p", UIDs: []uint32{0}, Services: []string{"transmission-daemon.service"},
-				Uplinks: []string{"dsl1", "dsl2"}, FallbackNone: true, Line: 44},
+				Uplinks: []string{"dsl1", "dsl2"}, FallbackNone: true, Line: 49},
 			{Name: "office-vpn",
 				Sources:      []netip.Prefix{netip.MustParsePrefix("192.0.2.20/32")},
 				InInterfaces: []string{"lan1"},
@@ -47,7 +50,7 @@ func TestExampleParses(t *testing.T) {
 				Protocol:     ProtoUDP,
 				Ports:        []PortRange{{1194, 1194}, {51820, 51821}},
 				Uplinks:      []string{"dsl1"},
-				Line:         53},
+				Line:         58},
 		},
 	}
 	if !reflect.DeepEqual(cfg, want) {
