@@ -89,33 +89,15 @@ func (o object) Event(sender dbus.Sender, kind, iface string, args map[string]db
 	if derr := o.s.requireRoot(sender, "event"); derr != nil {
 		return derr
 	}
-	if kind != "up" && kind != "down" {
-		return invalid("kind %q: want up or down", kind)
+	vals := make(map[string]any, len(args))
+	for k, v := range args {
+		vals[k] = v.Value()
 	}
-	if !validIfname(iface) {
-		return invalid("interface %q is not a valid interface name", iface)
+	local, peer, err := checkEvent(kind, iface, vals)
+	if err != nil {
+		return dbus.NewError(ErrInvalidArgs, []any{err.Error()})
 	}
-	var addrs [2]netip.Addr
-	for i, key := range []string{"local", "peer"} {
-		v, ok := args[key]
-		if !ok {
-			continue
-		}
-		str, ok := v.Value().(string)
-		if !ok {
-			return invalid("%s: want a string", key)
-		}
-		a, err := netip.ParseAddr(str)
-		if err != nil {
-			return invalid("%s: %v", key, err)
-		}
-		addrs[i] = a
-	}
-	for key := range args {
-		if key != "local" && key != "peer" {
-			return invalid("unknown argument %q", key)
-		}
-	}
+	addrs := [2]netip.Addr{local, peer}
 	if err := o.s.b.Event(kind, iface, addrs[0], addrs[1]); err != nil {
 		return dbus.NewError(ErrFailed, []any{err.Error()})
 	}
@@ -144,8 +126,36 @@ func (o object) Exec(sender dbus.Sender, uplink, cgroup string) *dbus.Error {
 	return nil
 }
 
-func invalid(format string, args ...any) *dbus.Error {
-	return dbus.NewError(ErrInvalidArgs, []any{fmt.Sprintf(format, args...)})
+// checkEvent validates an Event call's arguments; everything a caller
+// sends passes through here before the daemon sees it.
+func checkEvent(kind, iface string, args map[string]any) (local, peer netip.Addr, err error) {
+	if kind != "up" && kind != "down" {
+		return local, peer, fmt.Errorf("kind %q: want up or down", kind)
+	}
+	if !validIfname(iface) {
+		return local, peer, fmt.Errorf("interface %q is not a valid interface name", iface)
+	}
+	for key, v := range args {
+		str, ok := v.(string)
+		if !ok {
+			return local, peer, fmt.Errorf("%s: want a string", key)
+		}
+		var a netip.Addr
+		switch key {
+		case "local", "peer":
+			if a, err = netip.ParseAddr(str); err != nil {
+				return local, peer, fmt.Errorf("%s: %v", key, err)
+			}
+		default:
+			return local, peer, fmt.Errorf("unknown argument %q", key)
+		}
+		if key == "local" {
+			local = a
+		} else {
+			peer = a
+		}
+	}
+	return local, peer, nil
 }
 
 // requireRoot asks the bus for the caller's uid.
