@@ -142,3 +142,34 @@ uplinks = ["isp2"]
 		t.Errorf("%.1f probes/s on uplink 1", rate)
 	}
 }
+
+// TestEveryOtherRoundLost: ISP 1 drops every other probe (exactly: nft's
+// numgen alternates) and answers the rest. The uplink neither goes down
+// nor flaps.
+func TestEveryOtherRoundLost(t *testing.T) {
+	l := newLab(t, 2)
+	run(t, l, l.ISP(1), "nft", "add", "chain", "inet", "isp", "half", "{ type filter hook prerouting priority -320; }")
+	run(t, l, l.ISP(1), "nft", "add", "rule", "inet", "isp", "half", "iifname", "cust", "icmp", "type", "echo-request", "numgen", "inc", "mod", "2", "0", "counter", "drop")
+	d := startWanpin(t, l, `
+[[uplink]]
+name = "isp1"
+interface = "wan1"
+
+[uplink.health]
+targets = ["203.0.113.10"]
+
+[[uplink]]
+name = "isp2"
+interface = "wan2"
+`)
+	time.Sleep(6 * time.Second)
+	out := run(t, l, l.ISP(1), "nft", "list", "chain", "inet", "isp", "half")
+	m := regexp.MustCompile(`packets (\d+)`).FindStringSubmatch(out)
+	if m == nil || m[1] == "0" {
+		t.Fatalf("no probe was dropped:\n%s", out)
+	}
+	t.Logf("%s probes dropped in 6 s", m[1])
+	if strings.Contains(d.log(), `uplink down" uplink=isp1`) {
+		t.Errorf("uplink 1 went down although every other round was answered:\n%s", d.log())
+	}
+}
