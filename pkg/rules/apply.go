@@ -141,6 +141,7 @@ func (m *Manager) Apply(s Spec) error {
 	c.AddTable(&claim)
 	c.DelTable(nt)
 	c.AddTable(nt)
+	m.queueKeeper(t.name)
 	if err := m.queue(t, nt); err != nil {
 		// queue fails only where the library recorded the error in the
 		// connection: Flush then discards the batch without sending it.
@@ -293,10 +294,35 @@ func (m *Manager) Remove() error {
 		return err
 	}
 	m.conn.DelTable(old)
+	if keeper, err := m.lookup(KeeperTable(m.table)); err == nil && keeper != nil {
+		m.conn.DelTable(keeper)
+	}
 	if err := m.conn.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("removing nftables table inet %s: %w", m.table, err)
 	}
 	return nil
+}
+
+// KeeperTable names the small companion table that keeps the kernel's NAT
+// hooks registered. NAT of existing connections (SNAT on the way out,
+// its reversal on the way back) only happens while some nat-type chain
+// exists. If wanpin's table were the only one and someone deleted it (a
+// `nft flush ruleset` on a kernel without the owner flag), replies to the
+// uplink's address would no longer be translated back: the router would
+// answer them itself with a reset and every NATed connection would die
+// before drift repair puts the table back half a second later. An empty
+// nat chain in a table of its own keeps the hooks, so connections only
+// see that half second.
+func KeeperTable(table string) string { return table + "_nat_hooks" }
+
+// queueKeeper adds the companion table (an update when it exists).
+func (m *Manager) queueKeeper(table string) {
+	kt := m.conn.AddTable(&nftables.Table{Name: KeeperTable(table), Family: nftables.TableFamilyINet})
+	policy := nftables.ChainPolicyAccept
+	m.conn.AddChain(&nftables.Chain{
+		Name: "keep", Table: kt, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &policy,
+	})
 }
 
 // lookup returns the table as the kernel has it, or nil if absent.
