@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -15,28 +16,45 @@ import (
 type HealthConfig struct {
 	Method  string   // icmp (default), tcp, http, dns
 	Targets []string // icmp: addresses; tcp: addr:port; http: URLs; dns: server[:port]
-	DNSName string   // dns: the name asked for (default ".", the root)
+	DNSName string   // dns: the name asked for, type NS (default ".": every resolver has the root NS in its cache)
 
 	Interval  time.Duration // one round every interval
 	Timeout   time.Duration // a probe not answered by then is lost
 	DownAfter int           // failed rounds in a row to take the uplink down
 	UpAfter   int           // good rounds in a row to bring it back
 	Quorum    int           // targets that must answer for a round to be good
-	MaxLoss   float64       // percent lost over Window rounds that fails a round; 0: off
+	MaxLoss   float64       // percent of probes lost over the last Window rounds that fails a round; 0: off
 	MaxRTT    time.Duration // median round trip that fails a round; 0: off
 	Window    int           // rounds the loss is measured over
 	HoldDown  time.Duration // how long it must stay healthy before it takes new connections
 }
 
-// Health defaults. A round starts every 500 ms and is lost 400 ms after it
-// started; two lost rounds in a row take the uplink down. If the ISP dies
-// just after a round's probes were answered, the next round is lost at
-// 0.5+0.4 s and the one after at 1.0+0.4 s: the worst case is 1.4 s, the
-// best 0.9 s. With the two targets an uplink normally has, that is 4 probe
-// packets a second (plus as many answers). Coming back takes three good
-// rounds and 2 s of hold-down, so an uplink that answers every other round
-// never goes down, and one that dies and recovers within seconds does not
-// take connections until it has stayed good for 2 s.
+// Health defaults.
+//
+// Detection: a round starts every interval (fixed rate, whatever the
+// previous round did) and is lost timeout after it started; down_after
+// lost rounds in a row take the uplink down. If the ISP dies just after a
+// round's probes were answered, the first lost round starts up to one
+// interval later, so the worst case is
+//
+//	interval (until the next round starts) + interval*(down_after-1) + timeout
+//	= 500ms + 500ms*1 + 400ms = 1.4 s
+//
+// and the best case (dead just before a round starts) 0.9 s. Both are below
+// the 1.5 s the project promises.
+//
+// Probe traffic: one packet per target per round, 2 packets a second per
+// target (plus as many answers): the 2 targets an uplink normally has cost
+// 4 packets a second, and up to 5 targets stay within 10 a second.
+//
+// No flapping: a single lost round never takes an uplink down
+// (down_after 2), so an ISP that answers every other round stays up.
+// Coming back takes three good rounds in a row and 2 s of hold-down since
+// the first of them, so an ISP that dies and recovers within seconds does
+// not take connections until it has stayed good for 2 s. Worst-case
+// recovery after the ISP comes back: interval (until a round starts) +
+// hold_down = 2.5 s (hold_down, counted from the first good round, is
+// longer than the up_after-1 = 2 further rounds).
 const (
 	DefaultHealthInterval  = 500 * time.Millisecond
 	DefaultHealthTimeout   = 400 * time.Millisecond
@@ -49,6 +67,10 @@ const (
 var healthKeys = []string{"method", "targets", "dns_name", "interval", "timeout", "down_after",
 	"up_after", "quorum", "max_loss", "max_rtt", "window", "hold_down"}
 
+// MinHealthInterval keeps a typo ("5us") from turning the probes into a
+// flood: below it a round could not even finish.
+const MinHealthInterval = 50 * time.Millisecond
+
 // health reads an [uplink.health] table.
 func (p *parser) health(n node) *HealthConfig {
 	if _, ok := n.v.(map[string]any); !ok {
@@ -59,15 +81,18 @@ func (p *parser) health(n node) *HealthConfig {
 	h := &HealthConfig{Method: "icmp", DNSName: ".", Interval: DefaultHealthInterval, Timeout: DefaultHealthTimeout,
 		DownAfter: DefaultHealthDownAfter, UpAfter: DefaultHealthUpAfter, Quorum: 1,
 		Window: DefaultHealthWindow, HoldDown: DefaultHealthHoldDown}
+	methodOK := true
 	methodNode, _ := p.get(t, "method")
 	if methodNode.v != nil {
-		if s, ok := p.str(methodNode); ok {
-			switch s {
-			case "icmp", "tcp", "http", "dns":
-				h.Method = s
-			default:
-				p.errorf(methodNode, "method must be icmp, tcp, http or dns, got %q", s)
-			}
+		s, ok := p.str(methodNode)
+		switch {
+		case !ok:
+			methodOK = false
+		case s == "icmp", s == "tcp", s == "http", s == "dns":
+			h.Method = s
+		default:
+			methodOK = false
+			p.errorf(methodNode, "method must be icmp, tcp, http or dns, got %q", s)
 		}
 	}
 	targets, ok := p.get(t, "targets")
@@ -77,26 +102,47 @@ func (p *parser) health(n node) *HealthConfig {
 		if len(list) == 0 {
 			p.errorf(targets, "targets must not be empty")
 		}
+		seen := map[string]bool{}
 		for _, e := range list {
 			s, ok := p.str(e)
 			if !ok {
 				continue
 			}
-			if err := checkTarget(h.Method, s); err != nil {
-				p.errorf(e, "%v", err)
+			// With an unknown method every target would look wrong:
+			// the method's own message is enough.
+			if methodOK {
+				if err := checkTarget(h.Method, s); err != nil {
+					p.errorf(e, "%v", err)
+					continue
+				}
+			}
+			if seen[s] {
+				p.errorf(e, "target %q is listed twice (it would count twice towards the quorum)", s)
 				continue
 			}
+			seen[s] = true
 			h.Targets = append(h.Targets, s)
 		}
 	}
 	if n, ok := p.get(t, "dns_name"); ok {
 		if s, ok := p.str(n); ok {
-			h.DNSName = s
+			switch {
+			case methodOK && h.Method != "dns":
+				p.errorf(n, "dns_name applies to method \"dns\" only, not %q", h.Method)
+			case !validDNSName(s):
+				p.errorf(n, "dns_name %q is not a domain name (labels of 1..63 characters, 253 in all; \".\" is the root)", s)
+			default:
+				h.DNSName = s
+			}
 		}
 	}
-	p.duration(t, "interval", &h.Interval, false)
-	p.duration(t, "timeout", &h.Timeout, false)
-	p.duration(t, "max_rtt", &h.MaxRTT, false)
+	intervalOK := p.duration(t, "interval", &h.Interval, false)
+	if intervalOK && h.Interval < MinHealthInterval {
+		p.errorf(p.field(t, "interval"), "interval must be at least %v, got %v", MinHealthInterval, h.Interval)
+		intervalOK = false
+	}
+	timeoutOK := p.duration(t, "timeout", &h.Timeout, false)
+	maxRTTOK := p.duration(t, "max_rtt", &h.MaxRTT, false)
 	p.duration(t, "hold_down", &h.HoldDown, true)
 	for _, f := range []struct {
 		key string
@@ -118,24 +164,28 @@ func (p *parser) health(n node) *HealthConfig {
 		}
 	}
 	if n, ok := p.get(t, "max_loss"); ok {
-		var v float64
 		switch x := n.v.(type) {
-		case int64:
-			v = float64(x)
-		case float64:
-			v = x
+		case int64, float64:
+			v, _ := x.(float64)
+			if i, isInt := x.(int64); isInt {
+				v = float64(i)
+			}
+			if v < 0 || v > 100 || v != v {
+				p.errorf(n, "max_loss must be 0..100 (percent), got %v", v)
+			} else {
+				h.MaxLoss = v
+			}
 		default:
-			p.errorf(n, "max_loss must be a percentage, got %s", describe(n.v))
-		}
-		if v < 0 || v > 100 {
-			p.errorf(n, "max_loss must be 0..100 (percent), got %v", v)
-		} else {
-			h.MaxLoss = v
+			p.errorf(n, "max_loss must be a percentage (0..100), got %s", describe(n.v))
 		}
 	}
-	if h.Timeout > h.Interval {
-		n := p.field(t, "timeout")
-		p.errorf(n, "timeout %v is longer than the interval %v", h.Timeout, h.Interval)
+	// Only durations that were read are compared: a broken one already
+	// has its message and the default in its place would mislead.
+	if intervalOK && timeoutOK && h.Timeout > h.Interval {
+		p.errorf(p.field(t, "timeout"), "timeout %v is longer than the interval %v", h.Timeout, h.Interval)
+	}
+	if maxRTTOK && timeoutOK && h.MaxRTT > 0 && h.MaxRTT >= h.Timeout {
+		p.errorf(p.field(t, "max_rtt"), "max_rtt %v is not below the timeout %v: it could never fail a round", h.MaxRTT, h.Timeout)
 	}
 	p.unknown(t, healthKeys)
 	return h
@@ -143,55 +193,99 @@ func (p *parser) health(n node) *HealthConfig {
 
 // duration reads a duration written as a string ("500ms"). A bare number
 // is refused: TOML would hand over 5, which time.Duration reads as 5 ns.
-func (p *parser) duration(t *table, key string, dst *time.Duration, zeroOK bool) {
+// It reports whether the value is usable (absent counts as usable: the
+// default stands).
+func (p *parser) duration(t *table, key string, dst *time.Duration, zeroOK bool) bool {
 	n, ok := p.get(t, key)
 	if !ok {
-		return
+		return true
 	}
 	s, isString := n.v.(string)
 	if !isString {
 		p.errorf(n, "%s must be a duration like \"500ms\", got %s", key, describe(n.v))
-		return
+		return false
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil {
 		p.errorf(n, "%s: %q is not a duration like \"500ms\" or \"2s\"", key, s)
-		return
+		return false
 	}
 	if d < 0 || (d == 0 && !zeroOK) {
 		p.errorf(n, "%s must be positive, got %s", key, s)
-		return
+		return false
 	}
 	*dst = d
+	return true
 }
 
-// checkTarget checks a target has the form its method needs.
+// checkTarget checks a target has the form its method needs. Hosts must be
+// IP addresses: a name would be resolved by the system resolver, whose
+// queries do not carry the uplink's mark and may leave by another uplink
+// (or not at all when the ISP is dead).
 func checkTarget(method, s string) error {
 	switch method {
 	case "icmp":
-		if _, err := netip.ParseAddr(s); err != nil {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
 			return fmt.Errorf("icmp target %q must be an IP address", s)
 		}
 	case "tcp", "dns":
 		host, port := s, "53"
-		if method == "tcp" || strings.Contains(s, "]:") || strings.Count(s, ":") == 1 {
+		if method == "tcp" || strings.HasPrefix(s, "[") || strings.Count(s, ":") == 1 {
 			h, p, err := net.SplitHostPort(s)
 			if err != nil {
-				return fmt.Errorf("%s target %q must be address:port", method, s)
+				if method == "dns" {
+					return fmt.Errorf("dns target %q must be address or address:port", s)
+				}
+				return fmt.Errorf("tcp target %q must be address:port", s)
 			}
 			host, port = h, p
 		}
-		if _, err := netip.ParseAddr(host); err != nil {
+		if a, err := netip.ParseAddr(host); err != nil || a.Zone() != "" {
 			return fmt.Errorf("%s target %q: %q is not an IP address", method, s, host)
 		}
-		if _, err := net.LookupPort("tcp", port); err != nil || port == "0" {
-			return fmt.Errorf("%s target %q: bad port %q", method, s, port)
+		if !validPort(port) {
+			return fmt.Errorf("%s target %q: bad port %q (1..65535)", method, s, port)
 		}
 	case "http":
 		u, err := url.Parse(s)
-		if err != nil || u.Scheme != "http" || u.Host == "" {
-			return fmt.Errorf("http target %q must be a URL like http://203.0.113.1/", s)
+		if err != nil || u.Scheme != "http" || u.Host == "" || u.User != nil {
+			return fmt.Errorf("http target %q must be a URL like http://203.0.113.1/ or http://[2001:db8::1]:8080/path", s)
+		}
+		if a, err := netip.ParseAddr(u.Hostname()); err != nil || a.Zone() != "" {
+			return fmt.Errorf("http target %q: host %q is not an IP address", s, u.Hostname())
+		}
+		if p := u.Port(); p != "" && !validPort(p) {
+			return fmt.Errorf("http target %q: bad port %q (1..65535)", s, p)
 		}
 	}
 	return nil
+}
+
+func validPort(s string) bool {
+	n, err := strconv.ParseUint(s, 10, 16)
+	return err == nil && n > 0
+}
+
+// validDNSName accepts a name in presentation form, with or without the
+// final dot; "." alone is the root.
+func validDNSName(s string) bool {
+	if s == "." {
+		return true
+	}
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if len(label) == 0 || len(label) > 63 {
+			return false
+		}
+		for _, c := range []byte(label) {
+			if c <= ' ' || c >= 0x7f || c == '\\' {
+				return false
+			}
+		}
+	}
+	return true
 }
