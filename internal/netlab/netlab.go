@@ -236,8 +236,8 @@ func (l *Lab) build() error {
 	if err := l.ip(l.Server,
 		"addr add 203.0.113.10/32 dev lo",
 		"addr add 203.0.113.11/32 dev lo",
-		"addr add 2001:db8:ff::10/128 dev lo",
-		"addr add 2001:db8:ff::11/128 dev lo",
+		"addr add 2001:db8:ff::10/128 dev lo nodad",
+		"addr add 2001:db8:ff::11/128 dev lo nodad",
 	); err != nil {
 		return err
 	}

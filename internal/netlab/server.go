@@ -95,6 +95,17 @@ func startServer(l *Lab) (*server, error) {
 		s.close()
 		return nil, err
 	}
+	// Return only once iperf3 listens: a test may use it at once.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		out, _ := l.Exec(l.Server, "ss", "-Hltn", fmt.Sprintf("sport = :%d", PortIperf))
+		if strings.Contains(out, fmt.Sprint(PortIperf)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			s.close()
+			return nil, fmt.Errorf("iperf3 does not listen on %d", PortIperf)
+		}
+	}
 	return s, nil
 }
 
