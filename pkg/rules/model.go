@@ -159,12 +159,14 @@ const (
 	mapRestore       = "restore"
 	mapInbound       = "inbound"
 	mapOutbound      = "outbound"
+	mapGuard         = "guard"
 	mapCountIn       = "count_in"
 	mapCountOut      = "count_out"
 	mapBalDefault    = "bal_default"
 )
 
-func markChain(u Uplink) string { return "mark_" + u.Name }
+func markChain(u Uplink) string  { return "mark_" + u.Name }
+func guardChain(u Uplink) string { return "guard_" + u.Name }
 
 // CountInChain and CountOutChain are the per-uplink chains whose counter
 // says how much traffic came in and went out through the uplink.
@@ -247,6 +249,7 @@ func (b *builder) build() {
 	outbound := b.addSet(&set{name: mapOutbound, key: typeIfname, typeText: "ifname : verdict", isMap: true, native: true})
 	countIn := b.addSet(&set{name: mapCountIn, key: typeIfname, typeText: "ifname : verdict", isMap: true, native: true})
 	countOut := b.addSet(&set{name: mapCountOut, key: typeIfname, typeText: "ifname : verdict", isMap: true, native: true})
+	guard := b.addSet(&set{name: mapGuard, key: typeMark, typeText: "mark : verdict", isMap: true, native: true})
 	for _, u := range s.Uplinks {
 		b.addChain(markChain(u), nil).rules = []*rule{newRule(setMark(false, s.Mask, u.Mark))}
 		b.addChain(pinChain(u), nil).rules = []*rule{
@@ -258,6 +261,26 @@ func (b *builder) build() {
 		// goes on after the counter.
 		b.addChain(CountInChain(u.Name), nil).rules = []*rule{newRule(counterFrag())}
 		b.addChain(CountOutChain(u.Name), nil).rules = []*rule{newRule(counterFrag())}
+		// The guard: a packet carrying this uplink's mark never leaves
+		// through another uplink. If it did (a rule of ours deleted by
+		// hand, a race with another program), the kernel would kill the
+		// connection's masquerade entry for the changed interface; dropped
+		// here, before NAT, the packet is merely lost and the connection
+		// lives on until the rule is back.
+		var others []string
+		for _, o := range s.Uplinks {
+			if o.Interface != u.Interface && !slices.Contains(others, o.Interface) {
+				others = append(others, o.Interface)
+			}
+		}
+		if len(others) > 0 {
+			c := b.addChain(guardChain(u), nil)
+			for _, o := range others {
+				c.rules = append(c.rules, newRule(oifnameIs(o), verdict(expr.VerdictDrop, "")))
+			}
+			guard.elems = append(guard.elems, vmapElem(markElem(u.Mark),
+				&expr.Verdict{Kind: expr.VerdictJump, Chain: guardChain(u)}))
+		}
 		countIn.elems = append(countIn.elems, vmapElem(ifnameElem(u.Interface),
 			&expr.Verdict{Kind: expr.VerdictJump, Chain: CountInChain(u.Name)}))
 		countOut.elems = append(countOut.elems, vmapElem(ifnameElem(u.Interface),
@@ -277,7 +300,7 @@ func (b *builder) build() {
 		outbound.elems = append(outbound.elems, vmapElem(ifnameElem(u.Interface),
 			&expr.Verdict{Kind: expr.VerdictGoto, Chain: saveChain(u)}))
 	}
-	for _, st := range []*set{restore, inbound, outbound, countIn, countOut} {
+	for _, st := range []*set{restore, inbound, outbound, countIn, countOut, guard} {
 		st.sortElems()
 	}
 
@@ -323,6 +346,7 @@ func (b *builder) build() {
 
 	// The mask on the ct mark: a connection pinned by someone else's bits
 	// outside M still counts as unpinned for wanpin.
+	post.rules = append(post.rules, newRule(maskedMark("meta mark", metaMarkLoad(), s.Mask), vmapFrag(mapGuard)))
 	post.rules = append(post.rules, newRule(
 		func() frag { t, l := ifnameMeta(false); return frag{text: t, exprs: []expr.Any{l}} }(), vmapFrag(mapCountOut)))
 	post.rules = append(post.rules, newRule(
