@@ -65,6 +65,7 @@ func run(bin string, reps, secs int) error {
 		}},
 		{"wanpin, 1 policy entry", wanpin(oneUplinkConfig(1))},
 		{"wanpin, 10,000 policy entries", wanpin(oneUplinkConfig(10000))},
+		{"classic hand-written CONNMARK rules", classic},
 	}
 	results := make([][]float64, len(configs))
 	for r := 0; r < reps; r++ {
@@ -100,6 +101,8 @@ func run(bin string, reps, secs int) error {
 	row("ratio: wanpin / no rules", fmt.Sprintf("%.3f", r1), ">= 0.95", r1 >= 0.95)
 	r2 := med[2] / med[1]
 	row("ratio: 10,000 entries / 1 entry", fmt.Sprintf("%.3f", r2), ">= 0.95", r2 >= 0.95)
+	r3 := med[1] / med[3]
+	row("ratio: wanpin / classic CONNMARK rules", fmt.Sprintf("%.3f", r3), ">= 0.95", r3 >= 0.95)
 
 	sw, err := switchTimes(l, bin, dir, 20)
 	if err != nil {
@@ -117,7 +120,181 @@ func run(bin string, reps, secs int) error {
 	row("blackhole -> uplink down, median (20 trials)", b50.Round(time.Millisecond).String(), "", true)
 	row("blackhole -> uplink down, 95th percentile", b95.Round(time.Millisecond).String(), "<= 1.5s", b95 <= 1500*time.Millisecond)
 	row("probe packets per second, one uplink", fmt.Sprintf("%.1f", pps), "<= 10", pps <= 10)
+
+	udp, err := udpResume(l, bin, dir, 10)
+	if err != nil {
+		return fmt.Errorf("udp resume: %w", err)
+	}
+	row("UDP flow resumes on the other uplink, median of 10", percentile(udp, 0.5).Round(time.Millisecond).String(), "", true)
+
+	lost, sent, err := reloadUnderTraffic(l, bin, dir)
+	if err != nil {
+		return fmt.Errorf("reload under traffic: %w", err)
+	}
+	row(fmt.Sprintf("datagrams lost over 10 reloads (of %d)", sent), fmt.Sprint(lost), "0", lost == 0)
+
+	rss, cpu, err := resources(bin, dir)
+	if err != nil {
+		return fmt.Errorf("resources: %w", err)
+	}
+	row("daemon resident memory, 4 uplinks x 4 probe targets", fmt.Sprintf("%.1f MB", rss/1e6), "< 20 MB", rss < 20e6)
+	row("daemon idle CPU, same", fmt.Sprintf("%.2f%% of a core", cpu*100), "< 1%", cpu < 0.01)
+
+	for _, g := range []struct {
+		pkg, bench, metric, name, target string
+		ok                               func(float64) bool
+	}{
+		{"./pkg/daemon", "PlanApply", "ms/apply", "plan + apply, 64 uplinks, 10,000 entries (ms)", "< 200", func(v float64) bool { return v < 200 }},
+		{"./pkg/flush", "FlushMark100k", "ms/flush", "conntrack flush, 100,000 entries of one uplink (ms)", "< 1000", func(v float64) bool { return v < 1000 }},
+		{"./pkg/flush", "FlushMark100k", "lost-entries", "entries of the other uplink lost in that flush", "0", func(v float64) bool { return v == 0 }},
+	} {
+		v, err := goBench(g.pkg, g.bench, g.metric)
+		if err != nil {
+			return err
+		}
+		row(g.name, fmt.Sprintf("%.1f", v), g.target, g.ok(v))
+	}
 	return nil
+}
+
+// goBench runs one Go benchmark of the repository and returns a metric.
+func goBench(pkg, name, metric string) (float64, error) {
+	benchtime := "20x"
+	if strings.Contains(name, "Flush") {
+		benchtime = "1x"
+	}
+	out, err := exec.Command("go", "test", pkg, "-run", "XXX", "-bench", name, "-benchtime", benchtime).CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("go test -bench %s: %v\n%s", name, err, out)
+	}
+	fields := strings.Fields(string(out))
+	for i, f := range fields {
+		if f == metric && i > 0 {
+			var v float64
+			fmt.Sscan(fields[i-1], &v)
+			return v, nil
+		}
+	}
+	return 0, fmt.Errorf("no %s in:\n%s", metric, out)
+}
+
+// udpResume: a UDP flow with a fixed source port runs through uplink 1
+// (uplink 2 is a backup); uplink 1 loses carrier; time to the first
+// answer through uplink 2.
+func udpResume(l *netlab.Lab, bin, dir string, n int) ([]time.Duration, error) {
+	stop, err := startWanpin(l, bin, dir, "[[uplink]]\nname = \"isp1\"\ninterface = \"wan1\"\n[[uplink]]\nname = \"isp2\"\ninterface = \"wan2\"\ntier = 2\n")
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	var out []time.Duration
+	for i := 0; i < n; i++ {
+		f, err := l.StartUDPFlow(41000+i, netlab.ServerAddr4, 10*time.Millisecond)
+		if err != nil {
+			return nil, err
+		}
+		time.Sleep(200 * time.Millisecond)
+		t0 := time.Now()
+		if err := l.SetCarrier(1, false); err != nil {
+			f.Close()
+			return nil, err
+		}
+		var took time.Duration
+		for deadline := t0.Add(5 * time.Second); took == 0 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			for _, a := range f.Answers() {
+				if a.At.After(t0) && l.ISPOf(a.Seen) == 2 {
+					took = a.At.Sub(t0)
+					break
+				}
+			}
+		}
+		f.Close()
+		l.SetCarrier(1, true)
+		if took == 0 {
+			return nil, fmt.Errorf("trial %d: the flow never moved", i)
+		}
+		out = append(out, took)
+		time.Sleep(300 * time.Millisecond)
+	}
+	return out, nil
+}
+
+// reloadUnderTraffic sends 100 datagrams a second through the router and
+// reloads ten times with changing weights: every datagram must be answered.
+func reloadUnderTraffic(l *netlab.Lab, bin, dir string) (lost, sent int64, err error) {
+	cfg := func(w int) string {
+		return fmt.Sprintf("[[uplink]]\nname = \"isp1\"\ninterface = \"wan1\"\nweight = %d\n[[uplink]]\nname = \"isp2\"\ninterface = \"wan2\"\n", w)
+	}
+	stop, err := startWanpin(l, bin, dir, cfg(1))
+	if err != nil {
+		return 0, 0, err
+	}
+	defer stop()
+	f, err := l.StartUDPFlow(42000, netlab.ServerAddr4, 10*time.Millisecond)
+	if err != nil {
+		return 0, 0, err
+	}
+	time.Sleep(300 * time.Millisecond)
+	pid, err := exec.Command("pgrep", "-f", "wanpin run --config "+filepath.Join(dir, "wanpin.toml")).Output()
+	if err != nil {
+		f.Close()
+		return 0, 0, fmt.Errorf("finding the daemon: %w", err)
+	}
+	for i := 0; i < 10; i++ {
+		os.WriteFile(filepath.Join(dir, "wanpin.toml"), []byte(cfg(1+i%3)), 0o644)
+		exec.Command("kill", "-HUP", strings.Fields(string(pid))[0]).Run()
+		time.Sleep(300 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	f.Close()
+	s, a := f.Sent(), int64(len(f.Answers()))
+	return s - a, s, nil
+}
+
+// resources runs wanpin with 4 uplinks each probing 4 targets in a lab of
+// its own and reads its resident memory and CPU use over 20 idle seconds.
+func resources(bin, dir string) (rss, cpu float64, err error) {
+	l, err := netlab.New(netlab.Options{ISPs: 4})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer l.Close()
+	var b strings.Builder
+	for i := 1; i <= 4; i++ {
+		fmt.Fprintf(&b, "[[uplink]]\nname = \"isp%d\"\ninterface = \"wan%d\"\n[uplink.health]\ntargets = [\"203.0.113.10\", \"203.0.113.11\", \"%s\", \"203.0.113.%d\"]\n\n",
+			i, i, netlab.UplinkGateway4(i), 4*(i-1)+17)
+	}
+	stop, err := startWanpin(l, bin, dir, b.String())
+	if err != nil {
+		return 0, 0, err
+	}
+	defer stop()
+	out, err := exec.Command("pgrep", "-f", "wanpin run --config "+filepath.Join(dir, "wanpin.toml")).Output()
+	if err != nil {
+		return 0, 0, fmt.Errorf("finding the daemon: %w", err)
+	}
+	pid := strings.Fields(string(out))[0]
+	time.Sleep(5 * time.Second)
+	ticks := func() float64 {
+		b, _ := os.ReadFile("/proc/" + pid + "/stat")
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+		var u, s float64
+		fmt.Sscan(f[11], &u)
+		fmt.Sscan(f[12], &s)
+		return u + s
+	}
+	t0, c0 := time.Now(), ticks()
+	time.Sleep(20 * time.Second)
+	cpu = (ticks() - c0) / 100 / time.Since(t0).Seconds() // USER_HZ is 100 on Linux
+	status, _ := os.ReadFile("/proc/" + pid + "/status")
+	for _, line := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			var kb float64
+			fmt.Sscan(strings.Fields(line)[1], &kb)
+			rss = kb * 1024
+		}
+	}
+	return rss, cpu, nil
 }
 
 // blackholeTimes makes ISP 1 drop everything n times and measures, each
@@ -267,6 +444,50 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	i := int(float64(len(s)-1)*p + 0.5)
 	return s[i]
+}
+
+// classic is what admins write by hand today (the connection-pinning
+// recipe): restore the ct mark into the packet mark on every packet in
+// prerouting and output, set the ct mark of new connections by outgoing
+// interface in postrouting, one rule per interface, masquerade per
+// interface, and an ip rule and table per mark.
+func classic(l *netlab.Lab, dir string) (func(), error) {
+	ruleset := `table ip classic {
+	chain pre { type filter hook prerouting priority mangle; policy accept; meta mark set ct mark; }
+	chain out { type route hook output priority mangle; policy accept; meta mark set ct mark; }
+	chain post { type filter hook postrouting priority mangle; policy accept;
+		ct state new oifname "wan1" ct mark set 1
+		ct state new oifname "wan2" ct mark set 2
+	}
+	chain nat { type nat hook postrouting priority srcnat; policy accept;
+		oifname "wan1" masquerade
+		oifname "wan2" masquerade
+	}
+}
+`
+	path := filepath.Join(dir, "classic.nft")
+	if err := os.WriteFile(path, []byte(ruleset), 0o644); err != nil {
+		return nil, err
+	}
+	cmds := [][]string{
+		{"nft", "-f", path},
+		{"ip", "rule", "add", "fwmark", "1", "table", "301"},
+		{"ip", "rule", "add", "fwmark", "2", "table", "302"},
+		{"ip", "route", "add", "default", "via", netlab.UplinkGateway4(1), "dev", "wan1", "table", "301"},
+		{"ip", "route", "add", "default", "via", netlab.UplinkGateway4(2), "dev", "wan2", "table", "302"},
+	}
+	for _, c := range cmds {
+		if out, err := l.Exec(l.Router, c...); err != nil {
+			return nil, fmt.Errorf("%v: %s", err, out)
+		}
+	}
+	return func() {
+		l.Exec(l.Router, "nft", "delete", "table", "ip", "classic")
+		l.Exec(l.Router, "ip", "rule", "del", "fwmark", "1", "table", "301")
+		l.Exec(l.Router, "ip", "rule", "del", "fwmark", "2", "table", "302")
+		l.Exec(l.Router, "ip", "route", "flush", "table", "301")
+		l.Exec(l.Router, "ip", "route", "flush", "table", "302")
+	}, nil
 }
 
 // startWanpin runs wanpin with cfg in the router namespace, logging to

@@ -153,6 +153,7 @@ func (s *Stream) Close() {
 // the server every interval, like a VoIP call or a WireGuard tunnel, and
 // records which address the server saw in each answer.
 type UDPFlow struct {
+	sent    atomic.Int64
 	conn    net.PacketConn
 	mu      sync.Mutex
 	answers []UDPAnswer
@@ -189,7 +190,9 @@ func (l *Lab) StartUDPFlow(srcPort int, dst string, interval time.Duration) (*UD
 		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
-			conn.WriteTo([]byte("ping"), to)
+			if _, err := conn.WriteTo([]byte("ping"), to); err == nil {
+				f.sent.Add(1)
+			}
 			select {
 			case <-f.stop:
 				return
@@ -212,6 +215,9 @@ func (l *Lab) StartUDPFlow(srcPort int, dst string, interval time.Duration) (*UD
 	}()
 	return f, nil
 }
+
+// Sent is how many datagrams were sent.
+func (f *UDPFlow) Sent() int64 { return f.sent.Load() }
 
 // Answers returns the replies so far.
 func (f *UDPFlow) Answers() []UDPAnswer {
