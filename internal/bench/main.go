@@ -447,13 +447,13 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 }
 
 // classic is what admins write by hand today (the connection-pinning
-// recipe): restore the ct mark into the packet mark on every packet in
-// prerouting and output, set the ct mark of new connections by outgoing
+// recipe): restore the ct mark into the packet mark on every packet from
+// the LAN in prerouting and on the router's own in output, set the ct mark of new connections by outgoing
 // interface in postrouting, one rule per interface, masquerade per
 // interface, and an ip rule and table per mark.
 func classic(l *netlab.Lab, dir string) (func(), error) {
 	ruleset := `table ip classic {
-	chain pre { type filter hook prerouting priority mangle; policy accept; meta mark set ct mark; }
+	chain pre { type filter hook prerouting priority mangle; policy accept; iifname "lan0" meta mark set ct mark; }
 	chain out { type route hook output priority mangle; policy accept; meta mark set ct mark; }
 	chain post { type filter hook postrouting priority mangle; policy accept;
 		ct state new oifname "wan1" ct mark set 1
@@ -529,7 +529,7 @@ func oneUplinkConfig(n int) string {
 }
 
 func iperf(l *netlab.Lab, secs int) (float64, error) {
-	out, err := l.Exec(l.LAN, "iperf3", "-c", netlab.ServerAddr4, "-p", fmt.Sprint(netlab.PortIperf),
+	out, err := l.Exec(l.LAN, "timeout", "60", "iperf3", "-c", netlab.ServerAddr4, "-p", fmt.Sprint(netlab.PortIperf),
 		"-t", fmt.Sprint(secs), "-O", "1", "-J")
 	if err != nil {
 		return 0, fmt.Errorf("iperf3: %w: %s", err, out)
