@@ -306,3 +306,60 @@ hold_down = "0s"
 		t.Error("health tables shared")
 	}
 }
+
+func TestHealthMethods(t *testing.T) {
+	cfg, err := Parse("h.toml", []byte(`[[uplink]]
+name = "a"
+interface = "wan1"
+[uplink.health]
+method = "dns"
+targets = ["203.0.113.53", "203.0.113.54:5353", "2001:db8::53", "[2001:db8::54]:53"]
+dns_name = "example.net"
+quorum = 4
+max_loss = 12.5
+max_rtt = "250ms"
+
+[[uplink]]
+name = "b"
+interface = "wan2"
+[uplink.health]
+method = "http"
+targets = ["http://203.0.113.1/", "http://[2001:db8::1]:8080/health?x=1"]
+window = 20
+
+[[uplink]]
+name = "c"
+interface = "wan3"
+[uplink.health]
+method = "tcp"
+targets = ["203.0.113.1:443", "[2001:db8::1]:22"]
+interval = "1s"
+timeout = "1s"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b, c := cfg.Uplinks[0].Health, cfg.Uplinks[1].Health, cfg.Uplinks[2].Health
+	if a.Method != "dns" || len(a.Targets) != 4 || a.DNSName != "example.net" || a.Quorum != 4 ||
+		a.MaxLoss != 12.5 || a.MaxRTT != 250*time.Millisecond {
+		t.Errorf("dns: %+v", a)
+	}
+	if b.Method != "http" || len(b.Targets) != 2 || b.Window != 20 || b.DNSName != "." {
+		t.Errorf("http: %+v", b)
+	}
+	if c.Method != "tcp" || c.Interval != time.Second || c.Timeout != time.Second {
+		t.Errorf("tcp: %+v", c)
+	}
+	if cfg.Uplinks[0].Health == nil || mustParse(t, "[[uplink]]\nname = \"x\"\ninterface = \"wan1\"\n").Uplinks[0].Health != nil {
+		t.Error("health must be nil exactly when the table is absent")
+	}
+}
+
+// dns_name = "." (the default) is accepted with any method, as the README's
+// table of every key shows it; another name needs method "dns".
+func TestHealthDNSNameDefaultWithICMP(t *testing.T) {
+	src := "[[uplink]]\nname = \"a\"\ninterface = \"wan1\"\n[uplink.health]\ntargets = [\"203.0.113.1\"]\ndns_name = \".\"\n"
+	if h := mustParse(t, src).Uplinks[0].Health; h.Method != "icmp" || h.DNSName != "." {
+		t.Errorf("%+v", h)
+	}
+}

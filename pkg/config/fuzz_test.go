@@ -114,6 +114,9 @@ func checkConfig(t *testing.T, cfg *Config) {
 		if m := cfg.UplinkMark(i); m == 0 || m&^cfg.MarkMask != 0 {
 			t.Errorf("uplink %d: mark %#x outside mask %#x", i, m, cfg.MarkMask)
 		}
+		if h := u.Health; h != nil {
+			checkHealth(t, i, h)
+		}
 	}
 	for i, p := range cfg.Policies {
 		if p.Line < 1 || checkPolicyName(p.Name) != nil {
@@ -133,6 +136,24 @@ func checkConfig(t *testing.T, cfg *Config) {
 			if !pfx.IsValid() || pfx.Masked() != pfx {
 				t.Errorf("policy %d: prefix %v", i, pfx)
 			}
+		}
+	}
+}
+
+// checkHealth checks what an accepted [uplink.health] table guarantees the
+// monitor: usable durations and counts, and targets of the method's form.
+func checkHealth(t *testing.T, i int, h *HealthConfig) {
+	if h.Interval < MinHealthInterval || h.Timeout <= 0 || h.Timeout > h.Interval || h.HoldDown < 0 ||
+		h.MaxRTT < 0 || (h.MaxRTT > 0 && h.MaxRTT >= h.Timeout) {
+		t.Errorf("uplink %d: health durations %+v", i, h)
+	}
+	if len(h.Targets) == 0 || h.Quorum < 1 || h.Quorum > len(h.Targets) || h.DownAfter < 1 || h.UpAfter < 1 ||
+		h.Window < 1 || h.MaxLoss < 0 || h.MaxLoss > 100 || !validDNSName(h.DNSName) {
+		t.Errorf("uplink %d: health %+v", i, h)
+	}
+	for _, target := range h.Targets {
+		if err := checkTarget(h.Method, target); err != nil {
+			t.Errorf("uplink %d: %v", i, err)
 		}
 	}
 }

@@ -53,8 +53,10 @@ type HealthConfig struct {
 // the first of them, so an ISP that dies and recovers within seconds does
 // not take connections until it has stayed good for 2 s. Worst-case
 // recovery after the ISP comes back: interval (until a round starts) +
-// hold_down = 2.5 s (hold_down, counted from the first good round, is
-// longer than the up_after-1 = 2 further rounds).
+// hold_down + one round trip = 2.5 s and the round trip (hold_down,
+// counted from the start of the first good round, outlasts the up_after-1
+// = 2 further rounds: it is the 5th good round in a row that brings the
+// uplink back).
 const (
 	DefaultHealthInterval  = 500 * time.Millisecond
 	DefaultHealthTimeout   = 400 * time.Millisecond
@@ -127,7 +129,10 @@ func (p *parser) health(n node) *HealthConfig {
 	if n, ok := p.get(t, "dns_name"); ok {
 		if s, ok := p.str(n); ok {
 			switch {
-			case methodOK && h.Method != "dns":
+			case methodOK && h.Method != "dns" && s != ".":
+				// A name with another method is a mistake (a DNS probe was
+				// meant); the default itself is harmless, and the README's
+				// table of every key shows it with icmp.
 				p.errorf(n, "dns_name applies to method \"dns\" only, not %q", h.Method)
 			case !validDNSName(s):
 				p.errorf(n, "dns_name %q is not a domain name (labels of 1..63 characters, 253 in all; \".\" is the root)", s)

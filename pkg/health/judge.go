@@ -1,89 +1,125 @@
-// Package health probes each uplink through itself (its socket carries the
-// uplink's mark and is bound to its interface, so policies and balancing
-// never move a probe) and decides, round by round, whether the ISP behind
-// it forwards traffic. All targets of a round are probed in parallel.
 package health
 
 import (
+	"errors"
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/wanpin/wanpin/pkg/config"
 )
 
-// Result is one probe's outcome.
-type Result struct {
-	Target string
-	RTT    time.Duration
-	Err    error
+// result is one probe's outcome.
+type result struct {
+	target string
+	rtt    time.Duration
+	err    error
 }
 
-// judge turns rounds into transitions. It is pure: the monitor feeds it
-// results and the time; tests feed it made-up rounds.
+// state is the verdict in force.
+type state int
+
+const (
+	// pending: no verdict yet. The daemon goes by link state alone, so an
+	// uplink is usable from the start and the first good round confirms it
+	// without any hold-down (it was never taken out of service).
+	pending state = iota
+	healthy
+	unhealthy
+)
+
+// verdict is what one round changed.
+type verdict struct {
+	changed  bool // a first verdict or a transition: send an Event
+	healthy  bool
+	reason   string
+	rtt      time.Duration // median round trip of this round's answers; 0: none answered
+	loss     float64       // fraction of probes lost over the window, 0..1
+	answered int           // targets that answered this round
+}
+
+// judge turns rounds into verdicts. It is pure: the monitor feeds it
+// results and each round's start time, tests feed it made-up rounds.
+//
+// Going down takes DownAfter bad rounds in a row, so a single lost round
+// (or an ISP that loses every other round) never takes an uplink down.
+// Consecutive counters alone would let a half-dead link hide behind its
+// good rounds, so with MaxLoss set a round also counts as bad while the
+// loss over the last Window rounds is too high; one good round cannot
+// clear that, only Window rounds of better figures can.
+//
+// Coming back takes UpAfter good rounds in a row and HoldDown since the
+// first of them. While down, MaxLoss is applied to each round's own loss
+// rather than the window (which still holds the outage and would keep a
+// recovered link down until it drained); the window then restarts from
+// the good run, so the outage's losses do not take it straight back down.
 type judge struct {
 	cfg      config.HealthConfig
-	healthy  bool // the verdict in force (true until proven otherwise)
-	decided  bool // a verdict was emitted at least once
+	state    state
 	badRun   int
 	goodRun  int
 	goodFrom time.Time
-	window   []float64 // loss fraction per round, newest last
-	lastRTT  time.Duration
-	lastLoss float64
+	window   []float64 // fraction lost per round, newest last
 }
 
 func newJudge(cfg config.HealthConfig) *judge {
-	return &judge{cfg: cfg, healthy: true}
+	if cfg.Window < 1 {
+		cfg.Window = 1
+	}
+	if cfg.Quorum < 1 {
+		cfg.Quorum = 1
+	}
+	return &judge{cfg: cfg}
 }
 
-// round takes one round's results and returns whether the verdict
-// changed, the verdict and the reason.
-func (j *judge) round(results []Result, now time.Time) (changed, healthy bool, reason string) {
-	answered := 0
+func (j *judge) round(results []result, now time.Time) verdict {
 	var rtts []time.Duration
 	var failures []string
 	for _, r := range results {
-		if r.Err == nil {
-			answered++
-			rtts = append(rtts, r.RTT)
+		if r.err == nil {
+			rtts = append(rtts, r.rtt)
 		} else {
-			failures = append(failures, r.Target+" "+shortErr(r.Err))
+			failures = append(failures, r.target+" "+shortErr(r.err))
 		}
 	}
-	loss := 0.0
+	answered := len(rtts)
+	roundLoss := 1.0
 	if len(results) > 0 {
-		loss = float64(len(results)-answered) / float64(len(results))
+		roundLoss = float64(len(results)-answered) / float64(len(results))
 	}
-	j.window = append(j.window, loss)
+	j.window = append(j.window, roundLoss)
 	if len(j.window) > j.cfg.Window {
 		j.window = j.window[len(j.window)-j.cfg.Window:]
 	}
-	windowLoss := 0.0
-	for _, l := range j.window {
-		windowLoss += l
-	}
-	windowLoss /= float64(len(j.window))
-	j.lastLoss = windowLoss
+	windowLoss := mean(j.window)
 	var median time.Duration
-	if len(rtts) > 0 {
-		sort.Slice(rtts, func(a, b int) bool { return rtts[a] < rtts[b] })
-		median = rtts[len(rtts)/2]
-		j.lastRTT = median
+	if answered > 0 {
+		slices.Sort(rtts)
+		median = rtts[answered/2]
+		if answered%2 == 0 {
+			median = (rtts[answered/2-1] + rtts[answered/2]) / 2
+		}
 	}
+	v := verdict{healthy: j.state != unhealthy, rtt: median, loss: windowLoss, answered: answered}
 
-	good := answered >= j.cfg.Quorum
-	why := ""
+	good, why := true, ""
 	switch {
-	case !good:
-		why = strings.Join(failures, ", ")
+	case len(results) == 0:
+		good, why = false, "no targets"
+	case answered == 0:
+		good, why = false, strings.Join(failures, ", ")
+	case answered < j.cfg.Quorum:
+		good, why = false, fmt.Sprintf("%d of %d targets answered (quorum %d): %s",
+			answered, len(results), j.cfg.Quorum, strings.Join(failures, ", "))
 	case j.cfg.MaxRTT > 0 && median > j.cfg.MaxRTT:
 		good, why = false, fmt.Sprintf("median round trip %v over %v", median.Round(time.Millisecond), j.cfg.MaxRTT)
-	case j.cfg.MaxLoss > 0 && windowLoss*100 > j.cfg.MaxLoss:
-		// A half-dead link: enough answers for the quorum, too many
-		// lost over the window. One good round must not hide it.
-		good, why = false, fmt.Sprintf("%.0f%% lost over %d rounds", windowLoss*100, len(j.window))
+	case j.cfg.MaxLoss > 0 && j.state == unhealthy && roundLoss*100 > j.cfg.MaxLoss:
+		good, why = false, fmt.Sprintf("%.0f%% of the round's probes lost (max_loss %v%%)", roundLoss*100, j.cfg.MaxLoss)
+	case j.cfg.MaxLoss > 0 && j.state != unhealthy && len(j.window) >= j.cfg.Window && windowLoss*100 > j.cfg.MaxLoss:
+		// Judged on a full window only: in a young one a single lost
+		// probe would read as 50%.
+		good, why = false, fmt.Sprintf("%.0f%% of probes lost over %d rounds (max_loss %v%%)", windowLoss*100, len(j.window), j.cfg.MaxLoss)
 	}
 
 	if good {
@@ -92,29 +128,80 @@ func (j *judge) round(results []Result, now time.Time) (changed, healthy bool, r
 			j.goodFrom = now
 		}
 		j.goodRun++
-		if !j.healthy && j.goodRun >= j.cfg.UpAfter && now.Sub(j.goodFrom) >= j.cfg.HoldDown {
-			j.healthy, j.decided = true, true
-			return true, true, fmt.Sprintf("%d rounds good, healthy for %v", j.goodRun, now.Sub(j.goodFrom).Round(time.Millisecond))
+		switch {
+		case j.state == pending:
+			j.state, v.changed, v.healthy = healthy, true, true
+			v.reason = fmt.Sprintf("first round good: %d of %d targets answered, median %v",
+				answered, len(results), median.Round(100*time.Microsecond))
+		case j.state == unhealthy && j.goodRun >= j.cfg.UpAfter && j.held(now):
+			j.state, v.changed, v.healthy = healthy, true, true
+			v.reason = fmt.Sprintf("%d rounds good", j.goodRun)
+			if j.cfg.HoldDown > 0 {
+				v.reason += fmt.Sprintf(", held down %v", j.cfg.HoldDown)
+			}
+			// The outage's rounds leave the window; the good run stays.
+			j.window = slices.Clone(j.window[max(0, len(j.window)-j.goodRun):])
+			v.loss = mean(j.window)
 		}
-		return false, j.healthy, ""
+		return v
 	}
 	j.goodRun = 0
 	j.badRun++
-	if j.healthy && j.badRun >= j.cfg.DownAfter {
-		j.healthy, j.decided = false, true
-		return true, false, fmt.Sprintf("%d rounds lost: %s", j.badRun, why)
+	if j.state != unhealthy && j.badRun >= j.cfg.DownAfter {
+		j.state, v.changed, v.healthy = unhealthy, true, false
+		lost := "lost"
+		if answered > 0 {
+			lost = "bad"
+		}
+		v.reason = fmt.Sprintf("%d round%s %s: %s", j.badRun, plural(j.badRun), lost, why)
 	}
-	return false, j.healthy, ""
+	return v
 }
 
-// shortErr keeps what a person needs from a probe error.
+// held tells whether the good run has lasted the hold-down. Rounds start
+// a whole number of intervals apart, give or take the timer's jitter; the
+// elapsed time is rounded to whole intervals so that jitter cannot make a
+// 2 s hold-down at 500 ms take a fifth round now and then.
+func (j *judge) held(now time.Time) bool {
+	elapsed := now.Sub(j.goodFrom)
+	if iv := j.cfg.Interval; iv > 0 {
+		elapsed = elapsed.Round(iv)
+	}
+	return elapsed >= j.cfg.HoldDown
+}
+
+func mean(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := 0.0
+	for _, x := range xs {
+		s += x
+	}
+	return s / float64(len(xs))
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+// shortErr keeps what a person needs from a probe error: "timeout"
+// rather than "dial tcp 203.0.113.1:443: i/o timeout".
 func shortErr(err error) string {
+	if pe := (*probeError)(nil); errors.As(err, &pe) {
+		return pe.short
+	}
 	s := err.Error()
 	switch {
-	case strings.Contains(s, "timeout"), strings.Contains(s, "deadline"):
+	case strings.Contains(s, "timeout"), strings.Contains(s, "deadline exceeded"):
 		return "timeout"
-	case strings.Contains(s, "unreachable"):
-		return "unreachable"
+	case strings.Contains(s, "network is unreachable"):
+		return "network unreachable"
+	case strings.Contains(s, "no route to host"):
+		return "no route to host"
 	}
 	if i := strings.LastIndex(s, ": "); i >= 0 {
 		return s[i+2:]

@@ -9,163 +9,308 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
+	"golang.org/x/net/dns/dnsmessage"
 	"golang.org/x/sys/unix"
 )
+
+// probeError is a probe failure with a short form for reasons.
+type probeError struct{ short, long string }
+
+func (e *probeError) Error() string { return e.long }
+
+// errLate is an answer that came after the timeout.
+var errLate = &probeError{short: "timeout", long: "answer came after the timeout"}
+
+// probeSet makes the probes of one monitor and owns their shared sockets
+// (one raw ICMP socket per address family; TCP, HTTP and DNS probes open a
+// socket per probe and close it before returning).
+type probeSet struct {
+	spec    Spec
+	control func(network, address string, c syscall.RawConn) error
+	// inNS, when set, runs socket creation in another network namespace
+	// (tests); nil creates sockets in the process's own.
+	inNS func(func() error) error
+
+	mu      sync.Mutex
+	pingers []*pinger
+}
+
+func newProbeSet(spec Spec, inNS func(func() error) error) *probeSet {
+	return &probeSet{spec: spec, control: socketControl(spec.Interface, spec.Mark), inNS: inNS}
+}
 
 // socketControl gives every probe socket the uplink's mark, so policy
 // routing sends it out of the uplink whatever the policies and balancer
 // say (and wanpin's nftables leaves marked sockets alone), and binds it to
-// the uplink's interface. The mark is what makes it work: with
-// SO_BINDTODEVICE alone the kernel finds no gateway and ARPs for the
-// remote address.
+// the uplink's interface.
 func socketControl(iface string, mark uint32) func(network, address string, c syscall.RawConn) error {
 	return func(network, address string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
-			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark)); serr != nil {
-				serr = fmt.Errorf("SO_MARK: %w", serr)
-				return
+			if mark != 0 {
+				if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
+					serr = fmt.Errorf("SO_MARK %#x: %w", mark, err)
+					return
+				}
 			}
 			if iface != "" {
-				if serr = unix.BindToDevice(int(fd), iface); serr != nil {
-					serr = fmt.Errorf("SO_BINDTODEVICE %s: %w", iface, serr)
+				if err := unix.BindToDevice(int(fd), iface); err != nil {
+					serr = fmt.Errorf("SO_BINDTODEVICE %s: %w", iface, err)
 				}
 			}
 		})
 		if err != nil {
-			return err
+			return fmt.Errorf("socket options: %w", err)
 		}
-		return serr
+		if serr != nil {
+			// Short form kept whole: "SO_BINDTODEVICE ppp0: no such
+			// device" says what is wrong, "no such device" does not.
+			return &probeError{short: serr.Error(), long: serr.Error()}
+		}
+		return nil
 	}
 }
 
-// prober probes one target once.
-type prober func(ctx context.Context, target string) (time.Duration, error)
+// socket runs f, which creates a socket, in the probes' namespace.
+func (ps *probeSet) socket(f func() error) error {
+	if ps.inNS == nil {
+		return f()
+	}
+	return ps.inNS(f)
+}
 
-func newProber(method, iface string, mark uint32, dnsName string) prober {
-	control := socketControl(iface, mark)
+// source is the address to bind a socket of the family to: spec.Source
+// when it is of that family, else none.
+func (ps *probeSet) source(v6 bool) (netip.Addr, bool) {
+	src := ps.spec.Source.Unmap()
+	if !src.IsValid() || src.Is6() != v6 {
+		return netip.Addr{}, false
+	}
+	return src, true
+}
+
+func (ps *probeSet) dialer(dst netip.Addr, network string) *net.Dialer {
+	d := &net.Dialer{Control: ps.control, KeepAlive: -1}
+	if src, ok := ps.source(dst.Unmap().Is6()); ok {
+		switch network {
+		case "tcp":
+			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+		case "udp":
+			d.LocalAddr = &net.UDPAddr{IP: src.AsSlice()}
+		}
+	}
+	return d
+}
+
+func (ps *probeSet) dial(ctx context.Context, d *net.Dialer, network, address string) (net.Conn, error) {
+	var c net.Conn
+	err := ps.socket(func() error {
+		var err error
+		c, err = d.DialContext(ctx, network, address)
+		return err
+	})
+	return c, err
+}
+
+// targets makes one probe per configured target. A target that does not
+// parse (config validated them: only a hand-made Spec gets here) makes a
+// probe that always fails with the reason.
+func (ps *probeSet) targets() []Target {
+	cfg := ps.spec.Config
+	out := make([]Target, 0, len(cfg.Targets))
+	for _, name := range cfg.Targets {
+		probe, err := ps.probe(cfg.Method, name)
+		if err != nil {
+			err = fmt.Errorf("%s target %q: %w", cfg.Method, name, err)
+			probe = func(context.Context) (time.Duration, error) { return 0, err }
+		}
+		out = append(out, Target{Name: name, Probe: probe})
+	}
+	return out
+}
+
+func (ps *probeSet) probe(method, target string) (Probe, error) {
 	switch method {
 	case "tcp":
-		return func(ctx context.Context, target string) (time.Duration, error) {
-			d := net.Dialer{Control: control}
-			start := time.Now()
-			c, err := d.DialContext(ctx, "tcp", target)
-			if err != nil {
-				// A reset proves the path both ways: the ISP forwards.
-				if errors.Is(err, syscall.ECONNREFUSED) {
-					return time.Since(start), nil
-				}
-				return 0, err
-			}
-			c.Close()
-			return time.Since(start), nil
-		}
-	case "http":
-		return func(ctx context.Context, target string) (time.Duration, error) {
-			d := net.Dialer{Control: control}
-			tr := &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}
-			defer tr.CloseIdleConnections()
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
-			if err != nil {
-				return 0, err
-			}
-			start := time.Now()
-			resp, err := (&http.Client{Transport: tr}).Do(req)
-			if err != nil {
-				return 0, err
-			}
-			resp.Body.Close()
-			if resp.StatusCode >= 500 {
-				return 0, fmt.Errorf("HTTP %d", resp.StatusCode)
-			}
-			return time.Since(start), nil
-		}
-	case "dns":
-		return func(ctx context.Context, target string) (time.Duration, error) {
-			return dnsProbe(ctx, control, target, dnsName)
-		}
-	}
-	return func(ctx context.Context, target string) (time.Duration, error) {
-		return icmpProbe(ctx, control, target)
-	}
-}
-
-// icmpProbe sends one echo request on a raw socket of its own and waits
-// for the matching reply. A raw socket sees all ICMP of the namespace, so
-// the reply is recognised by source, identifier and sequence.
-func icmpProbe(ctx context.Context, control func(string, string, syscall.RawConn) error, target string) (time.Duration, error) {
-	dst, err := netip.ParseAddr(target)
-	if err != nil {
-		return 0, err
-	}
-	network, reqType, replyType := "ip4:icmp", byte(8), byte(0)
-	if dst.Is6() {
-		network, reqType, replyType = "ip6:ipv6-icmp", 128, 129
-	}
-	lc := net.ListenConfig{Control: control}
-	conn, err := lc.ListenPacket(ctx, network, "")
-	if err != nil {
-		return 0, err
-	}
-	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	var idb [4]byte
-	rand.Read(idb[:])
-	id, seq := binary.BigEndian.Uint16(idb[:2]), binary.BigEndian.Uint16(idb[2:])
-	msg := []byte{reqType, 0, 0, 0, byte(id >> 8), byte(id), byte(seq >> 8), byte(seq), 'w', 'a', 'n', 'p', 'i', 'n', 0, 0}
-	if dst.Is4() {
-		// The kernel fills in the ICMPv6 checksum, not the ICMP one.
-		cs := checksum(msg)
-		msg[2], msg[3] = byte(cs>>8), byte(cs)
-	}
-	start := time.Now()
-	if _, err := conn.WriteTo(msg, &net.IPAddr{IP: net.IP(dst.AsSlice())}); err != nil {
-		return 0, err
-	}
-	buf := make([]byte, 1500)
-	for {
-		n, from, err := conn.ReadFrom(buf)
+		ap, err := netip.ParseAddrPort(target)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
-		src, _ := netip.AddrFromSlice(from.(*net.IPAddr).IP)
-		if n < 8 || src.Unmap() != dst || buf[0] != replyType {
-			continue
+		return func(ctx context.Context) (time.Duration, error) { return ps.tcp(ctx, ap) }, nil
+	case "http":
+		u, err := url.Parse(target)
+		if err != nil {
+			return nil, err
 		}
-		if binary.BigEndian.Uint16(buf[4:]) == id && binary.BigEndian.Uint16(buf[6:]) == seq {
-			return time.Since(start), nil
+		addr, err := netip.ParseAddr(u.Hostname())
+		if err != nil {
+			return nil, fmt.Errorf("host must be an IP address: %w", err)
 		}
+		return func(ctx context.Context) (time.Duration, error) { return ps.http(ctx, addr, target) }, nil
+	case "dns":
+		ap, err := dnsServer(target)
+		if err != nil {
+			return nil, err
+		}
+		name := ps.spec.Config.DNSName
+		if name == "" {
+			name = "."
+		}
+		if !strings.HasSuffix(name, ".") {
+			name += "."
+		}
+		qname, err := dnsmessage.NewName(name)
+		if err != nil {
+			return nil, fmt.Errorf("dns_name %q: %w", name, err)
+		}
+		return func(ctx context.Context) (time.Duration, error) { return ps.dns(ctx, ap, qname) }, nil
+	case "icmp", "":
+		dst, err := netip.ParseAddr(target)
+		if err != nil {
+			return nil, err
+		}
+		dst = dst.Unmap()
+		p := ps.pinger(dst.Is6())
+		return func(ctx context.Context) (time.Duration, error) { return p.probe(ctx, dst) }, nil
+	}
+	return nil, fmt.Errorf("unknown method %q", method)
+}
+
+func (ps *probeSet) pinger(v6 bool) *pinger {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	for _, p := range ps.pingers {
+		if p.v6 == v6 {
+			return p
+		}
+	}
+	p := newPinger(ps, v6)
+	ps.pingers = append(ps.pingers, p)
+	return p
+}
+
+// reset closes the shared sockets; the next probe opens new ones.
+func (ps *probeSet) reset() {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	for _, p := range ps.pingers {
+		p.reset()
 	}
 }
 
-func checksum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(b[i])<<8 | uint32(b[i+1])
+// close closes the shared sockets for good and waits for their readers.
+func (ps *probeSet) close() {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	for _, p := range ps.pingers {
+		p.close()
 	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return ^uint16(s)
 }
 
-// dnsProbe asks server for name (type NS); any well-formed answer with our
-// id means the path works.
-func dnsProbe(ctx context.Context, control func(string, string, syscall.RawConn) error, server, name string) (time.Duration, error) {
-	if !strings.Contains(server, "]:") && strings.Count(server, ":") != 1 {
-		server = net.JoinHostPort(strings.Trim(server, "[]"), "53")
+// tcp connects and closes at once. A reset (connection refused) counts as
+// an answer: the SYN went out through the ISP and the RST came back, which
+// is all a probe has to show. The close sends a RST too (linger 0), so the
+// router keeps no TIME_WAIT entry per probe.
+func (ps *probeSet) tcp(ctx context.Context, dst netip.AddrPort) (time.Duration, error) {
+	start := time.Now()
+	c, err := ps.dial(ctx, ps.dialer(dst.Addr(), "tcp"), "tcp", dst.String())
+	rtt := time.Since(start)
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return rtt, nil
+		}
+		return 0, err
 	}
-	d := net.Dialer{Control: control}
-	conn, err := d.DialContext(ctx, "udp", server)
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0) // best effort: a plain close is fine too
+	}
+	c.Close()
+	return rtt, nil
+}
+
+// http sends a GET and counts any status below 500 as an answer: a 404 or
+// a redirect still proves the path (a 5xx more likely comes from a proxy
+// that could not get through). Redirects are not followed (they could
+// name a host, resolved by the system resolver without the mark); no proxy
+// from the environment is used.
+func (ps *probeSet) http(ctx context.Context, dst netip.Addr, target string) (time.Duration, error) {
+	d := ps.dialer(dst, "tcp")
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, address string) (net.Conn, error) {
+			c, err := ps.dial(ctx, d, network, address)
+			if tc, ok := c.(*net.TCPConn); ok {
+				// As for tcp: no TIME_WAIT entry per probe.
+				_ = tc.SetLinger(0)
+			}
+			return c, err
+		},
+		DisableKeepAlives:      true,
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: 16 << 10,
+	}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	if err != nil {
+		return 0, fmt.Errorf("http request: %w", err)
+	}
+	req.Header.Set("User-Agent", "wanpin-health")
+	start := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	rtt := time.Since(start)
+	resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		return 0, &probeError{short: fmt.Sprintf("HTTP %d", resp.StatusCode),
+			long: fmt.Sprintf("GET %s: HTTP %s", target, resp.Status)}
+	}
+	return rtt, nil
+}
+
+// dnsServer reads "addr", "addr:port" or "[v6]:port"; the port defaults
+// to 53.
+func dnsServer(s string) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap, nil
+	}
+	a, err := netip.ParseAddr(strings.Trim(s, "[]"))
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	return netip.AddrPortFrom(a, 53), nil
+}
+
+// dns asks server for qname's NS records over UDP. Any well-formed answer
+// to our query counts, whatever its rcode: a REFUSED or SERVFAIL came back
+// through the ISP just as well. An ICMP port unreachable (connection
+// refused) does not count: any router on the way could have sent it.
+func (ps *probeSet) dns(ctx context.Context, server netip.AddrPort, qname dnsmessage.Name) (time.Duration, error) {
+	var idb [2]byte
+	_, _ = rand.Read(idb[:]) // crypto/rand does not fail on Linux
+	id := binary.BigEndian.Uint16(idb[:])
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: id, RecursionDesired: true})
+	if err := b.StartQuestions(); err != nil {
+		return 0, fmt.Errorf("dns query: %w", err)
+	}
+	if err := b.Question(dnsmessage.Question{Name: qname, Type: dnsmessage.TypeNS, Class: dnsmessage.ClassINET}); err != nil {
+		return 0, fmt.Errorf("dns query: %w", err)
+	}
+	query, err := b.Finish()
+	if err != nil {
+		return 0, fmt.Errorf("dns query: %w", err)
+	}
+
+	conn, err := ps.dial(ctx, ps.dialer(server.Addr(), "udp"), "udp", server.String())
 	if err != nil {
 		return 0, err
 	}
@@ -173,29 +318,41 @@ func dnsProbe(ctx context.Context, control func(string, string, syscall.RawConn)
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
-	var idb [2]byte
-	rand.Read(idb[:])
-	q := []byte{idb[0], idb[1], 1, 0, 0, 1, 0, 0, 0, 0, 0, 0} // RD, one question
-	for _, label := range strings.Split(strings.Trim(name, "."), ".") {
-		if label == "" {
-			continue
-		}
-		q = append(q, byte(len(label)))
-		q = append(q, label...)
-	}
-	q = append(q, 0, 0, 2, 0, 1) // root end, QTYPE NS, QCLASS IN
+	// Stop (the parent context) must not wait for the deadline.
+	defer context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })()
 	start := time.Now()
-	if _, err := conn.Write(q); err != nil {
-		return 0, err
+	if _, err := conn.Write(query); err != nil {
+		return 0, fmt.Errorf("dns query to %s: %w", server, err)
 	}
-	buf := make([]byte, 1500)
+	buf := make([]byte, 4096)
 	for {
 		n, err := conn.Read(buf)
 		if err != nil {
-			return 0, err
+			if ctx.Err() != nil {
+				return 0, fmt.Errorf("dns query to %s: %w", server, ctx.Err())
+			}
+			return 0, fmt.Errorf("dns query to %s: %w", server, err)
 		}
-		if n >= 12 && buf[0] == idb[0] && buf[1] == idb[1] && buf[2]&0x80 != 0 {
+		if dnsAnswers(buf[:n], id, qname) {
 			return time.Since(start), nil
 		}
+		// Not ours or garbage: keep waiting for the real one.
 	}
+}
+
+// dnsAnswers tells whether msg is a well-formed response to query id for
+// qname. Servers may leave the question out of an error response (FORMERR,
+// REFUSED); that still counts.
+func dnsAnswers(msg []byte, id uint16, qname dnsmessage.Name) bool {
+	var p dnsmessage.Parser
+	h, err := p.Start(msg)
+	if err != nil || h.ID != id || !h.Response {
+		return false
+	}
+	q, err := p.Question()
+	if errors.Is(err, dnsmessage.ErrSectionDone) {
+		return true
+	}
+	return err == nil && strings.EqualFold(q.Name.String(), qname.String()) &&
+		q.Type == dnsmessage.TypeNS && q.Class == dnsmessage.ClassINET
 }
