@@ -499,7 +499,8 @@ func startWanpin(l *netlab.Lab, bin, dir, cfg string) (func(), error) {
 	}
 	logPath := filepath.Join(dir, "wanpin.log")
 	os.Remove(logPath)
-	p, err := l.Start(l.Router, logPath, bin, "run", "--config", path)
+	// Never the machine's own D-Bus system bus.
+	p, err := l.Start(l.Router, logPath, "env", "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent", bin, "run", "--config", path)
 	if err != nil {
 		return nil, err
 	}
