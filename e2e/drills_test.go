@@ -97,18 +97,7 @@ func threads(pid int) int {
 // loses nothing.
 func TestFlapStormDrill(t *testing.T) {
 	l := newLab(t, 2)
-	d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1)+`
-[[policy]]
-name = "stream"
-protocol = "tcp"
-ports = ["8082"]
-uplinks = ["isp2"]
-`)
-	s, err := l.OpenStream("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	d, s := startWithStream(t, l)
 	pid := d.proc.Pid()
 	fds0, thr0 := openFiles(pid), threads(pid)
 	start := time.Now()

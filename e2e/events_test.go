@@ -12,21 +12,7 @@ import (
 // through uplink 2, and a stream already on uplink 2 loses nothing.
 func TestCarrierLossFailover(t *testing.T) {
 	l := newLab(t, 2)
-	d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1)+`
-[[policy]]
-name = "pin-stream"
-protocol = "tcp"
-ports = ["8082"]
-uplinks = ["isp2"]
-`)
-	s, err := l.OpenStream("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if l.ISPOf(s.Peer()) != 2 {
-		t.Fatalf("stream through %s, want ISP 2", s.Peer())
-	}
+	d, s := startWithStream(t, l)
 	if err := l.SetCarrier(1, false); err != nil {
 		t.Fatal(err)
 	}

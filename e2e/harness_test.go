@@ -165,3 +165,25 @@ name = "isp2"
 interface = "wan2"
 weight = %d
 `
+
+// startWithStream starts wanpin on two equal uplinks with a policy that
+// pins the server's stream port to uplink 2, and opens a stream there.
+func startWithStream(t *testing.T, l *netlab.Lab, extra ...string) (*daemon, *netlab.Stream) {
+	t.Helper()
+	d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1)+`
+[[policy]]
+name = "stream"
+protocol = "tcp"
+ports = ["8082"]
+uplinks = ["isp2"]
+`, extra...)
+	s, err := l.OpenStream("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	if l.ISPOf(s.Peer()) != 2 {
+		t.Fatalf("stream through %s, want uplink 2", s.Peer())
+	}
+	return d, s
+}
