@@ -52,6 +52,22 @@ func (b backend) Status() (bus.Status, error) {
 		if u.Gateway6.IsValid() {
 			bu.Gateway6 = u.Gateway6.String()
 		}
+		for _, f := range []struct {
+			from daemon.FamilyReport
+			to   *bus.Family
+		}{{u.V4, &bu.IPv4}, {u.V6, &bu.IPv6}} {
+			*f.to = bus.Family{State: "down", Reason: f.from.Reason, Since: f.from.Since,
+				RTTms: f.from.RTT * 1000, Loss: f.from.Loss}
+			if f.from.Up {
+				f.to.State = "up"
+			}
+			for _, a := range f.from.Addresses {
+				f.to.Addresses = append(f.to.Addresses, a.String())
+			}
+			if f.from.Gateway.IsValid() {
+				f.to.Gateway = f.from.Gateway.String()
+			}
+		}
 		s.Uplinks = append(s.Uplinks, bu)
 	}
 	return s, nil

@@ -60,6 +60,12 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	}
 	// The uplinks' states come from the daemon; without it, say so and
 	// assume every uplink is up.
+	// The flow's family decides which family of each uplink counts.
+	v6 := flow.Dst.Is6() && !flow.Dst.Is4In6()
+	fam := "IPv4"
+	if v6 {
+		fam = "IPv6"
+	}
 	states := map[string]plan.UplinkState{}
 	stateOf := map[string]string{}
 	c, err := dialQuiet()
@@ -67,8 +73,17 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		defer c.Close()
 		if s, err := c.Status(context.Background()); err == nil {
 			for _, u := range s.Uplinks {
-				stateOf[u.Name] = u.State
-				states[u.Name] = plan.UplinkState{V4: plan.FamilyState{Up: u.State == "up"}}
+				f := u.IPv4
+				if v6 {
+					f = u.IPv6
+				}
+				stateOf[u.Name] = fam + " " + f.State
+				fs := plan.FamilyState{Up: f.State == "up"}
+				if v6 {
+					states[u.Name] = plan.UplinkState{V6: fs}
+				} else {
+					states[u.Name] = plan.UplinkState{V4: fs}
+				}
 			}
 		}
 	}
@@ -76,7 +91,7 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "wanpin is not running: assuming every uplink is up")
 		for _, u := range cfg.Uplinks {
 			stateOf[u.Name] = "up?"
-			states[u.Name] = plan.UplinkState{V4: plan.FamilyState{Up: true}}
+			states[u.Name] = plan.UplinkState{V4: plan.FamilyState{Up: true}, V6: plan.FamilyState{Up: true}}
 		}
 	}
 	e := plan.Explain(cfg, states, flow)
@@ -89,6 +104,10 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "policy: none matches: balanced over all uplinks")
 	} else {
 		fmt.Fprintf(stdout, "policy: %q\n", e.Policy)
+	}
+	if e.NotRouted {
+		fmt.Fprintln(stdout, "verdict: link-local or multicast: never policy-routed, the main table and the interface decide")
+		return 0
 	}
 	var cands []string
 	for _, n := range e.Candidates {
@@ -104,6 +123,10 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case e.Fallback:
 		fmt.Fprintln(stdout, "no candidate is up: fallback \"any\" hands it to the default balancing")
+	}
+	if e.SourcePrefix.IsValid() {
+		fmt.Fprintf(stdout, "source %s is in %s's prefix6 %s (nat6 none): it leaves there, untranslated\n",
+			flow.Src, e.Choices[0].Uplink, e.SourcePrefix)
 	}
 	for _, ch := range e.Choices {
 		fmt.Fprintf(stdout, "  %3.0f%%  %-10s mark %#x  kernel: %s\n", ch.Share*100, ch.Uplink, ch.Mark, kernelRoute(flow, ch.Mark))

@@ -54,6 +54,21 @@ type Uplink struct {
 	Pinned    int       `json:"pinned"` // conntrack entries pinned to it
 	RTTms     float64   `json:"rtt_ms"` // latest health probe round trip; 0: not probed or no answer
 	Loss      float64   `json:"loss"`   // health probe loss over the window, 0..1; -1: not probed
+	// Each address family on its own: one can be down while the other
+	// carries traffic.
+	IPv4 Family `json:"ipv4"`
+	IPv6 Family `json:"ipv6"`
+}
+
+// Family is one address family of an uplink.
+type Family struct {
+	State     string    `json:"state"` // "up" or "down"
+	Reason    string    `json:"reason"`
+	Since     time.Time `json:"since"`
+	Addresses []string  `json:"addresses,omitempty"`
+	Gateway   string    `json:"gateway,omitempty"`
+	RTTms     float64   `json:"rtt_ms"`
+	Loss      float64   `json:"loss"`
 }
 
 // Marshal encodes a Status for the wire.

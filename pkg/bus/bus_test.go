@@ -123,14 +123,20 @@ func TestSecondServerAndNoServer(t *testing.T) {
 func TestFormatStatus(t *testing.T) {
 	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
 	s := Status{Uplinks: []Uplink{
-		{Name: "dsl", Interface: "ppp0", State: "up", Since: now.Add(-192 * time.Second), Address: "198.51.100.18",
-			Weight: 2, Tier: 1, Pinned: 17, RTTms: 12.34, Loss: 0.05, Reason: "IPv4 198.51.100.18, point-to-point peer 198.51.100.17"},
-		{Name: "lte", Interface: "wwan0", State: "down", Reason: "interface wwan0 does not exist", Weight: 1, Tier: 2, Loss: -1},
+		{Name: "dsl", Interface: "ppp0", State: "up", Weight: 2, Tier: 1, Pinned: 17,
+			IPv4: Family{State: "up", Since: now.Add(-192 * time.Second), Addresses: []string{"198.51.100.18"},
+				RTTms: 12.34, Loss: 0.05, Reason: "IPv4 198.51.100.18, point-to-point peer 198.51.100.17"},
+			IPv6: Family{State: "down", Since: now.Add(-5 * time.Second), Addresses: []string{"2001:db8:102::2"},
+				Gateway: "fe80::1", RTTms: 0, Loss: 1, Reason: "IPv6 health probes: 2 rounds lost"}},
+		{Name: "lte", Interface: "wwan0", State: "down", Weight: 1, Tier: 2,
+			IPv4: Family{State: "down", Reason: "interface wwan0 does not exist", Loss: -1},
+			IPv6: Family{State: "down", Reason: "interface wwan0 does not exist", Loss: -1}},
 	}}
 	got := FormatStatus(s, now)
-	want := `UPLINK     IFACE    STATE SINCE      ADDRESS          GATEWAY          WEIGHT TIER PINNED      RTT  LOSS  REASON
-dsl        ppp0     up    3m12s      198.51.100.18    -                     2    1     17   12.3ms    5%  IPv4 198.51.100.18, point-to-point peer 198.51.100.17
-lte        wwan0    down  -          -                -                     1    2      0        -     -  interface wwan0 does not exist
+	want := `UPLINK     IFACE    FAM  STATE SINCE      ADDRESS          GATEWAY          WEIGHT TIER PINNED      RTT  LOSS  REASON
+dsl        ppp0     v4   up    3m12s      198.51.100.18    -                     2    1     17   12.3ms    5%  IPv4 198.51.100.18, point-to-point peer 198.51.100.17
+                    v6   down  5s         2001:db8:102::2  fe80::1                                    -  100%  IPv6 health probes: 2 rounds lost
+lte        wwan0    v4   down  -          -                -                     1    2      0        -     -  interface wwan0 does not exist
 `
 	if got != want {
 		t.Errorf("got:\n%s\nwant:\n%s", got, want)

@@ -114,33 +114,60 @@ func explain(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// FormatStatus renders a status as a table a person can read.
+// FormatStatus renders a status as a table a person can read: a row per
+// uplink and address family. An uplink's IPv6 row is left out while it has
+// no IPv6 at all (no address, no gateway, never up), which keeps IPv4-only
+// routers' tables short.
 func FormatStatus(s Status, now time.Time) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-10s %-8s %-5s %-10s %-16s %-16s %6s %4s %6s %8s %5s  %s\n",
-		"UPLINK", "IFACE", "STATE", "SINCE", "ADDRESS", "GATEWAY", "WEIGHT", "TIER", "PINNED", "RTT", "LOSS", "REASON")
+	fmt.Fprintf(&b, "%-10s %-8s %-4s %-5s %-10s %-16s %-16s %6s %4s %6s %8s %5s  %s\n",
+		"UPLINK", "IFACE", "FAM", "STATE", "SINCE", "ADDRESS", "GATEWAY", "WEIGHT", "TIER", "PINNED", "RTT", "LOSS", "REASON")
+	dash := func(s string) string {
+		if s == "" {
+			return "-"
+		}
+		return s
+	}
 	for _, u := range s.Uplinks {
-		since := "-"
-		if !u.Since.IsZero() {
-			since = now.Sub(u.Since).Round(time.Second).String()
+		fams := []struct {
+			name string
+			f    Family
+		}{{"ipv4", u.IPv4}, {"ipv6", u.IPv6}}
+		if u.IPv4.State == "" && u.IPv6.State == "" {
+			// A daemon that reports no families: the uplink as a whole.
+			fams = fams[:1]
+			fams[0].f = Family{State: u.State, Reason: u.Reason, Since: u.Since, Gateway: u.Gateway,
+				RTTms: u.RTTms, Loss: u.Loss}
+			if u.Address != "" {
+				fams[0].f.Addresses = []string{u.Address}
+			}
+		} else if u.IPv6.State != "up" && len(u.IPv6.Addresses) == 0 && u.IPv6.Gateway == "" && u.IPv6.RTTms == 0 && u.IPv6.Loss < 0 {
+			fams = fams[:1]
 		}
-		gw := u.Gateway
-		if gw == "" {
-			gw = "-"
+		for i, f := range fams {
+			since := "-"
+			if !f.f.Since.IsZero() {
+				since = now.Sub(f.f.Since).Round(time.Second).String()
+			}
+			addr := ""
+			if len(f.f.Addresses) > 0 {
+				addr = f.f.Addresses[0]
+			}
+			rtt, loss := "-", "-"
+			if f.f.RTTms > 0 {
+				rtt = fmt.Sprintf("%.1fms", f.f.RTTms)
+			}
+			if f.f.Loss >= 0 {
+				loss = fmt.Sprintf("%.0f%%", f.f.Loss*100)
+			}
+			name, iface, weight, tier, pinned := u.Name, u.Interface, fmt.Sprint(u.Weight), fmt.Sprint(u.Tier), fmt.Sprint(u.Pinned)
+			if i > 0 {
+				name, iface, weight, tier, pinned = "", "", "", "", ""
+			}
+			fmt.Fprintf(&b, "%-10s %-8s %-4s %-5s %-10s %-16s %-16s %6s %4s %6s %8s %5s  %s\n",
+				name, iface, strings.TrimPrefix(f.name, "ip"), dash(f.f.State), since, dash(addr), dash(f.f.Gateway),
+				weight, tier, pinned, rtt, loss, f.f.Reason)
 		}
-		addr := u.Address
-		if addr == "" {
-			addr = "-"
-		}
-		rtt, loss := "-", "-"
-		if u.RTTms > 0 {
-			rtt = fmt.Sprintf("%.1fms", u.RTTms)
-		}
-		if u.Loss >= 0 {
-			loss = fmt.Sprintf("%.0f%%", u.Loss*100)
-		}
-		fmt.Fprintf(&b, "%-10s %-8s %-5s %-10s %-16s %-16s %6d %4d %6d %8s %5s  %s\n",
-			u.Name, u.Interface, u.State, since, addr, gw, u.Weight, u.Tier, u.Pinned, rtt, loss, u.Reason)
 	}
 	return b.String()
 }

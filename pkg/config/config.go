@@ -44,21 +44,45 @@ type Config struct {
 	Path         string
 	MarkMask     uint32 // the fwmark / ct mark bits wanpin may use; default 0x00ff0000
 	RulePriority int    // first `ip rule` priority wanpin uses; default 10000
-	Uplinks      []Uplink
-	Policies     []Policy
+	// LANPrefix6 is the LAN's own IPv6 prefix, which uplinks with
+	// nat6 = "prefix" translate 1:1 into their Prefix6. Invalid: not set.
+	LANPrefix6 netip.Prefix
+	Uplinks    []Uplink
+	Policies   []Policy
 }
 
 // Uplink is one [[uplink]] element.
 type Uplink struct {
 	Name, Interface string
-	Gateway         netip.Addr    // invalid when not configured (learned at run time); v4 or v6
+	Gateway4        netip.Addr    // `gateway`: invalid when not configured (learned at run time)
+	Gateway6        netip.Addr    // `gateway6`: likewise; may be link-local (fe80::1 on the uplink's interface)
 	Weight          int           // default 1, 1..1000: share of new connections within its tier
 	Tier            int           // default 1, 1..100: lower tiers carry traffic while any of their uplinks is up
 	Table           int           // routing table id: configured, or assigned automatically; never 0
-	Masquerade      bool          // default true
+	Masquerade      bool          // default true: IPv4 leaving here is masqueraded
+	Nat6            Nat6Mode      // how LAN IPv6 traffic leaves here; default masquerade
+	Prefix6         netip.Prefix  // the IPv6 prefix the ISP routes to this router; needed by nat6 none and prefix
 	Health          *HealthConfig // nil: the link state alone says whether it is up
 	Line            int           // line of its [[uplink]] header
 }
+
+// Nat6Mode says how LAN IPv6 traffic leaves an uplink.
+type Nat6Mode string
+
+const (
+	// Nat6Masquerade: the source becomes the uplink's own address, as for
+	// IPv4. Works with any LAN addressing; balancing and failover as IPv4.
+	Nat6Masquerade Nat6Mode = "masquerade"
+	// Nat6None: LAN hosts use addresses of the uplink's Prefix6 and keep
+	// them; the source prefix chooses the uplink. Anything else leaving
+	// here (another prefix's host failed over to this uplink, the router's
+	// own traffic with another uplink's address) is masqueraded, or the ISP
+	// would drop it.
+	Nat6None Nat6Mode = "none"
+	// Nat6Prefix: the LAN prefix is mapped 1:1 onto the uplink's Prefix6
+	// (host bits kept), both ways.
+	Nat6Prefix Nat6Mode = "prefix"
+)
 
 // PortRange is an inclusive range of destination ports; First == Last for a
 // single port.

@@ -32,13 +32,13 @@ func TestExampleParses(t *testing.T) {
 		MarkMask:     0x00ff0000,
 		RulePriority: 10000,
 		Uplinks: []Uplink{
-			{Name: "dsl1", Interface: "ppp0", Weight: 2, Tier: 1, Table: 200, Masquerade: true, Line: 18,
+			{Name: "dsl1", Interface: "ppp0", Weight: 2, Tier: 1, Table: 200, Masquerade: true, Nat6: Nat6Masquerade, Line: 18,
 				Health: &HealthConfig{Method: "icmp", Targets: []string{"198.51.100.53", "203.0.113.53"}, DNSName: ".",
 					Interval: DefaultHealthInterval, Timeout: DefaultHealthTimeout, DownAfter: DefaultHealthDownAfter,
 					UpAfter: DefaultHealthUpAfter, Quorum: 1, Window: DefaultHealthWindow, HoldDown: DefaultHealthHoldDown}},
-			{Name: "dsl2", Interface: "ppp1", Weight: 1, Tier: 1, Table: 201, Masquerade: true, Line: 30},
-			{Name: "lte", Interface: "wwan0", Gateway: netip.MustParseAddr("192.168.8.1"), Weight: 1, Tier: 2,
-				Table: 210, Masquerade: true, Line: 35},
+			{Name: "dsl2", Interface: "ppp1", Weight: 1, Tier: 1, Table: 201, Masquerade: true, Nat6: Nat6Masquerade, Line: 30},
+			{Name: "lte", Interface: "wwan0", Gateway4: netip.MustParseAddr("192.168.8.1"), Weight: 1, Tier: 2,
+				Table: 210, Masquerade: true, Nat6: Nat6Masquerade, Line: 35},
 		},
 		Policies: []Policy{
 			{Name: "p2p", UIDs: []uint32{0}, Services: []string{"transmission-daemon.service"},
@@ -64,14 +64,14 @@ func TestDefaults(t *testing.T) {
 		Path:         "test.toml",
 		MarkMask:     DefaultMarkMask,
 		RulePriority: DefaultRulePriority,
-		Uplinks:      []Uplink{{Name: "dsl1", Interface: "ppp0", Weight: 1, Tier: 1, Table: 200, Masquerade: true, Line: 1}},
+		Uplinks:      []Uplink{{Name: "dsl1", Interface: "ppp0", Weight: 1, Tier: 1, Table: 200, Masquerade: true, Nat6: Nat6Masquerade, Line: 1}},
 		Policies:     []Policy{{Name: "all", Protocol: ProtoAny, Line: 5}},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)
 	}
-	if cfg.Uplinks[0].Gateway.IsValid() {
-		t.Errorf("gateway not configured but valid: %v", cfg.Uplinks[0].Gateway)
+	if cfg.Uplinks[0].Gateway4.IsValid() || cfg.Uplinks[0].Gateway6.IsValid() {
+		t.Errorf("gateway not configured but valid: %v", cfg.Uplinks[0].Gateway4)
 	}
 	if got := cfg.MarkShift(); got != 16 {
 		t.Errorf("MarkShift = %d, want 16", got)
@@ -85,11 +85,14 @@ func TestValues(t *testing.T) {
 	cfg := mustParse(t, `
 mark_mask = 0xf0          # 4 bits: marks 0x10 .. 0xf0
 rule_priority = 31765     # the highest allowed
+lan_prefix6 = "fd00:1::/64"
 
 [[uplink]]
 name = "a"
 interface = "eth0"
-gateway = "2001:db8::1"
+gateway6 = "2001:db8::1"
+nat6 = "prefix"
+prefix6 = "2001:db8:d1:5::/64"
 weight = 1000
 tier = 100
 table = 4294967295
@@ -99,6 +102,9 @@ masquerade = false
 name = "b_2"
 interface = "eth1"
 gateway = "::ffff:198.51.100.1"
+gateway6 = "fe80::1"
+nat6 = "none"
+prefix6 = "2001:db8:d2::/56"
 
 [[policy]]
 name = "own"
@@ -124,12 +130,14 @@ protocol = "udp"
 		t.Errorf("marks %#x", got)
 	}
 	a, b := cfg.Uplinks[0], cfg.Uplinks[1]
-	if a.Gateway != netip.MustParseAddr("2001:db8::1") || a.Weight != 1000 || a.Tier != 100 ||
-		a.Table != 4294967295 || a.Masquerade || a.Line != 5 {
+	if a.Gateway6 != netip.MustParseAddr("2001:db8::1") || a.Gateway4.IsValid() || a.Weight != 1000 || a.Tier != 100 ||
+		a.Table != 4294967295 || a.Masquerade || a.Line != 6 || a.Nat6 != Nat6Prefix ||
+		a.Prefix6 != netip.MustParsePrefix("2001:db8:d1:5::/64") || cfg.LANPrefix6 != netip.MustParsePrefix("fd00:1::/64") {
 		t.Errorf("uplink a: %+v", a)
 	}
 	// A v4-mapped gateway is the v4 address: routes are per family.
-	if b.Gateway != netip.MustParseAddr("198.51.100.1") || b.Table != 200 || !b.Masquerade {
+	if b.Gateway4 != netip.MustParseAddr("198.51.100.1") || b.Table != 200 || !b.Masquerade ||
+		b.Gateway6 != netip.MustParseAddr("fe80::1") || b.Nat6 != Nat6None {
 		t.Errorf("uplink b: %+v", b)
 	}
 	own, fwd := cfg.Policies[0], cfg.Policies[1]
@@ -144,7 +152,7 @@ protocol = "udp"
 		Ports:        []PortRange{{22, 22}, {80, 80}, {6881, 6889}, {65535, 65535}},
 		Uplinks:      []string{"b_2", "a"},
 		FallbackNone: true,
-		Line:         19,
+		Line:         25,
 	}
 	if !reflect.DeepEqual(own, want) {
 		t.Errorf("policy own:\ngot  %+v\nwant %+v", own, want)

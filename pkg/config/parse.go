@@ -239,8 +239,9 @@ func describe(v any) string {
 
 // Keys of each table, in the order they are read (and documented).
 var (
-	topKeys    = []string{"mark_mask", "rule_priority", "uplink", "policy"}
-	uplinkKeys = []string{"name", "interface", "gateway", "weight", "tier", "table", "masquerade", "health"}
+	topKeys    = []string{"mark_mask", "rule_priority", "lan_prefix6", "uplink", "policy"}
+	uplinkKeys = []string{"name", "interface", "gateway", "gateway6", "weight", "tier", "table",
+		"masquerade", "nat6", "prefix6", "health"}
 	policyKeys = []string{"name", "users", "groups", "services", "sources", "in_interfaces",
 		"destinations", "protocol", "ports", "uplinks", "fallback"}
 )
@@ -260,6 +261,16 @@ func (p *parser) config(tree map[string]any) *Config {
 		}
 	}
 
+	lan6, lan6Set := p.get(root, "lan_prefix6")
+	if lan6Set {
+		if s, ok := p.str(lan6); ok {
+			pfx, err := parsePrefix6("lan_prefix6", s)
+			if p.check(lan6, err) {
+				cfg.LANPrefix6 = pfx
+			}
+		}
+	}
+
 	var uplinks []uplinkSrc
 	if n, ok := p.get(root, "uplink"); ok {
 		if elems, ok := p.tables(n); ok {
@@ -276,6 +287,7 @@ func (p *parser) config(tree map[string]any) *Config {
 		p.errorf(node{key: "uplink"}, "no [[uplink]]: at least one is required")
 	}
 	p.checkUplinks(cfg, uplinks)
+	p.checkNat6(cfg, uplinks, lan6, lan6Set)
 	if markOK {
 		p.checkMarkRoom(cfg, mark, markSet, uplinks)
 	}
@@ -296,10 +308,12 @@ func (p *parser) config(tree map[string]any) *Config {
 type uplinkSrc struct {
 	elem, name, iface, table node
 	tableSet                 bool
+	nat6, prefix6            node
+	nat6Set, prefix6Set      bool
 }
 
 func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
-	u := Uplink{Weight: 1, Tier: 1, Masquerade: true, Line: t.line}
+	u := Uplink{Weight: 1, Tier: 1, Masquerade: true, Nat6: Nat6Masquerade, Line: t.line}
 	src := uplinkSrc{elem: t.node}
 
 	var ok bool
@@ -319,9 +333,17 @@ func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
 	}
 	if n, ok := p.get(t, "gateway"); ok {
 		if s, ok := p.str(n); ok {
-			a, err := parseGateway(s)
+			a, err := parseGateway("gateway", s, false)
 			if p.check(n, err) {
-				u.Gateway = a
+				u.Gateway4 = a
+			}
+		}
+	}
+	if n, ok := p.get(t, "gateway6"); ok {
+		if s, ok := p.str(n); ok {
+			a, err := parseGateway("gateway6", s, true)
+			if p.check(n, err) {
+				u.Gateway6 = a
 			}
 		}
 	}
@@ -345,6 +367,24 @@ func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
 	if n, ok := p.get(t, "masquerade"); ok {
 		if b, ok := p.boolean(n); ok {
 			u.Masquerade = b
+		}
+	}
+	if src.nat6, src.nat6Set = p.get(t, "nat6"); src.nat6Set {
+		if s, ok := p.str(src.nat6); ok {
+			switch m := Nat6Mode(s); m {
+			case Nat6Masquerade, Nat6None, Nat6Prefix:
+				u.Nat6 = m
+			default:
+				p.errorf(src.nat6, `nat6 must be "masquerade", "none" or "prefix", got %q`, s)
+			}
+		}
+	}
+	if src.prefix6, src.prefix6Set = p.get(t, "prefix6"); src.prefix6Set {
+		if s, ok := p.str(src.prefix6); ok {
+			pfx, err := parsePrefix6("prefix6", s)
+			if p.check(src.prefix6, err) {
+				u.Prefix6 = pfx
+			}
 		}
 	}
 	if n, ok := p.get(t, "health"); ok {

@@ -155,18 +155,92 @@ func checkIfname(what, s string) error {
 	return nil
 }
 
-func parseGateway(s string) (netip.Addr, error) {
+// parseGateway reads gateway (IPv4) or gateway6 (IPv6, link-local
+// allowed: routers learned from router advertisements are link-local).
+func parseGateway(key, s string, v6 bool) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
+	if err == nil {
+		a = a.Unmap()
+	}
 	switch {
+	case err != nil && v6:
+		return netip.Addr{}, fmt.Errorf("%s must be an IPv6 address, got %q", key, s)
 	case err != nil:
-		return netip.Addr{}, fmt.Errorf("gateway must be an IPv4 or IPv6 address, got %q", s)
+		return netip.Addr{}, fmt.Errorf("%s must be an IPv4 address, got %q", key, s)
+	case a.Is6() && !v6:
+		return netip.Addr{}, fmt.Errorf("%s must be an IPv4 address, got %q (an IPv6 gateway goes in gateway6)", key, s)
+	case a.Is4() && v6:
+		return netip.Addr{}, fmt.Errorf("%s must be an IPv6 address, got %q (an IPv4 gateway goes in gateway)", key, s)
 	case a.Zone() != "":
 		// The uplink's interface is the zone: another one would contradict it.
-		return netip.Addr{}, fmt.Errorf("gateway must not have a zone (the uplink's interface is used), got %q", s)
-	case a.IsUnspecified() || a.IsMulticast():
-		return netip.Addr{}, fmt.Errorf("gateway must be a unicast address, got %q", s)
+		return netip.Addr{}, fmt.Errorf("%s must not have a zone (the uplink's interface is used), got %q", key, s)
+	case a.IsUnspecified() || a.IsMulticast() || a.IsLoopback():
+		return netip.Addr{}, fmt.Errorf("%s must be a unicast address, got %q", key, s)
+	case a.IsLinkLocalUnicast() && !v6:
+		return netip.Addr{}, fmt.Errorf("%s must not be link-local, got %q", key, s)
 	}
-	return a.Unmap(), nil
+	return a, nil
+}
+
+// parsePrefix6 reads an IPv6 prefix the router routes for: global
+// unicast (documentation and ULA included), 1..64 bits, no host bits set.
+func parsePrefix6(key, s string) (netip.Prefix, error) {
+	pfx, err := netip.ParsePrefix(s)
+	switch {
+	case err != nil || !pfx.Addr().Is6() || pfx.Addr().Is4In6():
+		return netip.Prefix{}, fmt.Errorf(`%s must be an IPv6 prefix like "2001:db8:d1::/56", got %q`, key, s)
+	case pfx.Addr().Zone() != "":
+		return netip.Prefix{}, fmt.Errorf("%s must not have a zone, got %q", key, s)
+	case pfx.Bits() < 1 || pfx.Bits() > 64:
+		return netip.Prefix{}, fmt.Errorf("%s must be /1 to /64 (LAN hosts need 64 bits of their own), got %q", key, s)
+	case pfx.Masked() != pfx:
+		return netip.Prefix{}, fmt.Errorf("%s has host bits set: did you mean %q?", key, pfx.Masked().String())
+	case pfx.Addr().IsLinkLocalUnicast() || pfx.Addr().IsMulticast() || pfx.Addr().IsLoopback() || pfx.Addr().IsUnspecified():
+		return netip.Prefix{}, fmt.Errorf("%s must be a global or unique-local prefix, got %q", key, s)
+	}
+	return pfx, nil
+}
+
+// checkNat6 checks what the nat6 modes need: a prefix6 for none and
+// prefix, a lan_prefix6 as long as it for prefix, and prefixes of
+// different uplinks that do not overlap (a source address must name one
+// uplink).
+func (p *parser) checkNat6(cfg *Config, srcs []uplinkSrc, lan6 node, lan6Set bool) {
+	var needLAN *node
+	for i, u := range cfg.Uplinks {
+		src := srcs[i]
+		where := src.elem
+		if src.nat6Set {
+			where = src.nat6
+		}
+		switch {
+		case u.Nat6 != Nat6Masquerade && !src.prefix6Set:
+			p.errorf(where, `nat6 = %q needs prefix6, the IPv6 prefix the ISP routes to this router`, u.Nat6)
+		case u.Nat6 == Nat6Prefix:
+			if needLAN == nil {
+				needLAN = &where
+			}
+			if cfg.LANPrefix6.IsValid() && u.Prefix6.IsValid() && u.Prefix6.Bits() != cfg.LANPrefix6.Bits() {
+				p.errorf(src.prefix6, "prefix6 %s must be as long as lan_prefix6 %s for a 1:1 translation (pick a /%d out of the ISP's prefix)",
+					u.Prefix6, cfg.LANPrefix6, cfg.LANPrefix6.Bits())
+			}
+			if cfg.LANPrefix6.IsValid() && u.Prefix6.IsValid() && u.Prefix6.Overlaps(cfg.LANPrefix6) {
+				p.errorf(src.prefix6, "prefix6 %s overlaps lan_prefix6 %s", u.Prefix6, cfg.LANPrefix6)
+			}
+		}
+		if !u.Prefix6.IsValid() {
+			continue
+		}
+		for j := range i {
+			if o := cfg.Uplinks[j]; o.Prefix6.IsValid() && o.Prefix6.Overlaps(u.Prefix6) {
+				p.errorf(src.prefix6, "prefix6 %s overlaps uplink %q's prefix6 %s: a source address must belong to one uplink",
+					u.Prefix6, o.Name, o.Prefix6)
+			}
+		}
+	}
+	if needLAN != nil && !lan6Set {
+		p.errorf(*needLAN, `nat6 = "prefix" needs lan_prefix6 at the top of the file: the LAN's IPv6 prefix to translate`)
+	}
 }
 
 func parseProtocol(s string) (uint8, error) {

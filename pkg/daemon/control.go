@@ -75,6 +75,18 @@ type UplinkReport struct {
 	Pinned          int     // conntrack entries carrying the uplink's mark
 	RTT             float64 // latest probe round trip, seconds; 0: not probed or no answer
 	Loss            float64 // probe loss over the window, 0..1; -1: not probed
+	V4, V6          FamilyReport
+}
+
+// FamilyReport is one address family of an uplink in a Report.
+type FamilyReport struct {
+	Up        bool
+	Reason    string
+	Since     time.Time
+	Addresses []netip.Addr
+	Gateway   netip.Addr
+	RTT       float64 // seconds; 0: not probed or no answer
+	Loss      float64 // 0..1; -1: not probed
 }
 
 // Status reports every uplink. The conntrack count runs outside the loop:
@@ -91,8 +103,21 @@ func (d *Daemon) Status(ctx context.Context) (Report, error) {
 				ur.Up, ur.Reason, ur.Since = s.Up, s.Reason, s.Since
 				ur.Addresses = append(append(ur.Addresses, s.State.V4.Addrs...), s.State.V6.Addrs...)
 				ur.Gateway4, ur.Gateway6 = s.State.V4.Gateway, s.State.V6.Gateway
+				for _, f := range []struct {
+					v6 bool
+					to *FamilyReport
+				}{{false, &ur.V4}, {true, &ur.V6}} {
+					fs, st := s.Family(f.v6), s.State.Family(f.v6)
+					*f.to = FamilyReport{Up: fs.Up, Reason: fs.Reason, Since: fs.Since, Addresses: st.Addrs, Gateway: st.Gateway}
+				}
 			}
-			ur.RTT, ur.Loss = d.healthStats(u.Name)
+			ur.V4.RTT, ur.V4.Loss = d.healthStats(u.Name, false)
+			ur.V6.RTT, ur.V6.Loss = d.healthStats(u.Name, true)
+			// The uplink's own figures: its IPv4 probes', else its IPv6 ones'.
+			ur.RTT, ur.Loss = ur.V4.RTT, ur.V4.Loss
+			if ur.Loss < 0 {
+				ur.RTT, ur.Loss = ur.V6.RTT, ur.V6.Loss
+			}
 			r.Uplinks = append(r.Uplinks, ur)
 		}
 	})

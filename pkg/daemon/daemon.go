@@ -44,7 +44,9 @@ type Options struct {
 
 // Flusher deletes and counts conntrack entries (pkg/ctflush).
 type Flusher interface {
-	FlushMark(mark, mask uint32) (int, error)
+	// FlushMark deletes the entries whose ct mark & mask == mark, of the
+	// families asked for.
+	FlushMark(mark, mask uint32, v4, v6 bool) (int, error)
 	FlushNATAddr(addr netip.Addr) (int, error)
 	CountByMark(mask uint32) (map[uint32]int, error)
 	Close() error
@@ -53,10 +55,27 @@ type Flusher interface {
 // UplinkStatus is what the daemon knows of one uplink.
 type UplinkStatus struct {
 	Name, Interface string
-	Up              bool
+	Up              bool // some family carries new connections
 	State           plan.UplinkState
 	Reason          string
 	Since           time.Time
+	// Per family: usable, why, since when.
+	V4, V6 FamilyStatus
+}
+
+// FamilyStatus is one address family of an uplink.
+type FamilyStatus struct {
+	Up     bool
+	Reason string
+	Since  time.Time
+}
+
+// Family returns one family's status.
+func (s *UplinkStatus) Family(v6 bool) *FamilyStatus {
+	if v6 {
+		return &s.V6
+	}
+	return &s.V4
 }
 
 // Daemon is the running control loop.
@@ -86,11 +105,12 @@ type Daemon struct {
 	execs       map[string]execEntry
 	execMatch   map[string]rules.CgroupMatch
 
-	// Health probes: one monitor per uplink with a [uplink.health] table,
-	// and the verdicts they sent (none yet: the link state decides).
-	monitors     map[string]*health.Monitor
-	specs        map[string]health.Spec
-	verdicts     map[string]health.Event
+	// Health probes: one monitor per uplink and family with targets in
+	// its [uplink.health] table, and the verdicts they sent (none yet: the
+	// link state decides).
+	monitors     map[famKey]*health.Monitor
+	specs        map[famKey]health.Spec
+	verdicts     map[famKey]health.Event
 	healthEvents chan health.Event
 	runCtx       context.Context
 
@@ -123,7 +143,7 @@ func New(opts Options) (*Daemon, error) {
 		hints: map[string]Hint{}, requests: make(chan func()), stopped: make(chan struct{}),
 		hooks: newHookRunner(opts.HooksDir, opts.Log), notify: newNotifier(), maintenance: map[string]bool{},
 		execs: map[string]execEntry{}, execMatch: map[string]rules.CgroupMatch{},
-		monitors: map[string]*health.Monitor{}, specs: map[string]health.Spec{}, verdicts: map[string]health.Event{}, healthEvents: make(chan health.Event, 64),
+		monitors: map[famKey]*health.Monitor{}, specs: map[famKey]health.Spec{}, verdicts: map[famKey]health.Event{}, healthEvents: make(chan health.Event, 64),
 		transitions: map[string]uint64{}, flushed: map[string]uint64{}, traffic: map[string]rules.UplinkTraffic{}}
 	// The daemon manages the network namespace it runs in (the lab starts
 	// it inside the router's namespace).
@@ -207,8 +227,8 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 		case f := <-d.requests:
 			f()
 		case ev := <-d.healthEvents:
-			if _, live := d.monitors[ev.Uplink]; live {
-				d.verdicts[ev.Uplink] = ev
+			if k := (famKey{ev.Uplink, ev.V6}); d.monitors[k] != nil {
+				d.verdicts[k] = ev
 				d.sync("health probes")
 			}
 		case <-drift.C:
@@ -281,44 +301,70 @@ func (d *Daemon) sync(why string) {
 	}
 	states := map[string]plan.UplinkState{}
 	wentDown := false
-	var flushMarks []string // uplinks that went down: flush their entries
+	var flushes []familyFlush // families that went down: flush their entries
 	oldAddrs := usedAddrs(d.cfg, d.status)
 	seen := map[string]bool{}
+	now := time.Now()
 	for _, u := range d.cfg.Uplinks {
 		seen[u.Name] = true
 		l := links[u.Interface]
-		st, reason := Observe(u, l, d.hint(l))
-		if v, ok := d.verdicts[u.Name]; ok && !v.Healthy && st.LinkUp() {
-			st.Unhealthy, reason = true, "health probes: "+v.Reason
+		st, rs := Observe(u, l, d.hint(l))
+		for _, v6 := range []bool{false, true} {
+			fs := familyOf(&st, v6)
+			if v, ok := d.verdicts[famKey{u.Name, v6}]; ok && !v.Healthy && fs.Up {
+				fs.Unhealthy = true
+				*rs.of(v6) = famName(v6) + " health probes: " + v.Reason
+			}
 		}
 		if d.maintenance[u.Name] && st.LinkUp() {
 			// Forced out of service by the admin: routes stay (so it can
 			// be tested by hand), new connections avoid it.
-			st.Unhealthy, reason = true, "taken out of service by the admin (wanpin down "+u.Name+")"
+			st.SetUnhealthy()
+			rs.V4 = "taken out of service by the admin (wanpin down " + u.Name + ")"
+			rs.V6 = rs.V4
 		}
+		reason := rs.String(st)
 		states[u.Name] = st
 		if l.Exists {
 			d.tuneInterface(l)
 		}
 		old, known := d.status[u.Name]
-		if !known || old.Up != st.Up() || old.Interface != u.Interface {
-			if known && old.Up && !st.Up() {
+		if !known || old.Interface != u.Interface {
+			old = &UplinkStatus{Name: u.Name, Interface: u.Interface, Since: now}
+			old.V4.Since, old.V6.Since = now, now
+			d.status[u.Name] = old
+		}
+		ff := familyFlush{uplink: u.Name}
+		for _, v6 := range []bool{false, true} {
+			up := st.Family(v6).Usable()
+			fst := old.Family(v6)
+			if known && fst.Up && !up {
 				wentDown = true
-				flushMarks = append(flushMarks, u.Name)
+				if v6 {
+					ff.v6 = true
+				} else {
+					ff.v4 = true
+				}
 			}
-			state := "down"
-			if st.Up() {
-				state = "up"
+			if known && fst.Up != up {
+				d.log.Info("uplink "+famName(v6)+" "+upDown(up), "uplink", u.Name, "interface", u.Interface,
+					"family", famName(v6), "reason", *rs.of(v6), "trigger", why)
+				fst.Since = now
 			}
-			d.log.Info("uplink "+state, "uplink", u.Name, "interface", u.Interface, "reason", reason, "trigger", why)
+			fst.Up, fst.Reason = up, *rs.of(v6)
+		}
+		if ff.v4 || ff.v6 {
+			flushes = append(flushes, ff)
+		}
+		if !known || old.Up != st.Up() {
+			d.log.Info("uplink "+upDown(st.Up()), "uplink", u.Name, "interface", u.Interface, "reason", reason, "trigger", why)
 			if known {
 				d.transitions[u.Name]++
-				d.hooks.transition(u.Name, u.Interface, state, reason)
+				d.hooks.transition(u.Name, u.Interface, upDown(st.Up()), reason)
 			}
-			d.status[u.Name] = &UplinkStatus{Name: u.Name, Interface: u.Interface, Up: st.Up(), State: st, Reason: reason, Since: time.Now()}
-		} else {
-			old.State, old.Reason = st, reason
+			old.Since = now
 		}
+		old.Up, old.State, old.Reason = st.Up(), st, reason
 	}
 	for name := range d.status {
 		if !seen[name] {
@@ -334,29 +380,54 @@ func (d *Daemon) sync(why string) {
 	// dropped, are its conntrack entries flushed: a new packet of such a
 	// flow (a UDP stream with a fixed 5-tuple) then starts a new entry on
 	// a live uplink instead of finding the dead one again.
-	d.flush(flushMarks, oldAddrs, usedAddrs(d.cfg, d.status))
+	d.flush(flushes, oldAddrs, usedAddrs(d.cfg, d.status))
+}
+
+// familyFlush: the families of an uplink whose pinned entries must go.
+type familyFlush struct {
+	uplink string
+	v4, v6 bool
+}
+
+func upDown(up bool) string {
+	if up {
+		return "up"
+	}
+	return "down"
+}
+
+func familyOf(st *plan.UplinkState, v6 bool) *plan.FamilyState {
+	if v6 {
+		return &st.V6
+	}
+	return &st.V4
 }
 
 // flush deletes the conntrack entries of uplinks that went down (by
 // their mark) and the entries NATed to addresses an uplink lost (a PPP
 // re-dial or a new DHCP lease). Nothing else is touched.
-func (d *Daemon) flush(down []string, before, after map[string][]netip.Addr) {
+func (d *Daemon) flush(down []familyFlush, before, after map[string][]netip.Addr) {
 	if d.flusher == nil {
 		return
 	}
-	for _, name := range down {
+	for _, ff := range down {
 		for i, u := range d.cfg.Uplinks {
-			if u.Name != name {
+			if u.Name != ff.uplink {
 				continue
 			}
 			mark := d.cfg.UplinkMark(i)
-			n, err := d.flusher.FlushMark(mark, d.cfg.MarkMask)
+			fams := "IPv4 and IPv6"
+			if !ff.v4 || !ff.v6 {
+				fams = famName(ff.v6)
+			}
+			n, err := d.flusher.FlushMark(mark, d.cfg.MarkMask, ff.v4, ff.v6)
 			if err != nil {
-				d.log.Error("flushing conntrack entries", "uplink", name, "err", err)
+				d.log.Error("flushing conntrack entries", "uplink", u.Name, "family", fams, "err", err)
 				continue
 			}
-			d.flushed[name] += uint64(n)
-			d.log.Info("conntrack flushed", "uplink", name, "mark", fmt.Sprintf("%#x", mark), "entries", n, "reason", "uplink down")
+			d.flushed[u.Name] += uint64(n)
+			d.log.Info("conntrack flushed", "uplink", u.Name, "family", fams, "mark", fmt.Sprintf("%#x", mark),
+				"entries", n, "reason", "uplink down")
 		}
 	}
 	for name, old := range before {
@@ -440,7 +511,7 @@ func (d *Daemon) apply(want plan.Desired, nftFirst bool) error {
 			if err := d.nft.Apply(want.NFT); err != nil {
 				return err
 			}
-			d.log.Info("nftables applied", "table", want.NFT.Table, "uplinks_up", countUp(want.NFT), "policies", len(want.NFT.Policies))
+			d.log.Info("nftables applied", "table", want.NFT.Table, "uplinks_up", d.countUp(), "policies", len(want.NFT.Policies))
 			return nil
 		},
 	}
@@ -459,10 +530,11 @@ func (d *Daemon) apply(want plan.Desired, nftFirst bool) error {
 	return nil
 }
 
-func countUp(s rules.Spec) int {
+// countUp counts the uplinks that carry new connections of some family.
+func (d *Daemon) countUp() int {
 	n := 0
-	for _, u := range s.Uplinks {
-		if u.Up {
+	for _, s := range d.status {
+		if s.Up {
 			n++
 		}
 	}

@@ -3,29 +3,52 @@ package daemon
 import (
 	"reflect"
 
+	"github.com/wanpin/wanpin/pkg/config"
 	"github.com/wanpin/wanpin/pkg/health"
 )
 
-// startMonitors starts a probe monitor for every uplink with a health
-// table. The monitors run in the daemon's network namespace: their
-// sockets carry the uplink's mark and are bound to its interface.
-func (d *Daemon) startMonitors() {
+// famKey names one address family of one uplink: health is probed and
+// judged per family (see health.ByFamily).
+type famKey struct {
+	uplink string
+	v6     bool
+}
+
+func famName(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// wantMonitors is one probe spec per uplink and family that has health
+// targets of that family.
+func (d *Daemon) wantMonitors() map[famKey]health.Spec {
+	want := map[famKey]health.Spec{}
 	for i, u := range d.cfg.Uplinks {
 		if u.Health == nil {
 			continue
 		}
-		spec := health.Spec{Uplink: u.Name, Interface: u.Interface, Mark: d.cfg.UplinkMark(i), Config: *u.Health}
-		d.monitors[u.Name] = health.Start(d.runCtx, spec, d.healthEvents, d.log)
-		d.specs[u.Name] = spec
-		d.log.Info("health probes started", "uplink", u.Name, "method", u.Health.Method,
-			"targets", len(u.Health.Targets), "interval", u.Health.Interval.String())
+		v4, v6 := health.ByFamily(*u.Health)
+		for fam, hc := range map[bool]*config.HealthConfig{false: v4, true: v6} {
+			if hc != nil {
+				want[famKey{u.Name, fam}] = health.Spec{Uplink: u.Name, Interface: u.Interface,
+					Mark: d.cfg.UplinkMark(i), V6: fam, Config: *hc}
+			}
+		}
 	}
+	return want
 }
 
+// startMonitors starts the probe monitors. They run in the daemon's
+// network namespace: their sockets carry the uplink's mark and are bound
+// to its interface.
+func (d *Daemon) startMonitors() { d.restartMonitors() }
+
 func (d *Daemon) stopMonitors() {
-	for name, m := range d.monitors {
+	for k, m := range d.monitors {
 		m.Stop()
-		delete(d.monitors, name)
+		delete(d.monitors, k)
 	}
 }
 
@@ -33,39 +56,34 @@ func (d *Daemon) stopMonitors() {
 // whose spec is unchanged keep running (and their verdict stands); the
 // others are stopped, restarted, and their verdict forgotten.
 func (d *Daemon) restartMonitors() {
-	want := map[string]health.Spec{}
-	for i, u := range d.cfg.Uplinks {
-		if u.Health != nil {
-			want[u.Name] = health.Spec{Uplink: u.Name, Interface: u.Interface, Mark: d.cfg.UplinkMark(i), Config: *u.Health}
-		}
-	}
-	for name, m := range d.monitors {
-		if spec, ok := want[name]; ok && reflect.DeepEqual(spec, d.specs[name]) {
-			delete(want, name)
+	want := d.wantMonitors()
+	for k, m := range d.monitors {
+		if spec, ok := want[k]; ok && reflect.DeepEqual(spec, d.specs[k]) {
+			delete(want, k)
 			continue
 		}
 		m.Stop()
-		delete(d.monitors, name)
-		delete(d.specs, name)
-		delete(d.verdicts, name)
+		delete(d.monitors, k)
+		delete(d.specs, k)
+		delete(d.verdicts, k)
 	}
-	for name, spec := range want {
-		d.monitors[name] = health.Start(d.runCtx, spec, d.healthEvents, d.log)
-		d.specs[name] = spec
-		d.log.Info("health probes started", "uplink", name, "method", spec.Config.Method,
+	for k, spec := range want {
+		d.monitors[k] = health.Start(d.runCtx, spec, d.healthEvents, d.log)
+		d.specs[k] = spec
+		d.log.Info("health probes started", "uplink", k.uplink, "family", famName(k.v6), "method", spec.Config.Method,
 			"targets", len(spec.Config.Targets), "interval", spec.Config.Interval.String())
 	}
-	for name := range d.verdicts {
-		if _, ok := d.monitors[name]; !ok {
-			delete(d.verdicts, name)
+	for k := range d.verdicts {
+		if _, ok := d.monitors[k]; !ok {
+			delete(d.verdicts, k)
 		}
 	}
 }
 
-// healthStats returns an uplink's latest probe figures (rtt 0 and loss -1
-// when it is not probed).
-func (d *Daemon) healthStats(name string) (rttSeconds float64, loss float64) {
-	m, ok := d.monitors[name]
+// healthStats returns the latest probe figures of one family of an uplink
+// (rtt 0 and loss -1 when it is not probed).
+func (d *Daemon) healthStats(name string, v6 bool) (rttSeconds float64, loss float64) {
+	m, ok := d.monitors[famKey{name, v6}]
 	if !ok {
 		return 0, -1
 	}

@@ -44,12 +44,17 @@ func (d *Daemon) Metrics(ctx context.Context) (metrics.Snapshot, error) {
 			t := addTraffic(d.traffic[u.Name], cur[u.Name])
 			mu := metrics.Uplink{Name: u.Name, Interface: u.Interface, Transitions: d.transitions[u.Name],
 				Flushed: d.flushed[u.Name], InBytes: t.In.Bytes, InPackets: t.In.Packets,
-				OutBytes: t.Out.Bytes, OutPackets: t.Out.Packets, Loss: -1}
+				OutBytes: t.Out.Bytes, OutPackets: t.Out.Packets}
 			if st, ok := d.status[u.Name]; ok {
-				mu.Up = st.Up
+				mu.Up, mu.V4.Up, mu.V6.Up = st.Up, st.V4.Up, st.V6.Up
 			}
-			rtt, loss := d.healthStats(u.Name)
-			mu.RTT, mu.Loss = time.Duration(rtt*float64(time.Second)), loss
+			for _, f := range []struct {
+				v6 bool
+				m  *metrics.Family
+			}{{false, &mu.V4}, {true, &mu.V6}} {
+				rtt, loss := d.healthStats(u.Name, f.v6)
+				f.m.RTT, f.m.Loss = time.Duration(rtt*float64(time.Second)), loss
+			}
 			marks[u.Name] = d.cfg.UplinkMark(i)
 			s.Uplinks = append(s.Uplinks, mu)
 		}

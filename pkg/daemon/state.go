@@ -16,10 +16,11 @@ import (
 // an address of that family, and a way to the internet is known: the
 // configured gateway, the main table's default route through the interface
 // (DHCP, router advertisements), or a point-to-point link (PPP).
-func Observe(u config.Uplink, l watch.Link, h Hint) (plan.UplinkState, string) {
+func Observe(u config.Uplink, l watch.Link, h Hint) (plan.UplinkState, Reasons) {
 	var st plan.UplinkState
+	both := func(r string) Reasons { return Reasons{V4: r, V6: r} }
 	if !l.Exists {
-		return st, fmt.Sprintf("interface %s does not exist", u.Interface)
+		return st, both(fmt.Sprintf("interface %s does not exist", u.Interface))
 	}
 	if h.Peer.IsValid() {
 		// The PPP hook told us the peer, which the kernel may not show
@@ -40,26 +41,43 @@ func Observe(u config.Uplink, l watch.Link, h Hint) (plan.UplinkState, string) {
 	case h.Down:
 		v4.Up, v6.Up = false, false
 		st.V4, st.V6 = v4, v6
-		return st, fmt.Sprintf("pppd ip-down for %s", u.Interface)
+		return st, both(fmt.Sprintf("pppd ip-down for %s", u.Interface))
 	case !l.AdminUp:
 		v4.Up, v6.Up = false, false
 		st.V4, st.V6 = v4, v6
-		return st, fmt.Sprintf("interface %s is administratively down", u.Interface)
+		return st, both(fmt.Sprintf("interface %s is administratively down", u.Interface))
 	case !l.Carrier:
 		v4.Up, v6.Up = false, false
 		st.V4, st.V6 = v4, v6
-		return st, fmt.Sprintf("interface %s has no carrier", u.Interface)
+		return st, both(fmt.Sprintf("interface %s has no carrier", u.Interface))
 	}
 	st.V4, st.V6 = v4, v6
-	switch {
-	case v4.Up && v6.Up:
-		return st, r4 + "; " + r6
-	case v4.Up:
-		return st, r4
-	case v6.Up:
-		return st, r6
+	return st, Reasons{V4: r4, V6: r6}
+}
+
+// Reasons says, per family, why it is up or down.
+type Reasons struct{ V4, V6 string }
+
+func (r *Reasons) of(v6 bool) *string {
+	if v6 {
+		return &r.V6
 	}
-	return st, r4
+	return &r.V4
+}
+
+// String is the uplink's reason in one line: the one reason when both
+// families share it, else both.
+func (r Reasons) String(st plan.UplinkState) string {
+	switch {
+	case r.V4 == r.V6:
+		return r.V4
+	case st.V4.Up && !st.V6.Up && len(st.V6.Addrs) == 0 && !st.V6.Unhealthy:
+		// IPv4-only uplinks are common: no need to say "no IPv6" each time.
+		return r.V4
+	case st.V6.Up && !st.V4.Up && len(st.V4.Addrs) == 0:
+		return r.V6
+	}
+	return r.V4 + "; " + r.V6
 }
 
 // Hint is what PPP hooks told the daemon about an interface: the peer
@@ -91,14 +109,14 @@ func family(u config.Uplink, l watch.Link, v6 bool) (plan.FamilyState, string) {
 	if len(fs.Addrs) == 0 {
 		return fs, fmt.Sprintf("no %s address on %s", name, u.Interface)
 	}
-	learned, defaultDev := l.Gateway4, l.DefaultDev4
+	learned, defaultDev, configured := l.Gateway4, l.DefaultDev4, u.Gateway4
 	if v6 {
-		learned, defaultDev = l.Gateway6, l.DefaultDev6
+		learned, defaultDev, configured = l.Gateway6, l.DefaultDev6, u.Gateway6
 	}
 	var how string
 	switch {
-	case u.Gateway.IsValid() && u.Gateway.Is6() == v6:
-		fs.Gateway, how = u.Gateway, "configured gateway "+u.Gateway.String()
+	case configured.IsValid():
+		fs.Gateway, how = configured, "configured gateway "+configured.String()
 		fs.OnLink = l.PointToPoint || peer.IsValid()
 	case peer.IsValid() && l.PointToPoint:
 		// PPP: the peer is on the other end of the wire, a device route
@@ -121,11 +139,14 @@ func family(u config.Uplink, l watch.Link, v6 bool) (plan.FamilyState, string) {
 
 // AssumeUp is the state `wanpin plan --all-up` pretends an uplink has:
 // up, with its configured gateway or as a point-to-point link, and no
-// address known.
+// address known. IPv6 is assumed up with a configured gateway6, or as a
+// point-to-point link where IPv4 is one too (PPP); an uplink with only an
+// IPv4 gateway configured learns its IPv6 router at run time, which a plan
+// cannot guess.
 func AssumeUp(u config.Uplink) plan.UplinkState {
-	fs := plan.FamilyState{Up: true, Gateway: u.Gateway, PointToPoint: !u.Gateway.IsValid()}
-	if u.Gateway.IsValid() && u.Gateway.Is6() {
-		return plan.UplinkState{V6: fs}
+	st := plan.UplinkState{V4: plan.FamilyState{Up: true, Gateway: u.Gateway4, PointToPoint: !u.Gateway4.IsValid()}}
+	if u.Gateway6.IsValid() || !u.Gateway4.IsValid() {
+		st.V6 = plan.FamilyState{Up: true, Gateway: u.Gateway6, PointToPoint: !u.Gateway6.IsValid()}
 	}
-	return plan.UplinkState{V4: fs}
+	return st
 }

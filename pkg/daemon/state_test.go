@@ -14,7 +14,7 @@ func addr(p string) watch.Addr { return watch.Addr{Prefix: netip.MustParsePrefix
 func TestObserve(t *testing.T) {
 	dhcp := config.Uplink{Name: "cable", Interface: "wan1"}
 	ppp := config.Uplink{Name: "dsl", Interface: "ppp0"}
-	fixed := config.Uplink{Name: "lte", Interface: "wwan0", Gateway: netip.MustParseAddr("198.51.100.17")}
+	fixed := config.Uplink{Name: "lte", Interface: "wwan0", Gateway4: netip.MustParseAddr("198.51.100.17")}
 	good := watch.Link{Name: "wan1", Exists: true, AdminUp: true, Carrier: true,
 		Addrs: []watch.Addr{addr("198.51.100.2/29")}, Gateway4: netip.MustParseAddr("198.51.100.1")}
 	cases := []struct {
@@ -39,7 +39,8 @@ func TestObserve(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			st, reason := Observe(c.u, c.l, Hint{})
+			st, rs := Observe(c.u, c.l, Hint{})
+			reason := rs.String(st)
 			if st.Up() != c.up || !strings.Contains(reason, c.reason) {
 				t.Fatalf("up=%v reason=%q; want up=%v reason containing %q", st.Up(), reason, c.up, c.reason)
 			}
@@ -60,11 +61,45 @@ func TestObserve(t *testing.T) {
 	if st, _ := Observe(ppp, veth, Hint{}); st.Up() {
 		t.Error("no gateway and no hint: up")
 	}
-	st, reason := Observe(ppp, veth, Hint{Peer: netip.MustParseAddr("198.51.100.9")})
-	if !st.Up() || st.V4.Gateway.String() != "198.51.100.9" || !st.V4.OnLink || !strings.Contains(reason, "198.51.100.9") {
+	st, rs := Observe(ppp, veth, Hint{Peer: netip.MustParseAddr("198.51.100.9")})
+	if reason := rs.String(st); !st.Up() || st.V4.Gateway.String() != "198.51.100.9" || !st.V4.OnLink || !strings.Contains(reason, "198.51.100.9") {
 		t.Errorf("ip-up hint: %+v %q", st.V4, reason)
 	}
-	if st, reason := Observe(ppp, veth, Hint{Down: true}); st.Up() || !strings.Contains(reason, "ip-down") {
-		t.Errorf("ip-down hint: up=%v %q", st.Up(), reason)
+	if st, rs := Observe(ppp, veth, Hint{Down: true}); st.Up() || !strings.Contains(rs.String(st), "ip-down") {
+		t.Errorf("ip-down hint: up=%v %q", st.Up(), rs.String(st))
+	}
+}
+
+// Each family is up or down on its own, with its own reason.
+func TestObservePerFamily(t *testing.T) {
+	u := config.Uplink{Name: "fibre", Interface: "wan1"}
+	l := watch.Link{Name: "wan1", Exists: true, AdminUp: true, Carrier: true,
+		Addrs:    []watch.Addr{addr("198.51.100.2/29"), addr("2001:db8:101::2/64")},
+		Gateway4: netip.MustParseAddr("198.51.100.1"), Gateway6: netip.MustParseAddr("fe80::1")}
+	st, rs := Observe(u, l, Hint{})
+	if !st.V4.Usable() || !st.V6.Usable() || st.V6.Gateway.String() != "fe80::1" {
+		t.Fatalf("dual stack: %+v", st)
+	}
+	// The RA's default route expires: IPv6 down, IPv4 untouched.
+	l.Gateway6 = netip.Addr{}
+	st, rs = Observe(u, l, Hint{})
+	if !st.V4.Up || st.V6.Up || !strings.Contains(rs.V6, "no IPv6 gateway") || !strings.Contains(rs.V4, "198.51.100.2") {
+		t.Errorf("IPv6 gateway gone: %+v %+v", st, rs)
+	}
+	if s := rs.String(st); !strings.Contains(s, "IPv4 198.51.100.2") || !strings.Contains(s, "no IPv6 gateway") {
+		t.Errorf("combined reason %q", s)
+	}
+	// The IPv4 address goes (DHCP lease lost), IPv6 stays.
+	l.Gateway6 = netip.MustParseAddr("fe80::1")
+	l.Addrs = l.Addrs[1:]
+	st, rs = Observe(u, l, Hint{})
+	if st.V4.Up || !st.V6.Up || !strings.Contains(rs.V4, "no IPv4 address") {
+		t.Errorf("IPv4 address gone: %+v %+v", st, rs)
+	}
+	// A configured link-local gateway6 needs no RA.
+	u.Gateway6 = netip.MustParseAddr("fe80::1")
+	l.Gateway6 = netip.Addr{}
+	if st, _ := Observe(u, l, Hint{}); !st.V6.Up || st.V6.Gateway != u.Gateway6 {
+		t.Errorf("configured gateway6: %+v", st.V6)
 	}
 }

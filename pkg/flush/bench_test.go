@@ -30,7 +30,7 @@ func BenchmarkFlushMark100k(b *testing.B) {
 		fill(b, f, n, 0x20000, 3)
 		b.StartTimer()
 		start := time.Now()
-		got, err := f.FlushMark(0x10000, 0xff0000)
+		got, err := f.FlushMark(0x10000, 0xff0000, true, true)
 		total += time.Since(start)
 		b.StopTimer()
 		if err != nil {
@@ -43,7 +43,7 @@ func BenchmarkFlushMark100k(b *testing.B) {
 		if got != n || counts[0x10000] != 0 || counts[0x20000] != n {
 			b.Fatalf("flushed %d (want %d); left: uplink 1 %d, uplink 2 %d (want 0, %d)", got, n, counts[0x10000], counts[0x20000], n)
 		}
-		if _, err := f.FlushMark(0x20000, 0xff0000); err != nil {
+		if _, err := f.FlushMark(0x20000, 0xff0000, true, true); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
+	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
 )
 
@@ -41,11 +42,23 @@ func New(nsFd int) (*Flusher, error) {
 // Close releases the connection.
 func (f *Flusher) Close() error { return f.c.Close() }
 
-// FlushMark deletes every entry whose ct mark & mask == mark, in both
-// families, filtered in the kernel. It returns how many there were just
-// before (the kernel's filtered flush does not count).
-func (f *Flusher) FlushMark(mark, mask uint32) (int, error) {
-	filter := conntrack.NewFilter().Mark(mark).MarkMask(mask)
+// FlushMark deletes every entry whose ct mark & mask == mark, of the
+// families asked for (an uplink whose IPv6 failed keeps its IPv4
+// connections), filtered in the kernel. It returns how many there were
+// just before (the kernel's filtered flush does not count).
+func (f *Flusher) FlushMark(mark, mask uint32, v4, v6 bool) (int, error) {
+	switch {
+	case v4 && v6:
+		return f.flushMark(conntrack.NewFilter().Mark(mark).MarkMask(mask), mark, mask)
+	case v4:
+		return f.flushMark(conntrack.NewFilter().Family(netfilter.ProtoIPv4).Mark(mark).MarkMask(mask), mark, mask)
+	case v6:
+		return f.flushMark(conntrack.NewFilter().Family(netfilter.ProtoIPv6).Mark(mark).MarkMask(mask), mark, mask)
+	}
+	return 0, nil
+}
+
+func (f *Flusher) flushMark(filter conntrack.Filter, mark, mask uint32) (int, error) {
 	flows, err := f.c.DumpFilter(filter, nil)
 	if err != nil {
 		return 0, fmt.Errorf("listing entries with mark %#x/%#x: %w", mark, mask, err)

@@ -53,7 +53,7 @@ func TestFlushMarkOnlyThatUplink(t *testing.T) {
 	if counts[0x10000] != 150 || counts[0x20000] != 80 || len(counts) != 2 {
 		t.Errorf("CountByMark: %v", counts)
 	}
-	n, err := f.FlushMark(0x10000, 0xff0000)
+	n, err := f.FlushMark(0x10000, 0xff0000, true, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,38 @@ func TestFlushMarkOnlyThatUplink(t *testing.T) {
 	if fmt.Sprint(left) != fmt.Sprint(want) {
 		t.Errorf("left after flushing uplink 1: %v, want %v", left, want)
 	}
-	if n, err := f.FlushMark(0x10000, 0xff0000); err != nil || n != 0 {
+	if n, err := f.FlushMark(0x10000, 0xff0000, true, true); err != nil || n != 0 {
 		t.Errorf("second flush: %d, %v", n, err)
+	}
+}
+
+// An uplink whose IPv6 failed loses its IPv6 entries only.
+func TestFlushMarkOneFamily(t *testing.T) {
+	if _, err := exec.LookPath("conntrack"); err != nil {
+		t.Skip("needs the conntrack CLI")
+	}
+	ns := nstest.New(t, "wpc6")
+	insert(t, ns, "tcp", 1000, 30, 0x10000)
+	ns.Run(t, "sh", "-c", `for p in $(seq 5000 5039); do conntrack -I -p tcp -s 2001:db8:1::10 -d 2001:db8:ff::10 --sport $p --dport 80 --state ESTABLISHED -t 300 --mark 65536 >/dev/null 2>&1 || exit 1; done`)
+	ns.Run(t, "sh", "-c", `for p in $(seq 6000 6009); do conntrack -I -p tcp -s 2001:db8:1::10 -d 2001:db8:ff::10 --sport $p --dport 80 --state ESTABLISHED -t 300 --mark 131072 >/dev/null 2>&1 || exit 1; done`)
+	f, err := New(int(ns.Handle))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n, err := f.FlushMark(0x10000, 0xff0000, false, true)
+	if err != nil || n != 40 {
+		t.Fatalf("IPv6 flush of uplink 1: %d, %v; want 40", n, err)
+	}
+	out, _ := ns.Try("sh", "-c", "conntrack -L -f ipv4 2>/dev/null | grep -c mark=65536")
+	if strings.TrimSpace(out) != "30" {
+		t.Errorf("IPv4 entries of uplink 1 left: %s, want 30", out)
+	}
+	out, _ = ns.Try("sh", "-c", "conntrack -L -f ipv6 2>/dev/null | grep -c mark=131072")
+	if strings.TrimSpace(out) != "10" {
+		t.Errorf("IPv6 entries of uplink 2 left: %s, want 10", out)
+	}
+	if n, err := f.FlushMark(0x10000, 0xff0000, true, false); err != nil || n != 30 {
+		t.Errorf("IPv4 flush of uplink 1: %d, %v; want 30", n, err)
 	}
 }

@@ -28,8 +28,14 @@ type Uplink struct {
 	InPackets       uint64
 	OutBytes        uint64
 	OutPackets      uint64
-	RTT             time.Duration // 0: unknown
-	Loss            float64       // 0..1; -1: unknown
+	V4, V6          Family
+}
+
+// Family is one address family of an uplink.
+type Family struct {
+	Up   bool          // carries new connections of this family
+	RTT  time.Duration // latest health probe round trip; 0: unknown
+	Loss float64       // 0..1; -1: not probed
 }
 
 // Snapshot is everything exported at one moment.
@@ -52,7 +58,7 @@ func Write(w io.Writer, s Snapshot) {
 	add := func(name, help, typ string, lines ...string) {
 		all = append(all, series{name, help, typ, lines})
 	}
-	var up, trans, pinned, flushed, bytes, packets, rtt, loss []string
+	var up, famUp, trans, pinned, flushed, bytes, packets, rtt, loss []string
 	for _, u := range s.Uplinks {
 		l := fmt.Sprintf(`uplink=%q,interface=%q`, u.Name, u.Interface)
 		up = append(up, fmt.Sprintf("wanpin_uplink_up{%s} %d", l, b2i(u.Up)))
@@ -65,14 +71,22 @@ func Write(w io.Writer, s Snapshot) {
 		packets = append(packets,
 			fmt.Sprintf(`wanpin_uplink_packets_total{%s,direction="in"} %d`, l, u.InPackets),
 			fmt.Sprintf(`wanpin_uplink_packets_total{%s,direction="out"} %d`, l, u.OutPackets))
-		if u.RTT > 0 {
-			rtt = append(rtt, fmt.Sprintf("wanpin_uplink_rtt_seconds{%s} %g", l, u.RTT.Seconds()))
-		}
-		if u.Loss >= 0 {
-			loss = append(loss, fmt.Sprintf("wanpin_uplink_loss_ratio{%s} %g", l, u.Loss))
+		for _, f := range []struct {
+			name string
+			Family
+		}{{"ipv4", u.V4}, {"ipv6", u.V6}} {
+			lf := fmt.Sprintf("%s,family=%q", l, f.name)
+			famUp = append(famUp, fmt.Sprintf("wanpin_uplink_family_up{%s} %d", lf, b2i(f.Up)))
+			if f.RTT > 0 {
+				rtt = append(rtt, fmt.Sprintf("wanpin_uplink_rtt_seconds{%s} %g", lf, f.RTT.Seconds()))
+			}
+			if f.Loss >= 0 {
+				loss = append(loss, fmt.Sprintf("wanpin_uplink_loss_ratio{%s} %g", lf, f.Loss))
+			}
 		}
 	}
 	add("wanpin_uplink_up", "Whether the uplink takes new connections.", "gauge", up...)
+	add("wanpin_uplink_family_up", "Whether the uplink takes new connections of the address family.", "gauge", famUp...)
 	add("wanpin_uplink_transitions_total", "Up/down transitions of the uplink.", "counter", trans...)
 	add("wanpin_uplink_pinned_connections", "Conntrack entries pinned to the uplink.", "gauge", pinned...)
 	add("wanpin_uplink_conntrack_flushed_total", "Conntrack entries of the uplink flushed.", "counter", flushed...)

@@ -109,34 +109,60 @@ type Explanation struct {
 	Choices    []Choice // empty: rejected, or left to the main table
 	Rejected   bool     // fallback = "none" and no candidate is up
 	Fallback   bool     // no candidate is up: the default balancer took it
+	// SourcePrefix: an IPv6 source in an uplink's prefix6 (nat6 none)
+	// chose that uplink, the only entry of Choices.
+	SourcePrefix netip.Prefix
+	// NotRouted: link-local or multicast; wanpin never policy-routes it.
+	NotRouted bool
 }
 
 // Explain computes, without the kernel, which policy takes a flow and how
 // it would be balanced given the uplinks' states: the same computation
-// Build turns into nftables maps.
+// Build turns into nftables maps, for the flow's address family (its
+// destination's, else its source's).
 func Explain(cfg *config.Config, states map[string]UplinkState, f Flow) Explanation {
 	var e Explanation
+	v6 := f.Dst.Is6() && !f.Dst.Is4In6()
+	if !f.Dst.IsValid() {
+		v6 = f.Src.Is6() && !f.Src.Is4In6()
+	}
+	if f.Dst.IsValid() && (f.Dst.IsLinkLocalUnicast() || f.Dst.IsMulticast() || f.Dst.IsLinkLocalMulticast()) {
+		// The nftables chains return before any policy for these.
+		e.NotRouted = true
+		return e
+	}
 	i := Match(cfg, f)
 	all := make([]string, len(cfg.Uplinks))
 	for k, u := range cfg.Uplinks {
 		all[k] = u.Name
 	}
 	e.Candidates = all
-	b := balancer(cfg, states, all)
+	b := balancer(cfg, states, all).For(v6)
+	toDefault := i < 0
 	if i >= 0 {
 		p := cfg.Policies[i]
 		e.Policy = p.Name
 		if len(p.Uplinks) > 0 {
 			e.Candidates = p.Uplinks
 		}
-		b = balancer(cfg, states, e.Candidates)
+		b = balancer(cfg, states, e.Candidates).For(v6)
 		if len(b.Buckets) == 0 {
 			if p.FallbackNone {
 				e.Rejected = true
 				return e
 			}
-			e.Fallback = true
-			b = balancer(cfg, states, all)
+			e.Fallback, toDefault = true, true
+			b = balancer(cfg, states, all).For(v6)
+		}
+	}
+	if toDefault && v6 && !f.Local {
+		// The default balancer looks at the source prefix first.
+		for k, u := range cfg.Uplinks {
+			if u.Nat6 == config.Nat6None && states[u.Name].V6.Usable() && u.Prefix6.Contains(f.Src) {
+				e.SourcePrefix = u.Prefix6
+				e.Choices = []Choice{{Uplink: u.Name, Mark: cfg.UplinkMark(k), Share: 1}}
+				return e
+			}
 		}
 	}
 	total := 0

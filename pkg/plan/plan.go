@@ -6,6 +6,7 @@ package plan
 
 import (
 	"net/netip"
+	"reflect"
 	"sort"
 
 	"github.com/wanpin/wanpin/pkg/config"
@@ -44,21 +45,40 @@ type FamilyState struct {
 	// OnLink: the gateway is configured on a point-to-point link, where no
 	// connected route covers it.
 	OnLink bool
+	// Unhealthy: the family is up but its health probes fail (or the
+	// admin took the uplink out of service). Its routes stay (the probes
+	// need them), but it carries no new connections of this family.
+	Unhealthy bool
 }
 
-// UplinkState is the observed state of one uplink, keyed by family.
+// Usable reports whether the family can carry new connections.
+func (f FamilyState) Usable() bool { return f.Up && !f.Unhealthy }
+
+// UplinkState is the observed state of one uplink: each address family is
+// up or down on its own.
 type UplinkState struct {
 	V4, V6 FamilyState
-	// Unhealthy: the link is up but its health probes fail. Its routes
-	// stay (the probes need them), but it carries no new connections.
-	Unhealthy bool
+}
+
+// Family returns the state of one family.
+func (s UplinkState) Family(v6 bool) FamilyState {
+	if v6 {
+		return s.V6
+	}
+	return s.V4
 }
 
 // LinkUp reports whether the uplink's link can carry traffic at all.
 func (s UplinkState) LinkUp() bool { return s.V4.Up || s.V6.Up }
 
-// Up reports whether the uplink can carry new connections.
-func (s UplinkState) Up() bool { return s.LinkUp() && !s.Unhealthy }
+// Up reports whether the uplink can carry new connections of some family.
+func (s UplinkState) Up() bool { return s.V4.Usable() || s.V6.Usable() }
+
+// SetUnhealthy marks both families that are up as unhealthy.
+func (s *UplinkState) SetUnhealthy() {
+	s.V4.Unhealthy = s.V4.Up
+	s.V6.Unhealthy = s.V6.Up
+}
 
 // Input is everything the desired state depends on.
 type Input struct {
@@ -91,7 +111,7 @@ type Desired struct {
 func Build(in Input) Desired {
 	cfg := in.Config
 	var d Desired
-	d.NFT = rules.Spec{Table: TableName, Mask: cfg.MarkMask}
+	d.NFT = rules.Spec{Table: TableName, Mask: cfg.MarkMask, LANPrefix6: cfg.LANPrefix6}
 	prio := cfg.RulePriority
 
 	for _, fam := range tables.Families {
@@ -106,14 +126,17 @@ func Build(in Input) Desired {
 		addrs = append(addrs, st.V4.Addrs...)
 		addrs = append(addrs, st.V6.Addrs...)
 		d.NFT.Uplinks = append(d.NFT.Uplinks, rules.Uplink{
-			Name: u.Name, Interface: u.Interface, Mark: mark, Up: st.Up(),
-			Masquerade: u.Masquerade, Addrs: addrs,
+			Name: u.Name, Interface: u.Interface, Mark: mark,
+			Masquerade: u.Masquerade, NAT6: rules.NAT6(u.Nat6), Prefix6: u.Prefix6, Addrs: addrs,
 		})
+		if u.Nat6 == config.Nat6None && st.V6.Usable() {
+			// The source prefix chooses the uplink. While the uplink's
+			// IPv6 is out, its hosts are balanced like the others and
+			// masqueraded wherever they leave.
+			d.NFT.Source6 = append(d.NFT.Source6, rules.SourcePrefix{Prefix: u.Prefix6, Mark: mark})
+		}
 		for _, fam := range tables.Families {
-			fs := st.V4
-			if fam == tables.V6 {
-				fs = st.V6
-			}
+			fs := st.Family(fam == tables.V6)
 			d.Tables.Rules = append(d.Tables.Rules, tables.Rule{
 				Family: fam, Priority: prio + OffsetMark + i + 1, Table: u.Table,
 				Mark: mark, Mask: cfg.MarkMask,
@@ -143,6 +166,9 @@ func Build(in Input) Desired {
 	for _, e := range in.Execs {
 		b := balancer(cfg, in.Uplinks, []string{e.Uplink})
 		b.Reject = len(b.Buckets) == 0
+		if b.V6 != nil {
+			b.V6.Reject = len(b.V6.Buckets) == 0
+		}
 		d.NFT.Policies = append(d.NFT.Policies, rules.Policy{
 			Name: e.Name, Cgroups: []rules.CgroupMatch{e.Cgroup}, Balancer: b,
 		})
@@ -153,12 +179,14 @@ func Build(in Input) Desired {
 			cands = all
 		}
 		b := balancer(cfg, in.Uplinks, cands)
-		if len(b.Buckets) == 0 {
-			if p.FallbackNone {
-				b.Reject = true
-			} else {
-				b.FallbackDefault = true
+		fallback := func(c *rules.Choice) {
+			if len(c.Buckets) == 0 {
+				c.Reject, c.FallbackDefault = p.FallbackNone, !p.FallbackNone
 			}
+		}
+		fallback(&b.Choice)
+		if b.V6 != nil {
+			fallback(b.V6)
 		}
 		rp := rules.Policy{
 			Name: p.Name, UIDs: p.UIDs, GIDs: p.GIDs,
@@ -180,25 +208,38 @@ func Build(in Input) Desired {
 	return d
 }
 
-// balancer picks, among the named candidates that are up, those of the
-// best (lowest) tier, with their weights.
+// balancer picks, per family, among the named candidates whose family is
+// usable, those of the best (lowest) tier, with their weights. Tiers are
+// per family too: a backup uplink carries IPv6 while no better uplink has
+// working IPv6, even if they all have IPv4.
 func balancer(cfg *config.Config, states map[string]UplinkState, names []string) rules.Balancer {
+	c4 := choose(cfg, states, names, false)
+	c6 := choose(cfg, states, names, true)
+	b := rules.Balancer{Choice: c4}
+	if !reflect.DeepEqual(c4, c6) {
+		b.V6 = &c6
+	}
+	return b
+}
+
+func choose(cfg *config.Config, states map[string]UplinkState, names []string, v6 bool) rules.Choice {
 	want := map[string]bool{}
 	for _, n := range names {
 		want[n] = true
 	}
+	usable := func(u config.Uplink) bool { return want[u.Name] && states[u.Name].Family(v6).Usable() }
 	best := 0
 	for _, u := range cfg.Uplinks {
-		if want[u.Name] && states[u.Name].Up() && (best == 0 || u.Tier < best) {
+		if usable(u) && (best == 0 || u.Tier < best) {
 			best = u.Tier
 		}
 	}
-	var b rules.Balancer
+	var c rules.Choice
 	for i, u := range cfg.Uplinks {
-		if want[u.Name] && states[u.Name].Up() && u.Tier == best {
-			b.Buckets = append(b.Buckets, rules.Bucket{Mark: cfg.UplinkMark(i), Weight: u.Weight})
+		if usable(u) && u.Tier == best {
+			c.Buckets = append(c.Buckets, rules.Bucket{Mark: cfg.UplinkMark(i), Weight: u.Weight})
 		}
 	}
-	sort.Slice(b.Buckets, func(i, j int) bool { return b.Buckets[i].Mark < b.Buckets[j].Mark })
-	return b
+	sort.Slice(c.Buckets, func(i, j int) bool { return c.Buckets[i].Mark < c.Buckets[j].Mark })
+	return c
 }

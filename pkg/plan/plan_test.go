@@ -62,9 +62,6 @@ func TestBalancingByTierAndWeight(t *testing.T) {
 	if !reflect.DeepEqual(d.NFT.Default.Buckets, want) {
 		t.Errorf("tier 1 down: default buckets %v, want %v", d.NFT.Default.Buckets, want)
 	}
-	if d.NFT.Uplinks[0].Up || d.NFT.Uplinks[1].Up || !d.NFT.Uplinks[2].Up {
-		t.Errorf("up flags wrong: %+v", d.NFT.Uplinks)
-	}
 	// p2p's only candidate is down: fallback any hands it to the default.
 	if p := d.NFT.Policies[0].Balancer; len(p.Buckets) != 0 || !p.FallbackDefault || p.Reject {
 		t.Errorf("p2p fallback any: %+v", p)
@@ -143,15 +140,12 @@ func TestServicesResolution(t *testing.T) {
 func TestUnhealthyKeepsRoutes(t *testing.T) {
 	st := allUp()
 	dsl1 := st["dsl1"]
-	dsl1.Unhealthy = true
+	dsl1.SetUnhealthy()
 	st["dsl1"] = dsl1
 	d := Build(Input{Config: testConfig(), Uplinks: st})
 	want := []rules.Bucket{{Mark: 0x20000, Weight: 1}}
 	if !reflect.DeepEqual(d.NFT.Default.Buckets, want) {
 		t.Errorf("unhealthy dsl1 still balanced: %v", d.NFT.Default.Buckets)
-	}
-	if d.NFT.Uplinks[0].Up {
-		t.Error("unhealthy dsl1 marked up in nftables")
 	}
 	found := false
 	for _, r := range d.Tables.Routes {

@@ -74,7 +74,7 @@ func TestApplyLargeDestinationSet(t *testing.T) {
 	m := ns.manager(t)
 	s := goldenSpecs()["two_up"]
 	s.Policies = []Policy{{Name: "big", Destinations: manyPrefixes(10000),
-		Balancer: Balancer{Buckets: []Bucket{{Mark: 0x200, Weight: 1}}}}}
+		Balancer: Balancer{Choice: Choice{Buckets: []Bucket{{Mark: 0x200, Weight: 1}}}}}}
 	mustApply(t, m, s)
 	got := normalizeListing(ns.mustNft(t, "list", "table", "inet", "wanpin"))
 	if d := cmp.Diff(Render(s), got); d != "" {
@@ -268,12 +268,12 @@ func BenchmarkApply(b *testing.B) {
 	s := Spec{Table: "wanpin", Mask: 0xff00}
 	for i := range 64 {
 		s.Uplinks = append(s.Uplinks, Uplink{Name: fmt.Sprintf("wan%d", i), Interface: fmt.Sprintf("eth%d", i),
-			Mark: uint32(i+1) << 8, Up: i%8 != 7, Masquerade: i%2 == 0,
+			Mark: uint32(i+1) << 8, Masquerade: i%2 == 0,
 			Addrs: []netip.Addr{netip.AddrFrom4([4]byte{198, 51, 100, byte(i + 1)})}})
 		s.Default.Buckets = append(s.Default.Buckets, Bucket{Mark: uint32(i+1) << 8, Weight: 1 + i%3})
 	}
 	s.Policies = []Policy{{Name: "big", Destinations: manyPrefixes(10000),
-		Balancer: Balancer{Buckets: []Bucket{{Mark: 0x100, Weight: 1}, {Mark: 0x200, Weight: 1}}}}}
+		Balancer: Balancer{Choice: Choice{Buckets: []Bucket{{Mark: 0x100, Weight: 1}, {Mark: 0x200, Weight: 1}}}}}}
 	mustApply(b, m, s)
 	b.ResetTimer()
 	for b.Loop() {

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
@@ -289,4 +290,63 @@ func numgenVmap(mod uint32, mapName string) frag {
 // counterFrag is an anonymous counter, listed as nft prints a fresh one.
 func counterFrag() frag {
 	return frag{text: "counter packets 0 bytes 0", exprs: []expr.Any{&expr.Counter{}}}
+}
+
+// ip6PrefixCmp is `ip6 saddr|daddr [!=] <prefix>`, loaded as nft does: the
+// prefix's whole bytes and a compare, or the full address, a mask and a
+// compare when the prefix ends inside a byte.
+func ip6PrefixCmp(src bool, op expr.CmpOp, p netip.Prefix) frag {
+	name, _ := addrPayload(false, src)
+	off := uint32(24)
+	if src {
+		off = 8
+	}
+	text := name + " "
+	if op == expr.CmpOpNeq {
+		text += "!= "
+	}
+	text += p.String()
+	a := p.Addr().As16()
+	exprs := nfprotoIs(false)
+	if p.Bits()%8 == 0 {
+		n := uint32(p.Bits() / 8)
+		exprs = append(exprs,
+			&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
+			cmpReg(op, a[:n]))
+		return frag{text: text, exprs: exprs}
+	}
+	var mask [16]byte
+	for i := 0; i < p.Bits(); i++ {
+		mask[i/8] |= 0x80 >> (i % 8)
+	}
+	exprs = append(exprs,
+		&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 16},
+		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 16, Mask: mask[:], Xor: make([]byte, 16)},
+		cmpReg(op, a[:]))
+	return frag{text: text, exprs: exprs}
+}
+
+// prefixNAT is `snat|dnat ip6 prefix to <prefix>`: the kernel's NETMAP,
+// which keeps the address bits outside the prefix (the host part).
+func prefixNAT(snat bool, p netip.Prefix) frag {
+	first := p.Addr().As16()
+	last := first
+	for i := p.Bits(); i < 128; i++ {
+		last[i/8] |= 0x80 >> (i % 8)
+	}
+	typ, word := expr.NATTypeSourceNAT, "snat"
+	if !snat {
+		typ, word = expr.NATTypeDestNAT, "dnat"
+	}
+	return frag{text: word + " ip6 prefix to " + p.String(), exprs: []expr.Any{
+		&expr.Immediate{Register: reg, Data: first[:]},
+		&expr.Immediate{Register: reg + 1, Data: last[:]},
+		&expr.NAT{Type: typ, Family: unix.NFPROTO_IPV6, RegAddrMin: reg, RegAddrMax: reg + 1, Prefix: true},
+	}}
+}
+
+// rejectIPv4 is `meta nfproto ipv4 reject`, which nft lists by its type.
+func rejectIPv4() frag {
+	return frag{text: "reject with icmp port-unreachable", exprs: append(nfprotoIs(true),
+		&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 3})}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -163,6 +164,8 @@ const (
 	mapCountIn       = "count_in"
 	mapCountOut      = "count_out"
 	mapBalDefault    = "bal_default"
+	mapSource6       = "src6"
+	chainNATIn       = "nat_in"
 )
 
 func markChain(u Uplink) string  { return "mark_" + u.Name }
@@ -305,7 +308,10 @@ func (b *builder) build() {
 	}
 
 	balDefault := b.addChain(chainBalDefault, nil)
-	balDefault.rules = b.balancerRules(s.Default, mapBalDefault, true)
+	if r := b.sourceRule(); r != nil {
+		balDefault.rules = append(balDefault.rules, r)
+	}
+	balDefault.rules = append(balDefault.rules, b.balancerRules(s.Default, mapBalDefault, true)...)
 
 	restoreRule := newRule(maskedMark("ct mark", ctMarkLoad(), s.Mask), vmapFrag(mapRestore))
 	returnRule := func(fs ...frag) *rule { return newRule(append(fs, verdict(expr.VerdictReturn, ""))...) }
@@ -358,6 +364,12 @@ func (b *builder) build() {
 	))
 
 	nat.rules = b.natRules()
+	if in := b.natInRules(); len(in) > 0 {
+		c := b.addChain(chainNATIn, &baseHook{typ: nftables.ChainTypeNAT,
+			hook: nftables.ChainHookPrerouting, hookName: "prerouting",
+			prio: nftables.ChainPriorityNATDest, prioName: "dstnat"})
+		c.rules = in
+	}
 }
 
 // eqZero compares with 0. nft spells out "==" only after a binary
@@ -385,14 +397,34 @@ func multicast6() frag {
 // balancerRules fills a balancer chain: a weighted random choice through a
 // numgen map, or reject, or a hand-over to the default balancer, or nothing
 // (the chain was reached by goto, so an empty chain ends the base chain
-// and the connection stays unmarked).
+// and the connection stays unmarked). When the families choose differently
+// (an uplink up in one family only), the IPv4 choice comes first, each of
+// its rules ending the chain for IPv4 packets, then the IPv6 one.
 func (b *builder) balancerRules(bal Balancer, mapName string, isDefault bool) []*rule {
-	weights, total := reducedWeights(bal.Buckets)
+	if bal.V6 == nil || reflect.DeepEqual(*bal.V6, bal.Choice) {
+		return b.choiceRules(bal.Choice, mapName, isDefault, false)
+	}
+	rs := b.choiceRules(bal.Choice, mapName, isDefault, true)
+	if len(rs) == 0 {
+		rs = append(rs, newRule(frag{text: "meta nfproto ipv4", exprs: nfprotoIs(true)}, verdict(expr.VerdictReturn, "")))
+	}
+	return append(rs, b.choiceRules(*bal.V6, v6Map(mapName), isDefault, false)...)
+}
+
+// v6Map names the IPv6 map of a balancer whose families differ.
+func v6Map(mapName string) string { return "bal6" + strings.TrimPrefix(mapName, "bal") }
+
+func (b *builder) choiceRules(c Choice, mapName string, isDefault, only4 bool) []*rule {
+	var head []frag
+	if only4 {
+		head = []frag{{text: "meta nfproto ipv4", exprs: nfprotoIs(true)}}
+	}
+	weights, total := reducedWeights(c.Buckets)
 	switch {
 	case total > 0:
 		m := b.addSet(&set{name: mapName, key: typeMark, typeText: "mark : verdict", isMap: true, native: true})
 		n := uint32(0)
-		for i, bk := range bal.Buckets {
+		for i, bk := range c.Buckets {
 			u := b.byMark[bk.Mark]
 			for range weights[i] {
 				m.elems = append(m.elems, vmapElem(markElem(n),
@@ -400,66 +432,127 @@ func (b *builder) balancerRules(bal Balancer, mapName string, isDefault bool) []
 				n++
 			}
 		}
-		return []*rule{newRule(numgenVmap(uint32(total), mapName))}
-	case bal.Reject:
+		return []*rule{newRule(append(head, numgenVmap(uint32(total), mapName))...)}
+	case c.Reject && only4:
+		return []*rule{newRule(rejectIPv4())}
+	case c.Reject:
 		return []*rule{newRule(rejectDefault())}
-	case bal.FallbackDefault && !isDefault:
-		return []*rule{newRule(verdict(expr.VerdictGoto, chainBalDefault))}
+	case c.FallbackDefault && !isDefault:
+		return []*rule{newRule(append(head, verdict(expr.VerdictGoto, chainBalDefault))...)}
 	}
 	return nil
 }
 
-// natRules: masquerade everything leaving a Masquerade uplink; on the
-// others only the router's own traffic that a mark re-routed there and that
-// still carries another uplink's address.
+// sourceRule is `ip6 saddr vmap @src6`: the source prefix chooses the
+// uplink (nat6 none) before any balancing.
+func (b *builder) sourceRule() *rule {
+	if len(b.s.Source6) == 0 {
+		return nil
+	}
+	var ivs []interval
+	byStart := map[u128]uint32{}
+	for _, sp := range b.s.Source6 {
+		_, v6 := prefixIntervals([]netip.Prefix{sp.Prefix})
+		ivs = append(ivs, v6...)
+		for _, iv := range v6 {
+			byStart[iv.first] = sp.Mark
+		}
+	}
+	slices.SortFunc(ivs, func(x, y interval) int { return x.first.cmp(y.first) })
+	m := b.addSet(&set{name: mapSource6, key: typeIPv6, typeText: "ipv6_addr : verdict", isMap: true, interval: true})
+	for i, e := range intervalElems(ivs, 16, func(iv interval) string { return addrIntervalText(iv, 16) }) {
+		u := b.byMark[byStart[ivs[i].first]]
+		m.elems = append(m.elems, vmapElem(e, &expr.Verdict{Kind: expr.VerdictGoto, Chain: markChain(u)}))
+	}
+	name, load := addrPayload(false, true)
+	return newRule(frag{text: name, exprs: append(nfprotoIs(false), load)}, vmapFrag(mapSource6))
+}
+
+// natRules, per uplink and family. IPv4: masquerade everything leaving a
+// Masquerade uplink; on the others only the router's own traffic that a
+// mark re-routed there and that still carries another uplink's address.
+// IPv6 by the uplink's NAT6 mode: masquerade everything; or leave the
+// uplink's own prefix untranslated and masquerade the rest (a host of
+// another uplink's prefix failed over here, the router's own traffic);
+// or map the LAN prefix onto the uplink's prefix and masquerade the rest.
+// An uplink that masquerades both families gets one rule.
 func (b *builder) natRules() []*rule {
 	var rs []*rule
 	for _, u := range b.s.Uplinks {
-		if u.Masquerade {
+		nat6 := u.NAT6
+		if nat6 == "" {
+			nat6 = NAT6Masquerade
+		}
+		if u.Masquerade && nat6 == NAT6Masquerade {
 			rs = append(rs, newRule(oifnameIs(u.Interface), masquerade()))
 			continue
 		}
-		var v4, v6 []netip.Addr
-		for _, o := range b.s.Uplinks {
-			if o.Name == u.Name {
-				continue
-			}
-			for _, a := range o.Addrs {
-				a = a.Unmap()
-				if a.Is4() {
-					v4 = append(v4, a)
-				} else if a.IsValid() {
-					v6 = append(v6, a.WithZone(""))
-				}
-			}
+		if u.Masquerade {
+			rs = append(rs, newRule(oifnameIs(u.Interface), frag{text: "meta nfproto ipv4", exprs: nfprotoIs(true)}, masquerade()))
+		} else if r := b.foreignAddrMasq(u); r != nil {
+			rs = append(rs, r)
 		}
-		for _, fam := range []struct {
-			v4    bool
-			addrs []netip.Addr
-		}{{true, v4}, {false, v6}} {
-			if len(fam.addrs) == 0 {
-				continue
-			}
-			slices.SortFunc(fam.addrs, netip.Addr.Compare)
-			fam.addrs = slices.Compact(fam.addrs)
-			name, load := addrPayload(fam.v4, true)
-			f := frag{exprs: append(nfprotoIs(fam.v4), load)}
-			if len(fam.addrs) == 1 {
-				f.text = name + " " + fam.addrs[0].String()
-				f.exprs = append(f.exprs, cmpReg(expr.CmpOpEq, fam.addrs[0].AsSlice()))
-			} else {
-				st := &set{anonymous: true, key: typeIPv4, typeText: "ipv4_addr"}
-				if !fam.v4 {
-					st.key, st.typeText = typeIPv6, "ipv6_addr"
-				}
-				for _, a := range fam.addrs {
-					st.elems = append(st.elems, element{key: a.AsSlice(), text: a.String()})
-				}
-				f.text, f.anon = name+" "+st.inlineText(), st
-				f.exprs = append(f.exprs, lookup(""))
-			}
-			rs = append(rs, newRule(oifnameIs(u.Interface), f, masquerade()))
+		switch nat6 {
+		case NAT6Masquerade:
+			rs = append(rs, newRule(oifnameIs(u.Interface), frag{text: "meta nfproto ipv6", exprs: nfprotoIs(false)}, masquerade()))
+		case NAT6None:
+			rs = append(rs, newRule(oifnameIs(u.Interface), ip6PrefixCmp(true, expr.CmpOpNeq, u.Prefix6), masquerade()))
+		case NAT6Prefix:
+			rs = append(rs,
+				newRule(oifnameIs(u.Interface), ip6PrefixCmp(true, expr.CmpOpEq, b.s.LANPrefix6), prefixNAT(true, u.Prefix6)),
+				newRule(oifnameIs(u.Interface), frag{text: "meta nfproto ipv6", exprs: nfprotoIs(false)}, masquerade()))
 		}
 	}
 	return rs
+}
+
+// natInRules: on the way in, an uplink with NAT6Prefix maps its prefix
+// back onto the LAN prefix, so a host's translated address is reachable
+// (replies need no rule: conntrack reverses the outgoing mapping).
+func (b *builder) natInRules() []*rule {
+	var rs []*rule
+	for _, u := range b.s.Uplinks {
+		if u.NAT6 != NAT6Prefix {
+			continue
+		}
+		t, l := ifnameMeta(true)
+		iif := frag{text: fmt.Sprintf("%s %q", t, u.Interface), exprs: []expr.Any{l, cmpReg(expr.CmpOpEq, ifnameKey(u.Interface))}}
+		rs = append(rs, newRule(iif, ip6PrefixCmp(false, expr.CmpOpEq, u.Prefix6), prefixNAT(false, b.s.LANPrefix6)))
+	}
+	return rs
+}
+
+// foreignAddrMasq: on an uplink that does not masquerade IPv4, the router's
+// own packets re-routed there with another uplink's address as source.
+func (b *builder) foreignAddrMasq(u Uplink) *rule {
+	var v4 []netip.Addr
+	for _, o := range b.s.Uplinks {
+		if o.Name == u.Name {
+			continue
+		}
+		for _, a := range o.Addrs {
+			if a = a.Unmap(); a.Is4() {
+				v4 = append(v4, a)
+			}
+		}
+	}
+	if len(v4) == 0 {
+		return nil
+	}
+	slices.SortFunc(v4, netip.Addr.Compare)
+	v4 = slices.Compact(v4)
+	name, load := addrPayload(true, true)
+	f := frag{exprs: append(nfprotoIs(true), load)}
+	if len(v4) == 1 {
+		f.text = name + " " + v4[0].String()
+		f.exprs = append(f.exprs, cmpReg(expr.CmpOpEq, v4[0].AsSlice()))
+	} else {
+		st := &set{anonymous: true, key: typeIPv4, typeText: "ipv4_addr"}
+		for _, a := range v4 {
+			st.elems = append(st.elems, element{key: a.AsSlice(), text: a.String()})
+		}
+		f.text, f.anon = name+" "+st.inlineText(), st
+		f.exprs = append(f.exprs, lookup(""))
+	}
+	return newRule(oifnameIs(u.Interface), f, masquerade())
 }

@@ -24,19 +24,48 @@ type Spec struct {
 	Policies []Policy
 	// Default balances new connections that match no policy.
 	Default Balancer
+	// Source6: IPv6 source prefixes that choose their uplink (nat6 none):
+	// a new connection that no policy sent elsewhere leaves by the uplink
+	// whose prefix its source address is in, before any balancing. Only
+	// uplinks whose IPv6 is usable are listed.
+	Source6 []SourcePrefix
+	// LANPrefix6 is what uplinks with NAT6Prefix translate from.
+	LANPrefix6 netip.Prefix
 }
+
+// SourcePrefix ties a source prefix to the uplink (by mark) that routes it.
+type SourcePrefix struct {
+	Prefix netip.Prefix
+	Mark   uint32
+}
+
+// NAT6 is how LAN IPv6 traffic leaves an uplink.
+type NAT6 string
+
+const (
+	// NAT6Masquerade: as IPv4, the uplink's own address.
+	NAT6Masquerade NAT6 = "masquerade"
+	// NAT6None: addresses of the uplink's Prefix6 leave untranslated;
+	// anything else leaving here is masqueraded (or the ISP would drop it).
+	NAT6None NAT6 = "none"
+	// NAT6Prefix: Spec.LANPrefix6 is mapped 1:1 onto Prefix6 on the way
+	// out, and Prefix6 back onto the LAN prefix on the way in; anything
+	// else leaving here is masqueraded.
+	NAT6Prefix NAT6 = "prefix"
+)
 
 // Uplink is one WAN link as nftables sees it.
 type Uplink struct {
 	Name      string // short, [a-z0-9_-], at most 15 characters
 	Interface string // matched by name (oifname/iifname), so it may not exist yet
 	Mark      uint32 // non-zero, inside Spec.Mask
-	// Up: the uplink may carry traffic. When false, packets of connections
-	// pinned to it are dropped (until their conntrack entries are flushed)
-	// rather than leaking out another uplink with the wrong source address.
-	Up bool
-	// Masquerade: source-NAT everything that leaves through the interface.
+	// Masquerade: source-NAT the IPv4 traffic that leaves through the
+	// interface.
 	Masquerade bool
+	// NAT6 and Prefix6: what happens to IPv6 traffic leaving through the
+	// interface. The zero NAT6 means NAT6Masquerade.
+	NAT6    NAT6
+	Prefix6 netip.Prefix
 	// Addrs are the uplink's current addresses. When Masquerade is false,
 	// packets leaving through this uplink with the address of another
 	// uplink as source (the router's own traffic re-routed by a mark) are
@@ -50,8 +79,8 @@ type Bucket struct {
 	Weight int    // >= 1
 }
 
-// Balancer chooses the uplink of a new connection.
-type Balancer struct {
+// Choice is how a balancer picks an uplink for one address family.
+type Choice struct {
 	// Buckets: weighted random choice among these uplinks (all up, best
 	// tier). Empty means the balancer has nobody to choose.
 	Buckets []Bucket
@@ -60,6 +89,22 @@ type Balancer struct {
 	// balancer; otherwise the connection stays unmarked (main table).
 	Reject          bool
 	FallbackDefault bool
+}
+
+// Balancer chooses the uplink of a new connection: its Choice holds for
+// IPv4, and for IPv6 too unless V6 is set. V6 is set when the families
+// differ, because an uplink is up (or healthy) in one family only.
+type Balancer struct {
+	Choice
+	V6 *Choice
+}
+
+// For returns the choice for one family.
+func (b Balancer) For(v6 bool) Choice {
+	if v6 && b.V6 != nil {
+		return *b.V6
+	}
+	return b.Choice
 }
 
 // PortRange is an inclusive destination port range.

@@ -108,7 +108,7 @@ func TestValidate(t *testing.T) {
 		"protocol":          {func(s *Spec) { s.Policies[0].Protocol = 1 }, "protocol"},
 		"zero mask":         {func(s *Spec) { s.Mask = 0 }, "mask is zero"},
 		"table name":        {func(s *Spec) { s.Table = "" }, "table name"},
-		"default self":      {func(s *Spec) { s.Default = Balancer{FallbackDefault: true} }, "itself"},
+		"default self":      {func(s *Spec) { s.Default = Balancer{Choice: Choice{FallbackDefault: true}} }, "itself"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			s := goldenSpecs()["all_matchers"]

@@ -63,12 +63,33 @@ func (s Spec) Validate() error {
 				return fmt.Errorf("uplink %s: invalid address", u.Name)
 			}
 		}
+		if err := checkNAT6(s, u); err != nil {
+			return fmt.Errorf("uplink %s: %w", u.Name, err)
+		}
+	}
+	var srcs []netip.Prefix
+	for _, sp := range s.Source6 {
+		if !sp.Prefix.IsValid() || !sp.Prefix.Addr().Is6() || sp.Prefix.Addr().Is4In6() {
+			return fmt.Errorf("source prefix %v: want an IPv6 prefix", sp.Prefix)
+		}
+		if _, ok := marks[sp.Mark]; !ok {
+			return fmt.Errorf("source prefix %v: mark %#x is no uplink's mark", sp.Prefix, sp.Mark)
+		}
+		for _, o := range srcs {
+			if o.Overlaps(sp.Prefix) {
+				// An interval map refuses overlapping elements.
+				return fmt.Errorf("source prefix %v overlaps %v", sp.Prefix, o)
+			}
+		}
+		srcs = append(srcs, sp.Prefix)
 	}
 	if err := checkBalancer(s.Default, marks); err != nil {
 		return fmt.Errorf("default balancer: %w", err)
 	}
-	if s.Default.FallbackDefault && len(s.Default.Buckets) == 0 {
-		return errors.New("default balancer: cannot fall back to itself")
+	for _, c := range []Choice{s.Default.For(false), s.Default.For(true)} {
+		if c.FallbackDefault && len(c.Buckets) == 0 {
+			return errors.New("default balancer: cannot fall back to itself")
+		}
 	}
 	pols := map[string]bool{}
 	for _, p := range s.Policies {
@@ -132,7 +153,39 @@ func checkPolicy(p Policy) error {
 	return nil
 }
 
+func checkNAT6(s Spec, u Uplink) error {
+	switch u.NAT6 {
+	case "", NAT6Masquerade:
+		return nil
+	case NAT6None, NAT6Prefix:
+	default:
+		return fmt.Errorf("nat6 %q: want masquerade, none or prefix", u.NAT6)
+	}
+	if !u.Prefix6.IsValid() || !u.Prefix6.Addr().Is6() || u.Prefix6.Masked() != u.Prefix6 {
+		return fmt.Errorf("nat6 %s needs an IPv6 prefix6 without host bits, got %v", u.NAT6, u.Prefix6)
+	}
+	if u.NAT6 == NAT6Prefix {
+		l := s.LANPrefix6
+		if !l.IsValid() || !l.Addr().Is6() || l.Masked() != l || l.Bits() != u.Prefix6.Bits() {
+			return fmt.Errorf("nat6 prefix needs a LAN prefix as long as %v, got %v", u.Prefix6, l)
+		}
+	}
+	return nil
+}
+
 func checkBalancer(b Balancer, marks map[uint32]string) error {
+	if err := checkChoice(b.Choice, marks); err != nil {
+		return err
+	}
+	if b.V6 != nil {
+		if err := checkChoice(*b.V6, marks); err != nil {
+			return fmt.Errorf("IPv6: %w", err)
+		}
+	}
+	return nil
+}
+
+func checkChoice(b Choice, marks map[uint32]string) error {
 	seen := map[uint32]bool{}
 	for _, bk := range b.Buckets {
 		if _, ok := marks[bk.Mark]; !ok {
