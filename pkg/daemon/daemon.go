@@ -311,9 +311,9 @@ func (d *Daemon) sync(why string) {
 		st, rs := Observe(u, l, d.hint(l))
 		for _, v6 := range []bool{false, true} {
 			fs := familyOf(&st, v6)
-			if v, ok := d.verdicts[famKey{u.Name, v6}]; ok && !v.Healthy && fs.Up {
+			if v, ok := d.verdict(u.Name, v6); ok && !v.Healthy && fs.Up {
 				fs.Unhealthy = true
-				*rs.of(v6) = famName(v6) + " health probes: " + v.Reason
+				*rs.of(v6) = "health probes: " + v.Reason
 			}
 		}
 		if d.maintenance[u.Name] && st.LinkUp() {
@@ -381,6 +381,20 @@ func (d *Daemon) sync(why string) {
 	// flow (a UDP stream with a fixed 5-tuple) then starts a new entry on
 	// a live uplink instead of finding the dead one again.
 	d.flush(flushes, oldAddrs, usedAddrs(d.cfg, d.status))
+}
+
+// verdict is what health probes say of one family of an uplink: its own
+// targets' verdict, or, when it has no targets of its own, the other
+// family's (an ISP that forwards nothing usually forwards neither family,
+// and an admin who lists only IPv4 targets expects them to guard the
+// uplink as a whole).
+func (d *Daemon) verdict(uplink string, v6 bool) (health.Event, bool) {
+	if _, own := d.monitors[famKey{uplink, v6}]; own {
+		v, ok := d.verdicts[famKey{uplink, v6}]
+		return v, ok
+	}
+	v, ok := d.verdicts[famKey{uplink, !v6}]
+	return v, ok
 }
 
 // familyFlush: the families of an uplink whose pinned entries must go.
