@@ -20,6 +20,16 @@ func (l *Lab) CurlMany(n int) (map[int]int, error) {
 
 // CurlManyFrom is CurlMany from namespace ns to server address dst.
 func (l *Lab) CurlManyFrom(ns, dst string, n int) (map[int]int, error) {
+	return l.curlMany(ns, "", dst, n)
+}
+
+// CurlManySrc is CurlMany from the LAN host's address src (one of its
+// addresses, say LANHostIn6(2)) to dst.
+func (l *Lab) CurlManySrc(src, dst string, n int) (map[int]int, error) {
+	return l.curlMany(l.LAN, src, dst, n)
+}
+
+func (l *Lab) curlMany(ns, src, dst string, n int) (map[int]int, error) {
 	host := dst
 	if strings.Contains(dst, ":") {
 		host = "[" + dst + "]"
@@ -27,10 +37,14 @@ func (l *Lab) CurlManyFrom(ns, dst string, n int) (map[int]int, error) {
 	url := fmt.Sprintf("http://%s:%d/", host, PortWhoami)
 	counts := map[int]int{}
 	// Batches keep the command line short; each URL is its own
-	// connection.
+	// connection. The lab loses nothing, so the first failure is
+	// reported at once instead of waiting out every later URL.
 	for done := 0; done < n; {
 		batch := min(100, n-done)
-		args := []string{"curl", "-sS", "-m", "20", "--retry", "0", "-H", "Connection: close"}
+		args := []string{"curl", "-sS", "--connect-timeout", "3", "-m", "10", "--fail-early", "--retry", "0", "-H", "Connection: close"}
+		if src != "" {
+			args = append(args, "--interface", src)
+		}
 		for i := 0; i < batch; i++ {
 			args = append(args, url)
 		}
@@ -81,7 +95,11 @@ type Stream struct {
 
 // OpenStream opens a stream from the LAN namespace to dst (ServerAddr4 if
 // empty). The connection's socket lives in the LAN namespace.
-func (l *Lab) OpenStream(dst string) (*Stream, error) {
+func (l *Lab) OpenStream(dst string) (*Stream, error) { return l.OpenStreamFrom("", dst) }
+
+// OpenStreamFrom is OpenStream from the LAN host's address src ("": the
+// kernel chooses).
+func (l *Lab) OpenStreamFrom(src, dst string) (*Stream, error) {
 	if dst == "" {
 		dst = ServerAddr4
 	}
@@ -89,7 +107,11 @@ func (l *Lab) OpenStream(dst string) (*Stream, error) {
 	before := l.Seen()
 	err := inNetNS(l.LAN, func() error {
 		var err error
-		conn, err = net.DialTimeout("tcp", net.JoinHostPort(dst, fmt.Sprint(PortStream)), 5*time.Second)
+		d := net.Dialer{Timeout: 5 * time.Second}
+		if src != "" {
+			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+		}
+		conn, err = d.Dial("tcp", net.JoinHostPort(dst, fmt.Sprint(PortStream)))
 		return err
 	})
 	if err != nil {
@@ -167,12 +189,22 @@ type UDPAnswer struct {
 	Seen string
 }
 
-// StartUDPFlow starts a flow from LANHost4:srcPort to dst.
+// StartUDPFlow starts a flow from LANHost4:srcPort (LANHost6 for an IPv6
+// dst) to dst.
 func (l *Lab) StartUDPFlow(srcPort int, dst string, interval time.Duration) (*UDPFlow, error) {
+	src := LANHost4
+	if strings.Contains(dst, ":") {
+		src = LANHost6
+	}
+	return l.StartUDPFlowFrom(src, srcPort, dst, interval)
+}
+
+// StartUDPFlowFrom starts a flow from src:srcPort on the LAN host to dst.
+func (l *Lab) StartUDPFlowFrom(src string, srcPort int, dst string, interval time.Duration) (*UDPFlow, error) {
 	var conn net.PacketConn
 	err := inNetNS(l.LAN, func() error {
 		var err error
-		conn, err = net.ListenPacket("udp", net.JoinHostPort(LANHost4, fmt.Sprint(srcPort)))
+		conn, err = net.ListenPacket("udp", net.JoinHostPort(src, fmt.Sprint(srcPort)))
 		return err
 	})
 	if err != nil {

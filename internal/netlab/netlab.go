@@ -17,6 +17,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -54,8 +56,31 @@ func UplinkGateway4(i int) string { return fmt.Sprintf("198.51.100.%d", 8*(i-1)+
 // UplinkAddr6 is the router's IPv6 address on uplink i.
 func UplinkAddr6(i int) string { return fmt.Sprintf("2001:db8:10%d::2", i) }
 
-// UplinkGateway6 is ISP i's IPv6 address on the customer link.
-func UplinkGateway6(i int) string { return fmt.Sprintf("2001:db8:10%d::1", i) }
+// UplinkGateway6 is ISP i's IPv6 router as the router's main table knows
+// it: link-local, as router advertisements hand it out.
+func UplinkGateway6(i int) string { return "fe80::1" }
+
+// UplinkGlobal6 is ISP i's global IPv6 address on the customer link.
+func UplinkGlobal6(i int) string { return fmt.Sprintf("2001:db8:10%d::1", i) }
+
+// Delegated6 is the prefix ISP i routes to the router (as DHCPv6-PD
+// would delegate it): nat6 none hands LAN hosts addresses from its first
+// /64, nat6 prefix maps the LAN onto its second (NPT6).
+func Delegated6(i int) string { return fmt.Sprintf("2001:db8:d%d::/56", i) }
+
+// LANHostIn6 is the LAN host's address from ISP i's prefix (see
+// AddLANPrefixes).
+func LANHostIn6(i int) string { return fmt.Sprintf("2001:db8:d%d::10", i) }
+
+// NPT6 is the /64 of ISP i's prefix that nat6 = "prefix" maps the LAN's
+// 2001:db8:1::/64 onto; the LAN host shows up as NPTHost6(i).
+func NPT6(i int) string { return fmt.Sprintf("2001:db8:d%d:1::/64", i) }
+
+// NPTHost6 is the LAN host's address after prefix translation to ISP i.
+func NPTHost6(i int) string { return fmt.Sprintf("2001:db8:d%d:1::10", i) }
+
+// LANPrefix6 is the LAN's own IPv6 prefix.
+const LANPrefix6 = "2001:db8:1::/64"
 
 // Options shape a lab.
 type Options struct {
@@ -83,11 +108,15 @@ func (l *Lab) ISP(i int) string { return l.isps[i-1] }
 func (l *Lab) ISPs() int { return len(l.isps) }
 
 // ISPOf maps a source address the server saw to the ISP it came through
-// (0 if it is none of the uplinks' addresses).
+// (0 if it is none of the uplinks' addresses or prefixes).
 func (l *Lab) ISPOf(addr string) int {
 	addr = strings.TrimSpace(addr)
+	a, err := netip.ParseAddr(addr)
 	for i := 1; i <= len(l.isps); i++ {
 		if addr == UplinkAddr4(i) || addr == UplinkAddr6(i) {
+			return i
+		}
+		if err == nil && netip.MustParsePrefix(Delegated6(i)).Contains(a) {
 			return i
 		}
 	}
@@ -189,6 +218,9 @@ func (l *Lab) build() error {
 			fmt.Sprintf("addr add %s/64 dev %s nodad", UplinkAddr6(n), wan),
 			fmt.Sprintf("route add default via %s dev %s metric %d", UplinkGateway4(n), wan, 100*n),
 			fmt.Sprintf("route add ::/0 via %s dev %s metric %d", UplinkGateway6(n), wan, 100*n),
+			// What a router learns from router advertisements: the
+			// ISP's link-local address (and it must keep accepting them
+			// while it forwards).
 		); err != nil {
 			return err
 		}
@@ -198,7 +230,13 @@ func (l *Lab) build() error {
 			"link set cust up",
 			"link set srv up",
 			fmt.Sprintf("addr add %s/29 dev cust", UplinkGateway4(n)),
-			fmt.Sprintf("addr add %s/64 dev cust nodad", UplinkGateway6(n)),
+		); err != nil {
+			return err
+		}
+		if err := l.ip(isp, custIPv6(n)...); err != nil {
+			return err
+		}
+		if err := l.ip(isp,
 			fmt.Sprintf("addr add %s/30 dev srv", isp4),
 			fmt.Sprintf("addr add %s/64 dev srv nodad", isp6),
 			fmt.Sprintf("route add 203.0.113.10/31 via %s", srv4),
@@ -217,10 +255,10 @@ func (l *Lab) build() error {
 	chain in {
 		type filter hook prerouting priority -300; policy accept;
 		iifname "cust" ip saddr != %s counter name spoofed drop
-		iifname "cust" ip6 saddr != { %s, fe80::/10, :: } counter name spoofed6 drop
+		iifname "cust" ip6 saddr != { %s, %s, fe80::/10, :: } counter name spoofed6 drop
 	}
 }
-`, UplinkAddr4(n), UplinkAddr6(n))
+`, UplinkAddr4(n), UplinkAddr6(n), Delegated6(n))
 		if err := l.nft(isp, filter); err != nil {
 			return err
 		}
@@ -230,6 +268,7 @@ func (l *Lab) build() error {
 			fmt.Sprintf("addr add %s/64 dev isp%d nodad", srv6, n),
 			fmt.Sprintf("route add 198.51.100.%d/29 via %s", 8*i, isp4),
 			fmt.Sprintf("route add 2001:db8:10%d::/64 via %s", n, isp6),
+			fmt.Sprintf("route add %s via %s", Delegated6(n), isp6),
 		); err != nil {
 			return err
 		}
@@ -243,7 +282,32 @@ func (l *Lab) build() error {
 		return err
 	}
 	// The router forwards; what it does with marks and NAT is wanpin's job.
-	return l.sysctl(l.Router, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	// accept_ra=2: a forwarding router still takes router advertisements
+	// (and sends solicitations) on its uplinks, as a Debian router with an
+	// RA-configured uplink does.
+	if err := l.sysctl(l.Router, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"); err != nil {
+		return err
+	}
+	var ra []string
+	for i := range l.isps {
+		ra = append(ra, fmt.Sprintf("net.ipv6.conf.wan%d.accept_ra=2", i+1))
+	}
+	return l.sysctl(l.Router, ra...)
+}
+
+// AddLANPrefixes gives the router's LAN interface and the LAN host an
+// address from every ISP's delegated prefix (the first /64), as router
+// advertisements with several prefixes would: what nat6 = "none" needs.
+func (l *Lab) AddLANPrefixes() error {
+	var router, host []string
+	for i := 1; i <= len(l.isps); i++ {
+		router = append(router, fmt.Sprintf("addr add 2001:db8:d%d::1/64 dev lan0 nodad", i))
+		host = append(host, fmt.Sprintf("addr add %s/64 dev eth0 nodad", LANHostIn6(i)))
+	}
+	if err := l.ip(l.Router, router...); err != nil {
+		return err
+	}
+	return l.ip(l.LAN, host...)
 }
 
 // ip runs `ip -batch` with the given lines in ns.
@@ -338,6 +402,17 @@ func Sweep() {
 	}
 }
 
+// custIPv6 is ISP i's IPv6 on the customer link: its global and
+// link-local router addresses and the route of the customer's delegated
+// prefix. Idempotent (replace), so SetCarrier can put it back.
+func custIPv6(i int) []string {
+	return []string{
+		fmt.Sprintf("addr replace %s/64 dev cust nodad", UplinkGlobal6(i)),
+		"addr replace fe80::1/64 dev cust nodad",
+		fmt.Sprintf("route replace %s via %s dev cust", Delegated6(i), UplinkAddr6(i)),
+	}
+}
+
 // SetCarrier takes ISP i's side of the customer link down or up: the
 // router's wan<i> loses carrier but keeps its address, as when a modem
 // loses sync.
@@ -346,7 +421,15 @@ func (l *Lab) SetCarrier(i int, up bool) error {
 	if up {
 		state = "up"
 	}
-	if err := l.ip(l.ISP(i), "link set cust "+state); err != nil {
+	lines := []string{"link set cust " + state}
+	if up {
+		// An interface taken down loses its IPv6 addresses and the
+		// routes through it (the ISP's fe80::1 router address and its
+		// route to the delegated prefix): put them back, as the ISP's
+		// router would.
+		lines = append(lines, custIPv6(i)...)
+	}
+	if err := l.ip(l.ISP(i), lines...); err != nil {
 		return err
 	}
 	// The kernel's linkwatch worker applies carrier changes, possibly up
@@ -397,4 +480,36 @@ func (l *Lab) spoofed(i int, counter string) (uint64, error) {
 		fmt.Sscan(out[i+len("packets "):], &n)
 	}
 	return n, nil
+}
+
+// Blackhole6 makes ISP i silently drop every IPv6 packet while IPv4 and
+// the link stay up: an ISP whose IPv6 breaks on its own.
+func (l *Lab) Blackhole6(i int, on bool) error {
+	if on {
+		return l.nft(l.ISP(i), `table ip6 blackhole6 {
+	chain pre { type filter hook prerouting priority -400; policy drop; }
+}
+`)
+	}
+	return sh("ip", "netns", "exec", l.ISP(i), "nft", "delete", "table", "ip6", "blackhole6")
+}
+
+// StartRA runs radvd on ISP i's customer link: router advertisements
+// naming the ISP's link-local address as default router, as a real ISP
+// sends them. It is stopped with the lab.
+func (l *Lab) StartRA(i int, dir string) (*Proc, error) {
+	conf := fmt.Sprintf(`interface cust {
+	AdvSendAdvert on;
+	MinRtrAdvInterval 3;
+	MaxRtrAdvInterval 10;
+	AdvDefaultLifetime 1800;
+	prefix %s/64 { AdvOnLink on; AdvAutonomous off; };
+};
+`, strings.TrimSuffix(UplinkGlobal6(i), "1"))
+	path := fmt.Sprintf("%s/radvd-isp%d.conf", dir, i)
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	return l.Start(l.ISP(i), fmt.Sprintf("%s/radvd-isp%d.log", dir, i),
+		"radvd", "--nodaemon", "--config", path, "--pidfile", fmt.Sprintf("%s/radvd-isp%d.pid", dir, i), "--logmethod", "stderr")
 }
