@@ -13,6 +13,7 @@ declare -A need=(
   [ip]=iproute2 [nft]=nftables [conntrack]=conntrack [iperf3]=iperf3
   [socat]=socat [curl]=curl [dbus-daemon]=dbus-daemon [nsenter]=util-linux
   [setpriv]=util-linux [systemd-analyze]=systemd [dpkg-deb]=dpkg
+  [radvd]=radvd [rdisc6]=ndisc6 [ndisc6]=ndisc6 [ping]=iputils-ping
 )
 missing=()
 for cmd in "${!need[@]}"; do
