@@ -96,6 +96,13 @@ func run(bin string) error {
 	}
 	shares(counts)
 
+	step("The same over IPv6: 200 connections from the LAN host's 2001:db8:1::10, masqueraded per uplink")
+	counts, err = l.CurlManySrc(netlab.LANHost6, netlab.ServerAddr6, 200)
+	if err != nil {
+		return err
+	}
+	shares(counts)
+
 	step("The policy: the LAN host's 192.0.2.20 goes through the cable ISP only")
 	out, err = l.Exec(l.LAN, "sh", "-c", "for i in $(seq 20); do curl -sS -m 5 --interface 192.0.2.20 http://203.0.113.10:8080/; done")
 	if err != nil {
