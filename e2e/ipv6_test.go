@@ -491,19 +491,26 @@ func TestNeighbourDiscoveryAndRA(t *testing.T) {
 	// The ISP starts sending router advertisements; the router asks for
 	// one at once, takes it, and wanpin brings uplink 1's IPv6 back
 	// through the link-local router the advertisement named.
-	if _, err := l.StartRA(1, t.TempDir()); err != nil {
-		t.Fatal(err)
+	dir := t.TempDir()
+	for i := 1; i <= 2; i++ {
+		if _, err := l.StartRA(i, dir); err != nil {
+			t.Fatal(err)
+		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		out, err := l.Exec(l.Router, "rdisc6", "-1", "-r", "2", "-w", "1000", "wan1")
-		if err == nil && strings.Contains(out, "from fe80::") {
-			break
+	// Router solicitations leave and advertisements come back on both
+	// uplinks, the one wanpin has taken down included.
+	for _, wan := range []string{"wan1", "wan2"} {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			out, err := l.Exec(l.Router, "rdisc6", "-1", "-r", "2", "-w", "1000", wan)
+			if err == nil && strings.Contains(out, "from fe80::") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no router advertisement on %s while wanpin runs: %v\n%s", wan, err, out)
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no router advertisement on wan1 while wanpin runs: %v\n%s", err, out)
-		}
-		time.Sleep(500 * time.Millisecond)
 	}
 	d.waitFor(`uplink IPv6 up" uplink=isp1`, 1, 10*time.Second)
 	u := statusOf(t, d).Uplinks[0]
