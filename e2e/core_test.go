@@ -2,8 +2,8 @@ package e2e
 
 import (
 	"fmt"
-	"github.com/wanpin/wanpin/internal/netlab"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wanpin/wanpin/internal/netlab"
 )
 
 // TestWeightedBalancing: weights 3:1, 400 new connections from the LAN;
@@ -49,18 +51,31 @@ func assertNoSpoofed(t *testing.T, l interface{ SpoofedDrops(int) (uint64, error
 	}
 }
 
-// TestPolicies: source, port, user (uid) and service (cgroup) policies
-// send their traffic only through their uplink, while the default would
-// use uplink 1; fallback = "none" rejects once its uplink is gone.
+// TestPolicies, per family: source, port, user, service and destination
+// (fallback none) policies send traffic to the backup uplink, and the
+// rest stays on the primary; with the backup down the strict policy
+// rejects at once and the source policy falls back.
 func TestPolicies(t *testing.T) {
-	l := newLab(t, 2)
-	cg := cgroupDir(t)
-	cfg := fmt.Sprintf(twoUplinks, 1, 1) + `
+	for _, f := range []struct {
+		name           string
+		host, alt      string // the LAN host's default and policy-matched source
+		server, strict string // the server, and the destination of the strict policy
+	}{
+		{"IPv4", netlab.LANHost4, netlab.LANHostAlt4, netlab.ServerAddr4, "203.0.113.11"},
+		{"IPv6", netlab.LANHost6, "2001:db8:1::20", netlab.ServerAddr6, "2001:db8:ff::11"},
+	} {
+		t.Run(f.name, func(t *testing.T) {
+			l := newLab(t, 2)
+			if f.name == "IPv6" {
+				run(t, l, l.LAN, "ip", "addr", "add", f.alt+"/64", "dev", "eth0", "nodad")
+			}
+			cg := cgroupDir(t)
+			cfg := fmt.Sprintf(twoUplinks, 1, 1) + `
 tier = 2   # isp2 is a backup: only policies send traffic there
 
 [[policy]]
 name = "by-source"
-sources = ["192.0.2.20/32"]
+sources = ["192.0.2.20/32", "2001:db8:1::20/128"]
 uplinks = ["isp2"]
 
 [[policy]]
@@ -81,63 +96,70 @@ uplinks = ["isp2"]
 
 [[policy]]
 name = "strict"
-destinations = ["203.0.113.11/32"]
+destinations = ["203.0.113.11/32", "2001:db8:ff::11/128"]
 uplinks = ["isp2"]
 fallback = "none"
 `
-	d := startWanpin(t, l, cfg)
-	d.waitFor("service cgroup", 1, 5*time.Second)
+			d := startWanpin(t, l, cfg)
+			d.waitFor("service cgroup", 1, 5*time.Second)
 
-	whoami := func(ns string, args ...string) string {
-		t.Helper()
-		return strings.TrimSpace(run(t, l, ns, args...))
+			urlOf := func(addr string, port int) string {
+				return fmt.Sprintf("http://%s/", net.JoinHostPort(addr, fmt.Sprint(port)))
+			}
+			url := urlOf(f.server, netlab.PortWhoami)
+			// isp runs curl in ns and says through which ISP the server saw it.
+			isp := func(ns string, args ...string) int {
+				t.Helper()
+				return l.ISPOf(strings.TrimSpace(run(t, l, ns, append([]string{"curl", "-sS", "-m", "5"}, args...)...)))
+			}
+			if got := isp(l.LAN, "--interface", f.host, url); got != 1 {
+				t.Errorf("default traffic went through ISP %d, want 1", got)
+			}
+			if got := isp(l.LAN, "--interface", f.alt, url); got != 2 {
+				t.Errorf("source policy: ISP %d, want 2", got)
+			}
+			// Port policy: the stream service on 8082 reports nothing
+			// in-band; the server's record says where it came from.
+			l.ResetSeen()
+			l.Exec(l.LAN, "curl", "-sS", "-m", "1", "-o", "/dev/null", "--interface", f.host, urlOf(f.server, 8082))
+			if seen := l.Seen(); !onlyISP(l, seen, 2) {
+				t.Errorf("port policy: server saw %v, want only ISP 2", seen)
+			}
+			// The router's own traffic: by uid, and by cgroup.
+			if got := isp(l.Router, url); got != 1 {
+				t.Errorf("router's own default traffic: ISP %d, want 1", got)
+			}
+			priv := []string{"setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", "curl", "-sS", "-m", "5", url}
+			if got := l.ISPOf(strings.TrimSpace(run(t, l, l.Router, priv...))); got != 2 {
+				t.Errorf("user policy: ISP %d, want 2", got)
+			}
+			inCgroup := fmt.Sprintf("echo $$ > %s/cgroup.procs && exec curl -sS -m 5 %s", cg.abs, url)
+			if got := l.ISPOf(strings.TrimSpace(run(t, l, l.Router, "sh", "-c", inCgroup))); got != 2 {
+				t.Errorf("service policy: ISP %d, want 2", got)
+			}
+			// fallback none: with isp2 up, the strict destination goes
+			// through it; with isp2 gone, connections to it are refused
+			// at once while the source policy falls back to isp1.
+			strictURL := urlOf(f.strict, netlab.PortWhoami)
+			if got := isp(l.LAN, "--interface", f.host, strictURL); got != 2 {
+				t.Errorf("strict policy: ISP %d, want 2", got)
+			}
+			if err := l.SetCarrier(2, false); err != nil {
+				t.Fatal(err)
+			}
+			d.waitFor("uplink down", 1, 5*time.Second)
+			out, err := l.Exec(l.LAN, "curl", "-sS", "-m", "3", "--interface", f.host, strictURL)
+			if err == nil {
+				t.Errorf("strict policy with its uplink down: connection succeeded (%q), want refused", out)
+			} else if strings.Contains(out, "timed out") {
+				t.Errorf("strict policy with its uplink down: timed out, want an immediate reject: %s", out)
+			}
+			if got := isp(l.LAN, "--interface", f.alt, url); got != 1 {
+				t.Errorf("source policy with fallback any and isp2 down: ISP %d, want 1", got)
+			}
+			assertNoSpoofed6(t, l)
+		})
 	}
-	url := "http://203.0.113.10:8080/"
-	isp := func(addr string) int { return l.ISPOf(addr) }
-
-	if got := isp(whoami(l.LAN, "curl", "-sS", "-m", "5", url)); got != 1 {
-		t.Errorf("default traffic went through ISP %d, want 1", got)
-	}
-	if got := isp(whoami(l.LAN, "curl", "-sS", "-m", "5", "--interface", "192.0.2.20", url)); got != 2 {
-		t.Errorf("source policy: ISP %d, want 2", got)
-	}
-	// Port policy: the stream service on 8082 reports nothing in-band;
-	// the server's record says where the connection came from.
-	l.ResetSeen()
-	run(t, l, l.LAN, "sh", "-c", "curl -sS -m 1 -o /dev/null http://203.0.113.10:8082/ || true")
-	if seen := l.Seen(); !onlyISP(l, seen, 2) {
-		t.Errorf("port policy: server saw %v, want only ISP 2", seen)
-	}
-	// The router's own traffic: by uid, and by cgroup.
-	if got := isp(whoami(l.Router, "setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", "curl", "-sS", "-m", "5", url)); got != 2 {
-		t.Errorf("user policy: ISP %d, want 2", got)
-	}
-	if got := isp(whoami(l.Router, "curl", "-sS", "-m", "5", url)); got != 1 {
-		t.Errorf("router's own default traffic: ISP %d, want 1", got)
-	}
-	inCgroup := fmt.Sprintf("echo $$ > %s/cgroup.procs && exec curl -sS -m 5 %s", cg.abs, url)
-	if got := isp(whoami(l.Router, "sh", "-c", inCgroup)); got != 2 {
-		t.Errorf("service policy: ISP %d, want 2", got)
-	}
-	// fallback none: with isp2 up, .11 goes through it; with isp2 gone,
-	// connections to .11 are refused while .10 still works through isp1.
-	if got := isp(whoami(l.LAN, "curl", "-sS", "-m", "5", "http://203.0.113.11:8080/")); got != 2 {
-		t.Errorf("strict policy: ISP %d, want 2", got)
-	}
-	if err := l.SetCarrier(2, false); err != nil {
-		t.Fatal(err)
-	}
-	d.waitFor("uplink down", 1, 5*time.Second)
-	out, err := l.Exec(l.LAN, "curl", "-sS", "-m", "3", "http://203.0.113.11:8080/")
-	if err == nil {
-		t.Errorf("strict policy with its uplink down: connection succeeded (%q), want refused", out)
-	} else if strings.Contains(out, "timed out") {
-		t.Errorf("strict policy with its uplink down: timed out, want an immediate reject: %s", out)
-	}
-	if got := isp(whoami(l.LAN, "curl", "-sS", "-m", "5", "--interface", "192.0.2.20", url)); got != 1 {
-		t.Errorf("source policy with fallback any and isp2 down: ISP %d, want 1", got)
-	}
-	assertNoSpoofed(t, l)
 }
 
 func onlyISP(l interface{ ISPOf(string) int }, seen map[string]int, want int) bool {

@@ -50,27 +50,10 @@ func TestPinnedAcrossFailback(t *testing.T) {
 	if l.ISPOf(s.Peer()) != 2 {
 		t.Fatalf("stream through %s, want ISP 2", s.Peer())
 	}
-	if err := l.SetCarrier(1, true); err != nil {
-		t.Fatal(err)
-	}
-	d.waitFor("uplink up", 3, 5*time.Second)
-	// No stall: the stream grows in every 50 ms window for a second,
-	// while new connections spread over both uplinks.
-	done := make(chan map[int]int)
-	go func() {
+	counts := failbackWithoutStall(t, l, d, s, func() map[int]int {
 		c, _ := l.CurlMany(100)
-		done <- c
-	}()
-	last := s.Received()
-	for i := 0; i < 20; i++ {
-		time.Sleep(50 * time.Millisecond)
-		now := s.Received()
-		if now == last {
-			t.Fatalf("stream stalled %d ms after uplink 1 came back (err %v)", 50*(i+1), s.Err())
-		}
-		last = now
-	}
-	counts := <-done
+		return c
+	})
 	if counts[1] < 20 || counts[2] < 20 {
 		t.Errorf("new connections after failback: %v, want both uplinks used", counts)
 	}
@@ -80,42 +63,75 @@ func TestPinnedAcrossFailback(t *testing.T) {
 	assertNoSpoofed(t, l)
 }
 
+// failbackWithoutStall brings uplink 1 back while stream s runs pinned to
+// uplink 2: s must grow in every 50 ms window for a second while newConns
+// opens new connections, whose counts per ISP it returns.
+func failbackWithoutStall(t *testing.T, l *netlab.Lab, d *daemon, s *netlab.Stream, newConns func() map[int]int) map[int]int {
+	t.Helper()
+	if err := l.SetCarrier(1, true); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor("uplink up", 3, 5*time.Second)
+	done := make(chan map[int]int)
+	go func() { done <- newConns() }()
+	last := s.Received()
+	for i := 0; i < 20; i++ {
+		time.Sleep(50 * time.Millisecond)
+		now := s.Received()
+		if now == last {
+			<-done
+			t.Fatalf("stream stalled %d ms after uplink 1 came back (err %v)", 50*(i+1), s.Err())
+		}
+		last = now
+	}
+	return <-done
+}
+
 // TestUDPRescue: a UDP flow with a fixed source port runs through uplink
 // 1; within a second of uplink 1 going down it continues through uplink 2
 // (the server sees the new source address). Without the conntrack flush
-// the flow would stay pinned to the dead uplink forever.
+// the flow would stay pinned to the dead uplink forever. Both families.
 func TestUDPRescue(t *testing.T) {
-	l := newLab(t, 2)
-	d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1)+"tier = 2\n")
-	f, err := l.StartUDPFlow(40000, netlab.ServerAddr4, 20*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	time.Sleep(200 * time.Millisecond)
-	a := f.Answers()
-	if len(a) == 0 || l.ISPOf(a[len(a)-1].Seen) != 1 {
-		t.Fatalf("flow before the failure: %v", a)
-	}
-	down := time.Now()
-	if err := l.SetCarrier(1, false); err != nil {
-		t.Fatal(err)
-	}
-	deadline := down.Add(3 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, ans := range f.Answers() {
-			if ans.At.After(down) && l.ISPOf(ans.Seen) == 2 {
-				took := ans.At.Sub(down)
-				t.Logf("UDP flow resumed through ISP 2 after %v", took.Round(time.Millisecond))
-				if took > time.Second {
-					t.Errorf("UDP flow took %v to move, want under 1 s", took)
-				}
-				// The line is written just after the flush returns.
-				d.waitFor("conntrack flushed", 1, 2*time.Second)
-				return
+	for _, c := range []struct {
+		name string
+		port int
+		dst  string
+	}{{"IPv4", 40000, netlab.ServerAddr4}, {"IPv6", 40006, netlab.ServerAddr6}} {
+		t.Run(c.name, func(t *testing.T) {
+			l := newLab(t, 2)
+			d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1)+"tier = 2\n")
+			f, err := l.StartUDPFlow(c.port, c.dst, 20*time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-		time.Sleep(10 * time.Millisecond)
+			defer f.Close()
+			time.Sleep(200 * time.Millisecond)
+			a := f.Answers()
+			if len(a) == 0 || l.ISPOf(a[len(a)-1].Seen) != 1 {
+				t.Fatalf("flow before the failure: %v", a)
+			}
+			down := time.Now()
+			if err := l.SetCarrier(1, false); err != nil {
+				t.Fatal(err)
+			}
+			deadline := down.Add(3 * time.Second)
+			for time.Now().Before(deadline) {
+				for _, ans := range f.Answers() {
+					if ans.At.After(down) && l.ISPOf(ans.Seen) == 2 {
+						took := ans.At.Sub(down)
+						t.Logf("%s UDP flow resumed through ISP 2 after %v", c.name, took.Round(time.Millisecond))
+						if took > time.Second {
+							t.Errorf("UDP flow took %v to move, want under 1 s", took)
+						}
+						// The line is written just after the flush returns.
+						d.waitFor("conntrack flushed", 1, 2*time.Second)
+						assertNoSpoofed6(t, l)
+						return
+					}
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			t.Fatalf("UDP flow never moved to ISP 2; answers since the failure: %v", f.Answers()[len(a):])
+		})
 	}
-	t.Fatalf("UDP flow never moved to ISP 2; answers since the failure: %v", f.Answers()[len(a):])
 }
