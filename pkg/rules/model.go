@@ -353,6 +353,13 @@ func (b *builder) build() {
 	// The mask on the ct mark: a connection pinned by someone else's bits
 	// outside M still counts as unpinned for wanpin.
 	post.rules = append(post.rules, newRule(maskedMark("meta mark", metaMarkLoad(), s.Mask), vmapFrag(mapGuard)))
+	// The guard again on the connection's own mark: a packet of a pinned
+	// connection that reaches postrouting without its meta mark (seen
+	// under a storm of table replacements: the restore missed, the main
+	// table sent a client's ACK out of the other uplink, and the kernel
+	// killed the masquerade entry of a healthy connection) is dropped
+	// here too; TCP resends it a moment later through the right uplink.
+	post.rules = append(post.rules, newRule(maskedMark("ct mark", ctMarkLoad(), s.Mask), vmapFrag(mapGuard)))
 	post.rules = append(post.rules, newRule(
 		func() frag { t, l := ifnameMeta(false); return frag{text: t, exprs: []expr.Any{l}} }(), vmapFrag(mapCountOut)))
 	post.rules = append(post.rules, newRule(
