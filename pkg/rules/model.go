@@ -352,14 +352,19 @@ func (b *builder) build() {
 
 	// The mask on the ct mark: a connection pinned by someone else's bits
 	// outside M still counts as unpinned for wanpin.
-	post.rules = append(post.rules, newRule(maskedMark("meta mark", metaMarkLoad(), s.Mask), vmapFrag(mapGuard)))
-	// The guard again on the connection's own mark: a packet of a pinned
+	// The guard, on the connection's own mark: a packet of a pinned
 	// connection that reaches postrouting without its meta mark (seen
 	// under a storm of table replacements: the restore missed, the main
 	// table sent a client's ACK out of the other uplink, and the kernel
-	// killed the masquerade entry of a healthy connection) is dropped
-	// here too; TCP resends it a moment later through the right uplink.
+	// killed the masquerade entry of a healthy connection) is dropped;
+	// TCP resends it a moment later through the right uplink. The ct
+	// mark lives in the conntrack entry and cannot miss.
 	post.rules = append(post.rules, newRule(maskedMark("ct mark", ctMarkLoad(), s.Mask), vmapFrag(mapGuard)))
+	// And on the packet's mark while the connection is new (its ct mark
+	// is saved below, from the interface it really leaves by): a health
+	// probe or balanced first packet marked for one uplink never leaves
+	// another. Established packets skip the lookup.
+	post.rules = append(post.rules, newRule(ctStateNew(), maskedMark("meta mark", metaMarkLoad(), s.Mask), vmapFrag(mapGuard)))
 	post.rules = append(post.rules, newRule(
 		func() frag { t, l := ifnameMeta(false); return frag{text: t, exprs: []expr.Any{l}} }(), vmapFrag(mapCountOut)))
 	post.rules = append(post.rules, newRule(
