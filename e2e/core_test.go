@@ -38,15 +38,22 @@ func TestWeightedBalancing(t *testing.T) {
 	assertNoSpoofed(t, l)
 }
 
-func assertNoSpoofed(t *testing.T, l interface{ SpoofedDrops(int) (uint64, error) }) {
+// assertNoSpoofed fails the test if an ISP dropped a packet, of either
+// family, whose source was not its customer's: a wrong NAT.
+func assertNoSpoofed(t *testing.T, l *netlab.Lab) {
 	t.Helper()
 	for i := 1; i <= 2; i++ {
-		n, err := l.SpoofedDrops(i)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n != 0 {
-			t.Errorf("ISP %d dropped %d packets with a foreign source address: wrong NAT", i, n)
+		for _, c := range []struct {
+			family string
+			read   func(int) (uint64, error)
+		}{{"IPv4", l.SpoofedDrops}, {"IPv6", l.SpoofedDrops6}} {
+			n, err := c.read(i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n != 0 {
+				t.Errorf("ISP %d dropped %d %s packets with a foreign source address: wrong NAT", i, n, c.family)
+			}
 		}
 	}
 }
@@ -157,7 +164,7 @@ fallback = "none"
 			if got := isp(l.LAN, "--interface", f.alt, url); got != 1 {
 				t.Errorf("source policy with fallback any and isp2 down: ISP %d, want 1", got)
 			}
-			assertNoSpoofed6(t, l)
+			assertNoSpoofed(t, l)
 		})
 	}
 }

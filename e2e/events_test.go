@@ -125,7 +125,7 @@ func TestUDPRescue(t *testing.T) {
 						}
 						// The line is written just after the flush returns.
 						d.waitFor("conntrack flushed", 1, 2*time.Second)
-						assertNoSpoofed6(t, l)
+						assertNoSpoofed(t, l)
 						return
 					}
 				}

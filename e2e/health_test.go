@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
@@ -10,13 +11,17 @@ import (
 	"github.com/wanpin/wanpin/internal/netlab"
 )
 
-const healthConfig = `
+// healthConfig is two uplinks, isp2 the backup (tier 2), each probing the
+// same targets with the default health settings.
+func healthConfig(targets ...string) string {
+	list := `"` + strings.Join(targets, `", "`) + `"`
+	return fmt.Sprintf(`
 [[uplink]]
 name = "isp1"
 interface = "wan1"
 
 [uplink.health]
-targets = ["203.0.113.10", "203.0.113.11"]
+targets = [%[1]s]
 
 [[uplink]]
 name = "isp2"
@@ -24,8 +29,9 @@ interface = "wan2"
 tier = 2
 
 [uplink.health]
-targets = ["203.0.113.10", "203.0.113.11"]
-`
+targets = [%[1]s]
+`, list)
+}
 
 // TestBlackhole: the ISP behind uplink 1 silently drops everything while
 // the link stays up. With the default health settings, new connections
@@ -34,7 +40,7 @@ targets = ["203.0.113.10", "203.0.113.11"]
 // hold_down.
 func TestBlackhole(t *testing.T) {
 	l := newLab(t, 2)
-	d := startWanpin(t, l, healthConfig)
+	d := startWanpin(t, l, healthConfig("203.0.113.10", "203.0.113.11"))
 	f, err := l.StartUDPFlow(40002, netlab.ServerAddr4, 20*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)

@@ -302,7 +302,8 @@ func reloadUnderTraffic(l *netlab.Lab, bin, dir string) (lost, sent int64, err e
 }
 
 // resources runs wanpin with 4 dual-stack uplinks each probing 4 targets
-// (2 per family) in a lab of its own and reads its resident memory and CPU use over 20 idle seconds.
+// (2 per family) in a lab of its own and reads its resident memory and
+// CPU use over 20 idle seconds.
 func resources(bin, dir string) (rss, cpu float64, err error) {
 	l, err := netlab.New(netlab.Options{ISPs: 4})
 	if err != nil {

@@ -217,10 +217,9 @@ func (l *Lab) build() error {
 			fmt.Sprintf("addr add %s/29 dev %s", UplinkAddr4(n), wan),
 			fmt.Sprintf("addr add %s/64 dev %s nodad", UplinkAddr6(n), wan),
 			fmt.Sprintf("route add default via %s dev %s metric %d", UplinkGateway4(n), wan, 100*n),
+			// As router advertisements leave it: via the ISP's
+			// link-local router address.
 			fmt.Sprintf("route add ::/0 via %s dev %s metric %d", UplinkGateway6(n), wan, 100*n),
-			// What a router learns from router advertisements: the
-			// ISP's link-local address (and it must keep accepting them
-			// while it forwards).
 		); err != nil {
 			return err
 		}
@@ -452,19 +451,27 @@ func (l *Lab) SetCarrier(i int, up bool) error {
 
 // Blackhole makes ISP i silently drop everything it would forward or
 // answer, while every link stays up.
-func (l *Lab) Blackhole(i int, on bool) error {
+func (l *Lab) Blackhole(i int, on bool) error { return l.blackhole(i, "inet", "blackhole", on) }
+
+// Blackhole6 makes ISP i silently drop every IPv6 packet while IPv4 and
+// the link stay up: an ISP whose IPv6 breaks on its own.
+func (l *Lab) Blackhole6(i int, on bool) error { return l.blackhole(i, "ip6", "blackhole6", on) }
+
+// blackhole adds or deletes, in ISP i, a table that drops every packet of
+// its family before anything else sees it.
+func (l *Lab) blackhole(i int, family, name string, on bool) error {
 	if on {
-		return l.nft(l.ISP(i), `table inet blackhole {
+		return l.nft(l.ISP(i), fmt.Sprintf(`table %s %s {
 	chain pre { type filter hook prerouting priority -400; policy drop; }
 }
-`)
+`, family, name))
 	}
-	return sh("ip", "netns", "exec", l.ISP(i), "nft", "delete", "table", "inet", "blackhole")
+	return sh("ip", "netns", "exec", l.ISP(i), "nft", "delete", "table", family, name)
 }
 
 // SpoofedDrops reads how many IPv4 packets ISP i dropped for a foreign
-// source. (IPv6 ones are counted apart, in SpoofedDrops6: wanpin's IPv6
-// egress is a later issue.)
+// source. IPv6 ones are counted apart (SpoofedDrops6), so a failure says
+// which family's NAT was wrong.
 func (l *Lab) SpoofedDrops(i int) (uint64, error) { return l.spoofed(i, "spoofed") }
 
 // SpoofedDrops6 reads how many IPv6 packets ISP i dropped for a foreign source.
@@ -480,18 +487,6 @@ func (l *Lab) spoofed(i int, counter string) (uint64, error) {
 		fmt.Sscan(out[i+len("packets "):], &n)
 	}
 	return n, nil
-}
-
-// Blackhole6 makes ISP i silently drop every IPv6 packet while IPv4 and
-// the link stay up: an ISP whose IPv6 breaks on its own.
-func (l *Lab) Blackhole6(i int, on bool) error {
-	if on {
-		return l.nft(l.ISP(i), `table ip6 blackhole6 {
-	chain pre { type filter hook prerouting priority -400; policy drop; }
-}
-`)
-	}
-	return sh("ip", "netns", "exec", l.ISP(i), "nft", "delete", "table", "ip6", "blackhole6")
 }
 
 // StartRA runs radvd on ISP i's customer link: router advertisements
