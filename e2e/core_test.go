@@ -227,7 +227,10 @@ func TestInboundPinned(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	time.Sleep(200 * time.Millisecond)
+	waitUntil(t, 5*time.Second, "socat to listen on the router's port 9000", func() (bool, string) {
+		out, err := l.Exec(l.Router, "ss", "-Hltn", "sport = :9000")
+		return err == nil && strings.Contains(out, ":9000"), fmt.Sprintf("ss: %v %q", err, out)
+	})
 	for i := 0; i < 5; i++ {
 		for up := 1; up <= 2; up++ {
 			addr := netlab.UplinkAddr4(up)

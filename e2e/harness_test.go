@@ -187,3 +187,71 @@ uplinks = ["isp2"]
 	}
 	return d, s
 }
+
+// poll calls cond until it holds or timeout has passed, and returns
+// whether it held, what cond last saw and how long that took. The fixed
+// sleep between calls only paces them.
+func poll(timeout time.Duration, cond func() (bool, string)) (ok bool, seen string, took time.Duration) {
+	start := time.Now()
+	for {
+		ok, seen = cond()
+		if ok || time.Since(start) > timeout {
+			return ok, seen, time.Since(start)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitUntil waits until cond holds and returns how long that took. If it
+// does not hold within timeout, the test fails saying what was awaited
+// and what cond last saw.
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) time.Duration {
+	t.Helper()
+	ok, seen, took := poll(timeout, cond)
+	if !ok {
+		t.Fatalf("timed out after %v waiting for %s; last seen: %s", timeout, what, seen)
+	}
+	return took
+}
+
+// streamProgress is what a stream must receive to count as still
+// flowing: 16 of the stream service's 64 KiB writes, 160 ms of a stream
+// that nothing holds up.
+const streamProgress = 16 * 64 << 10
+
+// stillFlowing waits until s has received streamProgress bytes more than
+// when it was called. It returns "" once it has, else what went wrong:
+// the stream broke, or it did not get that far within 5 s.
+func stillFlowing(s *netlab.Stream) string {
+	from := s.Received()
+	ok, seen, took := poll(5*time.Second, func() (bool, string) {
+		got := s.Received() - from
+		return got >= streamProgress || s.Err() != nil, fmt.Sprintf("%d bytes more", got)
+	})
+	switch {
+	case s.Err() != nil:
+		return fmt.Sprintf("broke after %s: %v", seen, s.Err())
+	case !ok:
+		return fmt.Sprintf("stalled: %s in %v, want %d", seen, took.Round(time.Millisecond), streamProgress)
+	}
+	return ""
+}
+
+// waitAnswers waits until flow f has had at least n answers that came
+// after since, and returns all its answers.
+func waitAnswers(t *testing.T, f *netlab.UDPFlow, n int, since time.Time, what string) []netlab.UDPAnswer {
+	t.Helper()
+	var a []netlab.UDPAnswer
+	waitUntil(t, 5*time.Second, fmt.Sprintf("%d answers of %s", n, what), func() (bool, string) {
+		a = f.Answers()
+		got := 0
+		for _, ans := range a {
+			if ans.At.After(since) {
+				got++
+			}
+		}
+		return got >= n, fmt.Sprintf("%d answers since %s (%d in all) to %d datagrams",
+			got, since.Format("15:04:05.000"), len(a), f.Sent())
+	})
+	return a
+}
