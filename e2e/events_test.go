@@ -98,14 +98,14 @@ func TestUDPRescue(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			l := newLab(t, 2)
 			d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1)+"tier = 2\n")
+			started := time.Now()
 			f, err := l.StartUDPFlow(c.port, c.dst, 20*time.Millisecond)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			time.Sleep(200 * time.Millisecond)
-			a := f.Answers()
-			if len(a) == 0 || l.ISPOf(a[len(a)-1].Seen) != 1 {
+			a := waitAnswers(t, f, 1, started, "the UDP flow before the failure")
+			if l.ISPOf(a[len(a)-1].Seen) != 1 {
 				t.Fatalf("flow before the failure: %v", a)
 			}
 			down := time.Now()

@@ -41,15 +41,20 @@ targets = [%[1]s]
 func TestBlackhole(t *testing.T) {
 	l := newLab(t, 2)
 	d := startWanpin(t, l, healthConfig("203.0.113.10", "203.0.113.11"))
+	started := time.Now()
 	f, err := l.StartUDPFlow(40002, netlab.ServerAddr4, 20*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	time.Sleep(300 * time.Millisecond)
-	if a := f.Answers(); len(a) == 0 || l.ISPOf(a[len(a)-1].Seen) != 1 {
+	if a := waitAnswers(t, f, 1, started, "the UDP flow before the failure"); l.ISPOf(a[len(a)-1].Seen) != 1 {
 		t.Fatalf("UDP flow before the failure: %v", a)
 	}
+	// The ISP fails once uplink 1's probes have had answers.
+	waitUntil(t, 5*time.Second, "an answered probe round of isp1", func() (bool, string) {
+		u := statusOf(t, d).Uplinks[0]
+		return u.RTTms > 0, fmt.Sprintf("rtt %v ms, loss %v", u.RTTms, u.Loss)
+	})
 	start := time.Now()
 	if err := l.Blackhole(1, true); err != nil {
 		t.Fatal(err)

@@ -189,6 +189,7 @@ func statusOf(t *testing.T, d *daemon) bus.Status {
 func TestIPv6BlackholeOneFamily(t *testing.T) {
 	l := newLab(t, 2)
 	d := startWanpin(t, l, healthConfig("203.0.113.10", "2001:db8:ff::10"))
+	started := time.Now()
 	f, err := l.StartUDPFlow(40008, netlab.ServerAddr6, 20*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
@@ -199,10 +200,15 @@ func TestIPv6BlackholeOneFamily(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s4.Close()
-	time.Sleep(300 * time.Millisecond)
-	if a := f.Answers(); len(a) == 0 || a[len(a)-1].Seen != netlab.UplinkAddr6(1) {
+	if a := waitAnswers(t, f, 1, started, "the IPv6 UDP flow before the failure"); a[len(a)-1].Seen != netlab.UplinkAddr6(1) {
 		t.Fatalf("IPv6 flow before the failure: %v", a)
 	}
+	// ISP 1's IPv6 fails once uplink 1's probes of both families have
+	// had answers.
+	waitUntil(t, 5*time.Second, "an answered probe round of isp1 in each family", func() (bool, string) {
+		u := statusOf(t, d).Uplinks[0]
+		return u.IPv4.RTTms > 0 && u.IPv6.RTTms > 0, fmt.Sprintf("IPv4 %+v, IPv6 %+v", u.IPv4, u.IPv6)
+	})
 	if l.ISPOf(s4.Peer()) != 1 {
 		t.Fatalf("IPv4 stream through %s, want ISP 1", s4.Peer())
 	}
