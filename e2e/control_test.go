@@ -146,12 +146,16 @@ interface = "ppp0"
 	if err != nil || counts[3] != 10 {
 		t.Fatalf("through ppp0: %v %v", counts, err)
 	}
+	started := time.Now()
 	f, err := l.StartUDPFlow(40001, "203.0.113.10", 20*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	time.Sleep(100 * time.Millisecond)
+	// The flow runs through ppp0 before the re-dial.
+	if a := waitAnswers(t, f, 1, started, "the UDP flow before the re-dial"); a[len(a)-1].Seen != "198.51.100.18" {
+		t.Fatalf("UDP flow before the re-dial seen as %s, want ppp0's 198.51.100.18", a[len(a)-1].Seen)
+	}
 
 	// Re-dial: ip-down, the interface goes, comes back with a new address.
 	hook("ip-down", "198.51.100.18")
@@ -159,7 +163,12 @@ interface = "ppp0"
 	redial("198.51.100.19")
 	hook("ip-up", "198.51.100.19")
 	d.waitFor(`uplink up" uplink=dsl`, 2, 5*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	redialled := time.Now()
+	// The entries NATed to the address ppp0 lost are flushed (the log
+	// line follows the flush), and the flow goes on answering after the
+	// new session came up: 15 answers, 300 ms of its 20 ms beat.
+	d.waitFor(`conntrack flushed" uplink=dsl address=198.51.100.18 `, 1, 5*time.Second)
+	waitAnswers(t, f, 15, redialled, "the UDP flow after the re-dial")
 	if ct, _ := l.Exec(r, "sh", "-c", "conntrack -L 2>/dev/null"); strings.Contains(ct, "dst=198.51.100.18 ") {
 		t.Errorf("entries NATed to the old address remain:\n%s", ct)
 	}
