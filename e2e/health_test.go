@@ -132,7 +132,7 @@ uplinks = ["isp2"]
 		}
 	}
 	startWanpin(t, l, cfg)
-	time.Sleep(2 * time.Second)
+	started := time.Now()
 	count := func(isp int, dst string) int {
 		out := run(t, l, l.ISP(isp), "nft", "list", "chain", "inet", "isp", "probes")
 		m := regexp.MustCompile(regexp.QuoteMeta(dst) + ` icmp type echo-request counter packets (\d+)`).FindStringSubmatch(out)
@@ -142,14 +142,22 @@ uplinks = ["isp2"]
 		n, _ := strconv.Atoi(m[1])
 		return n
 	}
-	own1, own2 := count(1, "203.0.113.10"), count(2, "203.0.113.11")
+	// Each ISP has seen 4 probes of its own uplink, the rounds of 2 s at
+	// the default 500 ms interval (and more than the 3 the test needs).
+	var own1, own2 int
+	waitUntil(t, 10*time.Second, "4 probes of each uplink at its own ISP", func() (bool, string) {
+		own1, own2 = count(1, "203.0.113.10"), count(2, "203.0.113.11")
+		return own1 >= 4 && own2 >= 4, fmt.Sprintf("%d at ISP 1, %d at ISP 2", own1, own2)
+	})
+	elapsed := time.Since(started)
 	wrong1, wrong2 := count(1, "203.0.113.11"), count(2, "203.0.113.10")
-	t.Logf("probes at ISP 1: %d own, %d of uplink 2; at ISP 2: %d own, %d of uplink 1", own1, wrong1, own2, wrong2)
-	if own1 < 3 || own2 < 3 || wrong1 != 0 || wrong2 != 0 {
+	t.Logf("probes at ISP 1: %d own, %d of uplink 2; at ISP 2: %d own, %d of uplink 1, in %v",
+		own1, wrong1, own2, wrong2, elapsed.Round(time.Millisecond))
+	if wrong1 != 0 || wrong2 != 0 {
 		t.Errorf("probes left through the wrong uplink")
 	}
 	// At most 10 probe packets a second per uplink with the defaults.
-	if rate := float64(own1) / 2; rate > 10 {
+	if rate := float64(own1) / elapsed.Seconds(); rate > 10 {
 		t.Errorf("%.1f probes/s on uplink 1", rate)
 	}
 }
