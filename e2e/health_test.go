@@ -181,13 +181,21 @@ targets = ["203.0.113.10"]
 name = "isp2"
 interface = "wan2"
 `)
-	time.Sleep(6 * time.Second)
-	out := run(t, l, l.ISP(1), "nft", "list", "chain", "inet", "isp", "half")
-	m := regexp.MustCompile(`packets (\d+)`).FindStringSubmatch(out)
-	if m == nil || m[1] == "0" {
-		t.Fatalf("no probe was dropped:\n%s", out)
-	}
-	t.Logf("%s probes dropped in 6 s", m[1])
+	// Until 7 probes are dropped: then at least 13 rounds have started
+	// and the first 12 have been judged (within the 400 ms timeout, so
+	// before the next round starts), the rounds of 6 s at the default
+	// 500 ms interval.
+	dropped := 0
+	took := waitUntil(t, 15*time.Second, "7 probes dropped by ISP 1", func() (bool, string) {
+		out := run(t, l, l.ISP(1), "nft", "list", "chain", "inet", "isp", "half")
+		m := regexp.MustCompile(`packets (\d+)`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("no counter in ISP 1's chain:\n%s", out)
+		}
+		dropped, _ = strconv.Atoi(m[1])
+		return dropped >= 7, out
+	})
+	t.Logf("%d probes dropped in %v", dropped, took.Round(time.Millisecond))
 	if strings.Contains(d.log(), `uplink down" uplink=isp1`) {
 		t.Errorf("uplink 1 went down although every other round was answered:\n%s", d.log())
 	}
