@@ -62,27 +62,59 @@ func TestPinnedAcrossFailback(t *testing.T) {
 }
 
 // failbackWithoutStall brings uplink 1 back while stream s runs pinned to
-// uplink 2: s must grow in every 50 ms window for a second while newConns
-// opens new connections, whose counts per ISP it returns.
+// uplink 2: while newConns opens new connections, whose counts per ISP it
+// returns, and until s has received a second of the stream service's
+// writes, s must never go 50 ms without growing.
 func failbackWithoutStall(t *testing.T, l *netlab.Lab, d *daemon, s *netlab.Stream, newConns func() map[int]int) map[int]int {
 	t.Helper()
+	const (
+		stall    = 50 * time.Millisecond
+		progress = 100 * 64 << 10 // 64 KiB every 10 ms for a second
+		limit    = 15 * time.Second
+	)
 	if err := l.SetCarrier(1, true); err != nil {
 		t.Fatal(err)
 	}
 	d.waitFor("uplink up", 3, 5*time.Second)
-	done := make(chan map[int]int)
+	done := make(chan map[int]int, 1)
 	go func() { done <- newConns() }()
-	last := s.Received()
-	for i := 0; i < 20; i++ {
-		time.Sleep(50 * time.Millisecond)
-		now := s.Received()
-		if now == last {
-			<-done
-			t.Fatalf("stream stalled %d ms after uplink 1 came back (err %v)", 50*(i+1), s.Err())
+	back := time.Now()
+	from := s.Received()
+	last, grew := from, back
+	var counts map[int]int
+	finished := false
+	var still time.Duration // the longest the stream was seen standing still
+	for !finished || last-from < progress {
+		// Sample the stream every 2 ms, and at once when newConns returns.
+		select {
+		case counts = <-done:
+			finished = true
+		case <-time.After(2 * time.Millisecond):
 		}
-		last = now
+		now, at := s.Received(), time.Now()
+		if now != last {
+			last, grew = now, at
+		} else {
+			// No byte since grew: the stream has stood still that long.
+			still = max(still, at.Sub(grew))
+		}
+		var why string
+		switch {
+		case at.Sub(grew) >= stall:
+			why = fmt.Sprintf("stalled %v after uplink 1 came back: nothing for %v", grew.Sub(back).Round(time.Millisecond), at.Sub(grew).Round(time.Millisecond))
+		case at.Sub(back) > limit:
+			why = fmt.Sprintf("still short of %d bytes %v after uplink 1 came back", progress, limit)
+		default:
+			continue
+		}
+		if !finished {
+			<-done
+		}
+		t.Fatalf("stream %s (%d bytes since, err %v)", why, last-from, s.Err())
 	}
-	return <-done
+	t.Logf("after uplink 1 came back the stream received %d bytes in %v, standing still at most %v",
+		last-from, grew.Sub(back).Round(time.Millisecond), still.Round(time.Millisecond))
+	return counts
 }
 
 // TestUDPRescue: a UDP flow with a fixed source port runs through uplink
