@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/wanpin/wanpin/internal/netlab"
-	"github.com/wanpin/wanpin/pkg/bus"
+	"github.com/wanpin/wanpin/pkg/core"
 )
 
 // The IPv6 side of the lab: the LAN host is 2001:db8:1::10 (LANHost6);
@@ -170,10 +170,10 @@ func TestIPv6Failover(t *testing.T) {
 	}
 }
 
-func statusOf(t *testing.T, d *daemon) bus.Status {
+func statusOf(t *testing.T, d *daemon) core.Status {
 	t.Helper()
 	out, code := d.cli(0, "status", "--json")
-	var s bus.Status
+	var s core.Status
 	if code != 0 || json.Unmarshal([]byte(out), &s) != nil {
 		t.Fatalf("status --json: %d %s", code, out)
 	}

@@ -14,12 +14,11 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/wanpin/wanpin/pkg/config"
+	"github.com/wanpin/wanpin/pkg/core"
 	"github.com/wanpin/wanpin/pkg/daemon"
 	"github.com/wanpin/wanpin/pkg/flush"
 	"github.com/wanpin/wanpin/pkg/metrics"
-	"github.com/wanpin/wanpin/pkg/plan"
 	"github.com/wanpin/wanpin/pkg/rules"
-	"github.com/wanpin/wanpin/pkg/tables"
 	"github.com/wanpin/wanpin/pkg/watch"
 )
 
@@ -68,7 +67,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 	defer stopBus()
 	if *metricsAddr != "" {
 		go func() {
-			if err := metrics.Serve(ctx, *metricsAddr, d.Metrics, log); err != nil {
+			src := func() (core.Status, error) { return d.Status(ctx) }
+			if err := metrics.Serve(ctx, *metricsAddr, src, log); err != nil {
 				log.Error("metrics unavailable", "err", err)
 			}
 		}()
@@ -114,24 +114,27 @@ func cmdPlan(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, strings.TrimRight(err.Error(), "\n"))
 		return 1
 	}
-	in := plan.Input{Config: cfg, Uplinks: map[string]plan.UplinkState{}}
+	in := core.Facts{Config: cfg, Uplinks: map[string]core.UplinkState{}}
 	if *allUp {
 		for _, u := range cfg.Uplinks {
-			in.Uplinks[u.Name] = daemon.AssumeUp(u)
+			in.Uplinks[u.Name] = core.AssumeUp(u)
 		}
 	} else if err := observeAll(cfg, in.Uplinks); err != nil {
 		fmt.Fprintf(stderr, "wanpin plan: %v (use --all-up to plan without reading the interfaces)\n", err)
 		return 1
 	}
-	d := plan.Build(in)
+	d := core.Build(in)
 	fmt.Fprintln(stdout, "# nft list table inet "+d.NFT.Table)
 	fmt.Fprint(stdout, rules.Render(d.NFT))
-	fmt.Fprint(stdout, tables.Render(d.Tables))
+	fmt.Fprint(stdout, d.Routing.Render())
 	return 0
 }
 
 // observeAll reads the uplinks' interfaces; reading needs no privilege.
-func observeAll(cfg *config.Config, out map[string]plan.UplinkState) error {
+// Services are not resolved (a plan is made without the daemon): service
+// policies are shown as matching nothing, and health verdicts are not
+// known (every uplink that is up counts as healthy).
+func observeAll(cfg *config.Config, out map[string]core.UplinkState) error {
 	obs, err := watch.NewObserver(netns.None())
 	if err != nil {
 		return err
@@ -146,7 +149,7 @@ func observeAll(cfg *config.Config, out map[string]plan.UplinkState) error {
 		return err
 	}
 	for _, u := range cfg.Uplinks {
-		out[u.Name], _ = daemon.Observe(u, links[u.Interface], daemon.Hint{})
+		out[u.Name], _ = core.Observe(u, links[u.Interface], core.Hint{})
 	}
 	return nil
 }

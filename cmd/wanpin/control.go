@@ -14,63 +14,28 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/wanpin/wanpin/pkg/bus"
+	"github.com/wanpin/wanpin/pkg/core"
 	"github.com/wanpin/wanpin/pkg/daemon"
+	"github.com/wanpin/wanpin/pkg/policy"
 )
 
-// backend adapts the daemon to the bus: every call is bounded in time,
-// and the daemon's report becomes the wire format.
+// backend adapts the daemon to the bus: every call is bounded in time.
 type backend struct{ d *daemon.Daemon }
 
 func (b backend) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), bus.Timeout)
 }
 
-func (b backend) Status() (bus.Status, error) {
+func (b backend) Status() (core.Status, error) {
 	ctx, cancel := b.ctx()
 	defer cancel()
-	r, err := b.d.Status(ctx)
-	if err != nil {
-		return bus.Status{}, err
-	}
-	s := bus.Status{Config: r.Config}
-	for _, u := range r.Uplinks {
-		bu := bus.Uplink{Name: u.Name, Interface: u.Interface, State: "down", Reason: u.Reason, Since: u.Since,
-			Weight: u.Weight, Tier: u.Tier, Mark: fmt.Sprintf("%#x", u.Mark), Pinned: u.Pinned,
-			RTTms: u.RTT * 1000, Loss: u.Loss}
-		if u.Up {
-			bu.State = "up"
-		}
-		for _, a := range u.Addresses {
-			bu.Addresses = append(bu.Addresses, a.String())
-		}
-		if len(bu.Addresses) > 0 {
-			bu.Address = bu.Addresses[0]
-		}
-		if u.Gateway4.IsValid() {
-			bu.Gateway = u.Gateway4.String()
-		}
-		if u.Gateway6.IsValid() {
-			bu.Gateway6 = u.Gateway6.String()
-		}
-		for _, f := range []struct {
-			from daemon.FamilyReport
-			to   *bus.Family
-		}{{u.V4, &bu.IPv4}, {u.V6, &bu.IPv6}} {
-			*f.to = bus.Family{State: "down", Reason: f.from.Reason, Since: f.from.Since,
-				RTTms: f.from.RTT * 1000, Loss: f.from.Loss}
-			if f.from.Up {
-				f.to.State = "up"
-			}
-			for _, a := range f.from.Addresses {
-				f.to.Addresses = append(f.to.Addresses, a.String())
-			}
-			if f.from.Gateway.IsValid() {
-				f.to.Gateway = f.from.Gateway.String()
-			}
-		}
-		s.Uplinks = append(s.Uplinks, bu)
-	}
-	return s, nil
+	return b.d.Status(ctx)
+}
+
+func (b backend) Explain(f policy.Flow) (core.Explanation, error) {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	return b.d.Explain(ctx, f)
 }
 
 func (b backend) Reload() error {

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/wanpin/wanpin/pkg/cgroups"
+	"github.com/wanpin/wanpin/pkg/core"
 )
 
 // cmdExec runs a command whose connections all leave through one uplink,
@@ -38,7 +39,7 @@ func cmdExec(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "wanpin exec: no cgroup v2 hierarchy (%v)\n", err)
 		return 1
 	}
-	rel := "/wanpin-exec/" + strconv.Itoa(os.Getpid())
+	rel := core.ExecRoot + "/" + strconv.Itoa(os.Getpid())
 	dir := filepath.Join(res.Root, rel)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		fmt.Fprintf(stderr, "wanpin exec: %v\n", err)

@@ -2,136 +2,231 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os/user"
+	"strconv"
 	"strings"
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/wanpin/wanpin/pkg/cgroups"
 	"github.com/wanpin/wanpin/pkg/config"
-	"github.com/wanpin/wanpin/pkg/plan"
+	"github.com/wanpin/wanpin/pkg/core"
+	"github.com/wanpin/wanpin/pkg/inet"
+	"github.com/wanpin/wanpin/pkg/policy"
 )
 
-// cmdExplain answers "where would this connection go, and why": which
-// policy takes it, which uplinks are candidates and up (from the running
-// daemon), each one's chance, and the route the kernel itself picks for
-// that uplink's mark.
+// explainResult is what `wanpin explain --json` prints: the explanation,
+// and for each uplink it may take, the route the kernel picks for its
+// mark; for a connection left to the main table, the route the main table
+// picks and the uplink that is.
+type explainResult struct {
+	Flow        policy.Flow      `json:"flow"`
+	FromDaemon  bool             `json:"from_daemon"`
+	Explanation core.Explanation `json:"explanation"`
+	Uplinks     []uplinkChance   `json:"uplinks"`
+}
+
+type uplinkChance struct {
+	Uplink string  `json:"uplink"`
+	Share  float64 `json:"share"`
+	Kernel string  `json:"kernel"` // the route the kernel picks
+}
+
+// cmdExplain answers "where would this connection go, and why": the
+// running daemon evaluates its own table (configuration, uplinks' states,
+// services, execs) with the same compiled policy its nftables rules come
+// from; without a daemon, the file is evaluated with every uplink assumed
+// up. The kernel is then asked which route each candidate's mark gets.
 func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	fs, cfgPath := newFlags("explain", stderr)
-	src := fs.String("src", "", "source address (a LAN host; for the router's own traffic, use --uid)")
+	src := fs.String("src", "", "source address (a LAN host)")
 	dst := fs.String("dst", "", "destination address (required)")
 	proto := fs.String("proto", "tcp", "tcp or udp")
+	sport := fs.Uint("sport", 0, "source port")
 	dport := fs.Uint("dport", 0, "destination port")
-	uid := fs.Int("uid", -1, "the router's own traffic, from this uid")
+	uid := fs.String("uid", "", "the router's own traffic, from this user (name or uid)")
+	gid := fs.String("gid", "", "... and this group (name or gid; default: the user's primary group)")
+	service := fs.String("service", "", "the router's own traffic, from this systemd unit or cgroup path")
 	iif := fs.String("iif", "", "interface the forwarded traffic comes in on")
+	mark := fs.String("mark", "", "the socket's own fwmark (SO_MARK), the router's own traffic")
+	asJSON := fs.Bool("json", false, "print JSON")
 	if fs.Parse(args) != nil {
 		return 2
 	}
-	flow := plan.Flow{DPort: uint16(*dport), InIface: *iif}
-	var err error
-	if flow.Dst, err = netip.ParseAddr(*dst); err != nil {
-		fmt.Fprintf(stderr, "wanpin explain: --dst: %v\n", err)
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "wanpin explain: "+format+"\n", a...)
 		return 2
 	}
+	f := policy.Flow{SPort: uint16(*sport), DPort: uint16(*dport), InIface: *iif}
+	var err error
+	if f.Dst, err = netip.ParseAddr(*dst); err != nil {
+		return fail("--dst: %v", err)
+	}
 	if *src != "" {
-		if flow.Src, err = netip.ParseAddr(*src); err != nil {
-			fmt.Fprintf(stderr, "wanpin explain: --src: %v\n", err)
-			return 2
+		if f.Src, err = netip.ParseAddr(*src); err != nil {
+			return fail("--src: %v", err)
 		}
 	}
 	switch *proto {
 	case "tcp":
-		flow.Proto = 6
+		f.Proto = policy.ProtoTCP
 	case "udp":
-		flow.Proto = 17
+		f.Proto = policy.ProtoUDP
 	default:
-		fmt.Fprintln(stderr, "wanpin explain: --proto: want tcp or udp")
-		return 2
+		return fail("--proto: want tcp or udp")
 	}
-	if *uid >= 0 {
-		flow.Local, flow.UID = true, uint32(*uid)
-	}
-	cfg, err := config.Load(*cfgPath)
-	if err != nil {
-		fmt.Fprintln(stderr, strings.TrimRight(err.Error(), "\n"))
-		return 1
-	}
-	// The uplinks' states come from the daemon; without it, say so and
-	// assume every uplink is up.
-	// The flow's family decides which family of each uplink counts.
-	v6 := flow.Dst.Is6() && !flow.Dst.Is4In6()
-	fam := "IPv4"
-	if v6 {
-		fam = "IPv6"
-	}
-	states := map[string]plan.UplinkState{}
-	stateOf := map[string]string{}
-	c, err := dialQuiet()
-	if err == nil {
-		defer c.Close()
-		if s, err := c.Status(context.Background()); err == nil {
-			for _, u := range s.Uplinks {
-				f := u.IPv4
-				if v6 {
-					f = u.IPv6
-				}
-				stateOf[u.Name] = fam + " " + f.State
-				fs := plan.FamilyState{Up: f.State == "up"}
-				if v6 {
-					states[u.Name] = plan.UplinkState{V6: fs}
-				} else {
-					states[u.Name] = plan.UplinkState{V4: fs}
-				}
+	if *uid != "" || *gid != "" || *service != "" || *mark != "" {
+		if *iif != "" || *src != "" {
+			return fail("--iif and --src describe forwarded traffic; --uid, --gid, --service and --mark the router's own")
+		}
+		f.Local = true
+		if f.UID, f.GID, err = identity(*uid, *gid); err != nil {
+			return fail("%v", err)
+		}
+		if *mark != "" {
+			m, err := strconv.ParseUint(*mark, 0, 32)
+			if err != nil {
+				return fail("--mark: %v", err)
+			}
+			f.Mark = uint32(m)
+		}
+		if *service != "" {
+			r, err := cgroups.NewResolver()
+			if err == nil {
+				f.Cgroups, err = r.Lineage(*service)
+			}
+			if err != nil || len(f.Cgroups) == 0 {
+				return fail("--service %s: no cgroup found (is it running?) %v", *service, err)
 			}
 		}
 	}
-	if len(stateOf) == 0 {
-		fmt.Fprintln(stdout, "wanpin is not running: assuming every uplink is up")
+
+	res := explainResult{Flow: f}
+	if c, err := dialQuiet(); err == nil {
+		res.Explanation, err = c.Explain(context.Background(), f)
+		c.Close()
+		res.FromDaemon = err == nil
+	}
+	if !res.FromDaemon {
+		cfg, err := config.Load(*cfgPath)
+		if err != nil {
+			fmt.Fprintln(stderr, strings.TrimRight(err.Error(), "\n"))
+			return 1
+		}
+		in := core.Facts{Config: cfg, Uplinks: map[string]core.UplinkState{}}
 		for _, u := range cfg.Uplinks {
-			stateOf[u.Name] = "up?"
-			states[u.Name] = plan.UplinkState{V4: plan.FamilyState{Up: true}, V6: plan.FamilyState{Up: true}}
+			// Without the daemon nothing is known of the interfaces:
+			// both families are assumed up.
+			st := core.AssumeUp(u)
+			for _, fam := range inet.Families {
+				st.Of(fam).Up = true
+			}
+			in.Uplinks[u.Name] = st
+		}
+		res.Explanation = core.Explain(core.Build(in).NFT, f, nil)
+	}
+	for _, ch := range res.Explanation.Choices {
+		res.Uplinks = append(res.Uplinks, uplinkChance{Uplink: ch.Uplink, Share: ch.Share, Kernel: kernelRoute(f, ch.Mark)})
+	}
+	if res.Explanation.Outcome == core.MainTable || res.Explanation.Outcome == core.NotRouted {
+		route, iface := kernelRouteDev(f, 0)
+		u := uplinkChance{Share: 1, Kernel: route}
+		if name := uplinkOfInterface(*cfgPath, iface); name != "" {
+			u.Uplink = name
+		}
+		res.Uplinks = append(res.Uplinks, u)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(res)
+		return 0
+	}
+	printExplanation(stdout, res)
+	return 0
+}
+
+// identity resolves --uid and --gid; a user's primary group is the
+// socket's gid unless --gid says otherwise (skgid is the process's
+// effective gid, not its supplementary groups).
+func identity(uidArg, gidArg string) (uint32, uint32, error) {
+	var uid, gid uint64
+	var err error
+	primary := ""
+	if uidArg != "" {
+		if uid, err = strconv.ParseUint(uidArg, 10, 32); err != nil {
+			u, lerr := user.Lookup(uidArg)
+			if lerr != nil {
+				return 0, 0, fmt.Errorf("--uid %s: %v", uidArg, lerr)
+			}
+			uid, _ = strconv.ParseUint(u.Uid, 10, 32)
+			primary = u.Gid
+		} else if u, lerr := user.LookupId(uidArg); lerr == nil {
+			primary = u.Gid
 		}
 	}
-	e := plan.Explain(cfg, states, flow)
-	kind := "forwarded"
-	if flow.Local {
-		kind = fmt.Sprintf("the router's own, uid %d", flow.UID)
-	}
-	fmt.Fprintf(stdout, "flow: %s %s -> %s port %d (%s)\n", *proto, orAny(flow.Src), flow.Dst, flow.DPort, kind)
-	if e.Policy == "" {
-		fmt.Fprintln(stdout, "policy: none matches: balanced over all uplinks")
-	} else {
-		fmt.Fprintf(stdout, "policy: %q\n", e.Policy)
-	}
-	if e.NotRouted {
-		fmt.Fprintln(stdout, "verdict: link-local or multicast: never policy-routed, the main table and the interface decide")
-		return 0
-	}
-	var cands []string
-	for _, n := range e.Candidates {
-		cands = append(cands, n+" ("+stateOf[n]+")")
-	}
-	fmt.Fprintf(stdout, "candidates: %s\n", strings.Join(cands, ", "))
 	switch {
-	case e.Rejected:
-		fmt.Fprintln(stdout, "verdict: rejected (fallback = \"none\" and no candidate is up)")
-		return 0
-	case len(e.Choices) == 0:
-		fmt.Fprintln(stdout, "verdict: no uplink is up: left to the main routing table")
-		return 0
-	case e.Fallback:
-		fmt.Fprintln(stdout, "no candidate is up: fallback \"any\" hands it to the default balancing")
+	case gidArg != "":
+		if gid, err = strconv.ParseUint(gidArg, 10, 32); err != nil {
+			g, lerr := user.LookupGroup(gidArg)
+			if lerr != nil {
+				return 0, 0, fmt.Errorf("--gid %s: %v", gidArg, lerr)
+			}
+			gid, _ = strconv.ParseUint(g.Gid, 10, 32)
+		}
+	case primary != "":
+		gid, _ = strconv.ParseUint(primary, 10, 32)
+	default:
+		// A uid without a passwd entry: its gid is unknown; the same
+		// number is the usual convention (user private groups).
+		gid = uid
 	}
-	if e.SourcePrefix.IsValid() {
-		fmt.Fprintf(stdout, "source %s is in %s's prefix6 %s (nat6 none): it leaves there, untranslated\n",
-			flow.Src, e.Choices[0].Uplink, e.SourcePrefix)
+	return uint32(uid), uint32(gid), nil
+}
+
+func printExplanation(w io.Writer, r explainResult) {
+	f, e := r.Flow, r.Explanation
+	kind := "forwarded"
+	if f.InIface != "" {
+		kind += " from " + f.InIface
 	}
-	for _, ch := range e.Choices {
-		fmt.Fprintf(stdout, "  %3.0f%%  %-10s mark %#x  kernel: %s\n", ch.Share*100, ch.Uplink, ch.Mark, kernelRoute(flow, ch.Mark))
+	if f.Local {
+		kind = fmt.Sprintf("the router's own, uid %d gid %d", f.UID, f.GID)
+		if len(f.Cgroups) > 0 {
+			kind += fmt.Sprintf(", cgroup %d", f.Cgroups[len(f.Cgroups)-1])
+		}
 	}
-	return 0
+	if !r.FromDaemon {
+		fmt.Fprintln(w, "wanpin is not running: evaluating the file with every uplink assumed up")
+	}
+	fmt.Fprintf(w, "flow: %s %s -> %s port %d (%s)\n", policy.ProtoName(f.Proto), orAny(f.Src), f.Dst, f.DPort, kind)
+	if e.Policy == "" {
+		fmt.Fprintln(w, "policy: none matches")
+	} else {
+		fmt.Fprintf(w, "policy: %q\n", e.Policy)
+	}
+	switch e.Outcome {
+	case core.NotRouted:
+		fmt.Fprintf(w, "verdict: %s: never policy-routed, the main table and the interface decide\n", e.Why)
+	case core.Rejected:
+		fmt.Fprintf(w, "verdict: rejected (%s)\n", e.Why)
+	case core.MainTable:
+		fmt.Fprintf(w, "verdict: left to the main routing table (%s), then pinned to the uplink it leaves by\n", e.Why)
+	default:
+		fmt.Fprintf(w, "verdict: %s (%s)\n", e.Outcome, e.Why)
+	}
+	for _, u := range r.Uplinks {
+		name := u.Uplink
+		if name == "" {
+			name = "(no uplink)"
+		}
+		fmt.Fprintf(w, "  %3.0f%%  %-10s kernel: %s\n", u.Share*100, name, u.Kernel)
+	}
 }
 
 func orAny(a netip.Addr) string {
@@ -143,23 +238,35 @@ func orAny(a netip.Addr) string {
 
 // kernelRoute asks the kernel where a packet with this mark goes: the
 // routing rules and tables wanpin installed, as the kernel applies them.
-func kernelRoute(f plan.Flow, mark uint32) string {
+func kernelRoute(f policy.Flow, mark uint32) string {
+	s, _ := kernelRouteDev(f, mark)
+	return s
+}
+
+func kernelRouteDev(f policy.Flow, mark uint32) (string, string) {
 	opts := &netlink.RouteGetOptions{Mark: mark}
 	if f.Local {
 		uid := f.UID
 		opts.UID = &uid
+	} else if f.InIface != "" {
+		opts.Iif = f.InIface
+		if f.Src.IsValid() {
+			opts.SrcAddr = net.IP(f.Src.AsSlice())
+		}
 	}
 	routes, err := netlink.RouteGetWithOptions(net.IP(f.Dst.AsSlice()), opts)
 	if err != nil {
-		return "error: " + err.Error()
+		return "error: " + err.Error(), ""
 	}
 	if len(routes) == 0 {
-		return "no route"
+		return "no route", ""
 	}
 	r := routes[0]
 	var parts []string
+	dev := ""
 	if link, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
-		parts = append(parts, "dev "+link.Attrs().Name)
+		dev = link.Attrs().Name
+		parts = append(parts, "dev "+dev)
 	}
 	if r.Gw != nil {
 		parts = append(parts, "via "+r.Gw.String())
@@ -170,5 +277,22 @@ func kernelRoute(f plan.Flow, mark uint32) string {
 	if r.Table != 0 {
 		parts = append(parts, fmt.Sprintf("table %d", r.Table))
 	}
-	return strings.Join(parts, " ")
+	return strings.Join(parts, " "), dev
+}
+
+// uplinkOfInterface names the uplink of an interface, by the file.
+func uplinkOfInterface(cfgPath, iface string) string {
+	if iface == "" {
+		return ""
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return ""
+	}
+	for _, u := range cfg.Uplinks {
+		if u.Interface == iface {
+			return u.Name
+		}
+	}
+	return ""
 }

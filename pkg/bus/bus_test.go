@@ -14,6 +14,8 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/wanpin/wanpin/internal/bustest"
+	"github.com/wanpin/wanpin/pkg/core"
+	"github.com/wanpin/wanpin/pkg/policy"
 )
 
 type fake struct {
@@ -21,8 +23,12 @@ type fake struct {
 	reload error
 }
 
-func (f *fake) Status() (Status, error) {
-	return Status{Config: "/etc/wanpin/wanpin.toml", Uplinks: []Uplink{{Name: "dsl", Interface: "ppp0", State: "up"}}}, nil
+func (f *fake) Status() (core.Status, error) {
+	return core.Status{Config: "/etc/wanpin/wanpin.toml", Uplinks: []core.UplinkReport{{Name: "dsl", Interface: "ppp0", State: "up", Mark: 0x10000}}}, nil
+}
+func (f *fake) Explain(fl policy.Flow) (core.Explanation, error) {
+	f.events = append(f.events, "explain "+fl.Dst.String())
+	return core.Explanation{Outcome: core.Balanced, Choices: []core.Choice{{Uplink: "dsl", Mark: 0x10000, Share: 1}}}, nil
 }
 func (f *fake) Reload() error                    { return f.reload }
 func (f *fake) Exec(uplink, cgroup string) error { return nil }
@@ -66,9 +72,14 @@ func TestCalls(t *testing.T) {
 	f, c := serve(t)
 	ctx := context.Background()
 	s, err := c.Status(ctx)
-	if err != nil || len(s.Uplinks) != 1 || s.Uplinks[0].Interface != "ppp0" {
+	if err != nil || len(s.Uplinks) != 1 || s.Uplinks[0].Interface != "ppp0" || s.Uplinks[0].Mark != 0x10000 {
 		t.Fatalf("status: %+v %v", s, err)
 	}
+	e, err := c.Explain(ctx, policy.Flow{Dst: netip.MustParseAddr("203.0.113.10"), Proto: 6, DPort: 443})
+	if err != nil || e.Outcome != core.Balanced || len(e.Choices) != 1 || e.Choices[0].Uplink != "dsl" {
+		t.Fatalf("explain: %+v %v", e, err)
+	}
+	f.events = nil
 	if err := c.Event(ctx, "up", "ppp0", netip.MustParseAddr("198.51.100.18"), netip.MustParseAddr("198.51.100.17")); err != nil {
 		t.Fatal(err)
 	}
@@ -122,15 +133,16 @@ func TestSecondServerAndNoServer(t *testing.T) {
 
 func TestFormatStatus(t *testing.T) {
 	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
-	s := Status{Uplinks: []Uplink{
+	a := netip.MustParseAddr
+	s := core.Status{Uplinks: []core.UplinkReport{
 		{Name: "dsl", Interface: "ppp0", State: "up", Weight: 2, Tier: 1, Pinned: 17,
-			IPv4: Family{State: "up", Since: now.Add(-192 * time.Second), Addresses: []string{"198.51.100.18"},
+			IPv4: core.FamilyReport{State: "up", Since: now.Add(-192 * time.Second), Addresses: []netip.Addr{a("198.51.100.18")},
 				RTTms: 12.34, Loss: 0.05, Reason: "IPv4 198.51.100.18, point-to-point peer 198.51.100.17"},
-			IPv6: Family{State: "down", Since: now.Add(-5 * time.Second), Addresses: []string{"2001:db8:102::2"},
+			IPv6: core.FamilyReport{State: "down", Since: now.Add(-5 * time.Second), Addresses: []netip.Addr{a("2001:db8:102::2")},
 				Gateway: "fe80::1", RTTms: 0, Loss: 1, Reason: "IPv6 health probes: 2 rounds lost"}},
 		{Name: "lte", Interface: "wwan0", State: "down", Weight: 1, Tier: 2,
-			IPv4: Family{State: "down", Reason: "interface wwan0 does not exist", Loss: -1},
-			IPv6: Family{State: "down", Reason: "interface wwan0 does not exist", Loss: -1}},
+			IPv4: core.FamilyReport{State: "down", Reason: "interface wwan0 does not exist", Loss: -1},
+			IPv6: core.FamilyReport{State: "down", Reason: "interface wwan0 does not exist", Loss: -1}},
 	}}
 	got := FormatStatus(s, now)
 	want := `UPLINK     IFACE    FAM  STATE SINCE      ADDRESS          GATEWAY          WEIGHT TIER PINNED      RTT  LOSS  REASON

@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/wanpin/wanpin/pkg/core"
+	"github.com/wanpin/wanpin/pkg/policy"
 )
 
 // Timeout bounds every call: a CLI must never hang on a stuck daemon.
@@ -40,9 +43,9 @@ func (c *Client) call(ctx context.Context, method string, args ...any) *dbus.Cal
 }
 
 // Status fetches the daemon's status.
-func (c *Client) Status(ctx context.Context) (Status, error) {
+func (c *Client) Status(ctx context.Context) (core.Status, error) {
 	var js string
-	var s Status
+	var s core.Status
 	if err := c.call(ctx, "Status").Store(&js); err != nil {
 		return s, explain("status", err)
 	}
@@ -50,6 +53,23 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		return s, fmt.Errorf("status: bad answer from the daemon: %w", err)
 	}
 	return s, nil
+}
+
+// Explain asks the daemon where a new connection would go.
+func (c *Client) Explain(ctx context.Context, f policy.Flow) (core.Explanation, error) {
+	var e core.Explanation
+	b, err := json.Marshal(f)
+	if err != nil {
+		return e, err
+	}
+	var js string
+	if err := c.call(ctx, "Explain", string(b)).Store(&js); err != nil {
+		return e, explain("explain", err)
+	}
+	if err := json.Unmarshal([]byte(js), &e); err != nil {
+		return e, fmt.Errorf("explain: bad answer from the daemon: %w", err)
+	}
+	return e, nil
 }
 
 // Reload asks the daemon to re-read its configuration.
@@ -118,7 +138,7 @@ func explain(what string, err error) error {
 // uplink and address family. An uplink's IPv6 row is left out while it has
 // no IPv6 at all (no address, no gateway, never up), which keeps IPv4-only
 // routers' tables short.
-func FormatStatus(s Status, now time.Time) string {
+func FormatStatus(s core.Status, now time.Time) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%-10s %-8s %-4s %-5s %-10s %-16s %-16s %6s %4s %6s %8s %5s  %s\n",
 		"UPLINK", "IFACE", "FAM", "STATE", "SINCE", "ADDRESS", "GATEWAY", "WEIGHT", "TIER", "PINNED", "RTT", "LOSS", "REASON")
@@ -131,15 +151,15 @@ func FormatStatus(s Status, now time.Time) string {
 	for _, u := range s.Uplinks {
 		fams := []struct {
 			name string
-			f    Family
+			f    core.FamilyReport
 		}{{"ipv4", u.IPv4}, {"ipv6", u.IPv6}}
 		if u.IPv4.State == "" && u.IPv6.State == "" {
 			// A daemon that reports no families: the uplink as a whole.
 			fams = fams[:1]
-			fams[0].f = Family{State: u.State, Reason: u.Reason, Since: u.Since, Gateway: u.Gateway,
+			fams[0].f = core.FamilyReport{State: u.State, Reason: u.Reason, Since: u.Since, Gateway: u.Gateway,
 				RTTms: u.RTTms, Loss: u.Loss}
-			if u.Address != "" {
-				fams[0].f.Addresses = []string{u.Address}
+			if a, err := netip.ParseAddr(u.Address); err == nil {
+				fams[0].f.Addresses = []netip.Addr{a}
 			}
 		} else if u.IPv6.State != "up" && len(u.IPv6.Addresses) == 0 && u.IPv6.Gateway == "" && u.IPv6.RTTms == 0 && u.IPv6.Loss < 0 {
 			fams = fams[:1]
@@ -151,7 +171,7 @@ func FormatStatus(s Status, now time.Time) string {
 			}
 			addr := ""
 			if len(f.f.Addresses) > 0 {
-				addr = f.f.Addresses[0]
+				addr = f.f.Addresses[0].String()
 			}
 			rtt, loss := "-", "-"
 			if f.f.RTTms > 0 {

@@ -39,3 +39,24 @@ func FuzzCheckEvent(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCheckFlow: whatever a caller sends to Explain, decoding never panics
+// and what it accepts has a destination.
+func FuzzCheckFlow(f *testing.F) {
+	f.Add(`{"dst":"203.0.113.10","proto":6,"dport":443}`)
+	f.Add(`{"dst":"2001:db8::1","src":"192.0.2.1"}`)
+	f.Add(`{"dst":"203.0.113.10","local":true,"uid":1001,"gid":1001,"cgroups":[1,2,3]}`)
+	f.Add(`{"dst":"x"}`)
+	f.Add(`{"dst":"203.0.113.10","iif":"a/b"}`)
+	f.Add(`{"dst":"203.0.113.10","extra":1}`)
+	f.Add(strings.Repeat("[", 5000))
+	f.Fuzz(func(t *testing.T, s string) {
+		fl, err := checkFlow(s)
+		if err != nil {
+			return
+		}
+		if !fl.Dst.IsValid() || len(fl.Cgroups) > 256 {
+			t.Fatalf("accepted %q as %+v", s, fl)
+		}
+	})
+}

@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,12 +10,17 @@ import (
 
 	"github.com/godbus/dbus/v5"
 	"github.com/godbus/dbus/v5/introspect"
+
+	"github.com/wanpin/wanpin/pkg/core"
+	"github.com/wanpin/wanpin/pkg/inet"
+	"github.com/wanpin/wanpin/pkg/policy"
 )
 
 // Backend is what the daemon offers; calls are made one at a time per
 // D-Bus request.
 type Backend interface {
-	Status() (Status, error)
+	Status() (core.Status, error)
+	Explain(policy.Flow) (core.Explanation, error)
 	Reload() error
 	Event(kind, iface string, local, peer netip.Addr) error
 	SetService(uplink string, inService bool) error
@@ -70,7 +76,57 @@ func (o object) Status() (string, *dbus.Error) {
 	if err != nil {
 		return "", dbus.NewError(ErrFailed, []any{err.Error()})
 	}
-	return st.Marshal(), nil
+	b, err := json.Marshal(st)
+	if err != nil {
+		return "", dbus.NewError(ErrFailed, []any{err.Error()})
+	}
+	return string(b), nil
+}
+
+// MaxFlowJSON bounds an Explain argument: a flow is a few hundred bytes.
+const MaxFlowJSON = 4096
+
+// Explain says where a new connection described by flow (JSON, as
+// policy.Flow marshals) would go. Anyone may call it: it reads the
+// daemon's published state and costs a bounded evaluation.
+func (o object) Explain(flow string) (string, *dbus.Error) {
+	f, err := checkFlow(flow)
+	if err != nil {
+		return "", dbus.NewError(ErrInvalidArgs, []any{err.Error()})
+	}
+	e, err := o.s.b.Explain(f)
+	if err != nil {
+		return "", dbus.NewError(ErrFailed, []any{err.Error()})
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return "", dbus.NewError(ErrFailed, []any{err.Error()})
+	}
+	return string(b), nil
+}
+
+// checkFlow decodes and checks an Explain argument.
+func checkFlow(s string) (policy.Flow, error) {
+	var f policy.Flow
+	if len(s) > MaxFlowJSON {
+		return f, fmt.Errorf("flow: %d bytes, at most %d", len(s), MaxFlowJSON)
+	}
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return f, fmt.Errorf("flow: %v", err)
+	}
+	switch {
+	case !f.Dst.IsValid():
+		return f, errors.New("flow: dst is required")
+	case f.Src.IsValid() && inet.Of(f.Src) != inet.Of(f.Dst):
+		return f, errors.New("flow: src and dst are of different families")
+	case len(f.Cgroups) > 256:
+		return f, errors.New("flow: more than 256 cgroup levels")
+	case f.InIface != "" && !validIfname(f.InIface):
+		return f, fmt.Errorf("flow: iif %q is not a valid interface name", f.InIface)
+	}
+	return f, nil
 }
 
 // Reload re-reads the configuration. Root only.

@@ -15,7 +15,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/wanpin/wanpin/pkg/rules"
+	"github.com/wanpin/wanpin/pkg/policy"
 )
 
 // Resolver resolves services against one cgroup v2 mount.
@@ -55,33 +55,82 @@ func mountPoint(mountinfo string) (string, error) {
 // Resolve returns the cgroup matches for a service: an absolute cgroup
 // path ("/wanpin-test") as is, or a unit name ("transmission-daemon.service")
 // looked up under the slices. Nil with no error means "not running now".
-func (r *Resolver) Resolve(service string) ([]rules.CgroupMatch, error) {
+func (r *Resolver) Resolve(service string) ([]policy.CgroupMatch, error) {
 	if r.Root == "" {
 		return nil, nil
 	}
-	var rel string
-	if strings.HasPrefix(service, "/") {
-		rel = filepath.Clean(service)
-	} else {
-		var err error
-		rel, err = r.findUnit(service)
-		if err != nil || rel == "" {
+	rel, err := r.path(service)
+	if err != nil || rel == "" {
+		return nil, err
+	}
+	id, err := r.id(rel)
+	if err != nil || id == 0 {
+		if err != nil {
+			err = fmt.Errorf("resolving service %s: %w", service, err)
+		}
+		return nil, err
+	}
+	return []policy.CgroupMatch{{Level: depth(rel), ID: id}}, nil
+}
+
+// Lineage is the cgroup ids of a service's cgroup and its ancestors, by
+// level (0 the root): what `socket cgroupv2 level N` sees of a socket
+// made in it. Nil with no error means "not running now".
+func (r *Resolver) Lineage(service string) ([]uint64, error) {
+	if r.Root == "" {
+		return nil, nil
+	}
+	rel, err := r.path(service)
+	if err != nil || rel == "" {
+		return nil, err
+	}
+	var out []uint64
+	parts := strings.Split(strings.Trim(rel, "/"), "/")
+	if rel == "/" {
+		parts = nil
+	}
+	for i := 0; i <= len(parts); i++ {
+		id, err := r.id("/" + strings.Join(parts[:i], "/"))
+		if err != nil || id == 0 {
 			return nil, err
 		}
+		out = append(out, id)
 	}
+	return out, nil
+}
+
+// path is the cgroup path of a service: an absolute path as is, a unit
+// found under the slices ("" if it is not running).
+func (r *Resolver) path(service string) (string, error) {
+	if strings.HasPrefix(service, "/") {
+		return filepath.Clean(service), nil
+	}
+	return r.findUnit(service)
+}
+
+// id is a cgroup's id: its directory's inode number (0: no such cgroup).
+func (r *Resolver) id(rel string) (uint64, error) {
 	st, err := os.Stat(filepath.Join(r.Root, rel))
 	if err != nil {
 		if os.IsNotExist(err) {
-			return nil, nil
+			return 0, nil
 		}
-		return nil, fmt.Errorf("resolving service %s: %w", service, err)
+		return 0, err
 	}
 	sys, ok := st.Sys().(*syscall.Stat_t)
 	if !ok || !st.IsDir() {
-		return nil, fmt.Errorf("resolving service %s: %s is not a cgroup directory", service, rel)
+		return 0, fmt.Errorf("%s is not a cgroup directory", rel)
 	}
-	level := len(strings.Split(strings.Trim(rel, "/"), "/"))
-	return []rules.CgroupMatch{{Level: level, ID: sys.Ino}}, nil
+	return sys.Ino, nil
+}
+
+// depth is a cgroup path's level: 0 for the root.
+func depth(rel string) int {
+	rel = strings.Trim(rel, "/")
+	if rel == "" {
+		return 0
+	}
+	return len(strings.Split(rel, "/"))
 }
 
 // findUnit looks for the unit's cgroup: system.slice first (where system

@@ -12,6 +12,8 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+
+	"github.com/wanpin/wanpin/pkg/policy"
 )
 
 // Defaults for the optional top-level keys.
@@ -84,33 +86,20 @@ const (
 	Nat6Prefix Nat6Mode = "prefix"
 )
 
-// PortRange is an inclusive range of destination ports; First == Last for a
-// single port.
-type PortRange struct{ First, Last uint16 }
-
 // Policy is one [[policy]] element. Policies are evaluated in file order and
 // the first match wins. Matchers that are empty match anything.
+//
+// The match keys are a policy.Match, whose one semantics both the nftables
+// rules and `wanpin explain` use: users and groups resolved to ids
+// (numeric strings as is, names via the user database), services kept as
+// written (resolved at run time).
 type Policy struct {
-	Name         string
-	UIDs         []uint32 // users, resolved: numeric strings as is, names via the user database
-	GIDs         []uint32 // groups, resolved likewise
-	Services     []string // systemd units or absolute cgroup v2 paths, kept as written: resolved at run time
-	Sources      []netip.Prefix
-	InInterfaces []string
-	Destinations []netip.Prefix
-	Protocol     uint8 // 0 any, 6 tcp, 17 udp
-	Ports        []PortRange
+	Name string
+	policy.Match
 	Uplinks      []string // names of the candidate uplinks; empty means all uplinks
 	FallbackNone bool     // fallback = "none": reject rather than use another uplink
 	Line         int      // line of its [[policy]] header
 }
-
-// Protocol numbers Policy.Protocol takes.
-const (
-	ProtoAny uint8 = 0
-	ProtoTCP uint8 = 6
-	ProtoUDP uint8 = 17
-)
 
 // MarkShift is the number of trailing zero bits of MarkMask: uplink marks are
 // small integers shifted into the mask.

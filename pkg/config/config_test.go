@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wanpin/wanpin/pkg/policy"
 )
 
 func mustParse(t *testing.T, src string) *Config {
@@ -35,7 +37,7 @@ func TestExampleParses(t *testing.T) {
 		Uplinks: []Uplink{
 			{Name: "dsl1", Interface: "ppp0", Weight: 2, Tier: 1, Table: 200, Masquerade: true, Line: 27,
 				Nat6: Nat6None, Prefix6: netip.MustParsePrefix("2001:db8:d1::/56"),
-				Health: &HealthConfig{Method: "icmp", Targets: []string{"198.51.100.53", "203.0.113.53", "2001:db8:53::53"}, DNSName: ".",
+				Health: &HealthConfig{Method: "icmp", Targets: MustTargets("icmp", "198.51.100.53", "203.0.113.53", "2001:db8:53::53"), DNSName: ".",
 					Interval: DefaultHealthInterval, Timeout: DefaultHealthTimeout, DownAfter: DefaultHealthDownAfter,
 					UpAfter: DefaultHealthUpAfter, Quorum: 1, Window: DefaultHealthWindow, HoldDown: DefaultHealthHoldDown}},
 			{Name: "dsl2", Interface: "ppp1", Weight: 1, Tier: 1, Table: 201, Masquerade: true, Line: 42,
@@ -44,16 +46,16 @@ func TestExampleParses(t *testing.T) {
 				Table: 210, Masquerade: true, Nat6: Nat6Masquerade, Line: 49},
 		},
 		Policies: []Policy{
-			{Name: "p2p", UIDs: []uint32{0}, Services: []string{"transmission-daemon.service"},
+			{Name: "p2p", Match: policy.Match{UIDs: []uint32{0}, Services: []string{"transmission-daemon.service"}},
 				Uplinks: []string{"dsl1", "dsl2"}, FallbackNone: true, Line: 65},
-			{Name: "office-vpn",
+			{Name: "office-vpn", Match: policy.Match{
 				Sources:      []netip.Prefix{netip.MustParsePrefix("192.0.2.20/32")},
 				InInterfaces: []string{"lan1"},
 				Destinations: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("2001:db8:10::/48")},
-				Protocol:     ProtoUDP,
-				Ports:        []PortRange{{1194, 1194}, {51820, 51821}},
-				Uplinks:      []string{"dsl1"},
-				Line:         74},
+				Protocol:     policy.ProtoUDP,
+				Ports:        []policy.PortRange{{First: 1194, Last: 1194}, {First: 51820, Last: 51821}}},
+				Uplinks: []string{"dsl1"},
+				Line:    74},
 		},
 	}
 	if !reflect.DeepEqual(cfg, want) {
@@ -68,7 +70,7 @@ func TestDefaults(t *testing.T) {
 		MarkMask:     DefaultMarkMask,
 		RulePriority: DefaultRulePriority,
 		Uplinks:      []Uplink{{Name: "dsl1", Interface: "ppp0", Weight: 1, Tier: 1, Table: 200, Masquerade: true, Nat6: Nat6Masquerade, Line: 1}},
-		Policies:     []Policy{{Name: "all", Protocol: ProtoAny, Line: 5}},
+		Policies:     []Policy{{Name: "all", Match: policy.Match{Protocol: policy.ProtoAny}, Line: 5}},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)
@@ -145,14 +147,17 @@ protocol = "udp"
 	}
 	own, fwd := cfg.Policies[0], cfg.Policies[1]
 	want := Policy{
-		Name:     "own",
-		UIDs:     []uint32{0, 1001, 4294967294},
-		GIDs:     []uint32{0, 7},
-		Services: []string{"getty@tty1.service", "user.slice", "session-2.scope", "/system.slice/cron.service", "/"},
-		Destinations: []netip.Prefix{netip.MustParsePrefix("198.51.100.7/32"), netip.MustParsePrefix("2001:db8::/32"),
-			netip.MustParsePrefix("203.0.113.0/24")},
-		Protocol:     ProtoTCP,
-		Ports:        []PortRange{{22, 22}, {80, 80}, {6881, 6889}, {65535, 65535}},
+		Name: "own",
+		Match: policy.Match{
+			UIDs:     []uint32{0, 1001, 4294967294},
+			GIDs:     []uint32{0, 7},
+			Services: []string{"getty@tty1.service", "user.slice", "session-2.scope", "/system.slice/cron.service", "/"},
+			Destinations: []netip.Prefix{netip.MustParsePrefix("198.51.100.7/32"), netip.MustParsePrefix("2001:db8::/32"),
+				netip.MustParsePrefix("203.0.113.0/24")},
+			Protocol: policy.ProtoTCP,
+			Ports: []policy.PortRange{{First: 22, Last: 22}, {First: 80, Last: 80}, {First: 6881, Last: 6889},
+				{First: 65535, Last: 65535}},
+		},
 		Uplinks:      []string{"b_2", "a"},
 		FallbackNone: true,
 		Line:         25,
@@ -161,7 +166,7 @@ protocol = "udp"
 		t.Errorf("policy own:\ngot  %+v\nwant %+v", own, want)
 	}
 	if len(fwd.Sources) != 3 || !reflect.DeepEqual(fwd.InInterfaces, []string{"lan1", "wg0"}) ||
-		fwd.Protocol != ProtoUDP || fwd.Uplinks != nil || fwd.FallbackNone {
+		fwd.Protocol != policy.ProtoUDP || fwd.Uplinks != nil || fwd.FallbackNone {
 		t.Errorf("policy fwd: %+v", fwd)
 	}
 }

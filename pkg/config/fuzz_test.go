@@ -152,8 +152,8 @@ func checkHealth(t *testing.T, i int, h *HealthConfig) {
 		t.Errorf("uplink %d: health %+v", i, h)
 	}
 	for _, target := range h.Targets {
-		if err := checkTarget(h.Method, target); err != nil {
-			t.Errorf("uplink %d: %v", i, err)
+		if again, err := ParseTarget(h.Method, target.Text); err != nil || again != target {
+			t.Errorf("uplink %d: target %+v parses again as %+v, %v", i, target, again, err)
 		}
 	}
 }

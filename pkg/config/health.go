@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/wanpin/wanpin/pkg/inet"
 )
 
 // HealthConfig is an uplink's [uplink.health] table: how wanpin probes the
@@ -15,7 +17,7 @@ import (
 // link stays up.
 type HealthConfig struct {
 	Method  string   // icmp (default), tcp, http, dns
-	Targets []string // icmp: addresses; tcp: addr:port; http: URLs; dns: server[:port]
+	Targets []Target // parsed once here; probes use them as they are
 	DNSName string   // dns: the name asked for, type NS (default ".": every resolver has the root NS in its cache)
 
 	Interval  time.Duration // one round every interval
@@ -107,23 +109,22 @@ func (p *parser) health(n node) *HealthConfig {
 		seen := map[string]bool{}
 		for _, e := range list {
 			s, ok := p.str(e)
-			if !ok {
-				continue
-			}
 			// With an unknown method every target would look wrong:
 			// the method's own message is enough.
-			if methodOK {
-				if err := checkTarget(h.Method, s); err != nil {
-					p.errorf(e, "%v", err)
-					continue
-				}
+			if !ok || !methodOK {
+				continue
+			}
+			tg, err := ParseTarget(h.Method, s)
+			if err != nil {
+				p.errorf(e, "%v", err)
+				continue
 			}
 			if seen[s] {
 				p.errorf(e, "target %q is listed twice (it would count twice towards the quorum)", s)
 				continue
 			}
 			seen[s] = true
-			h.Targets = append(h.Targets, s)
+			h.Targets = append(h.Targets, tg)
 		}
 	}
 	if n, ok := p.get(t, "dns_name"); ok {
@@ -223,53 +224,89 @@ func (p *parser) duration(t *table, key string, dst *time.Duration, zeroOK bool)
 	return true
 }
 
-// checkTarget checks a target has the form its method needs. Hosts must be
+// Target is one health target, parsed: what is probed, once and for all.
+type Target struct {
+	Text string         // as written, for reasons and logs
+	Addr netip.AddrPort // the address probed; the port for tcp and dns (53 by default), 0 for icmp
+	URL  string         // http: the URL fetched (its host is Addr)
+}
+
+// Family is the address family the target is probed over.
+func (t Target) Family() inet.Family { return inet.Of(t.Addr.Addr()) }
+
+// ParseTarget reads a target in the form its method needs. Hosts must be
 // IP addresses: a name would be resolved by the system resolver, whose
 // queries do not carry the uplink's mark and may leave by another uplink
 // (or not at all when the ISP is dead).
-func checkTarget(method, s string) error {
+func ParseTarget(method, s string) (Target, error) {
+	t := Target{Text: s}
 	switch method {
-	case "icmp":
+	case "icmp", "":
 		a, err := netip.ParseAddr(s)
 		if err != nil || a.Zone() != "" {
-			return fmt.Errorf("icmp target %q must be an IP address", s)
+			return t, fmt.Errorf("icmp target %q must be an IP address", s)
 		}
+		t.Addr = netip.AddrPortFrom(a.Unmap(), 0)
 	case "tcp", "dns":
 		host, port := s, "53"
 		if method == "tcp" || strings.HasPrefix(s, "[") || strings.Count(s, ":") == 1 {
 			h, p, err := net.SplitHostPort(s)
 			if err != nil {
 				if method == "dns" {
-					return fmt.Errorf("dns target %q must be address or address:port", s)
+					return t, fmt.Errorf("dns target %q must be address or address:port", s)
 				}
-				return fmt.Errorf("tcp target %q must be address:port", s)
+				return t, fmt.Errorf("tcp target %q must be address:port", s)
 			}
 			host, port = h, p
 		}
-		if a, err := netip.ParseAddr(host); err != nil || a.Zone() != "" {
-			return fmt.Errorf("%s target %q: %q is not an IP address", method, s, host)
+		a, err := netip.ParseAddr(host)
+		if err != nil || a.Zone() != "" {
+			return t, fmt.Errorf("%s target %q: %q is not an IP address", method, s, host)
 		}
-		if !validPort(port) {
-			return fmt.Errorf("%s target %q: bad port %q (1..65535)", method, s, port)
+		n, ok := parsePortNumber(port)
+		if !ok {
+			return t, fmt.Errorf("%s target %q: bad port %q (1..65535)", method, s, port)
 		}
+		t.Addr = netip.AddrPortFrom(a.Unmap(), n)
 	case "http":
 		u, err := url.Parse(s)
 		if err != nil || u.Scheme != "http" || u.Host == "" || u.User != nil {
-			return fmt.Errorf("http target %q must be a URL like http://203.0.113.1/ or http://[2001:db8::1]:8080/path", s)
+			return t, fmt.Errorf("http target %q must be a URL like http://203.0.113.1/ or http://[2001:db8::1]:8080/path", s)
 		}
-		if a, err := netip.ParseAddr(u.Hostname()); err != nil || a.Zone() != "" {
-			return fmt.Errorf("http target %q: host %q is not an IP address", s, u.Hostname())
+		a, err := netip.ParseAddr(u.Hostname())
+		if err != nil || a.Zone() != "" {
+			return t, fmt.Errorf("http target %q: host %q is not an IP address", s, u.Hostname())
 		}
-		if p := u.Port(); p != "" && !validPort(p) {
-			return fmt.Errorf("http target %q: bad port %q (1..65535)", s, p)
+		n := uint16(80)
+		if p := u.Port(); p != "" {
+			var ok bool
+			if n, ok = parsePortNumber(p); !ok {
+				return t, fmt.Errorf("http target %q: bad port %q (1..65535)", s, p)
+			}
 		}
+		t.Addr, t.URL = netip.AddrPortFrom(a.Unmap(), n), s
+	default:
+		return t, fmt.Errorf("unknown method %q", method)
 	}
-	return nil
+	return t, nil
 }
 
-func validPort(s string) bool {
+// MustTargets parses targets that are known to be good (tests, examples).
+func MustTargets(method string, ss ...string) []Target {
+	out := make([]Target, len(ss))
+	for i, s := range ss {
+		t, err := ParseTarget(method, s)
+		if err != nil {
+			panic(err)
+		}
+		out[i] = t
+	}
+	return out
+}
+
+func parsePortNumber(s string) (uint16, bool) {
 	n, err := strconv.ParseUint(s, 10, 16)
-	return err == nil && n > 0
+	return uint16(n), err == nil && n > 0
 }
 
 // validDNSName accepts a name in presentation form, with or without the
@@ -293,4 +330,26 @@ func validDNSName(s string) bool {
 		}
 	}
 	return true
+}
+
+// ForFamily is the part of the health table that probes one address
+// family: each family is probed, judged and taken out of service on its
+// own, so an ISP whose IPv6 breaks while IPv4 works loses only its IPv6
+// traffic. nil when the family has no targets of its own (its link state
+// alone decides, or the other family's verdict). The quorum counts within
+// a family and is capped at its number of targets.
+func (h HealthConfig) ForFamily(f inet.Family) *HealthConfig {
+	var ts []Target
+	for _, t := range h.Targets {
+		if t.Family() == f {
+			ts = append(ts, t)
+		}
+	}
+	if len(ts) == 0 {
+		return nil
+	}
+	c := h
+	c.Targets = ts
+	c.Quorum = min(max(h.Quorum, 1), len(ts))
+	return &c
 }

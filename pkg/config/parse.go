@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/wanpin/wanpin/pkg/inet"
+
 	"github.com/BurntSushi/toml"
 )
 
@@ -333,7 +335,7 @@ func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
 	}
 	if n, ok := p.get(t, "gateway"); ok {
 		if s, ok := p.str(n); ok {
-			a, err := parseGateway("gateway", s, false)
+			a, err := parseGateway("gateway", s, inet.IPv4)
 			if p.check(n, err) {
 				u.Gateway4 = a
 			}
@@ -341,7 +343,7 @@ func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
 	}
 	if n, ok := p.get(t, "gateway6"); ok {
 		if s, ok := p.str(n); ok {
-			a, err := parseGateway("gateway6", s, true)
+			a, err := parseGateway("gateway6", s, inet.IPv6)
 			if p.check(n, err) {
 				u.Gateway6 = a
 			}

@@ -12,6 +12,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/wanpin/wanpin/pkg/inet"
+	"github.com/wanpin/wanpin/pkg/policy"
 )
 
 func (p *parser) markMask(n node) (uint32, bool) {
@@ -157,26 +160,23 @@ func checkIfname(what, s string) error {
 
 // parseGateway reads gateway (IPv4) or gateway6 (IPv6, link-local
 // allowed: routers learned from router advertisements are link-local).
-func parseGateway(key, s string, v6 bool) (netip.Addr, error) {
+func parseGateway(key, s string, f inet.Family) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	if err == nil {
 		a = a.Unmap()
 	}
 	switch {
-	case err != nil && v6:
-		return netip.Addr{}, fmt.Errorf("%s must be an IPv6 address, got %q", key, s)
 	case err != nil:
-		return netip.Addr{}, fmt.Errorf("%s must be an IPv4 address, got %q", key, s)
-	case a.Is6() && !v6:
-		return netip.Addr{}, fmt.Errorf("%s must be an IPv4 address, got %q (an IPv6 gateway goes in gateway6)", key, s)
-	case a.Is4() && v6:
-		return netip.Addr{}, fmt.Errorf("%s must be an IPv6 address, got %q (an IPv4 gateway goes in gateway)", key, s)
+		return netip.Addr{}, fmt.Errorf("%s must be an %v address, got %q", key, f, s)
+	case inet.Of(a) != f:
+		other := map[inet.Family]string{inet.IPv4: "gateway", inet.IPv6: "gateway6"}[inet.Of(a)]
+		return netip.Addr{}, fmt.Errorf("%s must be an %v address, got %q (an %v gateway goes in %s)", key, f, s, inet.Of(a), other)
 	case a.Zone() != "":
 		// The uplink's interface is the zone: another one would contradict it.
 		return netip.Addr{}, fmt.Errorf("%s must not have a zone (the uplink's interface is used), got %q", key, s)
 	case a.IsUnspecified() || a.IsMulticast() || a.IsLoopback():
 		return netip.Addr{}, fmt.Errorf("%s must be a unicast address, got %q", key, s)
-	case a.IsLinkLocalUnicast() && !v6:
+	case a.IsLinkLocalUnicast() && f == inet.IPv4:
 		return netip.Addr{}, fmt.Errorf("%s must not be link-local, got %q", key, s)
 	}
 	return a, nil
@@ -246,11 +246,11 @@ func (p *parser) checkNat6(cfg *Config, srcs []uplinkSrc, lan6 node, lan6Set boo
 func parseProtocol(s string) (uint8, error) {
 	switch s {
 	case "tcp":
-		return ProtoTCP, nil
+		return policy.ProtoTCP, nil
 	case "udp":
-		return ProtoUDP, nil
+		return policy.ProtoUDP, nil
 	case "any":
-		return ProtoAny, nil
+		return policy.ProtoAny, nil
 	}
 	return 0, fmt.Errorf(`protocol must be "tcp", "udp" or "any", got %q`, s)
 }
@@ -454,20 +454,20 @@ func parsePrefix(s string) (netip.Prefix, error) {
 }
 
 // ports reads destination ports: "80", "6881-6889" or 80.
-func (p *parser) ports(n node) []PortRange {
+func (p *parser) ports(n node) []policy.PortRange {
 	elems, ok := p.list(n)
 	if !ok {
 		return nil
 	}
 	type entry struct {
-		r    PortRange
+		r    policy.PortRange
 		node node
 		s    string
 		pos  int
 	}
 	var entries []entry
 	for _, e := range elems {
-		var r PortRange
+		var r policy.PortRange
 		var s string
 		switch v := e.v.(type) {
 		case int64:
@@ -476,7 +476,7 @@ func (p *parser) ports(n node) []PortRange {
 				p.errorf(e, "port %d must be 1..65535", v)
 				continue
 			}
-			r = PortRange{uint16(v), uint16(v)}
+			r = policy.PortRange{First: uint16(v), Last: uint16(v)}
 		case string:
 			s = v
 			var err error
@@ -516,14 +516,14 @@ func (p *parser) ports(n node) []PortRange {
 			reach = cur
 		}
 	}
-	out := make([]PortRange, len(entries))
+	out := make([]policy.PortRange, len(entries))
 	for i, e := range entries {
 		out[i] = e.r
 	}
 	return out
 }
 
-func parsePortRange(s string) (PortRange, error) {
+func parsePortRange(s string) (policy.PortRange, error) {
 	first, last, isRange := strings.Cut(s, "-")
 	if !isRange {
 		last = first
@@ -532,11 +532,11 @@ func parsePortRange(s string) (PortRange, error) {
 	b, errB := parsePort(last)
 	switch {
 	case errA != nil || errB != nil:
-		return PortRange{}, fmt.Errorf("port %q must be a port or range like \"80\" or \"6881-6889\", each 1..65535", s)
+		return policy.PortRange{}, fmt.Errorf("port %q must be a port or range like \"80\" or \"6881-6889\", each 1..65535", s)
 	case a > b:
-		return PortRange{}, fmt.Errorf("port range %q must not start above its end", s)
+		return policy.PortRange{}, fmt.Errorf("port range %q must not start above its end", s)
 	}
-	return PortRange{a, b}, nil
+	return policy.PortRange{First: a, Last: b}, nil
 }
 
 func parsePort(s string) (uint16, error) {

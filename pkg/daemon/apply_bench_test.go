@@ -10,7 +10,8 @@ import (
 
 	"github.com/wanpin/wanpin/internal/nstest"
 	"github.com/wanpin/wanpin/pkg/config"
-	"github.com/wanpin/wanpin/pkg/plan"
+	"github.com/wanpin/wanpin/pkg/core"
+	"github.com/wanpin/wanpin/pkg/inet"
 	"github.com/wanpin/wanpin/pkg/rules"
 	"github.com/wanpin/wanpin/pkg/tables"
 )
@@ -40,21 +41,23 @@ func bigConfig(nUplinks, nEntries int) *config.Config {
 	return cfg
 }
 
-func bigStates(cfg *config.Config) map[string]plan.UplinkState {
-	st := map[string]plan.UplinkState{}
+func bigStates(cfg *config.Config) map[string]core.UplinkState {
+	st := map[string]core.UplinkState{}
 	for i, u := range cfg.Uplinks {
-		st[u.Name] = plan.UplinkState{V4: plan.FamilyState{
+		var s core.UplinkState
+		*s.Of(inet.IPv4) = core.FamilyState{
 			Up:      true,
 			Addrs:   []netip.Addr{netip.AddrFrom4([4]byte{198, 51, 100, byte(2 + i)})},
 			Gateway: netip.AddrFrom4([4]byte{198, 51, 100, 1}),
 			OnLink:  true,
-		}}
+		}
+		st[u.Name] = s
 	}
 	return st
 }
 
 // BenchmarkPlanApply measures what a start or a reload costs with 64
-// uplinks and 10,000 policy entries: plan.Build, then the nftables
+// uplinks and 10,000 policy entries: core.Build, then the nftables
 // transaction and the routing reconcile, into a fresh namespace.
 // The target (issue: under 200 ms) is reported as ms/apply.
 func BenchmarkPlanApply(b *testing.B) {
@@ -81,8 +84,8 @@ func BenchmarkPlanApply(b *testing.B) {
 		// Alternate two weight sets so every iteration really changes state.
 		cfg.Uplinks[0].Weight = 1 + i%2
 		start := time.Now()
-		d := plan.Build(plan.Input{Config: cfg, Uplinks: states})
-		if _, err := tbl.Apply(d.Tables); err != nil {
+		d := core.Build(core.Facts{Config: cfg, Uplinks: states})
+		if _, err := tbl.Apply(d.Routing); err != nil {
 			b.Fatal(err)
 		}
 		if err := nft.Apply(d.NFT); err != nil {

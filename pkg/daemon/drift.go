@@ -2,10 +2,10 @@ package daemon
 
 import (
 	"fmt"
-	"sort"
 	"time"
 
-	"github.com/wanpin/wanpin/pkg/tables"
+	"github.com/wanpin/wanpin/pkg/core"
+	"github.com/wanpin/wanpin/pkg/desired"
 )
 
 // DriftInterval is how often the kernel is compared with what was last
@@ -19,7 +19,8 @@ const DriftInterval = 500 * time.Millisecond
 // what went missing, naming it. Repairs are rate-limited by the ticker:
 // at most one a DriftInterval.
 func (d *Daemon) checkDrift() {
-	if d.applied == nil {
+	applied := d.state.Applied
+	if applied == nil {
 		return // nothing applied yet, or a retry is already pending
 	}
 	var missing []string
@@ -27,42 +28,38 @@ func (d *Daemon) checkDrift() {
 	if err != nil {
 		d.log.Warn("checking the nftables table", "err", err)
 	} else if !present {
-		missing = append(missing, "nftables table inet "+d.applied.NFT.Table)
+		missing = append(missing, "nftables table inet "+applied.NFT.Table)
 	}
-	cur, err := d.tbl.Current()
+	cur, err := d.routing.Current()
 	if err != nil {
 		d.log.Warn("checking rules and routes", "err", err)
 	} else {
-		missing = append(missing, missingObjects(d.applied.Tables, cur)...)
+		missing = append(missing, missingObjects(applied.Routing, cur)...)
 	}
-	if len(missing) == 0 {
-		return
+	if len(missing) > 0 {
+		d.step(core.Drift{Missing: missing})
 	}
-	sort.Strings(missing)
-	d.log.Warn("repairing state another program changed", "missing", fmt.Sprint(missing))
-	d.applied = nil
-	d.sync("drift repair")
 }
 
 // missingObjects lists what want has and have lacks, as ip prints it.
-func missingObjects(want, have tables.Desired) []string {
+func missingObjects(want, have desired.Routing) []string {
 	haveRules := map[string]bool{}
 	for _, r := range have.Rules {
 		haveRules[r.Key()] = true
 	}
 	haveRoutes := map[string]string{}
 	for _, r := range have.Routes {
-		haveRoutes[r.Key()] = tables.RenderRoute(r)
+		haveRoutes[r.Key()] = r.String()
 	}
 	var out []string
 	for _, r := range want.Rules {
 		if !haveRules[r.Key()] {
-			out = append(out, fmt.Sprintf("rule %q", tables.RenderRule(r)))
+			out = append(out, fmt.Sprintf("rule %q", r.String()))
 		}
 	}
 	for _, r := range want.Routes {
-		if got, ok := haveRoutes[r.Key()]; !ok || got != tables.RenderRoute(r) {
-			out = append(out, fmt.Sprintf("route %q in table %d", tables.RenderRoute(r), r.Table))
+		if got, ok := haveRoutes[r.Key()]; !ok || got != r.String() {
+			out = append(out, fmt.Sprintf("route %q in table %d", r.String(), r.Table))
 		}
 	}
 	return out

@@ -19,11 +19,11 @@ func TestNotifier(t *testing.T) {
 	t.Setenv("WATCHDOG_USEC", "10000000")
 	t.Setenv("WATCHDOG_PID", "")
 	n := newNotifier()
-	if n.watchdog != 5*time.Second {
-		t.Errorf("watchdog interval %v, want half of 10 s", n.watchdog)
+	if iv := n.watchdogInterval(); iv != 5*time.Second {
+		t.Errorf("watchdog interval %v, want half of 10 s", iv)
 	}
-	for _, f := range []func() error{n.ready, n.reloading, n.pet, n.stopping} {
-		if err := f(); err != nil {
+	for _, st := range []string{"READY=1", "RELOADING=1", "WATCHDOG=1", "STOPPING=1"} {
+		if err := n.send(st); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -41,7 +41,16 @@ func TestNotifier(t *testing.T) {
 		t.Errorf("messages: %q", got)
 	}
 	t.Setenv("NOTIFY_SOCKET", "")
-	if err := newNotifier().ready(); err != nil {
+	if err := newNotifier().send("READY=1"); err != nil {
 		t.Errorf("without systemd: %v", err)
+	}
+}
+
+// The watchdog is another process's when WATCHDOG_PID names it.
+func TestWatchdogOfAnotherProcess(t *testing.T) {
+	t.Setenv("WATCHDOG_USEC", "10000000")
+	t.Setenv("WATCHDOG_PID", "1")
+	if iv := newNotifier().watchdogInterval(); iv != 0 {
+		t.Errorf("watchdog interval %v for another pid's watchdog", iv)
 	}
 }

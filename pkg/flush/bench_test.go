@@ -8,6 +8,7 @@ import (
 	"github.com/ti-mo/conntrack"
 
 	"github.com/wanpin/wanpin/internal/nstest"
+	"github.com/wanpin/wanpin/pkg/inet"
 )
 
 // BenchmarkFlushMark100k: 100,000 entries pinned to uplink 1 and 100,000
@@ -30,7 +31,7 @@ func BenchmarkFlushMark100k(b *testing.B) {
 		fill(b, f, n, 0x20000, 3)
 		b.StartTimer()
 		start := time.Now()
-		got, err := f.FlushMark(0x10000, 0xff0000, true, true)
+		got, err := f.FlushMark(0x10000, 0xff0000, inet.IPv4)
 		total += time.Since(start)
 		b.StopTimer()
 		if err != nil {
@@ -43,7 +44,7 @@ func BenchmarkFlushMark100k(b *testing.B) {
 		if got != n || counts[0x10000] != 0 || counts[0x20000] != n {
 			b.Fatalf("flushed %d (want %d); left: uplink 1 %d, uplink 2 %d (want 0, %d)", got, n, counts[0x10000], counts[0x20000], n)
 		}
-		if _, err := f.FlushMark(0x20000, 0xff0000, true, true); err != nil {
+		if _, err := f.FlushMark(0x20000, 0xff0000, inet.IPv4); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -18,6 +18,8 @@ import (
 	"github.com/ti-mo/conntrack"
 	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
+
+	"github.com/wanpin/wanpin/pkg/inet"
 )
 
 // Flusher talks to conntrack in one network namespace.
@@ -42,20 +44,16 @@ func New(nsFd int) (*Flusher, error) {
 // Close releases the connection.
 func (f *Flusher) Close() error { return f.c.Close() }
 
-// FlushMark deletes every entry whose ct mark & mask == mark, of the
-// families asked for (an uplink whose IPv6 failed keeps its IPv4
-// connections), filtered in the kernel. It returns how many there were
-// just before (the kernel's filtered flush does not count).
-func (f *Flusher) FlushMark(mark, mask uint32, v4, v6 bool) (int, error) {
-	switch {
-	case v4 && v6:
-		return f.flushMark(conntrack.NewFilter().Mark(mark).MarkMask(mask), mark, mask)
-	case v4:
-		return f.flushMark(conntrack.NewFilter().Family(netfilter.ProtoIPv4).Mark(mark).MarkMask(mask), mark, mask)
-	case v6:
-		return f.flushMark(conntrack.NewFilter().Family(netfilter.ProtoIPv6).Mark(mark).MarkMask(mask), mark, mask)
+// FlushMark deletes every entry of one family whose ct mark & mask ==
+// mark (an uplink whose IPv6 failed keeps its IPv4 connections), filtered
+// in the kernel. It returns how many there were just before (the kernel's
+// filtered flush does not count).
+func (f *Flusher) FlushMark(mark, mask uint32, fam inet.Family) (int, error) {
+	proto := netfilter.ProtoIPv4
+	if fam == inet.IPv6 {
+		proto = netfilter.ProtoIPv6
 	}
-	return 0, nil
+	return f.flushMark(conntrack.NewFilter().Family(proto).Mark(mark).MarkMask(mask), mark, mask)
 }
 
 func (f *Flusher) flushMark(filter conntrack.Filter, mark, mask uint32) (int, error) {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/wanpin/wanpin/internal/nstest"
+	"github.com/wanpin/wanpin/pkg/inet"
 )
 
 // insert creates n conntrack entries with the given mark in ns, without
@@ -53,7 +54,7 @@ func TestFlushMarkOnlyThatUplink(t *testing.T) {
 	if counts[0x10000] != 150 || counts[0x20000] != 80 || len(counts) != 2 {
 		t.Errorf("CountByMark: %v", counts)
 	}
-	n, err := f.FlushMark(0x10000, 0xff0000, true, true)
+	n, err := f.FlushMark(0x10000, 0xff0000, inet.IPv4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +73,7 @@ func TestFlushMarkOnlyThatUplink(t *testing.T) {
 	if fmt.Sprint(left) != fmt.Sprint(want) {
 		t.Errorf("left after flushing uplink 1: %v, want %v", left, want)
 	}
-	if n, err := f.FlushMark(0x10000, 0xff0000, true, true); err != nil || n != 0 {
+	if n, err := f.FlushMark(0x10000, 0xff0000, inet.IPv4); err != nil || n != 0 {
 		t.Errorf("second flush: %d, %v", n, err)
 	}
 }
@@ -91,7 +92,7 @@ func TestFlushMarkOneFamily(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	n, err := f.FlushMark(0x10000, 0xff0000, false, true)
+	n, err := f.FlushMark(0x10000, 0xff0000, inet.IPv6)
 	if err != nil || n != 40 {
 		t.Fatalf("IPv6 flush of uplink 1: %d, %v; want 40", n, err)
 	}
@@ -103,7 +104,7 @@ func TestFlushMarkOneFamily(t *testing.T) {
 	if strings.TrimSpace(out) != "10" {
 		t.Errorf("IPv6 entries of uplink 2 left: %s, want 10", out)
 	}
-	if n, err := f.FlushMark(0x10000, 0xff0000, true, false); err != nil || n != 30 {
+	if n, err := f.FlushMark(0x10000, 0xff0000, inet.IPv4); err != nil || n != 30 {
 		t.Errorf("IPv4 flush of uplink 1: %d, %v; want 30", n, err)
 	}
 }

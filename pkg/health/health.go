@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/wanpin/wanpin/pkg/config"
+	"github.com/wanpin/wanpin/pkg/inet"
 )
 
 // Spec is what the daemon hands a Monitor for one uplink.
@@ -30,8 +31,8 @@ type Spec struct {
 	Interface string     // SO_BINDTODEVICE
 	Mark      uint32     // SO_MARK: the uplink's fwmark; 0 sets none
 	Source    netip.Addr // optional: bind probes of its family to this address (invalid: the kernel chooses)
-	// V6: the family this monitor judges (see ByFamily); events carry it.
-	V6     bool
+	// Family is the one this monitor judges (see ForFamily); events carry it.
+	Family inet.Family
 	Config config.HealthConfig
 }
 
@@ -39,7 +40,7 @@ type Spec struct {
 // one per transition.
 type Event struct {
 	Uplink  string
-	V6      bool // the family judged
+	Family  inet.Family // the family judged
 	Healthy bool
 	Reason  string        // for people: "2 rounds lost: 203.0.113.1 timeout, 203.0.113.2 timeout"
 	RTT     time.Duration // median round trip of the deciding round's answers; 0: none answered
@@ -156,7 +157,7 @@ func (m *Monitor) run(ctx context.Context, targets []Target, ps *probeSet, event
 		}
 		if v.changed {
 			log.Debug("health verdict", "uplink", m.spec.Uplink, "healthy", v.healthy, "reason", v.reason)
-			ev := Event{Uplink: m.spec.Uplink, V6: m.spec.V6, Healthy: v.healthy, Reason: v.reason, RTT: v.rtt, Loss: v.loss, At: time.Now()}
+			ev := Event{Uplink: m.spec.Uplink, Family: m.spec.Family, Healthy: v.healthy, Reason: v.reason, RTT: v.rtt, Loss: v.loss, At: time.Now()}
 			select {
 			case events <- ev:
 			case <-ctx.Done():

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wanpin/wanpin/pkg/inet"
+
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -36,9 +38,9 @@ var errPingerClosed = errors.New("icmp: monitor stopped")
 // sequence and source. The socket is opened by the first probe that needs
 // it and again after a reset.
 type pinger struct {
-	ps *probeSet
-	v6 bool
-	id uint16
+	ps  *probeSet
+	fam inet.Family
+	id  uint16
 
 	mu      sync.Mutex
 	conn    net.PacketConn // nil: open on the next probe
@@ -59,8 +61,8 @@ type reply struct {
 	err error
 }
 
-func newPinger(ps *probeSet, v6 bool) *pinger {
-	return &pinger{ps: ps, v6: v6, id: uint16(icmpIDs.Add(1)), waiting: map[uint16]*waiter{}}
+func newPinger(ps *probeSet, fam inet.Family) *pinger {
+	return &pinger{ps: ps, fam: fam, id: uint16(icmpIDs.Add(1)), waiting: map[uint16]*waiter{}}
 }
 
 func (p *pinger) probe(ctx context.Context, dst netip.Addr) (time.Duration, error) {
@@ -90,7 +92,7 @@ func (p *pinger) probe(ctx context.Context, dst netip.Addr) (time.Duration, erro
 	}()
 
 	var typ icmp.Type = ipv4.ICMPTypeEcho
-	if p.v6 {
+	if p.fam == inet.IPv6 {
 		typ = ipv6.ICMPTypeEchoRequest
 	}
 	// The kernel fills in the ICMPv6 checksum (it needs the addresses);
@@ -118,11 +120,11 @@ func (p *pinger) probe(ctx context.Context, dst netip.Addr) (time.Duration, erro
 // net.ipv4.ping_group_range, which is off in every new namespace.
 func (p *pinger) open(ctx context.Context) error {
 	network := "ip4:icmp"
-	if p.v6 {
+	if p.fam == inet.IPv6 {
 		network = "ip6:ipv6-icmp"
 	}
 	laddr := ""
-	if src, ok := p.ps.source(p.v6); ok {
+	if src, ok := p.ps.source(p.fam); ok {
 		laddr = src.String()
 	}
 	lc := net.ListenConfig{Control: p.ps.control}
@@ -140,7 +142,7 @@ func (p *pinger) open(ctx context.Context) error {
 	// (neighbour discovery included). The filter only saves work, the
 	// matching below does not rely on it, so a failure to set it is not
 	// one to stop on.
-	if p.v6 {
+	if p.fam == inet.IPv6 {
 		var f ipv6.ICMPFilter
 		f.SetAll(true)
 		f.Accept(ipv6.ICMPTypeEchoReply)
@@ -185,7 +187,7 @@ func (p *pinger) close() {
 func (p *pinger) read(c net.PacketConn) {
 	defer p.readers.Done()
 	proto := 1 // iana ICMP
-	if p.v6 {
+	if p.fam == inet.IPv6 {
 		proto = 58 // iana IPv6-ICMP
 	}
 	buf := make([]byte, 1500)
@@ -248,7 +250,7 @@ func (p *pinger) icmpError(data []byte, from netip.Addr, what string, at time.Ti
 	var dst netip.Addr
 	var echo []byte
 	switch {
-	case !p.v6 && len(data) >= 20 && data[0]>>4 == 4 && data[9] == 1:
+	case p.fam == inet.IPv4 && len(data) >= 20 && data[0]>>4 == 4 && data[9] == 1:
 		ihl := int(data[0]&0x0f) * 4
 		if ihl < 20 || len(data) < ihl+8 {
 			return
@@ -258,7 +260,7 @@ func (p *pinger) icmpError(data []byte, from netip.Addr, what string, at time.Ti
 		if echo[0] != 8 {
 			return
 		}
-	case p.v6 && len(data) >= 48 && data[0]>>4 == 6 && data[6] == 58:
+	case p.fam == inet.IPv6 && len(data) >= 48 && data[0]>>4 == 6 && data[6] == 58:
 		dst = netip.AddrFrom16([16]byte(data[24:40]))
 		echo = data[40:]
 		if echo[0] != 128 {

@@ -25,6 +25,9 @@ import (
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
+
+	"github.com/wanpin/wanpin/pkg/config"
+	"github.com/wanpin/wanpin/pkg/inet"
 )
 
 // The lab: a router namespace with the uplink "wan1" (198.51.100.2/29,
@@ -211,7 +214,7 @@ func serveDNS(pc net.PacketConn) {
 
 func (l *lab) spec(method string, targets ...string) Spec {
 	cfg := defaults()
-	cfg.Method, cfg.Targets, cfg.DNSName = method, targets, "."
+	cfg.Method, cfg.Targets, cfg.DNSName = method, config.MustTargets(method, targets...), "."
 	return Spec{Uplink: "isp1", Interface: "wan1", Mark: labMark, Config: cfg}
 }
 
@@ -303,7 +306,7 @@ func checkSocketOptions(t *testing.T, ps *probeSet) {
 		c := p.conn
 		p.mu.Unlock()
 		if c == nil {
-			t.Fatalf("v6=%v: no socket", p.v6)
+			t.Fatalf("%v: no socket", p.fam)
 		}
 		rc, err := c.(syscall.Conn).SyscallConn()
 		if err != nil {
@@ -321,10 +324,10 @@ func checkSocketOptions(t *testing.T, ps *probeSet) {
 			t.Fatalf("getsockopt: %v %v", err, gerr)
 		}
 		if mark != labMark || dev != "wan1" {
-			t.Errorf("v6=%v: SO_MARK %#x SO_BINDTODEVICE %q, want %#x wan1", p.v6, mark, dev, labMark)
+			t.Errorf("%v: SO_MARK %#x SO_BINDTODEVICE %q, want %#x wan1", p.fam, mark, dev, labMark)
 		}
 		// The ICMP filter lets only what can answer an echo through.
-		if !p.v6 {
+		if p.fam == inet.IPv4 {
 			f, err := ipv4.NewPacketConn(c).ICMPFilter()
 			if err != nil || !f.WillBlock(ipv4.ICMPTypeEcho) || f.WillBlock(ipv4.ICMPTypeEchoReply) {
 				t.Errorf("v4 ICMP filter: %v", err)

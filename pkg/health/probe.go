@@ -9,11 +9,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/wanpin/wanpin/pkg/config"
+	"github.com/wanpin/wanpin/pkg/inet"
 
 	"golang.org/x/net/dns/dnsmessage"
 	"golang.org/x/sys/unix"
@@ -87,9 +89,9 @@ func (ps *probeSet) socket(f func() error) error {
 
 // source is the address to bind a socket of the family to: spec.Source
 // when it is of that family, else none.
-func (ps *probeSet) source(v6 bool) (netip.Addr, bool) {
+func (ps *probeSet) source(f inet.Family) (netip.Addr, bool) {
 	src := ps.spec.Source.Unmap()
-	if !src.IsValid() || src.Is6() != v6 {
+	if inet.Of(src) != f {
 		return netip.Addr{}, false
 	}
 	return src, true
@@ -97,7 +99,7 @@ func (ps *probeSet) source(v6 bool) (netip.Addr, bool) {
 
 func (ps *probeSet) dialer(dst netip.Addr, network string) *net.Dialer {
 	d := &net.Dialer{Control: ps.control, KeepAlive: -1}
-	if src, ok := ps.source(dst.Unmap().Is6()); ok {
+	if src, ok := ps.source(inet.Of(dst)); ok {
 		switch network {
 		case "tcp":
 			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
@@ -118,46 +120,28 @@ func (ps *probeSet) dial(ctx context.Context, d *net.Dialer, network, address st
 	return c, err
 }
 
-// targets makes one probe per configured target. A target that does not
-// parse (config validated them: only a hand-made Spec gets here) makes a
-// probe that always fails with the reason.
+// targets makes one probe per configured target (config parsed them).
 func (ps *probeSet) targets() []Target {
 	cfg := ps.spec.Config
 	out := make([]Target, 0, len(cfg.Targets))
-	for _, name := range cfg.Targets {
-		probe, err := ps.probe(cfg.Method, name)
+	for _, t := range cfg.Targets {
+		probe, err := ps.probe(cfg.Method, t)
 		if err != nil {
-			err = fmt.Errorf("%s target %q: %w", cfg.Method, name, err)
+			err = fmt.Errorf("%s target %q: %w", cfg.Method, t.Text, err)
 			probe = func(context.Context) (time.Duration, error) { return 0, err }
 		}
-		out = append(out, Target{Name: name, Probe: probe})
+		out = append(out, Target{Name: t.Text, Probe: probe})
 	}
 	return out
 }
 
-func (ps *probeSet) probe(method, target string) (Probe, error) {
+func (ps *probeSet) probe(method string, t config.Target) (Probe, error) {
 	switch method {
 	case "tcp":
-		ap, err := netip.ParseAddrPort(target)
-		if err != nil {
-			return nil, err
-		}
-		return func(ctx context.Context) (time.Duration, error) { return ps.tcp(ctx, ap) }, nil
+		return func(ctx context.Context) (time.Duration, error) { return ps.tcp(ctx, t.Addr) }, nil
 	case "http":
-		u, err := url.Parse(target)
-		if err != nil {
-			return nil, err
-		}
-		addr, err := netip.ParseAddr(u.Hostname())
-		if err != nil {
-			return nil, fmt.Errorf("host must be an IP address: %w", err)
-		}
-		return func(ctx context.Context) (time.Duration, error) { return ps.http(ctx, addr, target) }, nil
+		return func(ctx context.Context) (time.Duration, error) { return ps.http(ctx, t.Addr.Addr(), t.URL) }, nil
 	case "dns":
-		ap, err := dnsServer(target)
-		if err != nil {
-			return nil, err
-		}
 		name := ps.spec.Config.DNSName
 		if name == "" {
 			name = "."
@@ -169,28 +153,24 @@ func (ps *probeSet) probe(method, target string) (Probe, error) {
 		if err != nil {
 			return nil, fmt.Errorf("dns_name %q: %w", name, err)
 		}
-		return func(ctx context.Context) (time.Duration, error) { return ps.dns(ctx, ap, qname) }, nil
+		return func(ctx context.Context) (time.Duration, error) { return ps.dns(ctx, t.Addr, qname) }, nil
 	case "icmp", "":
-		dst, err := netip.ParseAddr(target)
-		if err != nil {
-			return nil, err
-		}
-		dst = dst.Unmap()
-		p := ps.pinger(dst.Is6())
+		dst := t.Addr.Addr()
+		p := ps.pinger(inet.Of(dst))
 		return func(ctx context.Context) (time.Duration, error) { return p.probe(ctx, dst) }, nil
 	}
 	return nil, fmt.Errorf("unknown method %q", method)
 }
 
-func (ps *probeSet) pinger(v6 bool) *pinger {
+func (ps *probeSet) pinger(f inet.Family) *pinger {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	for _, p := range ps.pingers {
-		if p.v6 == v6 {
+		if p.fam == f {
 			return p
 		}
 	}
-	p := newPinger(ps, v6)
+	p := newPinger(ps, f)
 	ps.pingers = append(ps.pingers, p)
 	return p
 }
@@ -275,19 +255,6 @@ func (ps *probeSet) http(ctx context.Context, dst netip.Addr, target string) (ti
 			long: fmt.Sprintf("GET %s: HTTP %s", target, resp.Status)}
 	}
 	return rtt, nil
-}
-
-// dnsServer reads "addr", "addr:port" or "[v6]:port"; the port defaults
-// to 53.
-func dnsServer(s string) (netip.AddrPort, error) {
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return ap, nil
-	}
-	a, err := netip.ParseAddr(strings.Trim(s, "[]"))
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	return netip.AddrPortFrom(a, 53), nil
 }
 
 // dns asks server for qname's NS records over UDP. Any well-formed answer

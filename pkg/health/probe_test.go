@@ -4,6 +4,8 @@ import (
 	"testing"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/wanpin/wanpin/pkg/config"
 )
 
 func TestDNSAnswers(t *testing.T) {
@@ -46,20 +48,24 @@ func TestDNSAnswers(t *testing.T) {
 	}
 }
 
-// Targets that do not parse fail with the reason instead of panicking or
-// vanishing (the quorum still counts them).
-func TestBadTargetsFail(t *testing.T) {
-	cfg := defaults()
-	for method, target := range map[string]string{"icmp": "not-an-ip", "tcp": "203.0.113.1", "http": "http://example.net/",
-		"dns": "[::1", "smtp": "203.0.113.1"} {
-		cfg.Method, cfg.Targets = method, []string{target}
+// Targets come parsed from config; a hand-made Spec with a method or
+// dns_name probes cannot use fails each probe with the reason instead of
+// panicking or vanishing (the quorum still counts them).
+func TestBadSpecFails(t *testing.T) {
+	for name, mod := range map[string]func(*config.HealthConfig){
+		"method":   func(c *config.HealthConfig) { c.Method = "smtp" },
+		"dns_name": func(c *config.HealthConfig) { c.Method, c.DNSName = "dns", "a..b" },
+	} {
+		cfg := defaults()
+		cfg.Targets = config.MustTargets("icmp", "203.0.113.1")
+		mod(&cfg)
 		ps := newProbeSet(Spec{Config: cfg}, nil)
 		targets := ps.targets()
-		if len(targets) != 1 || targets[0].Name != target {
-			t.Fatalf("%s: %+v", method, targets)
+		if len(targets) != 1 || targets[0].Name != "203.0.113.1" {
+			t.Fatalf("%s: %+v", name, targets)
 		}
 		if _, err := targets[0].Probe(t.Context()); err == nil {
-			t.Errorf("%s %q: no error", method, target)
+			t.Errorf("%s: no error", name)
 		}
 		ps.close()
 	}

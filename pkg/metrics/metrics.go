@@ -1,142 +1,107 @@
-// Package metrics serves wanpin's state in the Prometheus text format.
-// Hand-written: a dozen gauges and counters do not need a client library.
+// Package metrics serves wanpin's state in the Prometheus exposition
+// format through prometheus/client_golang. A scrape reads the status the
+// daemon's loop last published (core.Status): it never waits for the loop
+// and never touches the kernel.
 package metrics
 
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"runtime"
-	"strconv"
-	"strings"
-	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/wanpin/wanpin/pkg/core"
 )
 
-// Uplink is one uplink's figures.
-type Uplink struct {
-	Name, Interface string
-	Up              bool
-	Transitions     uint64
-	Pinned          int
-	Flushed         uint64
-	InBytes         uint64
-	InPackets       uint64
-	OutBytes        uint64
-	OutPackets      uint64
-	V4, V6          Family
-}
+// Source returns the status to export.
+type Source func() (core.Status, error)
 
-// Family is one address family of an uplink.
-type Family struct {
-	Up   bool          // carries new connections of this family
-	RTT  time.Duration // latest health probe round trip; 0: unknown
-	Loss float64       // 0..1; -1: not probed
-}
+var (
+	uplinkLabels = []string{"uplink", "interface"}
+	familyLabels = []string{"uplink", "interface", "family"}
+	dirLabels    = []string{"uplink", "interface", "direction"}
 
-// Snapshot is everything exported at one moment.
-type Snapshot struct {
-	Uplinks     []Uplink
-	Applies     uint64
-	ApplyErrors uint64
-}
+	descUp          = prometheus.NewDesc("wanpin_uplink_up", "Whether the uplink takes new connections.", uplinkLabels, nil)
+	descFamilyUp    = prometheus.NewDesc("wanpin_uplink_family_up", "Whether the uplink takes new connections of the address family.", familyLabels, nil)
+	descTransitions = prometheus.NewDesc("wanpin_uplink_transitions_total", "Up/down transitions of the uplink.", uplinkLabels, nil)
+	descPinned      = prometheus.NewDesc("wanpin_uplink_pinned_connections", "Conntrack entries pinned to the uplink (counted at most every few seconds).", uplinkLabels, nil)
+	descFlushed     = prometheus.NewDesc("wanpin_uplink_conntrack_flushed_total", "Conntrack entries of the uplink flushed.", uplinkLabels, nil)
+	descBytes       = prometheus.NewDesc("wanpin_uplink_bytes_total", "Bytes through the uplink's interface.", dirLabels, nil)
+	descPackets     = prometheus.NewDesc("wanpin_uplink_packets_total", "Packets through the uplink's interface.", dirLabels, nil)
+	descRTT         = prometheus.NewDesc("wanpin_uplink_rtt_seconds", "Latest health probe round trip.", familyLabels, nil)
+	descLoss        = prometheus.NewDesc("wanpin_uplink_loss_ratio", "Health probe loss over the window.", familyLabels, nil)
+	descApplies     = prometheus.NewDesc("wanpin_applies_total", "Kernel state applies.", nil, nil)
+	descApplyErrors = prometheus.NewDesc("wanpin_apply_errors_total", "Kernel state applies that failed.", nil, nil)
+)
 
-// Source produces a snapshot (from the daemon's loop).
-type Source func(ctx context.Context) (Snapshot, error)
+// collector turns one status into metrics at each scrape.
+type collector struct{ src Source }
 
-// Write renders a snapshot and the process's own figures.
-func Write(w io.Writer, s Snapshot) {
-	type series struct {
-		name, help, typ string
-		lines           []string
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descUp, descFamilyUp, descTransitions, descPinned, descFlushed,
+		descBytes, descPackets, descRTT, descLoss, descApplies, descApplyErrors} {
+		ch <- d
 	}
-	var all []series
-	add := func(name, help, typ string, lines ...string) {
-		all = append(all, series{name, help, typ, lines})
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	s, err := c.src()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(descUp, err)
+		return
 	}
-	var up, famUp, trans, pinned, flushed, bytes, packets, rtt, loss []string
+	gauge := func(d *prometheus.Desc, v float64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, l...)
+	}
+	counter := func(d *prometheus.Desc, v float64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, l...)
+	}
 	for _, u := range s.Uplinks {
-		l := fmt.Sprintf(`uplink=%q,interface=%q`, u.Name, u.Interface)
-		up = append(up, fmt.Sprintf("wanpin_uplink_up{%s} %d", l, b2i(u.Up)))
-		trans = append(trans, fmt.Sprintf("wanpin_uplink_transitions_total{%s} %d", l, u.Transitions))
-		pinned = append(pinned, fmt.Sprintf("wanpin_uplink_pinned_connections{%s} %d", l, u.Pinned))
-		flushed = append(flushed, fmt.Sprintf("wanpin_uplink_conntrack_flushed_total{%s} %d", l, u.Flushed))
-		bytes = append(bytes,
-			fmt.Sprintf(`wanpin_uplink_bytes_total{%s,direction="in"} %d`, l, u.InBytes),
-			fmt.Sprintf(`wanpin_uplink_bytes_total{%s,direction="out"} %d`, l, u.OutBytes))
-		packets = append(packets,
-			fmt.Sprintf(`wanpin_uplink_packets_total{%s,direction="in"} %d`, l, u.InPackets),
-			fmt.Sprintf(`wanpin_uplink_packets_total{%s,direction="out"} %d`, l, u.OutPackets))
+		gauge(descUp, b2f(u.State == "up"), u.Name, u.Interface)
+		counter(descTransitions, float64(u.Transitions), u.Name, u.Interface)
+		gauge(descPinned, float64(u.Pinned), u.Name, u.Interface)
+		counter(descFlushed, float64(u.Flushed), u.Name, u.Interface)
+		counter(descBytes, float64(u.Traffic.InBytes), u.Name, u.Interface, "in")
+		counter(descBytes, float64(u.Traffic.OutBytes), u.Name, u.Interface, "out")
+		counter(descPackets, float64(u.Traffic.InPackets), u.Name, u.Interface, "in")
+		counter(descPackets, float64(u.Traffic.OutPackets), u.Name, u.Interface, "out")
 		for _, f := range []struct {
 			name string
-			Family
-		}{{"ipv4", u.V4}, {"ipv6", u.V6}} {
-			lf := fmt.Sprintf("%s,family=%q", l, f.name)
-			famUp = append(famUp, fmt.Sprintf("wanpin_uplink_family_up{%s} %d", lf, b2i(f.Up)))
-			if f.RTT > 0 {
-				rtt = append(rtt, fmt.Sprintf("wanpin_uplink_rtt_seconds{%s} %g", lf, f.RTT.Seconds()))
+			r    core.FamilyReport
+		}{{"ipv4", u.IPv4}, {"ipv6", u.IPv6}} {
+			gauge(descFamilyUp, b2f(f.r.State == "up"), u.Name, u.Interface, f.name)
+			if f.r.RTTms > 0 {
+				gauge(descRTT, f.r.RTTms/1000, u.Name, u.Interface, f.name)
 			}
-			if f.Loss >= 0 {
-				loss = append(loss, fmt.Sprintf("wanpin_uplink_loss_ratio{%s} %g", lf, f.Loss))
+			if f.r.Loss >= 0 {
+				gauge(descLoss, f.r.Loss, u.Name, u.Interface, f.name)
 			}
 		}
 	}
-	add("wanpin_uplink_up", "Whether the uplink takes new connections.", "gauge", up...)
-	add("wanpin_uplink_family_up", "Whether the uplink takes new connections of the address family.", "gauge", famUp...)
-	add("wanpin_uplink_transitions_total", "Up/down transitions of the uplink.", "counter", trans...)
-	add("wanpin_uplink_pinned_connections", "Conntrack entries pinned to the uplink.", "gauge", pinned...)
-	add("wanpin_uplink_conntrack_flushed_total", "Conntrack entries of the uplink flushed.", "counter", flushed...)
-	add("wanpin_uplink_bytes_total", "Bytes through the uplink's interface.", "counter", bytes...)
-	add("wanpin_uplink_packets_total", "Packets through the uplink's interface.", "counter", packets...)
-	add("wanpin_uplink_rtt_seconds", "Latest health probe round trip.", "gauge", rtt...)
-	add("wanpin_uplink_loss_ratio", "Health probe loss over the window.", "gauge", loss...)
-	add("wanpin_applies_total", "Kernel state applies.", "counter", fmt.Sprintf("wanpin_applies_total %d", s.Applies))
-	add("wanpin_apply_errors_total", "Kernel state applies that failed.", "counter", fmt.Sprintf("wanpin_apply_errors_total %d", s.ApplyErrors))
-	add("go_goroutines", "Goroutines.", "gauge", fmt.Sprintf("go_goroutines %d", runtime.NumGoroutine()))
-	if rss, ok := residentBytes(); ok {
-		add("process_resident_memory_bytes", "Resident memory.", "gauge", fmt.Sprintf("process_resident_memory_bytes %d", rss))
-	}
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-		add("process_cpu_seconds_total", "CPU time.", "counter", fmt.Sprintf("process_cpu_seconds_total %g", cpu.Seconds()))
-	}
-	for _, se := range all {
-		if len(se.lines) == 0 {
-			continue
-		}
-		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", se.name, se.help, se.name, se.typ)
-		for _, l := range se.lines {
-			fmt.Fprintln(w, l)
-		}
-	}
+	counter(descApplies, float64(s.Applies))
+	counter(descApplyErrors, float64(s.ApplyErrors))
 }
 
-func b2i(b bool) int {
+func b2f(b bool) float64 {
 	if b {
 		return 1
 	}
 	return 0
 }
 
-func residentBytes() (uint64, bool) {
-	b, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
-		return 0, false
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 2 {
-		return 0, false
-	}
-	pages, err := strconv.ParseUint(f[1], 10, 64)
-	if err != nil {
-		return 0, false
-	}
-	return pages * uint64(os.Getpagesize()), true
+// Handler is the /metrics handler: wanpin's figures, the Go runtime's and
+// the process's (resident memory, CPU, open files).
+func Handler(src Source) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{src}, collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }
 
 // Serve answers /metrics on addr until ctx ends.
@@ -146,17 +111,7 @@ func Serve(ctx context.Context, addr string, src Source, log *slog.Logger) error
 		return fmt.Errorf("metrics: listening on %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-		defer cancel()
-		s, err := src(ctx)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		Write(w, s)
-	})
+	mux.Handle("/metrics", Handler(src))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()

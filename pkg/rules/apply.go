@@ -10,6 +10,8 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/wanpin/wanpin/pkg/desired"
 )
 
 // DefaultTable is the table Remove and Present act on before any Apply.
@@ -102,8 +104,8 @@ func (m *Manager) check() error {
 // changes nothing. Applying the same Spec again leaves exactly one, equal
 // table. Later Remove and Present calls act on s.Table; a table of another
 // name applied earlier is left alone.
-func (m *Manager) Apply(s Spec) error {
-	if err := s.Validate(); err != nil {
+func (m *Manager) Apply(s desired.NFT) error {
+	if err := Validate(s); err != nil {
 		return fmt.Errorf("invalid rules spec: %w", err)
 	}
 	t := build(s)

@@ -12,6 +12,9 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/wanpin/wanpin/pkg/desired"
+	"github.com/wanpin/wanpin/pkg/policy"
 )
 
 func TestKernelMatchesRender(t *testing.T) {
@@ -30,7 +33,7 @@ func TestKernelMatchesRender(t *testing.T) {
 	}
 }
 
-func mustApply(tb testing.TB, m *Manager, s Spec) {
+func mustApply(tb testing.TB, m *Manager, s desired.NFT) {
 	tb.Helper()
 	if err := m.Apply(s); err != nil {
 		tb.Fatalf("Apply: %v", err)
@@ -73,8 +76,7 @@ func TestApplyLargeDestinationSet(t *testing.T) {
 	ns := newNS(t)
 	m := ns.manager(t)
 	s := goldenSpecs()["two_up"]
-	s.Policies = []Policy{{Name: "big", Destinations: manyPrefixes(10000),
-		Balancer: Balancer{Choice: Choice{Buckets: []Bucket{{Mark: 0x200, Weight: 1}}}}}}
+	s.Policies = []desired.Policy{{Name: "big", Match: policy.Match{Destinations: manyPrefixes(10000)}, Balancer: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x200, Weight: 1}}})}}
 	mustApply(t, m, s)
 	got := normalizeListing(ns.mustNft(t, "list", "table", "inet", "wanpin"))
 	if d := cmp.Diff(Render(s), got); d != "" {
@@ -265,15 +267,15 @@ func TestWithoutOwnerOverOrphan(t *testing.T) {
 func BenchmarkApply(b *testing.B) {
 	ns := newNS(b)
 	m := ns.manager(b)
-	s := Spec{Table: "wanpin", Mask: 0xff00}
+	s := desired.NFT{Table: "wanpin", Mask: 0xff00}
 	for i := range 64 {
-		s.Uplinks = append(s.Uplinks, Uplink{Name: fmt.Sprintf("wan%d", i), Interface: fmt.Sprintf("eth%d", i),
+		s.Uplinks = append(s.Uplinks, desired.Uplink{Name: fmt.Sprintf("wan%d", i), Interface: fmt.Sprintf("eth%d", i),
 			Mark: uint32(i+1) << 8, Masquerade: i%2 == 0,
 			Addrs: []netip.Addr{netip.AddrFrom4([4]byte{198, 51, 100, byte(i + 1)})}})
-		s.Default.Buckets = append(s.Default.Buckets, Bucket{Mark: uint32(i+1) << 8, Weight: 1 + i%3})
+		s.Default.V4.Buckets = append(s.Default.V4.Buckets, desired.Bucket{Mark: uint32(i+1) << 8, Weight: 1 + i%3})
 	}
-	s.Policies = []Policy{{Name: "big", Destinations: manyPrefixes(10000),
-		Balancer: Balancer{Choice: Choice{Buckets: []Bucket{{Mark: 0x100, Weight: 1}, {Mark: 0x200, Weight: 1}}}}}}
+	s.Default.V6 = s.Default.V4
+	s.Policies = []desired.Policy{{Name: "big", Match: policy.Match{Destinations: manyPrefixes(10000)}, Balancer: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}, {Mark: 0x200, Weight: 1}}})}}
 	mustApply(b, m, s)
 	b.ResetTimer()
 	for b.Loop() {

@@ -4,9 +4,13 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/wanpin/wanpin/pkg/inet"
+	"github.com/wanpin/wanpin/pkg/policy"
 )
 
 // frag is one piece of a rule: the text nft lists for it and the
@@ -24,12 +28,6 @@ const reg = 1 // NFT_REG_1: every expression here works in one register
 func native32(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
 
 func hexMark(v uint32) string { return fmt.Sprintf("0x%08x", v) }
-
-func ifnameKey(n string) []byte {
-	b := make([]byte, ifNameSize)
-	copy(b, n)
-	return b
-}
 
 func lookup(name string) *expr.Lookup {
 	return &expr.Lookup{SourceRegister: reg, SetName: name}
@@ -178,35 +176,28 @@ func pkttypeNotHost() frag {
 	}}
 }
 
-func nfprotoIs(v4 bool) []expr.Any {
-	p := byte(unix.NFPROTO_IPV6)
-	if v4 {
-		p = unix.NFPROTO_IPV4
-	}
-	return []expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg}, cmpReg(expr.CmpOpEq, []byte{p})}
+func nfprotoIs(f inet.Family) []expr.Any {
+	return []expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg}, cmpReg(expr.CmpOpEq, []byte{f.NFProto()})}
 }
+
+// saddr and daddr name the network header's addresses.
+const (
+	saddr = policy.Source
+	daddr = policy.Destination
+)
 
 // addrPayload loads ip/ip6 saddr/daddr. The caller puts the nfproto
 // dependency in front once per rule: nft prints it implicitly.
-func addrPayload(v4, src bool) (string, expr.Any) {
-	var off, n uint32 = 16, 4
-	name := "ip daddr"
-	switch {
-	case v4 && src:
-		off, name = 12, "ip saddr"
-	case !v4 && src:
-		off, n, name = 8, 16, "ip6 saddr"
-	case !v4:
-		off, n, name = 24, 16, "ip6 daddr"
-	}
-	return name, &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n}
+func addrPayload(f inet.Family, a policy.Addr) (string, expr.Any) {
+	text, l := policy.AddrLoad(f, a)
+	return text, loadExpr(l)
 }
 
 // ip6DaddrPrefix is `ip6 daddr <prefix>` for a prefix of whole bytes,
 // loaded as nft does: only the prefix bytes, no bitwise.
 func ip6DaddrPrefix(addr [16]byte, bits int, text string) frag {
 	n := uint32(bits / 8)
-	return frag{text: "ip6 daddr " + text, exprs: append(nfprotoIs(false),
+	return frag{text: "ip6 daddr " + text, exprs: append(nfprotoIs(inet.IPv6),
 		&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: n},
 		cmpReg(expr.CmpOpEq, addr[:n]))}
 }
@@ -218,7 +209,7 @@ func ip6DaddrMasked(addr [16]byte, bits int, text string) frag {
 	for i := 0; i < bits; i++ {
 		mask[i/8] |= 0x80 >> (i % 8)
 	}
-	return frag{text: "ip6 daddr " + text, exprs: append(nfprotoIs(false),
+	return frag{text: "ip6 daddr " + text, exprs: append(nfprotoIs(inet.IPv6),
 		&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16},
 		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 16, Mask: mask[:], Xor: make([]byte, 16)},
 		cmpReg(expr.CmpOpEq, addr[:]))}
@@ -234,38 +225,6 @@ func ifnameMeta(in bool) (string, expr.Any) {
 func oifnameIs(n string) frag {
 	t, load := ifnameMeta(false)
 	return frag{text: fmt.Sprintf("%s %q", t, n), exprs: []expr.Any{load, cmpReg(expr.CmpOpEq, ifnameKey(n))}}
-}
-
-// l4protoIs is `meta l4proto tcp|udp`.
-func l4protoIs(p uint8) frag {
-	return frag{text: "meta l4proto " + protoName(p), exprs: []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg},
-		cmpReg(expr.CmpOpEq, []byte{p}),
-	}}
-}
-
-func protoName(p uint8) string {
-	switch p {
-	case unix.IPPROTO_TCP:
-		return "tcp"
-	case unix.IPPROTO_UDP:
-		return "udp"
-	}
-	return fmt.Sprint(p)
-}
-
-// l4protoTCPUDP is `meta l4proto { tcp, udp }`.
-func l4protoTCPUDP() frag {
-	s := &set{anonymous: true, key: typeInetProto, typeText: "inet_proto"}
-	s.elems = []element{{key: []byte{unix.IPPROTO_TCP}, text: "tcp"}, {key: []byte{unix.IPPROTO_UDP}, text: "udp"}}
-	return frag{text: "meta l4proto " + s.inlineText(), anon: s, exprs: []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg},
-		lookup(""),
-	}}
-}
-
-func thDport() expr.Any {
-	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}
 }
 
 func masquerade() frag {
@@ -295,10 +254,10 @@ func counterFrag() frag {
 // ip6PrefixCmp is `ip6 saddr|daddr [!=] <prefix>`, loaded as nft does: the
 // prefix's whole bytes and a compare, or the full address, a mask and a
 // compare when the prefix ends inside a byte.
-func ip6PrefixCmp(src bool, op expr.CmpOp, p netip.Prefix) frag {
-	name, _ := addrPayload(false, src)
+func ip6PrefixCmp(which policy.Addr, op expr.CmpOp, p netip.Prefix) frag {
+	name, _ := addrPayload(inet.IPv6, which)
 	off := uint32(24)
-	if src {
+	if which == saddr {
 		off = 8
 	}
 	text := name + " "
@@ -307,7 +266,7 @@ func ip6PrefixCmp(src bool, op expr.CmpOp, p netip.Prefix) frag {
 	}
 	text += p.String()
 	a := p.Addr().As16()
-	exprs := nfprotoIs(false)
+	exprs := nfprotoIs(inet.IPv6)
 	if p.Bits()%8 == 0 {
 		n := uint32(p.Bits() / 8)
 		exprs = append(exprs,
@@ -326,16 +285,24 @@ func ip6PrefixCmp(src bool, op expr.CmpOp, p netip.Prefix) frag {
 	return frag{text: text, exprs: exprs}
 }
 
+// natKind is source or destination NAT.
+type natKind uint8
+
+const (
+	snat natKind = iota + 1
+	dnat
+)
+
 // prefixNAT is `snat|dnat ip6 prefix to <prefix>`: the kernel's NETMAP,
 // which keeps the address bits outside the prefix (the host part).
-func prefixNAT(snat bool, p netip.Prefix) frag {
+func prefixNAT(kind natKind, p netip.Prefix) frag {
 	first := p.Addr().As16()
 	last := first
 	for i := p.Bits(); i < 128; i++ {
 		last[i/8] |= 0x80 >> (i % 8)
 	}
 	typ, word := expr.NATTypeSourceNAT, "snat"
-	if !snat {
+	if kind == dnat {
 		typ, word = expr.NATTypeDestNAT, "dnat"
 	}
 	return frag{text: word + " ip6 prefix to " + p.String(), exprs: []expr.Any{
@@ -347,6 +314,78 @@ func prefixNAT(snat bool, p netip.Prefix) frag {
 
 // rejectIPv4 is `meta nfproto ipv4 reject`, which nft lists by its type.
 func rejectIPv4() frag {
-	return frag{text: "reject with icmp port-unreachable", exprs: append(nfprotoIs(true),
+	return frag{text: "reject with icmp port-unreachable", exprs: append(nfprotoIs(inet.IPv4),
 		&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 3})}
+}
+
+func ifnameKey(n string) []byte { return policy.IfnameKey(n) }
+
+// loadExpr is the expression that loads what a policy condition names.
+func loadExpr(l policy.Load) expr.Any {
+	switch l.Kind {
+	case policy.LoadMeta:
+		key := map[policy.MetaKey]expr.MetaKey{
+			policy.MetaIIFName: expr.MetaKeyIIFNAME,
+			policy.MetaSKUID:   expr.MetaKeySKUID,
+			policy.MetaSKGID:   expr.MetaKeySKGID,
+			policy.MetaL4Proto: expr.MetaKeyL4PROTO,
+		}[l.Meta]
+		return &expr.Meta{Key: key, Register: reg}
+	case policy.LoadPayload:
+		base := expr.PayloadBaseNetworkHeader
+		if l.Base == policy.BaseTransport {
+			base = expr.PayloadBaseTransportHeader
+		}
+		return &expr.Payload{DestRegister: reg, Base: base, Offset: l.Offset, Len: l.Len}
+	case policy.LoadCgroup:
+		return &expr.Socket{Key: expr.SocketKeyCgroupv2, Level: l.Level, Register: reg}
+	}
+	panic(fmt.Sprintf("rules: unknown load kind %d", l.Kind))
+}
+
+// condFrag is one policy condition: its dependencies (nft lists them
+// implicitly), the load, and the lookup or comparison.
+func condFrag(c policy.Cond) frag {
+	var ex []expr.Any
+	if c.NFProto != 0 {
+		ex = append(ex, nfprotoIs(c.NFProto)...)
+	}
+	if c.L4Proto != 0 {
+		ex = append(ex, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg}, cmpReg(expr.CmpOpEq, []byte{c.L4Proto}))
+	}
+	ex = append(ex, loadExpr(c.Load))
+	f := frag{text: c.Text}
+	switch {
+	case c.Set != nil && c.Set.Name == "":
+		f.anon = fromPolicySet(c.Set)
+		ex = append(ex, lookup(""))
+	case c.Set != nil:
+		ex = append(ex, lookup(c.Set.Name))
+	default:
+		ex = append(ex, cmpReg(expr.CmpOpEq, c.Eq))
+	}
+	f.exprs = ex
+	return f
+}
+
+// setTypes maps policy set types to nftables' datatypes.
+var setTypes = map[policy.SetType]nftables.SetDatatype{
+	policy.TypeIPv4:        nftables.TypeIPAddr,
+	policy.TypeIPv6:        nftables.TypeIP6Addr,
+	policy.TypeInetService: nftables.TypeInetService,
+	policy.TypeUID:         nftables.TypeUID,
+	policy.TypeGID:         nftables.TypeGID,
+	policy.TypeIfname:      nftables.TypeIFName,
+	policy.TypeCgroupV2:    nftables.TypeCGroupV2,
+	policy.TypeInetProto:   nftables.TypeInetProto,
+}
+
+// fromPolicySet is a policy set as this package builds sets.
+func fromPolicySet(ps *policy.Set) *set {
+	s := &set{name: ps.Name, anonymous: ps.Name == "", key: setTypes[ps.Type], typeText: ps.Type.Name(),
+		interval: ps.Interval, native: ps.Type.Native()}
+	for _, e := range ps.Elems {
+		s.elems = append(s.elems, element{key: e.Key, end: e.End, interv: ps.Interval, text: e.Text})
+	}
+	return s
 }

@@ -61,7 +61,7 @@ var (
 
 // normalizeListing removes from `nft list table` output what Render cannot
 // know: who owns the table and its flags (owner/persist depend on kernel
-// and on the Manager, not on the Spec).
+// and on the Manager, not on the desired.NFT).
 func normalizeListing(s string) string {
 	s = progComment.ReplaceAllString(s, "$1")
 	return flagsLine.ReplaceAllString(s, "")

@@ -4,16 +4,18 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
-	"reflect"
 	"slices"
 	"strings"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+
+	"github.com/wanpin/wanpin/pkg/desired"
+	"github.com/wanpin/wanpin/pkg/inet"
+	"github.com/wanpin/wanpin/pkg/policy"
 )
 
-// table is the Spec compiled once into what both Render and Apply need:
+// table is the desired.NFT compiled once into what both Render and Apply need:
 // every set with its elements and every chain with its rules, each rule
 // holding its nft text and its expressions side by side. Building both
 // from one model is what keeps `wanpin plan` and the kernel in agreement.
@@ -24,16 +26,11 @@ type table struct {
 }
 
 var (
-	typeMark      = nftables.TypeMark
-	typeIfname    = nftables.TypeIFName
-	typeUID       = nftables.TypeUID
-	typeGID       = nftables.TypeGID
-	typeCgroup    = nftables.TypeCGroupV2
-	typeIPv4      = nftables.TypeIPAddr
-	typeIPv6      = nftables.TypeIP6Addr
-	typePort      = nftables.TypeInetService
-	typeInetProto = nftables.TypeInetProto
-	typeFibAddr   = nftables.TypeFIBAddr
+	typeMark    = nftables.TypeMark
+	typeIfname  = nftables.TypeIFName
+	typeIPv4    = nftables.TypeIPAddr
+	typeIPv6    = nftables.TypeIP6Addr
+	typeFibAddr = nftables.TypeFIBAddr
 )
 
 type set struct {
@@ -94,25 +91,10 @@ func newRule(fs ...frag) *rule {
 	return r
 }
 
-// hostLittleEndian: nft sorts host-order keys by their numeric value, which
-// for a little-endian string key (ifname) means comparing from the last
-// byte.
-var hostLittleEndian = binaryutil.NativeEndian.PutUint16(1)[0] == 1
-
-// keyCmp orders elements as nft 1.0.6 lists them: by the key's value as an
-// integer in the set's byte order.
+// keyCmp orders elements as nft 1.0.6 lists them (see policy.KeyCmp).
 func keyCmp(native bool) func(a, b element) int {
-	return func(a, b element) int {
-		if native && hostLittleEndian {
-			for i := len(a.key) - 1; i >= 0; i-- {
-				if a.key[i] != b.key[i] {
-					return int(a.key[i]) - int(b.key[i])
-				}
-			}
-			return 0
-		}
-		return bytes.Compare(a.key, b.key)
-	}
+	c := policy.KeyCmp(native)
+	return func(a, b element) int { return c(policy.Elem{Key: a.key}, policy.Elem{Key: b.key}) }
 }
 
 func (s *set) sortElems() { slices.SortStableFunc(s.elems, keyCmp(s.native)) }
@@ -128,26 +110,10 @@ func (s *set) inlineText() string {
 
 func markElem(m uint32) element   { return element{key: native32(m), text: hexMark(m)} }
 func ifnameElem(n string) element { return element{key: ifnameKey(n), text: fmt.Sprintf("%q", n)} }
-func u32Elem(v uint32) element    { return element{key: native32(v), text: fmt.Sprint(v)} }
 func vmapElem(e element, v *expr.Verdict) element {
 	e.verdict = v
 	e.text += " : " + verdictText(v)
 	return e
-}
-
-func intervalElems(ivs []interval, width int, text func(interval) string) []element {
-	out := make([]element, 0, len(ivs))
-	for _, iv := range ivs {
-		e := element{key: bytesOf(iv.first, width), interv: true, text: text(iv)}
-		// The kernel stores an interval as its start and the first key
-		// past it, flagged as an end. A range up to the largest key has no
-		// such key: it is left open, and nft lists it up to the top.
-		if iv.last != maxKey(width) {
-			e.end = bytesOf(iv.last.addOne(), width)
-		}
-		out = append(out, e)
-	}
-	return out
 }
 
 // Chain names, fixed by layout.md.
@@ -168,20 +134,20 @@ const (
 	chainNATIn       = "nat_in"
 )
 
-func markChain(u Uplink) string  { return "mark_" + u.Name }
-func guardChain(u Uplink) string { return "guard_" + u.Name }
+func markChain(u desired.Uplink) string  { return "mark_" + u.Name }
+func guardChain(u desired.Uplink) string { return "guard_" + u.Name }
 
 // CountInChain and CountOutChain are the per-uplink chains whose counter
 // says how much traffic came in and went out through the uplink.
 func CountInChain(uplink string) string  { return "count_in_" + uplink }
 func CountOutChain(uplink string) string { return "count_out_" + uplink }
-func pinChain(u Uplink) string           { return "pin_" + u.Name }
-func saveChain(u Uplink) string          { return "save_" + u.Name }
-func polChain(p Policy) string           { return "pol_" + p.Name }
-func balMap(p Policy) string             { return "bal_" + p.Name }
+func pinChain(u desired.Uplink) string   { return "pin_" + u.Name }
+func saveChain(u desired.Uplink) string  { return "save_" + u.Name }
+func polChain(p desired.Policy) string   { return "pol_" + p.Name }
+func balMap(p desired.Policy) string     { return "bal_" + p.Name }
 
 // gcd reduction: weights 2:4 and 1:2 balance the same, with fewer elements.
-func reducedWeights(bs []Bucket) ([]int, int) {
+func reducedWeights(bs []desired.Bucket) ([]int, int) {
 	g := 0
 	for _, b := range bs {
 		g = gcd(g, b.Weight)
@@ -206,8 +172,8 @@ func gcd(a, b int) int {
 }
 
 // build compiles s. It does not validate: Render must cope with anything.
-func build(s Spec) *table {
-	b := &builder{s: s, t: &table{name: s.Table}, byMark: map[uint32]Uplink{}}
+func build(s desired.NFT) *table {
+	b := &builder{s: s, t: &table{name: s.Table}, byMark: map[uint32]desired.Uplink{}}
 	for _, u := range s.Uplinks {
 		b.byMark[u.Mark] = u
 	}
@@ -216,9 +182,9 @@ func build(s Spec) *table {
 }
 
 type builder struct {
-	s      Spec
+	s      desired.NFT
 	t      *table
-	byMark map[uint32]Uplink
+	byMark map[uint32]desired.Uplink
 }
 
 func (b *builder) addSet(s *set) *set {
@@ -338,12 +304,17 @@ func (b *builder) build() {
 	)
 
 	for _, p := range s.Policies {
-		ps := &policySets{b: b, p: p}
-		if !p.LocalOnly() {
-			pre.rules = append(pre.rules, ps.rules(false)...)
+		// The one semantics of match keys: policy.Compile gives the
+		// conditions, which core.Explain evaluates too.
+		comp := policy.Compile(p.Name, p.Match)
+		for _, ps := range comp.Sets {
+			b.addSet(fromPolicySet(ps))
 		}
-		if !p.ForwardOnly() {
-			out.rules = append(out.rules, ps.rules(true)...)
+		for _, r := range comp.Forward {
+			pre.rules = append(pre.rules, policyRule(r, p))
+		}
+		for _, r := range comp.Local {
+			out.rules = append(out.rules, policyRule(r, p))
 		}
 		c := b.addChain(polChain(p), nil)
 		c.rules = b.balancerRules(p.Balancer, balMap(p), false)
@@ -412,24 +383,38 @@ func multicast6() frag {
 // and the connection stays unmarked). When the families choose differently
 // (an uplink up in one family only), the IPv4 choice comes first, each of
 // its rules ending the chain for IPv4 packets, then the IPv6 one.
-func (b *builder) balancerRules(bal Balancer, mapName string, isDefault bool) []*rule {
-	if bal.V6 == nil || reflect.DeepEqual(*bal.V6, bal.Choice) {
-		return b.choiceRules(bal.Choice, mapName, isDefault, false)
+func (b *builder) balancerRules(bal desired.Balancer, mapName string, isDefault bool) []*rule {
+	if bal.Same() {
+		return b.choiceRules(bal.V4, mapName, isDefault, false)
 	}
-	rs := b.choiceRules(bal.Choice, mapName, isDefault, true)
+	rs := b.choiceRules(bal.V4, mapName, isDefault, true)
 	if len(rs) == 0 {
-		rs = append(rs, newRule(frag{text: "meta nfproto ipv4", exprs: nfprotoIs(true)}, verdict(expr.VerdictReturn, "")))
+		rs = append(rs, newRule(nfprotoFrag(inet.IPv4), verdict(expr.VerdictReturn, "")))
 	}
-	return append(rs, b.choiceRules(*bal.V6, v6Map(mapName), isDefault, false)...)
+	return append(rs, b.choiceRules(bal.V6, v6Map(mapName), isDefault, false)...)
+}
+
+// nfprotoFrag is `meta nfproto ipv4|ipv6`.
+func nfprotoFrag(f inet.Family) frag {
+	return frag{text: "meta nfproto " + f.Label(), exprs: nfprotoIs(f)}
+}
+
+// policyRule is one compiled rule of a policy, ending in its chain.
+func policyRule(r policy.Rule, p desired.Policy) *rule {
+	var fs []frag
+	for _, c := range r.Conds {
+		fs = append(fs, condFrag(c))
+	}
+	return newRule(append(fs, verdict(expr.VerdictGoto, polChain(p)))...)
 }
 
 // v6Map names the IPv6 map of a balancer whose families differ.
 func v6Map(mapName string) string { return "bal6" + strings.TrimPrefix(mapName, "bal") }
 
-func (b *builder) choiceRules(c Choice, mapName string, isDefault, only4 bool) []*rule {
+func (b *builder) choiceRules(c desired.Choice, mapName string, isDefault, only4 bool) []*rule {
 	var head []frag
 	if only4 {
-		head = []frag{{text: "meta nfproto ipv4", exprs: nfprotoIs(true)}}
+		head = []frag{nfprotoFrag(inet.IPv4)}
 	}
 	weights, total := reducedWeights(c.Buckets)
 	switch {
@@ -461,23 +446,17 @@ func (b *builder) sourceRule() *rule {
 	if len(b.s.Source6) == 0 {
 		return nil
 	}
-	var ivs []interval
-	byStart := map[u128]uint32{}
+	m := b.addSet(&set{name: mapSource6, key: typeIPv6, typeText: "ipv6_addr : verdict", isMap: true, interval: true})
 	for _, sp := range b.s.Source6 {
-		_, v6 := prefixIntervals([]netip.Prefix{sp.Prefix})
-		ivs = append(ivs, v6...)
-		for _, iv := range v6 {
-			byStart[iv.first] = sp.Mark
+		// Validate made sure the prefixes do not overlap: one element each.
+		for _, e := range policy.PrefixElems([]netip.Prefix{sp.Prefix}, inet.IPv6) {
+			el := element{key: e.Key, end: e.End, interv: true, text: e.Text}
+			m.elems = append(m.elems, vmapElem(el, &expr.Verdict{Kind: expr.VerdictGoto, Chain: markChain(b.byMark[sp.Mark])}))
 		}
 	}
-	slices.SortFunc(ivs, func(x, y interval) int { return x.first.cmp(y.first) })
-	m := b.addSet(&set{name: mapSource6, key: typeIPv6, typeText: "ipv6_addr : verdict", isMap: true, interval: true})
-	for i, e := range intervalElems(ivs, 16, func(iv interval) string { return addrIntervalText(iv, 16) }) {
-		u := b.byMark[byStart[ivs[i].first]]
-		m.elems = append(m.elems, vmapElem(e, &expr.Verdict{Kind: expr.VerdictGoto, Chain: markChain(u)}))
-	}
-	name, load := addrPayload(false, true)
-	return newRule(frag{text: name, exprs: append(nfprotoIs(false), load)}, vmapFrag(mapSource6))
+	slices.SortFunc(m.elems, func(x, y element) int { return bytes.Compare(x.key, y.key) })
+	name, load := addrPayload(inet.IPv6, saddr)
+	return newRule(frag{text: name, exprs: append(nfprotoIs(inet.IPv6), load)}, vmapFrag(mapSource6))
 }
 
 // natRules, per uplink and family. IPv4: masquerade everything leaving a
@@ -493,26 +472,26 @@ func (b *builder) natRules() []*rule {
 	for _, u := range b.s.Uplinks {
 		nat6 := u.NAT6
 		if nat6 == "" {
-			nat6 = NAT6Masquerade
+			nat6 = desired.NAT6Masquerade
 		}
-		if u.Masquerade && nat6 == NAT6Masquerade {
+		if u.Masquerade && nat6 == desired.NAT6Masquerade {
 			rs = append(rs, newRule(oifnameIs(u.Interface), masquerade()))
 			continue
 		}
 		if u.Masquerade {
-			rs = append(rs, newRule(oifnameIs(u.Interface), frag{text: "meta nfproto ipv4", exprs: nfprotoIs(true)}, masquerade()))
+			rs = append(rs, newRule(oifnameIs(u.Interface), nfprotoFrag(inet.IPv4), masquerade()))
 		} else if r := b.foreignAddrMasq(u); r != nil {
 			rs = append(rs, r)
 		}
 		switch nat6 {
-		case NAT6Masquerade:
-			rs = append(rs, newRule(oifnameIs(u.Interface), frag{text: "meta nfproto ipv6", exprs: nfprotoIs(false)}, masquerade()))
-		case NAT6None:
-			rs = append(rs, newRule(oifnameIs(u.Interface), ip6PrefixCmp(true, expr.CmpOpNeq, u.Prefix6), masquerade()))
-		case NAT6Prefix:
+		case desired.NAT6Masquerade:
+			rs = append(rs, newRule(oifnameIs(u.Interface), nfprotoFrag(inet.IPv6), masquerade()))
+		case desired.NAT6None:
+			rs = append(rs, newRule(oifnameIs(u.Interface), ip6PrefixCmp(saddr, expr.CmpOpNeq, u.Prefix6), masquerade()))
+		case desired.NAT6Prefix:
 			rs = append(rs,
-				newRule(oifnameIs(u.Interface), ip6PrefixCmp(true, expr.CmpOpEq, b.s.LANPrefix6), prefixNAT(true, u.Prefix6)),
-				newRule(oifnameIs(u.Interface), frag{text: "meta nfproto ipv6", exprs: nfprotoIs(false)}, masquerade()))
+				newRule(oifnameIs(u.Interface), ip6PrefixCmp(saddr, expr.CmpOpEq, b.s.LANPrefix6), prefixNAT(snat, u.Prefix6)),
+				newRule(oifnameIs(u.Interface), nfprotoFrag(inet.IPv6), masquerade()))
 		}
 	}
 	return rs
@@ -524,19 +503,19 @@ func (b *builder) natRules() []*rule {
 func (b *builder) natInRules() []*rule {
 	var rs []*rule
 	for _, u := range b.s.Uplinks {
-		if u.NAT6 != NAT6Prefix {
+		if u.NAT6 != desired.NAT6Prefix {
 			continue
 		}
 		t, l := ifnameMeta(true)
 		iif := frag{text: fmt.Sprintf("%s %q", t, u.Interface), exprs: []expr.Any{l, cmpReg(expr.CmpOpEq, ifnameKey(u.Interface))}}
-		rs = append(rs, newRule(iif, ip6PrefixCmp(false, expr.CmpOpEq, u.Prefix6), prefixNAT(false, b.s.LANPrefix6)))
+		rs = append(rs, newRule(iif, ip6PrefixCmp(daddr, expr.CmpOpEq, u.Prefix6), prefixNAT(dnat, b.s.LANPrefix6)))
 	}
 	return rs
 }
 
 // foreignAddrMasq: on an uplink that does not masquerade IPv4, the router's
 // own packets re-routed there with another uplink's address as source.
-func (b *builder) foreignAddrMasq(u Uplink) *rule {
+func (b *builder) foreignAddrMasq(u desired.Uplink) *rule {
 	var v4 []netip.Addr
 	for _, o := range b.s.Uplinks {
 		if o.Name == u.Name {
@@ -553,8 +532,8 @@ func (b *builder) foreignAddrMasq(u Uplink) *rule {
 	}
 	slices.SortFunc(v4, netip.Addr.Compare)
 	v4 = slices.Compact(v4)
-	name, load := addrPayload(true, true)
-	f := frag{exprs: append(nfprotoIs(true), load)}
+	name, load := addrPayload(inet.IPv4, saddr)
+	f := frag{exprs: append(nfprotoIs(inet.IPv4), load)}
 	if len(v4) == 1 {
 		f.text = name + " " + v4[0].String()
 		f.exprs = append(f.exprs, cmpReg(expr.CmpOpEq, v4[0].AsSlice()))

@@ -4,6 +4,8 @@ import (
 	"strings"
 
 	"github.com/google/nftables"
+
+	"github.com/wanpin/wanpin/pkg/desired"
 )
 
 // Render returns the table as `nft list table inet <name>` (nftables 1.0.6)
@@ -12,7 +14,7 @@ import (
 // kernel knows are left out: rule handles (nft prints none without -a)
 // and the table's `flags owner,persist` line, which depends on the running
 // kernel and on who holds the table, not on the Spec.
-func Render(s Spec) string { return build(s).render() }
+func Render(s desired.NFT) string { return build(s).render() }
 
 func (t *table) render() string {
 	var items []string

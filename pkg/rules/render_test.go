@@ -9,6 +9,9 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/wanpin/wanpin/pkg/desired"
+	"github.com/wanpin/wanpin/pkg/policy"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden from Render")
@@ -29,8 +32,8 @@ func addrs(ss ...string) []netip.Addr {
 	return out
 }
 
-func twoUplinks() []Uplink {
-	return []Uplink{
+func twoUplinks() []desired.Uplink {
+	return []desired.Uplink{
 		{Name: "wan1", Interface: "eth1", Mark: 0x100, Masquerade: true, Addrs: addrs("192.0.2.10")},
 		{Name: "wan2", Interface: "ppp0", Mark: 0x200, Addrs: addrs("198.51.100.20", "2001:db8:2::20")},
 	}
@@ -39,89 +42,66 @@ func twoUplinks() []Uplink {
 // goldenSpecs are the representative Specs: the golden tests render them
 // and the kernel tests load each into a namespace and compare what nft
 // lists with the same golden text.
-func goldenSpecs() map[string]Spec {
-	return map[string]Spec{
+func goldenSpecs() map[string]desired.NFT {
+	return map[string]desired.NFT{
 		"two_up": {
 			Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(),
-			Default: Balancer{Choice: Choice{Buckets: []Bucket{{Mark: 0x100, Weight: 4}, {Mark: 0x200, Weight: 2}}}},
+			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 4}, {Mark: 0x200, Weight: 2}}}),
 		},
 		"one_down": {
 			Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(),
-			Default: Balancer{Choice: Choice{Buckets: []Bucket{{Mark: 0x100, Weight: 1}}}},
+			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}}}),
 		},
 		"all_matchers": {
 			Table: "wanpin", Mask: 0x0f000000,
-			Uplinks: []Uplink{
+			Uplinks: []desired.Uplink{
 				{Name: "fiber", Interface: "enp1s0", Mark: 0x01000000, Masquerade: true},
 				{Name: "lte", Interface: "wwan0", Mark: 0x02000000, Addrs: addrs("203.0.113.7")},
 				{Name: "dsl-b", Interface: "ppp1", Mark: 0x03000000, Addrs: addrs("198.51.100.1", "198.51.100.2", "2001:db8:3::1")},
 			},
-			Default: Balancer{Choice: Choice{Buckets: []Bucket{{Mark: 0x01000000, Weight: 3}, {Mark: 0x02000000, Weight: 1}, {Mark: 0x03000000, Weight: 2}}}},
-			Policies: []Policy{
-				{Name: "voip", Sources: pfx("192.0.2.64/26", "2001:db8:10::/48"), InInterfaces: []string{"lan0", "br-guest", "lan0"},
-					Destinations: pfx("198.51.100.0/25", "198.51.100.128/25", "203.0.113.5/32", "2001:db8:99::/64"),
-					Protocol:     17, Ports: []PortRange{{5060, 5061}, {10000, 20000}, {5062, 5062}},
-					Balancer: Balancer{Choice: Choice{Buckets: []Bucket{{Mark: 0x02000000, Weight: 1}}}}},
-				{Name: "backup", UIDs: []uint32{34, 0, 1000}, GIDs: []uint32{100},
-					Destinations: pfx("192.0.2.0/24"),
-					Balancer:     Balancer{Choice: Choice{Buckets: []Bucket{{Mark: 0x03000000, Weight: 10}, {Mark: 0x01000000, Weight: 5}}}}},
-				{Name: "svc", Cgroups: []CgroupMatch{{Level: 2, ID: 9000001}, {Level: 3, ID: 9000003}, {Level: 2, ID: 9000002}},
-					Ports:    []PortRange{{443, 443}, {80, 80}, {1024, 65535}},
-					Balancer: Balancer{Choice: Choice{FallbackDefault: true}}},
-				{Name: "gone", ServicesUnresolved: true, Balancer: Balancer{Choice: Choice{Reject: true}}},
-				{Name: "web", Protocol: 6, Balancer: Balancer{}},
-			},
+			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x01000000, Weight: 3}, {Mark: 0x02000000, Weight: 1}, {Mark: 0x03000000, Weight: 2}}}),
+			Policies: []desired.Policy{{Name: "voip", Match: policy.Match{Sources: pfx("192.0.2.64/26", "2001:db8:10::/48"), InInterfaces: []string{"lan0", "br-guest", "lan0"}, Destinations: pfx("198.51.100.0/25", "198.51.100.128/25", "203.0.113.5/32", "2001:db8:99::/64"), Protocol: 17, Ports: []policy.PortRange{{First: 5060, Last: 5061}, {First: 10000, Last: 20000}, {First: 5062, Last: 5062}}}, Balancer: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x02000000, Weight: 1}}})},
+				{Name: "backup", Match: policy.Match{UIDs: []uint32{34, 0, 1000}, GIDs: []uint32{100}, Destinations: pfx("192.0.2.0/24")}, Balancer: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x03000000, Weight: 10}, {Mark: 0x01000000, Weight: 5}}})},
+				{Name: "svc", Match: policy.Match{Cgroups: []policy.CgroupMatch{{Level: 2, ID: 9000001}, {Level: 3, ID: 9000003}, {Level: 2, ID: 9000002}}, Ports: []policy.PortRange{{First: 443, Last: 443}, {First: 80, Last: 80}, {First: 1024, Last: 65535}}}, Balancer: desired.Both(desired.Choice{FallbackDefault: true})},
+				{Name: "gone", Match: policy.Match{Services: []string{"gone.service"}}, Balancer: desired.Both(desired.Choice{Reject: true})},
+				{Name: "web", Match: policy.Match{Protocol: 6}, Balancer: desired.Both(desired.Choice{})}},
 		},
 		"fallback_none_reject": {
 			Table: "wanpin", Mask: 0xff,
-			Uplinks: []Uplink{
+			Uplinks: []desired.Uplink{
 				{Name: "a", Interface: "eth0", Mark: 1, Masquerade: true},
 				{Name: "b", Interface: "eth1", Mark: 2, Masquerade: true},
 			},
-			Policies: []Policy{
-				{Name: "strict", Destinations: pfx("203.0.113.0/24"), Balancer: Balancer{Choice: Choice{Reject: true}}},
-			},
-			Default: Balancer{Choice: Choice{Reject: true}},
+			Policies: []desired.Policy{{Name: "strict", Match: policy.Match{Destinations: pfx("203.0.113.0/24")}, Balancer: desired.Both(desired.Choice{Reject: true})}},
+			Default:  desired.Both(desired.Choice{Reject: true}),
 		},
 		"ipv6": {
 			Table: "wanpin", Mask: 0xffffffff,
-			Uplinks: []Uplink{
+			Uplinks: []desired.Uplink{
 				{Name: "he", Interface: "sit1", Mark: 0x10, Addrs: addrs("2001:db8:1::2")},
 				{Name: "isp", Interface: "eth0", Mark: 0x20, Masquerade: true, Addrs: addrs("2001:db8:2::2", "192.0.2.2")},
 			},
-			Policies: []Policy{
-				{Name: "v6only", Sources: pfx("2001:db8:100::/56", "2001:db8:100:100::/56", "2001:db8:200::1/128"),
-					Destinations: pfx("2001:db8::/32", "::/0"),
-					Balancer:     Balancer{Choice: Choice{Buckets: []Bucket{{Mark: 0x10, Weight: 1}, {Mark: 0x20, Weight: 1}}}}},
-				{Name: "mixed", Destinations: pfx("0.0.0.0/0", "2001:db8:aaaa::/48", "2001:db8:aaaa:1::/64", "2001:db8:bbbb::/47"),
-					Balancer: Balancer{Choice: Choice{Buckets: []Bucket{{Mark: 0x20, Weight: 1}}}}},
-			},
-			Default: Balancer{Choice: Choice{Buckets: []Bucket{{Mark: 0x20, Weight: 1}}}},
+			Policies: []desired.Policy{{Name: "v6only", Match: policy.Match{Sources: pfx("2001:db8:100::/56", "2001:db8:100:100::/56", "2001:db8:200::1/128"), Destinations: pfx("2001:db8::/32", "::/0")}, Balancer: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x10, Weight: 1}, {Mark: 0x20, Weight: 1}}})},
+				{Name: "mixed", Match: policy.Match{Destinations: pfx("0.0.0.0/0", "2001:db8:aaaa::/48", "2001:db8:aaaa:1::/64", "2001:db8:bbbb::/47")}, Balancer: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x20, Weight: 1}}})}},
+			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x20, Weight: 1}}}),
 		},
 		// Every IPv6 mode at once, and balancers whose families differ:
 		// "lte" has no IPv6, "dsl" lost its IPv4.
 		"dualstack": {
 			Table: "wanpin", Mask: 0x00ff0000, LANPrefix6: pfx("2001:db8:1::/64")[0],
-			Uplinks: []Uplink{
-				{Name: "fibre", Interface: "eth1", Mark: 0x10000, Masquerade: true, NAT6: NAT6None,
+			Uplinks: []desired.Uplink{
+				{Name: "fibre", Interface: "eth1", Mark: 0x10000, Masquerade: true, NAT6: desired.NAT6None,
 					Prefix6: pfx("2001:db8:d1::/56")[0], Addrs: addrs("198.51.100.2", "2001:db8:101::2")},
-				{Name: "dsl", Interface: "ppp0", Mark: 0x20000, Masquerade: true, NAT6: NAT6Prefix,
+				{Name: "dsl", Interface: "ppp0", Mark: 0x20000, Masquerade: true, NAT6: desired.NAT6Prefix,
 					Prefix6: pfx("2001:db8:d2:100::/64")[0], Addrs: addrs("2001:db8:102::2")},
-				{Name: "lte", Interface: "wwan0", Mark: 0x30000, Masquerade: false, NAT6: NAT6None,
+				{Name: "lte", Interface: "wwan0", Mark: 0x30000, Masquerade: false, NAT6: desired.NAT6None,
 					Prefix6: pfx("2001:db8:d3::/60")[0], Addrs: addrs("203.0.113.7")},
 			},
-			Source6: []SourcePrefix{{Prefix: pfx("2001:db8:d1::/56")[0], Mark: 0x10000}},
-			Policies: []Policy{
-				{Name: "voip", Protocol: 17, Ports: []PortRange{{5060, 5061}},
-					Balancer: Balancer{Choice: Choice{Buckets: []Bucket{{Mark: 0x30000, Weight: 1}}},
-						V6: &Choice{Reject: true}}},
-				{Name: "office", Destinations: pfx("203.0.113.0/24", "2001:db8:ff::/64"),
-					Balancer: Balancer{Choice: Choice{Reject: true}, V6: &Choice{FallbackDefault: true}}},
-				{Name: "bulk", Sources: pfx("192.0.2.20/32", "2001:db8:1::20/128"),
-					Balancer: Balancer{Choice: Choice{}, V6: &Choice{Buckets: []Bucket{{Mark: 0x20000, Weight: 1}}}}},
-			},
-			Default: Balancer{Choice: Choice{Buckets: []Bucket{{Mark: 0x10000, Weight: 2}, {Mark: 0x30000, Weight: 1}}},
-				V6: &Choice{Buckets: []Bucket{{Mark: 0x10000, Weight: 2}, {Mark: 0x20000, Weight: 1}}}},
+			Source6: []desired.SourcePrefix{{Prefix: pfx("2001:db8:d1::/56")[0], Mark: 0x10000}},
+			Policies: []desired.Policy{{Name: "voip", Match: policy.Match{Protocol: 17, Ports: []policy.PortRange{{First: 5060, Last: 5061}}}, Balancer: desired.Balancer{V4: desired.Choice{Buckets: []desired.Bucket{{Mark: 0x30000, Weight: 1}}}, V6: desired.Choice{Reject: true}}},
+				{Name: "office", Match: policy.Match{Destinations: pfx("203.0.113.0/24", "2001:db8:ff::/64")}, Balancer: desired.Balancer{V4: desired.Choice{Reject: true}, V6: desired.Choice{FallbackDefault: true}}},
+				{Name: "bulk", Match: policy.Match{Sources: pfx("192.0.2.20/32", "2001:db8:1::20/128")}, Balancer: desired.Balancer{V4: desired.Choice{}, V6: desired.Choice{Buckets: []desired.Bucket{{Mark: 0x20000, Weight: 1}}}}}},
+			Default: desired.Balancer{V4: desired.Choice{Buckets: []desired.Bucket{{Mark: 0x10000, Weight: 2}, {Mark: 0x30000, Weight: 1}}}, V6: desired.Choice{Buckets: []desired.Bucket{{Mark: 0x10000, Weight: 2}, {Mark: 0x20000, Weight: 1}}}},
 		},
 	}
 }
@@ -129,7 +109,7 @@ func goldenSpecs() map[string]Spec {
 func TestRenderGolden(t *testing.T) {
 	for name, s := range goldenSpecs() {
 		t.Run(name, func(t *testing.T) {
-			if err := s.Validate(); err != nil {
+			if err := Validate(s); err != nil {
 				t.Fatalf("golden spec invalid: %v", err)
 			}
 			got := Render(s)

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+
+	"github.com/wanpin/wanpin/pkg/desired"
+	"github.com/wanpin/wanpin/pkg/policy"
 )
 
 var (
@@ -17,7 +20,7 @@ const (
 	maxUplinkName = 15
 	maxPolicyName = 31
 	// ifNameSize is IFNAMSIZ: names are at most 15 bytes plus the NUL.
-	ifNameSize = 16
+	ifNameSize = policy.IfnameSize
 	// maxBuckets caps a balancer's map after gcd reduction: one element per
 	// unit of weight, and 1,000 is already a precision of 0.1%.
 	maxBuckets = 1000
@@ -26,7 +29,7 @@ const (
 // Validate reports the first reason the kernel would refuse s, or the
 // table would not do what s says. Apply calls it; Render does not, so that
 // `wanpin plan` can still show a broken spec.
-func (s Spec) Validate() error {
+func Validate(s desired.NFT) error {
 	if !tableRE.MatchString(s.Table) {
 		return fmt.Errorf("table name %q: want a letter or _ then [a-zA-Z0-9_-]", s.Table)
 	}
@@ -86,7 +89,7 @@ func (s Spec) Validate() error {
 	if err := checkBalancer(s.Default, marks); err != nil {
 		return fmt.Errorf("default balancer: %w", err)
 	}
-	for _, c := range []Choice{s.Default.For(false), s.Default.For(true)} {
+	for _, c := range []desired.Choice{s.Default.V4, s.Default.V6} {
 		if c.FallbackDefault && len(c.Buckets) == 0 {
 			return errors.New("default balancer: cannot fall back to itself")
 		}
@@ -100,7 +103,7 @@ func (s Spec) Validate() error {
 			return fmt.Errorf("policy %q: duplicate name", p.Name)
 		}
 		pols[p.Name] = true
-		if err := checkPolicy(p); err != nil {
+		if err := checkPolicy(p.Match); err != nil {
 			return fmt.Errorf("policy %s: %w", p.Name, err)
 		}
 		if err := checkBalancer(p.Balancer, marks); err != nil {
@@ -123,7 +126,7 @@ func checkIfName(n string) error {
 	return nil
 }
 
-func checkPolicy(p Policy) error {
+func checkPolicy(p policy.Match) error {
 	switch p.Protocol {
 	case 0, 6, 17:
 	default:
@@ -153,18 +156,18 @@ func checkPolicy(p Policy) error {
 	return nil
 }
 
-func checkNAT6(s Spec, u Uplink) error {
+func checkNAT6(s desired.NFT, u desired.Uplink) error {
 	switch u.NAT6 {
-	case "", NAT6Masquerade:
+	case "", desired.NAT6Masquerade:
 		return nil
-	case NAT6None, NAT6Prefix:
+	case desired.NAT6None, desired.NAT6Prefix:
 	default:
 		return fmt.Errorf("nat6 %q: want masquerade, none or prefix", u.NAT6)
 	}
 	if !u.Prefix6.IsValid() || !u.Prefix6.Addr().Is6() || u.Prefix6.Masked() != u.Prefix6 {
 		return fmt.Errorf("nat6 %s needs an IPv6 prefix6 without host bits, got %v", u.NAT6, u.Prefix6)
 	}
-	if u.NAT6 == NAT6Prefix {
+	if u.NAT6 == desired.NAT6Prefix {
 		l := s.LANPrefix6
 		if !l.IsValid() || !l.Addr().Is6() || l.Masked() != l || l.Bits() != u.Prefix6.Bits() {
 			return fmt.Errorf("nat6 prefix needs a LAN prefix as long as %v, got %v", u.Prefix6, l)
@@ -173,19 +176,17 @@ func checkNAT6(s Spec, u Uplink) error {
 	return nil
 }
 
-func checkBalancer(b Balancer, marks map[uint32]string) error {
-	if err := checkChoice(b.Choice, marks); err != nil {
-		return err
+func checkBalancer(b desired.Balancer, marks map[uint32]string) error {
+	if err := checkChoice(b.V4, marks); err != nil {
+		return fmt.Errorf("IPv4: %w", err)
 	}
-	if b.V6 != nil {
-		if err := checkChoice(*b.V6, marks); err != nil {
-			return fmt.Errorf("IPv6: %w", err)
-		}
+	if err := checkChoice(b.V6, marks); err != nil {
+		return fmt.Errorf("IPv6: %w", err)
 	}
 	return nil
 }
 
-func checkChoice(b Choice, marks map[uint32]string) error {
+func checkChoice(b desired.Choice, marks map[uint32]string) error {
 	seen := map[uint32]bool{}
 	for _, bk := range b.Buckets {
 		if _, ok := marks[bk.Mark]; !ok {

@@ -1,6 +1,7 @@
 package tables
 
 import (
+	"github.com/wanpin/wanpin/pkg/desired"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,16 +27,16 @@ func normalise(s string) string {
 	return strings.Join(out, "\n")
 }
 
-func keys(d Desired) string {
+func keys(d desired.Routing) string {
 	var k []string
 	for _, r := range d.Rules {
 		k = append(k, r.Key())
 	}
 	for _, r := range d.Routes {
 		if r.Dst.IsValid() && r.Dst.Bits() == 0 {
-			r.Dst = r.dst()
+			r.Dst = r.DstPrefix()
 		}
-		k = append(k, r.Key()+"|"+RenderRoute(r))
+		k = append(k, r.Key()+"|"+r.String())
 	}
 	sort.Strings(k)
 	return strings.Join(k, "\n")

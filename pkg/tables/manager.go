@@ -1,3 +1,9 @@
+// Package tables keeps wanpin's routing tables and policy rules (`ip rule`)
+// in the kernel equal to a desired list (desired.Routing), touching
+// nothing else: every rule and route it installs carries desired.Protocol
+// as an ownership tag, and only objects with that tag are ever changed or
+// deleted. A rule of ours outside the configured priority block (the
+// admin moved rule_priority) is stale and goes on the next apply.
 package tables
 
 import (
@@ -11,6 +17,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/wanpin/wanpin/internal/rtnl"
+	"github.com/wanpin/wanpin/pkg/desired"
+	"github.com/wanpin/wanpin/pkg/inet"
 )
 
 // Manager reconciles wanpin's rules and routes in one network namespace.
@@ -46,13 +54,13 @@ func (r Result) Changed() bool {
 // fewer rules than either the old or the new state has. Objects that are
 // not wanpin's (another protocol tag, or outside scope) are never touched.
 // Applying the same d twice changes nothing the second time.
-func (m *Manager) Apply(d Desired) (Result, error) {
+func (m *Manager) Apply(d desired.Routing) (Result, error) {
 	var res Result
 	haveRoutes, err := m.ownedRoutes()
 	if err != nil {
 		return res, err
 	}
-	wantRoutes := map[string]Route{}
+	wantRoutes := map[string]desired.Route{}
 	for _, r := range d.Routes {
 		wantRoutes[r.Key()] = r
 	}
@@ -60,7 +68,7 @@ func (m *Manager) Apply(d Desired) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	wantRules := map[string]Rule{}
+	wantRules := map[string]desired.Rule{}
 	for _, r := range d.Rules {
 		wantRules[r.Key()] = r
 	}
@@ -75,7 +83,7 @@ func (m *Manager) Apply(d Desired) (Result, error) {
 			return res, err
 		}
 		if err := m.h.RouteReplace(nr); err != nil {
-			return res, fmt.Errorf("installing route %q in table %d: %w", RenderRoute(r), r.Table, err)
+			return res, fmt.Errorf("installing route %q in table %d: %w", r.String(), r.Table, err)
 		}
 		res.RoutesAdded++
 	}
@@ -84,7 +92,7 @@ func (m *Manager) Apply(d Desired) (Result, error) {
 			continue
 		}
 		if err := m.h.RuleAdd(toNetlinkRule(r)); err != nil && !errors.Is(err, unix.EEXIST) {
-			return res, fmt.Errorf("adding rule %q: %w", RenderRule(r), err)
+			return res, fmt.Errorf("adding rule %q: %w", r.String(), err)
 		}
 		res.RulesAdded++
 	}
@@ -93,7 +101,7 @@ func (m *Manager) Apply(d Desired) (Result, error) {
 			continue
 		}
 		if err := m.h.RuleDel(r.nl); err != nil && !errors.Is(err, unix.ENOENT) {
-			return res, fmt.Errorf("deleting stale rule %q: %w", RenderRule(r.spec), err)
+			return res, fmt.Errorf("deleting stale rule %q: %w", r.spec.String(), err)
 		}
 		res.RulesDeleted++
 	}
@@ -102,7 +110,7 @@ func (m *Manager) Apply(d Desired) (Result, error) {
 			continue
 		}
 		if err := m.h.RouteDel(r.nl); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
-			return res, fmt.Errorf("deleting stale route %q: %w", RenderRoute(r.spec), err)
+			return res, fmt.Errorf("deleting stale route %q: %w", r.spec.String(), err)
 		}
 		res.RoutesDeleted++
 	}
@@ -118,7 +126,7 @@ func (m *Manager) Remove() (Result, error) {
 	}
 	for _, r := range rules {
 		if err := m.h.RuleDel(r.nl); err != nil && !errors.Is(err, unix.ENOENT) {
-			return res, fmt.Errorf("deleting rule %q: %w", RenderRule(r.spec), err)
+			return res, fmt.Errorf("deleting rule %q: %w", r.spec.String(), err)
 		}
 		res.RulesDeleted++
 	}
@@ -128,7 +136,7 @@ func (m *Manager) Remove() (Result, error) {
 	}
 	for _, r := range routes {
 		if err := m.h.RouteDel(r.nl); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
-			return res, fmt.Errorf("deleting route %q: %w", RenderRoute(r.spec), err)
+			return res, fmt.Errorf("deleting route %q: %w", r.spec.String(), err)
 		}
 		res.RoutesDeleted++
 	}
@@ -136,8 +144,8 @@ func (m *Manager) Remove() (Result, error) {
 }
 
 // Current returns the wanpin-owned rules and routes the kernel holds now.
-func (m *Manager) Current() (Desired, error) {
-	var d Desired
+func (m *Manager) Current() (desired.Routing, error) {
+	var d desired.Routing
 	rules, err := m.ownedRules()
 	if err != nil {
 		return d, err
@@ -156,12 +164,12 @@ func (m *Manager) Current() (Desired, error) {
 }
 
 type ownedRule struct {
-	spec Rule
+	spec desired.Rule
 	nl   *netlink.Rule
 }
 
 type ownedRoute struct {
-	spec Route
+	spec desired.Route
 	nl   *netlink.Route
 }
 
@@ -169,14 +177,14 @@ type ownedRoute struct {
 // filter on protocol, so the filtering is done here.
 func (m *Manager) ownedRules() (map[string]ownedRule, error) {
 	out := map[string]ownedRule{}
-	for _, fam := range Families {
-		list, err := m.h.RuleList(int(fam))
+	for _, fam := range inet.Families {
+		list, err := m.h.RuleList(fam.AF())
 		if err != nil {
 			return nil, fmt.Errorf("listing %v rules: %w", fam, err)
 		}
 		for i := range list {
 			nr := &list[i]
-			if nr.Protocol != Protocol {
+			if nr.Protocol != desired.Protocol {
 				continue
 			}
 			spec := fromNetlinkRule(fam, nr)
@@ -188,8 +196,8 @@ func (m *Manager) ownedRules() (map[string]ownedRule, error) {
 
 func (m *Manager) ownedRoutes() (map[string]ownedRoute, error) {
 	out := map[string]ownedRoute{}
-	for _, fam := range Families {
-		list, err := m.h.RouteListFiltered(int(fam), &netlink.Route{Table: unix.RT_TABLE_UNSPEC, Protocol: Protocol},
+	for _, fam := range inet.Families {
+		list, err := m.h.RouteListFiltered(fam.AF(), &netlink.Route{Table: unix.RT_TABLE_UNSPEC, Protocol: desired.Protocol},
 			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
 		if err != nil {
 			return nil, fmt.Errorf("listing %v routes: %w", fam, err)
@@ -206,12 +214,12 @@ func (m *Manager) ownedRoutes() (map[string]ownedRoute, error) {
 	return out, nil
 }
 
-func toNetlinkRule(r Rule) *netlink.Rule {
+func toNetlinkRule(r desired.Rule) *netlink.Rule {
 	nr := netlink.NewRule()
-	nr.Family = int(r.Family)
+	nr.Family = r.Family.AF()
 	nr.Priority = r.Priority
 	nr.Table = r.Table
-	nr.Protocol = Protocol
+	nr.Protocol = desired.Protocol
 	if r.Suppress {
 		nr.SuppressPrefixlen = 0
 	}
@@ -226,8 +234,8 @@ func toNetlinkRule(r Rule) *netlink.Rule {
 	return nr
 }
 
-func fromNetlinkRule(fam Family, nr *netlink.Rule) Rule {
-	r := Rule{Family: fam, Priority: nr.Priority, Table: nr.Table, Suppress: nr.SuppressPrefixlen == 0, Mark: nr.Mark}
+func fromNetlinkRule(fam inet.Family, nr *netlink.Rule) desired.Rule {
+	r := desired.Rule{Family: fam, Priority: nr.Priority, Table: nr.Table, Suppress: nr.SuppressPrefixlen == 0, Mark: nr.Mark}
 	if nr.Mask != nil {
 		r.Mask = *nr.Mask
 	}
@@ -239,16 +247,16 @@ func fromNetlinkRule(fam Family, nr *netlink.Rule) Rule {
 	return r
 }
 
-func (m *Manager) toNetlinkRoute(r Route) (*netlink.Route, error) {
+func (m *Manager) toNetlinkRoute(r desired.Route) (*netlink.Route, error) {
 	nr := &netlink.Route{
-		Family:   int(r.Family),
+		Family:   r.Family.AF(),
 		Table:    r.Table,
-		Dst:      prefixToIPNet(r.dst()),
-		Protocol: Protocol,
+		Dst:      prefixToIPNet(r.DstPrefix()),
+		Protocol: desired.Protocol,
 		Priority: r.Metric,
 	}
 	switch r.Type {
-	case Unreachable:
+	case desired.Unreachable:
 		nr.Type = unix.RTN_UNREACHABLE
 	default:
 		link, err := m.h.LinkByName(r.Interface)
@@ -269,9 +277,9 @@ func (m *Manager) toNetlinkRoute(r Route) (*netlink.Route, error) {
 	return nr, nil
 }
 
-func (m *Manager) fromNetlinkRoute(fam Family, nr *netlink.Route) (Route, error) {
-	r := Route{Family: fam, Table: nr.Table, Metric: nr.Priority}
-	if fam == V6 && r.Metric == v6DefaultMetric {
+func (m *Manager) fromNetlinkRoute(fam inet.Family, nr *netlink.Route) (desired.Route, error) {
+	r := desired.Route{Family: fam, Table: nr.Table, Metric: nr.Priority}
+	if fam == inet.IPv6 && r.Metric == desired.V6DefaultMetric {
 		r.Metric = 0
 	}
 	if nr.Dst != nil {
@@ -280,7 +288,7 @@ func (m *Manager) fromNetlinkRoute(fam Family, nr *netlink.Route) (Route, error)
 		}
 	}
 	if nr.Type == unix.RTN_UNREACHABLE {
-		r.Type = Unreachable
+		r.Type = desired.Unreachable
 		return r, nil
 	}
 	if nr.Gw != nil {
@@ -298,7 +306,7 @@ func (m *Manager) fromNetlinkRoute(fam Family, nr *netlink.Route) (Route, error)
 }
 
 // sameRoute reports whether the installed route already is what we want.
-func sameRoute(have, want Route) bool {
+func sameRoute(have, want desired.Route) bool {
 	if want.Dst.IsValid() && want.Dst.Bits() == 0 {
 		want.Dst = netip.Prefix{}
 	}

@@ -1,6 +1,8 @@
 package tables
 
 import (
+	"github.com/wanpin/wanpin/pkg/desired"
+	"github.com/wanpin/wanpin/pkg/inet"
 	"net/netip"
 	"strings"
 	"testing"
@@ -8,23 +10,23 @@ import (
 	"github.com/wanpin/wanpin/internal/nstest"
 )
 
-func sample() Desired {
-	return Desired{
-		Rules: []Rule{
-			{Family: V4, Priority: 10000, Table: 254, Suppress: true},
-			{Family: V6, Priority: 10000, Table: 254, Suppress: true},
-			{Family: V4, Priority: 10101, Table: 200, Mark: 0x10000, Mask: 0xff0000},
-			{Family: V6, Priority: 10101, Table: 200, Mark: 0x10000, Mask: 0xff0000},
-			{Family: V4, Priority: 10102, Table: 201, Mark: 0x20000, Mask: 0xff0000},
-			{Family: V4, Priority: 10401, Table: 200, Src: netip.MustParsePrefix("198.51.100.2/32")},
+func sample() desired.Routing {
+	return desired.Routing{
+		Rules: []desired.Rule{
+			{Family: inet.IPv4, Priority: 10000, Table: 254, Suppress: true},
+			{Family: inet.IPv6, Priority: 10000, Table: 254, Suppress: true},
+			{Family: inet.IPv4, Priority: 10101, Table: 200, Mark: 0x10000, Mask: 0xff0000},
+			{Family: inet.IPv6, Priority: 10101, Table: 200, Mark: 0x10000, Mask: 0xff0000},
+			{Family: inet.IPv4, Priority: 10102, Table: 201, Mark: 0x20000, Mask: 0xff0000},
+			{Family: inet.IPv4, Priority: 10401, Table: 200, Src: netip.MustParsePrefix("198.51.100.2/32")},
 		},
-		Routes: []Route{
-			{Family: V4, Table: 200, Gateway: netip.MustParseAddr("198.51.100.1"), Interface: "wan1"},
-			{Family: V4, Table: 200, Type: Unreachable, Metric: UnreachableMetric},
-			{Family: V6, Table: 200, Type: Unreachable, Metric: UnreachableMetric},
-			{Family: V6, Table: 200, Gateway: netip.MustParseAddr("2001:db8:101::1"), Interface: "wan1"},
-			{Family: V4, Table: 201, Interface: "wan2"},
-			{Family: V4, Table: 201, Type: Unreachable, Metric: UnreachableMetric},
+		Routes: []desired.Route{
+			{Family: inet.IPv4, Table: 200, Gateway: netip.MustParseAddr("198.51.100.1"), Interface: "wan1"},
+			{Family: inet.IPv4, Table: 200, Type: desired.Unreachable, Metric: desired.UnreachableMetric},
+			{Family: inet.IPv6, Table: 200, Type: desired.Unreachable, Metric: desired.UnreachableMetric},
+			{Family: inet.IPv6, Table: 200, Gateway: netip.MustParseAddr("2001:db8:101::1"), Interface: "wan1"},
+			{Family: inet.IPv4, Table: 201, Interface: "wan2"},
+			{Family: inet.IPv4, Table: 201, Type: desired.Unreachable, Metric: desired.UnreachableMetric},
 		},
 	}
 }
@@ -48,10 +50,13 @@ func setup(t *testing.T) (*nstest.NS, *Manager) {
 }
 
 // kernelText reads back what ip prints for our objects, in Render's layout.
-func kernelText(t *testing.T, ns *nstest.NS, d Desired) string {
+func kernelText(t *testing.T, ns *nstest.NS, d desired.Routing) string {
 	var b strings.Builder
-	for _, fam := range Families {
-		fs := fam.String()
+	for _, fam := range inet.Families {
+		fs := "-4"
+		if fam == inet.IPv6 {
+			fs = "-6"
+		}
 		var rules []string
 		for _, l := range strings.Split(ns.Run(t, "ip", fs, "rule"), "\n") {
 			if strings.Contains(l, "proto 119") {
@@ -89,7 +94,7 @@ func TestApplyMatchesRender(t *testing.T) {
 	if res.RulesAdded != len(d.Rules) || res.RoutesAdded != len(d.Routes) {
 		t.Errorf("first apply: %+v", res)
 	}
-	want := normalise(Render(d))
+	want := normalise(d.Render())
 	got := normalise(kernelText(t, ns, d))
 	if got != want {
 		t.Errorf("kernel differs from Render:\n--- kernel\n%s\n--- render\n%s", got, want)
@@ -120,7 +125,7 @@ func TestForeignObjectsSurvive(t *testing.T) {
 	if _, err := m.Apply(sample()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Apply(Desired{}); err != nil {
+	if _, err := m.Apply(desired.Routing{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := m.Remove(); err != nil {
@@ -148,12 +153,12 @@ func TestApplyConverges(t *testing.T) {
 	a := sample()
 	b := sample()
 	// b: uplink 2 gone, uplink 1's gateway changed, a new address rule.
-	b.Rules = append(b.Rules[:4], Rule{Family: V4, Priority: 10401, Table: 200, Src: netip.MustParsePrefix("198.51.100.3/32")})
-	b.Routes = []Route{
-		{Family: V4, Table: 200, Gateway: netip.MustParseAddr("198.51.100.4"), Interface: "wan1"},
-		{Family: V4, Table: 200, Type: Unreachable, Metric: UnreachableMetric},
+	b.Rules = append(b.Rules[:4], desired.Rule{Family: inet.IPv4, Priority: 10401, Table: 200, Src: netip.MustParsePrefix("198.51.100.3/32")})
+	b.Routes = []desired.Route{
+		{Family: inet.IPv4, Table: 200, Gateway: netip.MustParseAddr("198.51.100.4"), Interface: "wan1"},
+		{Family: inet.IPv4, Table: 200, Type: desired.Unreachable, Metric: desired.UnreachableMetric},
 	}
-	for i, d := range []Desired{a, b, a, b, {}, a} {
+	for i, d := range []desired.Routing{a, b, a, b, {}, a} {
 		if _, err := m.Apply(d); err != nil {
 			t.Fatalf("step %d: %v", i, err)
 		}
@@ -169,7 +174,7 @@ func TestApplyConverges(t *testing.T) {
 
 func TestMissingInterfaceIsAnError(t *testing.T) {
 	_, m := setup(t)
-	_, err := m.Apply(Desired{Routes: []Route{{Family: V4, Table: 200, Interface: "ppp0"}}})
+	_, err := m.Apply(desired.Routing{Routes: []desired.Route{{Family: inet.IPv4, Table: 200, Interface: "ppp0"}}})
 	if err == nil || !strings.Contains(err.Error(), "ppp0") {
 		t.Fatalf("want an error naming ppp0, got %v", err)
 	}

@@ -14,30 +14,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/wanpin/wanpin/internal/rtnl"
+	"github.com/wanpin/wanpin/pkg/core"
+	"github.com/wanpin/wanpin/pkg/inet"
 )
-
-// Addr is one address of an interface.
-type Addr struct {
-	Prefix netip.Prefix // the local address with its prefix length
-	Peer   netip.Addr   // the far end of a point-to-point address (PPP), if any
-}
-
-// Link is what wanpin needs to know of one interface.
-type Link struct {
-	Name         string
-	Index        int
-	Exists       bool
-	AdminUp      bool // IFF_UP
-	Carrier      bool // IFF_LOWER_UP: the link layer is up
-	PointToPoint bool // IFF_POINTOPOINT (PPP, some LTE modems)
-	Addrs        []Addr
-	// Gateway4 / Gateway6: the main table's default route through this
-	// interface, as a DHCP client or router advertisements left it.
-	Gateway4, Gateway6 netip.Addr
-	// DefaultDev4/6: the main table has a default route through this
-	// interface without a gateway (`default dev ppp0`).
-	DefaultDev4, DefaultDev6 bool
-}
 
 // Observer reads interface state from one network namespace.
 type Observer struct {
@@ -59,11 +38,11 @@ func (o *Observer) Close() { o.h.Close() }
 // Snapshot reads the named interfaces. An interface that does not exist
 // is reported with Exists false, not as an error: a PPP link that is not
 // dialled is a normal state.
-func (o *Observer) Snapshot(names []string) (map[string]Link, error) {
-	out := make(map[string]Link, len(names))
+func (o *Observer) Snapshot(names []string) (map[string]core.Link, error) {
+	out := make(map[string]core.Link, len(names))
 	byIndex := map[int]string{}
 	for _, n := range names {
-		l := Link{Name: n}
+		l := core.Link{Name: n}
 		nl, err := o.h.LinkByName(n)
 		if err != nil {
 			if _, ok := err.(netlink.LinkNotFoundError); ok {
@@ -95,7 +74,7 @@ func (o *Observer) Snapshot(names []string) (map[string]Link, error) {
 					continue
 				}
 				ones, _ := ad.Mask.Size()
-				x := Addr{Prefix: netip.PrefixFrom(ip, ones)}
+				x := core.Addr{Prefix: netip.PrefixFrom(ip, ones)}
 				if ad.Peer != nil {
 					if p, ok := netip.AddrFromSlice(ad.Peer.IP); ok && p.Unmap() != ip {
 						x.Peer = p.Unmap()
@@ -116,7 +95,7 @@ func (o *Observer) Snapshot(names []string) (map[string]Link, error) {
 
 // mainDefaults finds the main table's default routes through the watched
 // interfaces: that is where a DHCP client or RA puts the ISP's gateway.
-func (o *Observer) mainDefaults(out map[string]Link, byIndex map[int]string) error {
+func (o *Observer) mainDefaults(out map[string]core.Link, byIndex map[int]string) error {
 	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
 		routes, err := o.h.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 		if err != nil {
@@ -155,11 +134,8 @@ func (o *Observer) mainDefaults(out map[string]Link, byIndex map[int]string) err
 				l := out[name]
 				gw, _ := netip.AddrFromSlice(hop.gw)
 				gw = gw.Unmap()
-				if fam == unix.AF_INET {
-					l.Gateway4, l.DefaultDev4 = gw, !gw.IsValid()
-				} else {
-					l.Gateway6, l.DefaultDev6 = gw, !gw.IsValid()
-				}
+				f := inet.FromAF(fam)
+				*l.Gateway.Of(f), *l.DefaultDev.Of(f) = gw, !gw.IsValid()
 				out[name] = l
 			}
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/wanpin/wanpin/internal/nstest"
+	"github.com/wanpin/wanpin/pkg/inet"
 )
 
 func TestSnapshot(t *testing.T) {
@@ -44,7 +45,7 @@ func TestSnapshot(t *testing.T) {
 	ns.Run(t, "ip", "link", "set", "isp1", "up")
 	ns.Run(t, "ip", "route", "add", "default", "via", "198.51.100.1", "dev", "wan1", "metric", "100")
 	snap, _ = o.Snapshot([]string{"wan1"})
-	if l := snap["wan1"]; !l.Carrier || l.Gateway4.String() != "198.51.100.1" {
+	if l := snap["wan1"]; !l.Carrier || l.Gateway.Get(inet.IPv4).String() != "198.51.100.1" {
 		t.Errorf("wan1 with a default route: %+v", l)
 	}
 }

@@ -1,12 +1,12 @@
-package health
+package config
 
 import (
 	"testing"
 
-	"github.com/wanpin/wanpin/pkg/config"
+	"github.com/wanpin/wanpin/pkg/inet"
 )
 
-func TestByFamily(t *testing.T) {
+func TestForFamily(t *testing.T) {
 	cases := []struct {
 		method  string
 		targets []string
@@ -18,8 +18,9 @@ func TestByFamily(t *testing.T) {
 		{"dns", []string{"192.0.2.53", "[2001:db8::53]:53", "2001:db8::54"}, 1, 2},
 	}
 	for _, c := range cases {
-		v4, v6 := ByFamily(config.HealthConfig{Method: c.method, Targets: c.targets, Quorum: 2})
-		n := func(h *config.HealthConfig) int {
+		h := HealthConfig{Method: c.method, Targets: MustTargets(c.method, c.targets...), Quorum: 2}
+		v4, v6 := h.ForFamily(inet.IPv4), h.ForFamily(inet.IPv6)
+		n := func(h *HealthConfig) int {
 			if h == nil {
 				return 0
 			}

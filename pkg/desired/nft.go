@@ -1,18 +1,19 @@
-// Package rules turns a Spec (what wanpin wants nftables to do) into one
-// nftables table of wanpin's own, applied in a single atomic transaction,
-// and renders the same table as the text `nft list table` prints.
-//
-// The Spec says what, never how: which uplinks exist and carry which mark,
-// which policies match what and which uplinks may carry their connections.
-// The chain layout is this package's business and is documented in layout.md
-// next to this file.
-package rules
+package desired
 
-import "net/netip"
+import (
+	"net/netip"
+	"reflect"
 
-// Spec is the complete desired content of wanpin's nftables table.
-// It is a pure value: building it touches no kernel state.
-type Spec struct {
+	"github.com/wanpin/wanpin/pkg/inet"
+	"github.com/wanpin/wanpin/pkg/policy"
+)
+
+// NFT is the complete desired content of wanpin's nftables table. It
+// says what, never how: which uplinks exist and carry which mark, which
+// policies match what and which uplinks may carry their connections. The
+// chain layout is pkg/rules' business (pkg/rules/layout.md); what the
+// layout does to a new connection is what core.Explain evaluates.
+type NFT struct {
 	// Table is the name of the inet table ("wanpin").
 	Table string
 	// Mask is the set of fwmark / ct mark bits wanpin owns. Every mark
@@ -48,7 +49,7 @@ const (
 	// NAT6None: addresses of the uplink's Prefix6 leave untranslated;
 	// anything else leaving here is masqueraded (or the ISP would drop it).
 	NAT6None NAT6 = "none"
-	// NAT6Prefix: Spec.LANPrefix6 is mapped 1:1 onto Prefix6 on the way
+	// NAT6Prefix: NFT.LANPrefix6 is mapped 1:1 onto Prefix6 on the way
 	// out, and Prefix6 back onto the LAN prefix on the way in; anything
 	// else leaving here is masqueraded.
 	NAT6Prefix NAT6 = "prefix"
@@ -58,7 +59,7 @@ const (
 type Uplink struct {
 	Name      string // short, [a-z0-9_-], at most 15 characters
 	Interface string // matched by name (oifname/iifname), so it may not exist yet
-	Mark      uint32 // non-zero, inside Spec.Mask
+	Mark      uint32 // non-zero, inside NFT.Mask
 	// Masquerade: source-NAT the IPv4 traffic that leaves through the
 	// interface.
 	Masquerade bool
@@ -91,65 +92,29 @@ type Choice struct {
 	FallbackDefault bool
 }
 
-// Balancer chooses the uplink of a new connection: its Choice holds for
-// IPv4, and for IPv6 too unless V6 is set. V6 is set when the families
-// differ, because an uplink is up (or healthy) in one family only.
+// Balancer chooses the uplink of a new connection, per family: an uplink
+// may be up (or healthy) in one family only.
 type Balancer struct {
-	Choice
-	V6 *Choice
+	V4, V6 Choice
 }
+
+// Both is a balancer that chooses the same in both families.
+func Both(c Choice) Balancer { return Balancer{V4: c, V6: c} }
 
 // For returns the choice for one family.
-func (b Balancer) For(v6 bool) Choice {
-	if v6 && b.V6 != nil {
-		return *b.V6
+func (b Balancer) For(f inet.Family) Choice {
+	if f == inet.IPv6 {
+		return b.V6
 	}
-	return b.Choice
+	return b.V4
 }
 
-// PortRange is an inclusive destination port range.
-type PortRange struct{ First, Last uint16 }
+// Same reports whether both families choose alike.
+func (b Balancer) Same() bool { return reflect.DeepEqual(b.V4, b.V6) }
 
-// CgroupMatch is one systemd unit or cgroup v2 path, resolved: the cgroup
-// id (inode number of the cgroup directory) and its depth in the hierarchy
-// (what `socket cgroupv2 level N` compares against).
-type CgroupMatch struct {
-	Level int
-	ID    uint64
-}
-
-// Policy routes matching new connections to chosen uplinks. Every non-empty
-// matcher must match (AND); inside one matcher any element may match (OR).
+// Policy routes matching new connections to chosen uplinks.
 type Policy struct {
-	Name string // [a-z0-9_-], at most 31 characters
-
-	// Only the router's own traffic (output hook) can match these.
-	UIDs    []uint32
-	GIDs    []uint32
-	Cgroups []CgroupMatch
-	// ServicesUnresolved: the policy names services but none of them
-	// resolved to a cgroup right now (unit not running). The policy then
-	// matches nothing instead of matching everything.
-	ServicesUnresolved bool
-
-	// Only forwarded traffic (prerouting hook) can match these.
-	Sources      []netip.Prefix // both families mixed
-	InInterfaces []string
-
-	// Both.
-	Destinations []netip.Prefix // both families mixed
-	Protocol     uint8          // 0 any, 6 tcp, 17 udp
-	Ports        []PortRange    // destination ports; needs a protocol with ports
-
+	Name     string // [a-z0-9_-], at most 31 characters
+	Match    policy.Match
 	Balancer Balancer
-}
-
-// LocalOnly reports whether only the router's own traffic can match p.
-func (p Policy) LocalOnly() bool {
-	return len(p.UIDs) > 0 || len(p.GIDs) > 0 || len(p.Cgroups) > 0 || p.ServicesUnresolved
-}
-
-// ForwardOnly reports whether only forwarded traffic can match p.
-func (p Policy) ForwardOnly() bool {
-	return len(p.Sources) > 0 || len(p.InInterfaces) > 0
 }

@@ -1,0 +1,186 @@
+package core
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/wanpin/wanpin/pkg/config"
+	"github.com/wanpin/wanpin/pkg/desired"
+	"github.com/wanpin/wanpin/pkg/inet"
+)
+
+// Effect is one thing the executor must do, in the order Step lists them.
+// String is the effect as the step tests compare it.
+type Effect interface {
+	fmt.Stringer
+	effect()
+}
+
+// Log is one log line: a transition with its reason, a refusal, a repair.
+type Log struct {
+	Level slog.Level
+	Msg   string
+	Attrs []any // key, value pairs as slog takes them
+}
+
+// SetSysctl writes one sysctl (Key is the path under /proc/sys).
+type SetSysctl struct{ Key, Value string }
+
+// ApplyNFT replaces wanpin's nftables table.
+type ApplyNFT struct{ NFT desired.NFT }
+
+// ApplyRouting brings wanpin's rules and routes to Routing.
+type ApplyRouting struct{ Routing desired.Routing }
+
+// FlushMark deletes the conntrack entries of one family pinned to an
+// uplink (ct mark & Mask == Mark): it went down.
+type FlushMark struct {
+	Uplink     string
+	Family     inet.Family
+	Mark, Mask uint32
+}
+
+// FlushAddr deletes the conntrack entries source-NATed to an address the
+// uplink lost (a PPP re-dial, a new DHCP lease).
+type FlushAddr struct {
+	Uplink string
+	Addr   netip.Addr
+}
+
+// RunHooks runs the transition hooks for one uplink transition.
+type RunHooks struct{ Uplink, Interface, State, Reason string }
+
+// Notify tells systemd (READY=1, RELOADING=1, STOPPING=1).
+type Notify struct{ State string }
+
+// ProbeSpec is one health monitor wanpin wants running: one family of one
+// uplink, probed through the uplink's interface with its mark.
+type ProbeSpec struct {
+	Key
+	Interface string
+	Mark      uint32
+	Config    config.HealthConfig // that family's targets only
+}
+
+// StartProbes starts a health monitor.
+type StartProbes struct{ Spec ProbeSpec }
+
+// StopProbes stops one; its verdicts are forgotten.
+type StopProbes struct{ Key Key }
+
+// RetryAfter asks for a Retry input after a while (an apply failed).
+type RetryAfter struct{ After time.Duration }
+
+// Teardown removes everything wanpin installed (SIGTERM).
+type Teardown struct{}
+
+func (Log) effect()          {}
+func (SetSysctl) effect()    {}
+func (ApplyNFT) effect()     {}
+func (ApplyRouting) effect() {}
+func (FlushMark) effect()    {}
+func (FlushAddr) effect()    {}
+func (RunHooks) effect()     {}
+func (Notify) effect()       {}
+func (StartProbes) effect()  {}
+func (StopProbes) effect()   {}
+func (RetryAfter) effect()   {}
+func (Teardown) effect()     {}
+
+func (e Log) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "log %s %q", strings.ToLower(e.Level.String()), e.Msg)
+	for i := 0; i+1 < len(e.Attrs); i += 2 {
+		fmt.Fprintf(&b, " %v=%q", e.Attrs[i], fmt.Sprint(e.Attrs[i+1]))
+	}
+	return b.String()
+}
+func (e SetSysctl) String() string { return fmt.Sprintf("sysctl %s=%s", e.Key, e.Value) }
+
+// String shows what the table chooses, not the whole table: the step
+// tests pin decisions; the table's text is pinned by pkg/rules' goldens.
+func (e ApplyNFT) String() string {
+	var b strings.Builder
+	b.WriteString("apply nftables: default " + balancerText(e.NFT, e.NFT.Default))
+	for _, p := range e.NFT.Policies {
+		fmt.Fprintf(&b, "; %s %s", p.Name, balancerText(e.NFT, p.Balancer))
+	}
+	for _, sp := range e.NFT.Source6 {
+		fmt.Fprintf(&b, "; src6 %s->%s", sp.Prefix, uplinkOf(e.NFT, sp.Mark))
+	}
+	return b.String()
+}
+func (e ApplyRouting) String() string {
+	var routes []string
+	for _, r := range e.Routing.Routes {
+		if r.Type == desired.Unicast {
+			routes = append(routes, fmt.Sprintf("%d %v", r.Table, r))
+		}
+	}
+	var from []string
+	for _, r := range e.Routing.Rules {
+		if r.Src.IsValid() {
+			from = append(from, r.Src.Addr().String())
+		}
+	}
+	return fmt.Sprintf("apply routing: %d rules, routes [%s], from [%s]", len(e.Routing.Rules),
+		strings.Join(routes, ", "), strings.Join(from, " "))
+}
+func (e FlushMark) String() string {
+	return fmt.Sprintf("flush conntrack %s %v mark %#x/%#x", e.Uplink, e.Family, e.Mark, e.Mask)
+}
+func (e FlushAddr) String() string {
+	return fmt.Sprintf("flush conntrack %s NATed to %s", e.Uplink, e.Addr)
+}
+func (e RunHooks) String() string {
+	return fmt.Sprintf("hooks %s %s %s: %s", e.Uplink, e.Interface, e.State, e.Reason)
+}
+func (e Notify) String() string { return "notify " + e.State }
+func (e StartProbes) String() string {
+	var ts []string
+	for _, t := range e.Spec.Config.Targets {
+		ts = append(ts, t.Text)
+	}
+	return fmt.Sprintf("start probes %s %v %s mark %#x %s [%s]", e.Spec.Uplink, e.Spec.Family, e.Spec.Interface,
+		e.Spec.Mark, e.Spec.Config.Method, strings.Join(ts, " "))
+}
+func (e StopProbes) String() string {
+	return fmt.Sprintf("stop probes %s %v", e.Key.Uplink, e.Key.Family)
+}
+func (e RetryAfter) String() string { return "retry after " + e.After.String() }
+func (Teardown) String() string     { return "teardown" }
+
+func uplinkOf(nft desired.NFT, mark uint32) string {
+	for _, u := range nft.Uplinks {
+		if u.Mark == mark {
+			return u.Name
+		}
+	}
+	return fmt.Sprintf("%#x", mark)
+}
+
+func choiceText(nft desired.NFT, c desired.Choice) string {
+	switch {
+	case len(c.Buckets) > 0:
+		var parts []string
+		for _, bk := range c.Buckets {
+			parts = append(parts, fmt.Sprintf("%s:%d", uplinkOf(nft, bk.Mark), bk.Weight))
+		}
+		return strings.Join(parts, ",")
+	case c.Reject:
+		return "reject"
+	case c.FallbackDefault:
+		return "fallback"
+	}
+	return "main"
+}
+
+func balancerText(nft desired.NFT, b desired.Balancer) string {
+	if b.Same() {
+		return choiceText(nft, b.V4)
+	}
+	return "v4 " + choiceText(nft, b.V4) + " v6 " + choiceText(nft, b.V6)
+}

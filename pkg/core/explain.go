@@ -1,0 +1,169 @@
+package core
+
+import (
+	"net/netip"
+
+	"github.com/wanpin/wanpin/pkg/desired"
+	"github.com/wanpin/wanpin/pkg/inet"
+	"github.com/wanpin/wanpin/pkg/policy"
+)
+
+// Outcome is what wanpin's table does to a new connection.
+type Outcome string
+
+const (
+	// NotRouted: to the router itself, link-local, multicast or broadcast;
+	// wanpin's chains leave it alone and the main table decides.
+	NotRouted Outcome = "not routed"
+	// SocketMark: the socket carries a mark of its own (a health probe,
+	// `wanpin exec`, another program's SO_MARK): wanpin leaves it alone.
+	SocketMark Outcome = "socket mark"
+	// Inbound: a connection from the internet, pinned to the uplink it
+	// came in on.
+	Inbound Outcome = "inbound"
+	// Balanced: one of Choices, at random by their shares.
+	Balanced Outcome = "balanced"
+	// Rejected: a policy with fallback "none" and no candidate up.
+	Rejected Outcome = "rejected"
+	// MainTable: the connection stays unmarked and the main routing table
+	// decides where it leaves; it is then pinned to that uplink.
+	MainTable Outcome = "main table"
+)
+
+// Choice is one uplink a flow may get, with its chance.
+type Choice struct {
+	Uplink string  `json:"uplink"`
+	Mark   uint32  `json:"mark"`
+	Share  float64 `json:"share"` // 0..1
+}
+
+// Explanation says what wanpin's nftables table does to a new connection.
+type Explanation struct {
+	Outcome Outcome  `json:"outcome"`
+	Policy  string   `json:"policy,omitempty"` // the policy that took it; "" when none did
+	Choices []Choice `json:"choices,omitempty"`
+	// Fallback: the policy's candidates are all down, and its fallback
+	// "any" handed the connection to the default balancing.
+	Fallback bool `json:"fallback,omitempty"`
+	// SourcePrefix: an IPv6 source in an uplink's prefix6 (nat6 none)
+	// chose that uplink, the only entry of Choices.
+	SourcePrefix netip.Prefix `json:"source_prefix,omitzero"`
+	// Why: the rule that decided, as a person reads it.
+	Why string `json:"why"`
+}
+
+// Explain evaluates the table built from nft for a new connection: the
+// same chain order as pkg/rules lays out (layout.md) and the same
+// compiled policy conditions, so explain cannot drift from what the
+// kernel is told. local lists the router's own addresses (`fib daddr
+// type local`), which only the kernel knows.
+func Explain(nft desired.NFT, f policy.Flow, local []netip.Addr) Explanation {
+	fam := f.Family()
+	byMark := map[uint32]desired.Uplink{}
+	for _, u := range nft.Uplinks {
+		byMark[u.Mark] = u
+	}
+	if f.Local {
+		// chain output: a socket that chose an uplink keeps it.
+		if m := f.Mark & nft.Mask; m != 0 {
+			e := Explanation{Outcome: SocketMark, Why: "the socket's own mark"}
+			if u, ok := byMark[m]; ok {
+				e.Choices = []Choice{{Uplink: u.Name, Mark: m, Share: 1}}
+			}
+			return e
+		}
+	} else {
+		// chain prerouting: new from the internet is pinned where it came in.
+		for _, u := range nft.Uplinks {
+			if u.Interface == f.InIface {
+				return Explanation{Outcome: Inbound, Choices: []Choice{{Uplink: u.Name, Mark: u.Mark, Share: 1}},
+					Why: "came in on uplink " + u.Name}
+			}
+		}
+	}
+	if why := notRouted(f.Dst, local); why != "" {
+		return Explanation{Outcome: NotRouted, Why: why}
+	}
+	for _, p := range nft.Policies {
+		if !policy.Compile(p.Name, p.Match).Matches(f) {
+			continue
+		}
+		e := Explanation{Policy: p.Name}
+		c := p.Balancer.For(fam)
+		switch {
+		case len(c.Buckets) > 0:
+			e.Outcome, e.Choices, e.Why = Balanced, shares(c, byMark), "policy "+p.Name
+			return e
+		case c.Reject:
+			e.Outcome, e.Why = Rejected, "policy "+p.Name+": no candidate is up and fallback is \"none\""
+			return e
+		case c.FallbackDefault:
+			d := balanceDefault(nft, f, byMark)
+			d.Policy, d.Fallback = p.Name, true
+			d.Why = "policy " + p.Name + ": no candidate is up, fallback \"any\": " + d.Why
+			return d
+		}
+		e.Outcome, e.Why = MainTable, "policy "+p.Name+" chooses no uplink"
+		return e
+	}
+	if f.Local {
+		// The output chain has no default balancing: the routing decision
+		// stands, and postrouting pins the connection to where it left.
+		return Explanation{Outcome: MainTable, Why: "the router's own traffic that no policy matches"}
+	}
+	return balanceDefault(nft, f, byMark)
+}
+
+// balanceDefault is bal_default_chain: the source prefix of a nat6 none
+// uplink, then the default balancer.
+func balanceDefault(nft desired.NFT, f policy.Flow, byMark map[uint32]desired.Uplink) Explanation {
+	if inet.Of(f.Src) == inet.IPv6 {
+		for _, sp := range nft.Source6 {
+			if sp.Prefix.Contains(f.Src) {
+				return Explanation{Outcome: Balanced, SourcePrefix: sp.Prefix,
+					Choices: []Choice{{Uplink: byMark[sp.Mark].Name, Mark: sp.Mark, Share: 1}},
+					Why:     "source in " + byMark[sp.Mark].Name + "'s prefix6 " + sp.Prefix.String() + " (nat6 none)"}
+			}
+		}
+	}
+	c := nft.Default.For(f.Family())
+	switch {
+	case len(c.Buckets) > 0:
+		return Explanation{Outcome: Balanced, Choices: shares(c, byMark), Why: "default balancing"}
+	case c.Reject:
+		return Explanation{Outcome: Rejected, Why: "default balancing rejects"}
+	}
+	return Explanation{Outcome: MainTable, Why: "no uplink is up"}
+}
+
+func shares(c desired.Choice, byMark map[uint32]desired.Uplink) []Choice {
+	total := 0
+	for _, b := range c.Buckets {
+		total += b.Weight
+	}
+	var out []Choice
+	for _, b := range c.Buckets {
+		out = append(out, Choice{Uplink: byMark[b.Mark].Name, Mark: b.Mark, Share: float64(b.Weight) / float64(total)})
+	}
+	return out
+}
+
+// notRouted says why wanpin's chains return before any policy for a
+// destination: the router itself (fib daddr type local), link-local,
+// multicast or broadcast (pkttype, fib type, the ip6 daddr returns).
+func notRouted(dst netip.Addr, local []netip.Addr) string {
+	for _, a := range local {
+		if a == dst {
+			return "to the router itself"
+		}
+	}
+	switch {
+	case inet.Of(dst) == inet.IPv6 && dst.IsLinkLocalUnicast():
+		return "link-local: never policy-routed"
+	case dst.IsMulticast():
+		return "multicast: never policy-routed"
+	case dst == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "broadcast: never policy-routed"
+	}
+	return ""
+}

@@ -1,0 +1,198 @@
+package core
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/wanpin/wanpin/pkg/config"
+	"github.com/wanpin/wanpin/pkg/inet"
+)
+
+// FamilyState is what wanpin observed of one address family of an uplink.
+type FamilyState struct {
+	Up      bool         // usable: link up, an address, a way to the gateway
+	Addrs   []netip.Addr // the uplink's own addresses of this family
+	Gateway netip.Addr   // configured or learned; invalid on point-to-point
+	// PointToPoint: no gateway is needed (`default dev ppp0`).
+	PointToPoint bool
+	// OnLink: the gateway is configured on a point-to-point link, where no
+	// connected route covers it.
+	OnLink bool
+	// Unhealthy: the family is up but its health probes fail (or the
+	// admin took the uplink out of service). Its routes stay (the probes
+	// need them), but it carries no new connections of this family.
+	Unhealthy bool
+}
+
+// Usable reports whether the family can carry new connections.
+func (f FamilyState) Usable() bool { return f.Up && !f.Unhealthy }
+
+// UplinkState is the observed state of one uplink: each address family is
+// up or down on its own.
+type UplinkState struct {
+	Families inet.PerFamily[FamilyState]
+}
+
+// Family returns the state of one family.
+func (s UplinkState) Family(f inet.Family) FamilyState { return s.Families.Get(f) }
+
+// Of returns the state of one family for changing it.
+func (s *UplinkState) Of(f inet.Family) *FamilyState { return s.Families.Of(f) }
+
+// LinkUp reports whether the uplink's link can carry traffic at all.
+func (s UplinkState) LinkUp() bool {
+	return s.Family(inet.IPv4).Up || s.Family(inet.IPv6).Up
+}
+
+// Up reports whether the uplink can carry new connections of some family.
+func (s UplinkState) Up() bool {
+	return s.Family(inet.IPv4).Usable() || s.Family(inet.IPv6).Usable()
+}
+
+// Addrs is every address of the uplink, IPv4 first.
+func (s UplinkState) Addrs() []netip.Addr {
+	return append(append([]netip.Addr(nil), s.Family(inet.IPv4).Addrs...), s.Family(inet.IPv6).Addrs...)
+}
+
+// SetUnhealthy marks both families that are up as unhealthy.
+func (s *UplinkState) SetUnhealthy() {
+	for _, f := range inet.Families {
+		s.Of(f).Unhealthy = s.Of(f).Up
+	}
+}
+
+// Reasons says, per family, why it is up or down.
+type Reasons = inet.PerFamily[string]
+
+// oneReason is the uplink's reason in one line: the one reason when both
+// families share it, else both.
+func oneReason(r Reasons, st UplinkState) string {
+	v4, v6 := st.Family(inet.IPv4), st.Family(inet.IPv6)
+	r4, r6 := r.Get(inet.IPv4), r.Get(inet.IPv6)
+	switch {
+	case r4 == r6:
+		return r4
+	case v4.Up && !v6.Up && len(v6.Addrs) == 0 && !v6.Unhealthy:
+		// IPv4-only uplinks are common: no need to say "no IPv6" each time.
+		return r4
+	case v6.Up && !v4.Up && len(v4.Addrs) == 0:
+		return r6
+	}
+	return r4 + "; " + r6
+}
+
+// Hint is what PPP hooks told the daemon about an interface: the peer
+// address from ip-up, and ip-down (the link is going away; netlink will
+// confirm it a moment later). A hint lives until the interface is
+// re-created with a new index or the opposite event arrives.
+type Hint struct {
+	Index int // the ifindex the hint was given for (0: whatever exists)
+	Peer  netip.Addr
+	Down  bool
+}
+
+// Observe turns what the kernel shows of an uplink's interface into the
+// uplink's state, with a reason a person can read per family.
+//
+// An uplink family is up when the interface exists, is up, has carrier and
+// an address of that family, and a way to the internet is known: the
+// configured gateway, the main table's default route through the interface
+// (DHCP, router advertisements), or a point-to-point link (PPP).
+func Observe(u config.Uplink, l Link, h Hint) (UplinkState, Reasons) {
+	var st UplinkState
+	both := func(r string) Reasons { return Reasons{r, r} }
+	if !l.Exists {
+		return st, both(fmt.Sprintf("interface %s does not exist", u.Interface))
+	}
+	if h.Peer.IsValid() {
+		// The PPP hook told us the peer, which the kernel may not show
+		// (some PPPoE setups use a plain /32).
+		l.Addrs = append([]Addr(nil), l.Addrs...)
+		for i, a := range l.Addrs {
+			if inet.OfPrefix(a.Prefix) == inet.Of(h.Peer) && !a.Peer.IsValid() {
+				l.Addrs[i].Peer = h.Peer
+			}
+		}
+	}
+	// Addresses are reported even while the link is down: the uplink's
+	// `from` rules stay, so a socket bound to its address fails fast on
+	// the unreachable route instead of leaking out of another uplink.
+	var rs Reasons
+	for _, f := range inet.Families {
+		*st.Of(f), *rs.Of(f) = family(u, l, f)
+	}
+	down := ""
+	switch {
+	case h.Down:
+		down = fmt.Sprintf("pppd ip-down for %s", u.Interface)
+	case !l.AdminUp:
+		down = fmt.Sprintf("interface %s is administratively down", u.Interface)
+	case !l.Carrier:
+		down = fmt.Sprintf("interface %s has no carrier", u.Interface)
+	}
+	if down != "" {
+		for _, f := range inet.Families {
+			st.Of(f).Up = false
+		}
+		return st, both(down)
+	}
+	return st, rs
+}
+
+func family(u config.Uplink, l Link, f inet.Family) (FamilyState, string) {
+	var fs FamilyState
+	var peer netip.Addr
+	for _, a := range l.Addrs {
+		if inet.OfPrefix(a.Prefix) != f {
+			continue
+		}
+		fs.Addrs = append(fs.Addrs, a.Prefix.Addr())
+		if a.Peer.IsValid() && !peer.IsValid() {
+			peer = a.Peer
+		}
+	}
+	if len(fs.Addrs) == 0 {
+		return fs, fmt.Sprintf("no %v address on %s", f, u.Interface)
+	}
+	learned, defaultDev, configured := l.Gateway.Get(f), l.DefaultDev.Get(f), u.Gateway4
+	if f == inet.IPv6 {
+		configured = u.Gateway6
+	}
+	var how string
+	switch {
+	case configured.IsValid():
+		fs.Gateway, how = configured, "configured gateway "+configured.String()
+		fs.OnLink = l.PointToPoint || peer.IsValid()
+	case peer.IsValid() && l.PointToPoint:
+		// PPP: the peer is on the other end of the wire, a device route
+		// reaches it; no neighbour resolution is involved.
+		fs.PointToPoint, how = true, "point-to-point peer "+peer.String()
+	case peer.IsValid():
+		// A peer address on a broadcast link: route via the peer, which
+		// no connected route covers.
+		fs.Gateway, fs.OnLink, how = peer, true, "peer "+peer.String()
+	case learned.IsValid():
+		fs.Gateway, how = learned, "gateway "+learned.String()+" from the main table"
+	case l.PointToPoint || defaultDev:
+		fs.PointToPoint, how = true, "point-to-point link"
+	default:
+		return fs, fmt.Sprintf("no %v gateway known for %s (configure gateway, or let DHCP install a default route)", f, u.Interface)
+	}
+	fs.Up = true
+	return fs, fmt.Sprintf("%v %s, %s", f, fs.Addrs[0], how)
+}
+
+// AssumeUp is the state `wanpin plan --all-up` pretends an uplink has:
+// up, with its configured gateway or as a point-to-point link, and no
+// address known. IPv6 is assumed up with a configured gateway6, or as a
+// point-to-point link where IPv4 is one too (PPP); an uplink with only an
+// IPv4 gateway configured learns its IPv6 router at run time, which a plan
+// cannot guess.
+func AssumeUp(u config.Uplink) UplinkState {
+	var st UplinkState
+	*st.Of(inet.IPv4) = FamilyState{Up: true, Gateway: u.Gateway4, PointToPoint: !u.Gateway4.IsValid()}
+	if u.Gateway6.IsValid() || !u.Gateway4.IsValid() {
+		*st.Of(inet.IPv6) = FamilyState{Up: true, Gateway: u.Gateway6, PointToPoint: !u.Gateway6.IsValid()}
+	}
+	return st
+}

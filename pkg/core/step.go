@@ -1,0 +1,585 @@
+package core
+
+import (
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"path"
+	"reflect"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/wanpin/wanpin/pkg/config"
+	"github.com/wanpin/wanpin/pkg/desired"
+	"github.com/wanpin/wanpin/pkg/inet"
+	"github.com/wanpin/wanpin/pkg/policy"
+)
+
+// Key names one address family of one uplink: health is probed and
+// judged per family.
+type Key struct {
+	Uplink string
+	Family inet.Family
+}
+
+// Verdict is what an uplink family's health probes said last.
+type Verdict struct {
+	Healthy bool
+	Reason  string
+}
+
+// FamilyStatus is what the machine remembers of one family of an uplink.
+type FamilyStatus struct {
+	Up     bool // carries new connections of this family
+	Reason string
+	Since  time.Time
+}
+
+// UplinkStatus is what the machine remembers of one uplink.
+type UplinkStatus struct {
+	Name, Interface string
+	Up              bool // some family carries new connections
+	Reason          string
+	Since           time.Time
+	State           UplinkState
+	Families        inet.PerFamily[FamilyStatus]
+	Transitions     uint64
+}
+
+// ExecPin is one running `wanpin exec`: its cgroup's connections go to
+// one uplink.
+type ExecPin struct {
+	Uplink string
+	Cgroup policy.CgroupMatch
+}
+
+// State is everything the decisions depend on. Step never changes the
+// State it is given: it returns the next one.
+type State struct {
+	Config      *config.Config
+	Started     bool
+	Links       map[string]Link // by interface name, from the latest snapshot
+	Hints       map[string]Hint // by interface, from PPP hooks
+	Probes      map[Key]ProbeSpec
+	Verdicts    map[Key]Verdict
+	Maintenance map[string]bool // uplinks the admin took out of service
+	Cgroups     map[string][]policy.CgroupMatch
+	Execs       map[string]ExecPin // by cgroup path
+	Tuned       map[string]int     // interface -> ifindex whose rp_filter was set
+	Uplinks     map[string]UplinkStatus
+	// Desired is the latest computed kernel state; Applied what the kernel
+	// holds as far as the machine knows (nil: unknown, apply all of it).
+	Desired desired.State
+	Applied *desired.State
+}
+
+// NewState is the state before Start.
+func NewState(cfg *config.Config) State {
+	return State{Config: cfg, Links: map[string]Link{}, Hints: map[string]Hint{}, Probes: map[Key]ProbeSpec{},
+		Verdicts: map[Key]Verdict{}, Maintenance: map[string]bool{}, Cgroups: map[string][]policy.CgroupMatch{},
+		Execs: map[string]ExecPin{}, Tuned: map[string]int{}, Uplinks: map[string]UplinkStatus{}}
+}
+
+func (s State) clone() State {
+	s.Links = maps.Clone(s.Links)
+	s.Hints = maps.Clone(s.Hints)
+	s.Probes = maps.Clone(s.Probes)
+	s.Verdicts = maps.Clone(s.Verdicts)
+	s.Maintenance = maps.Clone(s.Maintenance)
+	s.Cgroups = maps.Clone(s.Cgroups)
+	s.Execs = maps.Clone(s.Execs)
+	s.Tuned = maps.Clone(s.Tuned)
+	s.Uplinks = maps.Clone(s.Uplinks)
+	return s
+}
+
+// Input is one thing that happened.
+type Input interface{ input() }
+
+type (
+	// Start: the daemon starts, with a first snapshot of the interfaces
+	// and the policies' services resolved.
+	Start struct {
+		Links   map[string]Link
+		Cgroups map[string][]policy.CgroupMatch
+	}
+	// Observed: netlink said something changed; a fresh snapshot.
+	Observed struct {
+		Links   map[string]Link
+		Trigger string // "netlink"
+	}
+	// HealthVerdict: a monitor's first verdict, or a change of verdict.
+	HealthVerdict struct {
+		Key
+		Verdict
+	}
+	// SetService: `wanpin down/up UPLINK`.
+	SetService struct {
+		Uplink    string
+		InService bool
+	}
+	// PPPEvent: a PPP hook's news (ip-up with the peer, or ip-down).
+	PPPEvent struct {
+		Up          bool
+		Iface       string
+		Local, Peer netip.Addr
+	}
+	// Reload: the policy file was read again and is good; its services
+	// resolved.
+	Reload struct {
+		Config  *config.Config
+		Cgroups map[string][]policy.CgroupMatch
+	}
+	// ReloadRejected: it was bad; nothing changes.
+	ReloadRejected struct{ Err error }
+	// Services: the policies' services resolved afresh (a unit started,
+	// stopped or restarted).
+	Services struct {
+		Cgroups map[string][]policy.CgroupMatch
+	}
+	// ExecStarted: `wanpin exec` made a cgroup and asks for it to be pinned.
+	ExecStarted struct {
+		Path, Uplink string
+		Cgroup       policy.CgroupMatch
+	}
+	// ExecEnded: its processes are gone.
+	ExecEnded struct{ Path string }
+	// Drift: the kernel lacks objects that were applied (listed as ip and
+	// nft print them).
+	Drift struct{ Missing []string }
+	// ApplyFailed: the kernel refused an apply.
+	ApplyFailed struct{ Err error }
+	// Retry: the RetryAfter timer fired; a fresh snapshot.
+	Retry struct{ Links map[string]Link }
+	// Stop: SIGTERM.
+	Stop struct{}
+)
+
+func (Start) input()          {}
+func (Observed) input()       {}
+func (HealthVerdict) input()  {}
+func (SetService) input()     {}
+func (PPPEvent) input()       {}
+func (Reload) input()         {}
+func (ReloadRejected) input() {}
+func (Services) input()       {}
+func (ExecStarted) input()    {}
+func (ExecEnded) input()      {}
+func (Drift) input()          {}
+func (ApplyFailed) input()    {}
+func (Retry) input()          {}
+func (Stop) input()           {}
+
+// RetryDelay is how long after a failed apply everything is applied again.
+const RetryDelay = time.Second
+
+// Result is what one Step gives: the next state, the effects in order,
+// and for requests (SetService, PPPEvent, ExecStarted, Reload*) the
+// refusal to hand back to whoever asked.
+type Result struct {
+	State   State
+	Effects []Effect
+	Err     error
+}
+
+// Step is the machine: the next state and ordered effects for one input
+// at time at. It is pure and deterministic.
+//
+// The order of effects when an uplink family goes down is the safety
+// property the step tests pin: the nftables table first (in one
+// transaction the uplink leaves the balancing and its packets stop being
+// routed), then its routes, then its conntrack entries, so that a flow's
+// next packet finds a live uplink. Otherwise routes go first, so that a
+// mark handed out by the new table always finds its route.
+func Step(prev State, at time.Time, in Input) Result {
+	s := prev.clone()
+	r := &Result{}
+	switch in := in.(type) {
+	case Start:
+		s.Started = true
+		s.Links, s.Cgroups = in.Links, in.Cgroups
+		r.log(slog.LevelInfo, "starting", "config", s.Config.Path, "uplinks", len(s.Config.Uplinks), "policies", len(s.Config.Policies))
+		logCgroups(r, nil, in.Cgroups)
+		// Without src_valid_mark, the reverse-path filter validates a
+		// marked packet's source without its mark and drops replies on the
+		// non-default uplinks.
+		r.add(SetSysctl{Key: "net/ipv4/conf/all/src_valid_mark", Value: "1"})
+		s.syncProbes(r)
+		s.reconcile(r, at, "start")
+		r.add(Notify{State: "READY=1"})
+	case Observed:
+		s.Links = in.Links
+		s.reconcile(r, at, in.Trigger)
+	case HealthVerdict:
+		if _, ok := s.Probes[in.Key]; !ok {
+			break // from a monitor stopped since: its verdict is void
+		}
+		s.Verdicts[in.Key] = in.Verdict
+		s.reconcile(r, at, "health probes")
+	case SetService:
+		if r.Err = s.checkUplink(in.Uplink); r.Err != nil {
+			break
+		}
+		if in.InService {
+			delete(s.Maintenance, in.Uplink)
+		} else {
+			s.Maintenance[in.Uplink] = true
+		}
+		r.log(slog.LevelInfo, "maintenance", "uplink", in.Uplink, "in_service", in.InService)
+		s.reconcile(r, at, "admin")
+	case PPPEvent:
+		if !slices.ContainsFunc(s.Config.Uplinks, func(u config.Uplink) bool { return u.Interface == in.Iface }) {
+			kind := map[bool]string{true: "up", false: "down"}[in.Up]
+			r.Err = fmt.Errorf("event %s %s: no uplink uses interface %s", kind, in.Iface, in.Iface)
+			break
+		}
+		kind := "down"
+		if in.Up {
+			kind = "up"
+			s.Hints[in.Iface] = Hint{Peer: in.Peer}
+		} else {
+			s.Hints[in.Iface] = Hint{Down: true}
+		}
+		r.log(slog.LevelInfo, "ppp event", "kind", kind, "interface", in.Iface, "local", addrText(in.Local), "peer", addrText(in.Peer))
+		s.reconcile(r, at, "ppp ip-"+kind)
+	case Reload:
+		r.add(Notify{State: "RELOADING=1"})
+		logCgroups(r, s.Cgroups, in.Cgroups)
+		s.Config, s.Cgroups = in.Config, in.Cgroups
+		// Probes follow the new configuration; verdicts of uplinks whose
+		// probing did not change are kept.
+		s.syncProbes(r)
+		r.log(slog.LevelInfo, "configuration reloaded", "uplinks", len(s.Config.Uplinks), "policies", len(s.Config.Policies))
+		s.Applied = nil
+		s.reconcile(r, at, "reload")
+		r.add(Notify{State: "READY=1"})
+	case ReloadRejected:
+		r.add(Notify{State: "RELOADING=1"})
+		r.log(slog.LevelError, "reload rejected, keeping the running configuration", "err", in.Err)
+		r.add(Notify{State: "READY=1"})
+		r.Err = in.Err
+	case Services:
+		if reflect.DeepEqual(in.Cgroups, s.Cgroups) {
+			break
+		}
+		logCgroups(r, s.Cgroups, in.Cgroups)
+		s.Cgroups = in.Cgroups
+		s.reconcile(r, at, "service cgroup changed")
+	case ExecStarted:
+		if r.Err = s.checkUplink(in.Uplink); r.Err != nil {
+			break
+		}
+		if r.Err = CheckExecPath(in.Path); r.Err != nil {
+			break
+		}
+		s.Execs[in.Path] = ExecPin{Uplink: in.Uplink, Cgroup: in.Cgroup}
+		r.log(slog.LevelInfo, "exec pinned", "cgroup", in.Path, "uplink", in.Uplink)
+		s.reconcile(r, at, "exec")
+	case ExecEnded:
+		if _, ok := s.Execs[in.Path]; !ok {
+			break
+		}
+		delete(s.Execs, in.Path)
+		r.log(slog.LevelInfo, "exec ended", "cgroup", in.Path)
+		s.reconcile(r, at, "exec ended")
+	case Drift:
+		if s.Applied == nil {
+			break // a retry is pending and will apply everything
+		}
+		missing := slices.Sorted(slices.Values(in.Missing))
+		r.log(slog.LevelWarn, "repairing state another program changed", "missing", fmt.Sprint(missing))
+		s.Applied = nil
+		s.reconcile(r, at, "drift repair")
+	case ApplyFailed:
+		r.log(slog.LevelError, "applying state", "err", in.Err)
+		s.Applied = nil
+		r.add(RetryAfter{After: RetryDelay})
+	case Retry:
+		s.Links = in.Links
+		s.Applied = nil
+		s.reconcile(r, at, "retry")
+	case Stop:
+		r.add(Notify{State: "STOPPING=1"})
+		for _, k := range sortedKeys(s.Probes) {
+			r.add(StopProbes{Key: k})
+		}
+		s.Probes = map[Key]ProbeSpec{}
+		r.add(Teardown{})
+	default:
+		panic(fmt.Sprintf("core: unknown input %T", in))
+	}
+	r.State = s
+	return *r
+}
+
+// logCgroups logs each service whose cgroups changed.
+func logCgroups(r *Result, old, cur map[string][]policy.CgroupMatch) {
+	for _, svc := range slices.Sorted(maps.Keys(cur)) {
+		if m, was := cur[svc], old[svc]; old == nil || !reflect.DeepEqual(m, was) {
+			r.log(slog.LevelInfo, "service cgroup", "service", svc, "matches", fmt.Sprint(m))
+		}
+	}
+}
+
+func (r *Result) add(e Effect) { r.Effects = append(r.Effects, e) }
+
+func (r *Result) log(level slog.Level, msg string, attrs ...any) {
+	r.add(Log{Level: level, Msg: msg, Attrs: attrs})
+}
+
+func (s *State) checkUplink(name string) error {
+	for _, u := range s.Config.Uplinks {
+		if u.Name == name {
+			return nil
+		}
+	}
+	return fmt.Errorf("no uplink named %q", name)
+}
+
+// ExecRoot is the cgroup under which `wanpin exec` makes one cgroup per
+// command.
+const ExecRoot = "/wanpin-exec"
+
+// CheckExecPath accepts only a cgroup `wanpin exec` makes: one level
+// under ExecRoot, named by its pid.
+func CheckExecPath(p string) error {
+	dir, name := path.Split(p)
+	if path.Clean(p) != p || dir != ExecRoot+"/" || name == "" || strings.Trim(name, "0123456789") != "" {
+		return fmt.Errorf("cgroup %q is not one of wanpin exec's (%s/<pid>)", p, ExecRoot)
+	}
+	return nil
+}
+
+func addrText(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+// verdict is what health probes say of one family of an uplink: its own
+// targets' verdict, or, when it has no targets of its own, the other
+// family's (an ISP that forwards nothing usually forwards neither family,
+// and an admin who lists only IPv4 targets expects them to guard the
+// uplink as a whole).
+func (s *State) verdict(uplink string, f inet.Family) (Verdict, bool) {
+	k := Key{uplink, f}
+	if _, own := s.Probes[k]; !own {
+		k.Family = f.Other()
+	}
+	v, ok := s.Verdicts[k]
+	return v, ok
+}
+
+// hint returns the PPP hook's hint for an interface, binding it to the
+// interface instance it was given for: a PPP link that is re-dialled gets
+// a new interface index, and an old session's hint must not stick to it.
+func (s *State) hint(l Link) Hint {
+	h, ok := s.Hints[l.Name]
+	if !ok {
+		return Hint{}
+	}
+	switch {
+	case !l.Exists && h.Down:
+		// ip-down, then the interface went away: the hint did its job.
+		delete(s.Hints, l.Name)
+		return Hint{}
+	case !l.Exists:
+		return h
+	case h.Index == 0:
+		h.Index = l.Index
+		s.Hints[l.Name] = h
+	case h.Index != l.Index:
+		delete(s.Hints, l.Name)
+		return Hint{}
+	}
+	return h
+}
+
+func upDown(up bool) string {
+	if up {
+		return "up"
+	}
+	return "down"
+}
+
+// reconcile observes the uplinks, notes the transitions, recomputes the
+// desired state and lists what must change, in the safe order.
+func (s *State) reconcile(r *Result, at time.Time, trigger string) {
+	cfg := s.Config
+	states := map[string]UplinkState{}
+	wentDown := false
+	var flushes []Effect
+	var hooks []Effect
+	oldAddrs := map[string][]netip.Addr{}
+	for name, st := range s.Uplinks {
+		oldAddrs[name] = st.State.Addrs()
+	}
+	seen := map[string]bool{}
+	for i, u := range cfg.Uplinks {
+		seen[u.Name] = true
+		l := s.Links[u.Interface]
+		st, rs := Observe(u, l, s.hint(l))
+		for _, f := range inet.Families {
+			if v, ok := s.verdict(u.Name, f); ok && !v.Healthy && st.Family(f).Up {
+				st.Of(f).Unhealthy = true
+				*rs.Of(f) = "health probes: " + v.Reason
+			}
+		}
+		if s.Maintenance[u.Name] && st.LinkUp() {
+			// Forced out of service by the admin: routes stay (so it can
+			// be tested by hand), new connections avoid it.
+			st.SetUnhealthy()
+			why := "taken out of service by the admin (wanpin down " + u.Name + ")"
+			rs = Reasons{why, why}
+		}
+		reason := oneReason(rs, st)
+		states[u.Name] = st
+		if l.Exists && s.Tuned[l.Name] != l.Index {
+			// Loose reverse-path filtering: replies arrive on the uplink
+			// their connection is pinned to, which is often not the one the
+			// main table would route back through. The effective value is
+			// the maximum of "all" and the interface's, so 2 here is loose
+			// whatever "all" says. Set again when the interface is
+			// re-created (new ifindex).
+			r.add(SetSysctl{Key: "net/ipv4/conf/" + l.Name + "/rp_filter", Value: "2"})
+			s.Tuned[l.Name] = l.Index
+		}
+		old, known := s.Uplinks[u.Name]
+		if !known || old.Interface != u.Interface {
+			old = UplinkStatus{Name: u.Name, Interface: u.Interface, Since: at}
+			for _, f := range inet.Families {
+				old.Families.Of(f).Since = at
+			}
+		}
+		for _, f := range inet.Families {
+			up := st.Family(f).Usable()
+			fst := old.Families.Of(f)
+			if known && fst.Up && !up {
+				wentDown = true
+				flushes = append(flushes, FlushMark{Uplink: u.Name, Family: f, Mark: cfg.UplinkMark(i), Mask: cfg.MarkMask})
+			}
+			if known && fst.Up != up {
+				r.log(slog.LevelInfo, "uplink "+f.String()+" "+upDown(up), "uplink", u.Name, "interface", u.Interface,
+					"family", f.String(), "reason", rs.Get(f), "trigger", trigger)
+				fst.Since = at
+			}
+			fst.Up, fst.Reason = up, rs.Get(f)
+		}
+		if !known || old.Up != st.Up() {
+			r.log(slog.LevelInfo, "uplink "+upDown(st.Up()), "uplink", u.Name, "interface", u.Interface, "reason", reason, "trigger", trigger)
+			if known {
+				old.Transitions++
+				hooks = append(hooks, RunHooks{Uplink: u.Name, Interface: u.Interface, State: upDown(st.Up()), Reason: reason})
+			}
+			old.Since = at
+		}
+		old.Up, old.State, old.Reason = st.Up(), st, reason
+		s.Uplinks[u.Name] = old
+	}
+	for name := range s.Uplinks {
+		if !seen[name] {
+			delete(s.Uplinks, name)
+		}
+	}
+	want := Build(Facts{Config: cfg, Uplinks: states, Cgroups: s.Cgroups, Execs: s.execList()})
+	s.Desired = want
+	var applies []Effect
+	if s.Applied == nil || !reflect.DeepEqual(s.Applied.Routing, want.Routing) {
+		applies = append(applies, ApplyRouting{Routing: want.Routing})
+	}
+	if s.Applied == nil || !reflect.DeepEqual(s.Applied.NFT, want.NFT) {
+		nft := ApplyNFT{NFT: want.NFT}
+		if wentDown {
+			applies = append([]Effect{nft}, applies...)
+		} else {
+			applies = append(applies, nft)
+		}
+	}
+	r.Effects = append(r.Effects, applies...)
+	s.Applied = &want
+	// Only now, with the uplink out of the balancing and its packets
+	// dropped, are its conntrack entries flushed: a new packet of such a
+	// flow (a UDP stream with a fixed 5-tuple) then starts a new entry on
+	// a live uplink instead of finding the dead one again.
+	r.Effects = append(r.Effects, flushes...)
+	for _, u := range cfg.Uplinks {
+		now := s.Uplinks[u.Name].State.Addrs()
+		for _, a := range oldAddrs[u.Name] {
+			if !slices.Contains(now, a) {
+				r.add(FlushAddr{Uplink: u.Name, Addr: a})
+			}
+		}
+	}
+	r.Effects = append(r.Effects, hooks...)
+}
+
+// execList is the plan's view of the running execs, in a stable order.
+func (s *State) execList() []Exec {
+	var out []Exec
+	for p, e := range s.Execs {
+		out = append(out, Exec{Name: "exec_" + path.Base(p), Uplink: e.Uplink, Cgroup: e.Cgroup})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// ProbeSpecs is one monitor per uplink and family that has health targets
+// of that family.
+func ProbeSpecs(cfg *config.Config) map[Key]ProbeSpec {
+	want := map[Key]ProbeSpec{}
+	for i, u := range cfg.Uplinks {
+		if u.Health == nil {
+			continue
+		}
+		for _, f := range inet.Families {
+			if hc := u.Health.ForFamily(f); hc != nil {
+				k := Key{u.Name, f}
+				want[k] = ProbeSpec{Key: k, Interface: u.Interface, Mark: cfg.UplinkMark(i), Config: *hc}
+			}
+		}
+	}
+	return want
+}
+
+// syncProbes starts and stops monitors to match the configuration:
+// monitors whose spec is unchanged keep running (and their verdict
+// stands); the others are stopped, restarted, and their verdict forgotten.
+func (s *State) syncProbes(r *Result) {
+	want := ProbeSpecs(s.Config)
+	for _, k := range sortedKeys(s.Probes) {
+		if spec, ok := want[k]; ok && reflect.DeepEqual(spec, s.Probes[k]) {
+			delete(want, k)
+			continue
+		}
+		r.add(StopProbes{Key: k})
+		delete(s.Probes, k)
+		delete(s.Verdicts, k)
+	}
+	for _, k := range sortedKeys(want) {
+		spec := want[k]
+		r.add(StartProbes{Spec: spec})
+		r.log(slog.LevelInfo, "health probes started", "uplink", k.Uplink, "family", k.Family.String(),
+			"method", spec.Config.Method, "targets", len(spec.Config.Targets), "interval", spec.Config.Interval.String())
+		s.Probes[k] = spec
+	}
+	for k := range s.Verdicts {
+		if _, ok := s.Probes[k]; !ok {
+			delete(s.Verdicts, k)
+		}
+	}
+}
+
+func sortedKeys[V any](m map[Key]V) []Key {
+	ks := slices.Collect(maps.Keys(m))
+	slices.SortFunc(ks, func(a, b Key) int {
+		if c := strings.Compare(a.Uplink, b.Uplink); c != 0 {
+			return c
+		}
+		return int(a.Family) - int(b.Family)
+	})
+	return ks
+}

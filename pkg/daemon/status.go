@@ -1,0 +1,175 @@
+package daemon
+
+import (
+	"log/slog"
+	"maps"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/wanpin/wanpin/pkg/core"
+	"github.com/wanpin/wanpin/pkg/desired"
+	"github.com/wanpin/wanpin/pkg/health"
+	"github.com/wanpin/wanpin/pkg/rules"
+)
+
+// PinnedInterval bounds how often the pinned-connection counts are taken:
+// counting dumps the whole conntrack table, which costs about a second of
+// CPU at a few hundred thousand entries. Readers (status, metrics) get the
+// latest count; when it is older than this, a new one is taken off the
+// loop, and a reader waits for it at most PinnedWait.
+const (
+	PinnedInterval = 5 * time.Second
+	PinnedWait     = 150 * time.Millisecond
+)
+
+// publisher holds the status for readers off the loop: the machine's part
+// and the executor's figures as of the loop's last step, the probes'
+// latest round trips, and pinned-connection counts taken by a goroutine
+// of its own. No reader ever waits for the loop; none makes the kernel
+// count more often than the counter's own pace.
+type publisher struct {
+	log     *slog.Logger
+	counter Flusher // nil: no counts
+
+	mu       sync.Mutex
+	status   core.Status
+	mask     uint32
+	monitors map[core.Key]*health.Monitor
+	nft      desired.NFT  // the table as last built, for explain
+	local    []netip.Addr // the uplinks' addresses (the router's own)
+	pinned   map[uint32]int
+	pinnedAt time.Time
+	// next is closed when the count under way (or the next one) is done;
+	// kick asks for it.
+	next      chan struct{}
+	kick      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func newPublisher(counter Flusher, log *slog.Logger) *publisher {
+	p := &publisher{log: log, counter: counter, next: make(chan struct{}), kick: make(chan struct{}, 1),
+		done: make(chan struct{})}
+	if counter != nil {
+		go p.countLoop()
+	}
+	return p
+}
+
+func (p *publisher) close() {
+	p.closeOnce.Do(func() {
+		close(p.done)
+		if p.counter != nil {
+			p.counter.Close()
+		}
+	})
+}
+
+// countLoop counts pinned connections when asked, leaving at least
+// PinnedInterval, and four times the last count's duration, between two
+// counts: at most a fifth of a core however big the table and however
+// many readers.
+func (p *publisher) countLoop() {
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-p.kick:
+		}
+		p.mu.Lock()
+		mask := p.mask
+		p.mu.Unlock()
+		start := time.Now()
+		counts, err := p.counter.CountByMark(mask)
+		took := time.Since(start)
+		if err != nil {
+			p.log.Warn("counting pinned connections", "err", err)
+		}
+		p.mu.Lock()
+		p.pinned, p.pinnedAt = counts, time.Now()
+		close(p.next)
+		p.next = make(chan struct{})
+		p.mu.Unlock()
+		select {
+		case <-p.done:
+			return
+		case <-time.After(max(PinnedInterval, 4*took)):
+		}
+	}
+}
+
+func (p *publisher) setMonitors(m map[core.Key]*health.Monitor) {
+	p.mu.Lock()
+	p.monitors = maps.Clone(m)
+	p.mu.Unlock()
+}
+
+func (p *publisher) set(s core.Status, mask uint32, nft desired.NFT) {
+	var local []netip.Addr
+	for _, u := range nft.Uplinks {
+		local = append(local, u.Addrs...)
+	}
+	p.mu.Lock()
+	p.status, p.mask, p.nft, p.local = s, mask, nft, local
+	p.mu.Unlock()
+}
+
+func (p *publisher) explainInputs() (desired.NFT, []netip.Addr) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.nft, p.local
+}
+
+// get is the status now: what the loop published, with the probes'
+// latest figures and the latest pinned counts (asking for fresh ones,
+// which arrive later).
+func (p *publisher) get() core.Status {
+	p.mu.Lock()
+	if p.counter != nil && time.Since(p.pinnedAt) > PinnedInterval {
+		select {
+		case p.kick <- struct{}{}:
+		default:
+		}
+		next := p.next
+		p.mu.Unlock()
+		select {
+		case <-next:
+		case <-time.After(PinnedWait):
+		}
+		p.mu.Lock()
+	}
+	defer p.mu.Unlock()
+	s := p.status
+	s.Uplinks = append([]core.UplinkReport(nil), s.Uplinks...)
+	for i := range s.Uplinks {
+		u := &s.Uplinks[i]
+		for k, m := range p.monitors {
+			if k.Uplink == u.Name {
+				rtt, loss := m.Stats()
+				u.SetProbeFigures(k.Family, rtt, loss)
+			}
+		}
+		u.Pinned = p.pinned[uint32(u.Mark)]
+	}
+	if !p.pinnedAt.IsZero() {
+		s.PinnedAge = core.Seconds(time.Since(p.pinnedAt).Seconds())
+	}
+	return s
+}
+
+// publish hands the readers the state after a step.
+func (d *Daemon) publish() {
+	s := d.state.Report()
+	for i := range s.Uplinks {
+		u := &s.Uplinks[i]
+		u.Flushed = d.flushed[u.Name]
+		u.Traffic = d.traffic[u.Name]
+	}
+	s.Applies, s.ApplyErrors = d.applies, d.applyErrors
+	d.pub.set(s, d.state.Config.MarkMask, d.state.Desired.NFT)
+}
+
+func trafficOf(t rules.UplinkTraffic) core.Traffic {
+	return core.Traffic{InBytes: t.In.Bytes, InPackets: t.In.Packets, OutBytes: t.Out.Bytes, OutPackets: t.Out.Packets}
+}
