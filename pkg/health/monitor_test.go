@@ -2,6 +2,7 @@ package health
 
 import (
 	"context"
+	"fmt"
 	"regexp"
 	"runtime"
 	"strings"
@@ -188,58 +189,93 @@ func TestRoundProbesInParallel(t *testing.T) {
 	})
 }
 
-// The ISP dies during the third round's cycle, just after its answers, and
-// comes back during a lost round: the verdicts come at the instants the
-// defaults define (see config's DefaultHealth* constants), with the
-// figures of the rounds that decided them.
+// The ISP dies at some moment of the round cycle and comes back at some
+// other: the verdicts come at the instants the defaults define (see
+// config's DefaultHealth* constants), with the figures of the rounds that
+// decided them. Dead: the next round is the first lost one, the
+// down_after-th is lost timeout after it started, so the verdict comes
+//
+//	(interval - phase) + interval*(down_after-1) + timeout
+//
+// after the ISP died: 0.9 s when it dies just before a round, 1.4 s just
+// after one (after its answers: a probe decides when it starts). Back:
+// the next round is the first good one, the 5th good round starts
+// hold_down after it (at 500 ms), and its answers bring the uplink back
+//
+//	(interval - phase) + hold_down + rtt
+//
+// after the ISP did: 2 s + rtt to 2.5 s + rtt.
 func TestMonitorDownAndUp(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		t0 := time.Now()
-		cfg := defaults()
-		iv := cfg.Interval
-		f := &fakeISP{rtt: time.Millisecond}
-		events := make(chan Event, 8)
-		m := StartTargets(t.Context(), Spec{Uplink: "dsl1", Config: cfg}, f.targets("203.0.113.1", "203.0.113.2"), events, nil)
-		defer m.Stop()
-		if ev := waitEvent(t, events, time.Minute); !ev.Healthy || ev.At.Sub(t0) != f.rtt {
-			t.Fatalf("first event at %v: %+v", ev.At.Sub(t0), ev)
-		}
-		if rtt, loss := m.Stats(); rtt != time.Millisecond || loss != 0 {
-			t.Errorf("stats while healthy: %v %v", rtt, loss)
-		}
+	cfg := defaults()
+	iv := cfg.Interval
+	const rtt = time.Millisecond
+	best := iv*time.Duration(cfg.DownAfter-1) + cfg.Timeout
+	worst := best + iv
+	for _, c := range []struct{ die, back time.Duration }{
+		{rtt, time.Nanosecond}, // just after the answers; just after a lost round started
+		{100 * time.Millisecond, 100 * time.Millisecond},
+		{250 * time.Millisecond, cfg.Timeout - time.Nanosecond}, // back just before the lost round times out
+		{cfg.Timeout, cfg.Timeout},                              // back as it times out
+		{499 * time.Millisecond, 450 * time.Millisecond},        // back between rounds
+		{iv - time.Nanosecond, iv - time.Nanosecond},            // just before a round
+	} {
+		t.Run(fmt.Sprintf("dies at +%v, back at +%v", c.die, c.back), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				t0 := time.Now()
+				f := &fakeISP{rtt: rtt}
+				events := make(chan Event, 8)
+				m := StartTargets(t.Context(), Spec{Uplink: "dsl1", Config: cfg}, f.targets("203.0.113.1", "203.0.113.2"), events, nil)
+				defer m.Stop()
+				if ev := waitEvent(t, events, time.Minute); !ev.Healthy || ev.At.Sub(t0) != rtt {
+					t.Fatalf("first event at %v: %+v", ev.At.Sub(t0), ev)
+				}
+				if r, loss := m.Stats(); r != rtt || loss != 0 {
+					t.Errorf("stats while healthy: %v %v", r, loss)
+				}
 
-		// Rounds 4 and 5 are lost; the 5th times out 1.4 s - 1 ms later.
-		dead := t0.Add(2*iv + f.rtt)
-		sleepUntil(dead)
-		f.dead.Store(allTargets)
-		ev := waitEvent(t, events, time.Minute)
-		if ev.Healthy || ev.Reason != "2 rounds lost: 203.0.113.1 timeout, 203.0.113.2 timeout" || ev.RTT != 0 || ev.Loss != 2.0/5 {
-			t.Fatalf("down event: %+v", ev)
-		}
-		if took, want := ev.At.Sub(dead), 1400*time.Millisecond-f.rtt; took != want {
-			t.Errorf("down after %v, want %v", took, want)
-		}
-		if rtt, loss := m.Stats(); rtt != 0 || loss != 2.0/5 {
-			t.Errorf("stats while down: %v %v", rtt, loss)
-		}
+				// Dies in the third round's cycle: rounds 4 and 5 are lost.
+				dead := t0.Add(2*iv + c.die)
+				sleepUntil(dead)
+				f.dead.Store(allTargets)
+				ev := waitEvent(t, events, time.Minute)
+				if ev.Healthy || ev.Reason != "2 rounds lost: 203.0.113.1 timeout, 203.0.113.2 timeout" || ev.RTT != 0 || ev.Loss != 2.0/5 {
+					t.Fatalf("down event: %+v", ev)
+				}
+				took := ev.At.Sub(dead)
+				if want := iv - c.die + best; took != want {
+					t.Errorf("down after %v, want %v", took, want)
+				}
+				if took <= best || took >= worst {
+					t.Errorf("down after %v, want between %v and %v", took, best, worst)
+				}
+				if r, loss := m.Stats(); r != 0 || loss != 2.0/5 {
+					t.Errorf("stats while down: %v %v", r, loss)
+				}
 
-		// Back 100 ms into round 7, which is lost all the same: rounds 8
-		// to 12 are good, and the 12th's answers come 2 s after the 8th
-		// started.
-		alive := t0.Add(6*iv + 100*time.Millisecond)
-		sleepUntil(alive)
-		noEvent(t, events)
-		f.dead.Store(0)
-		ev = waitEvent(t, events, time.Minute)
-		if !ev.Healthy || ev.Reason != "5 rounds good, held down 2s" || ev.RTT != time.Millisecond || ev.Loss != 0 {
-			t.Fatalf("up event: %+v", ev)
-		}
-		if took, want := ev.At.Sub(alive), iv-100*time.Millisecond+cfg.HoldDown+f.rtt; took != want {
-			t.Errorf("back after %v, want %v", took, want)
-		}
-		sleepUntil(ev.At.Add(10 * iv))
-		noEvent(t, events)
-	})
+				// Back in the 7th round's cycle (the verdict came in the 5th's).
+				alive := t0.Add(6*iv + c.back)
+				sleepUntil(alive)
+				noEvent(t, events)
+				f.dead.Store(0)
+				ev = waitEvent(t, events, time.Minute)
+				if !ev.Healthy || ev.Reason != "5 rounds good, held down 2s" || ev.RTT != rtt || ev.Loss != 0 {
+					t.Fatalf("up event: %+v", ev)
+				}
+				took = ev.At.Sub(alive)
+				if want := iv - c.back + cfg.HoldDown + rtt; took != want {
+					t.Errorf("back after %v, want %v", took, want)
+				}
+				if took <= cfg.HoldDown+rtt || took >= iv+cfg.HoldDown+rtt {
+					t.Errorf("back after %v, want between %v and %v", took, cfg.HoldDown+rtt, iv+cfg.HoldDown+rtt)
+				}
+				if r, loss := m.Stats(); r != rtt || loss != 0 {
+					t.Errorf("stats after recovery: %v %v", r, loss)
+				}
+				sleepUntil(ev.At.Add(10 * iv))
+				noEvent(t, events)
+			})
+		})
+	}
 }
 
 // An ISP that answers every other round does not take the uplink down:
