@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"fmt"
+	"math"
 	"regexp"
 	"runtime"
 	"strings"
@@ -308,6 +309,144 @@ func TestMonitorEveryOtherRoundDoesNotFlap(t *testing.T) {
 		}
 	})
 }
+
+// The first verdict: healthy after the first good round, at once and
+// without hold-down (the uplink was never out of service); unhealthy
+// after down_after lost rounds, and nothing before.
+func TestMonitorFirstVerdict(t *testing.T) {
+	cfg := defaults()
+	const rtt = time.Millisecond
+	for _, c := range []struct {
+		name      string
+		deadUntil time.Duration // the ISP is dead from the start until then
+		at        time.Duration // when the verdict comes
+		healthy   bool
+		reason    string
+	}{
+		{"alive", 0, rtt, true, "first round good: 2 of 2 targets answered, median 1ms"},
+		{"dead", time.Hour, cfg.Interval + cfg.Timeout, false, "2 rounds lost: a timeout, b timeout"},
+		{"dead for one round", cfg.Timeout, cfg.Interval + rtt, true, "first round good: 2 of 2 targets answered, median 1ms"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				t0 := time.Now()
+				f := &fakeISP{rtt: rtt}
+				if c.deadUntil > 0 {
+					f.dead.Store(allTargets)
+				}
+				events := make(chan Event, 8)
+				m := StartTargets(t.Context(), Spec{Uplink: "dsl1", Config: cfg}, f.targets("a", "b"), events, nil)
+				defer m.Stop()
+				if c.deadUntil > 0 {
+					// The first round is lost: no verdict, the daemon goes
+					// on by link state.
+					sleepUntil(t0.Add(cfg.Timeout))
+					noEvent(t, events)
+					if r, loss := m.Stats(); r != 0 || loss != 1 {
+						t.Errorf("stats after a lost round: %v %v", r, loss)
+					}
+					if c.deadUntil < time.Hour {
+						f.dead.Store(0)
+					}
+				}
+				ev := waitEvent(t, events, time.Minute)
+				if ev.Healthy != c.healthy || ev.Reason != c.reason || ev.At.Sub(t0) != c.at {
+					t.Errorf("first verdict at %v: %+v, want healthy %v at %v: %q", ev.At.Sub(t0), ev, c.healthy, c.at, c.reason)
+				}
+				// Nothing more while nothing changes.
+				sleepUntil(ev.At.Add(20 * cfg.Interval))
+				noEvent(t, events)
+			})
+		})
+	}
+}
+
+// With a quorum of 2 one dead target of 3 keeps the uplink up, a second
+// takes it down. A dead target costs one timeout per round, not one per
+// dead target: each round, and so each verdict, comes timeout after the
+// round started.
+func TestMonitorQuorum(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		t0 := time.Now()
+		cfg := defaults()
+		cfg.Quorum = 2
+		iv := cfg.Interval
+		f := &fakeISP{rtt: time.Millisecond}
+		f.dead.Store(1 << 2) // c
+		events := make(chan Event, 8)
+		m := StartTargets(t.Context(), Spec{Uplink: "dsl1", Config: cfg}, f.targets("a", "b", "c"), events, nil)
+		defer m.Stop()
+		ev := waitEvent(t, events, time.Minute)
+		if !ev.Healthy || ev.Reason != "first round good: 2 of 3 targets answered, median 1ms" ||
+			ev.RTT != time.Millisecond || !near(ev.Loss, 1.0/3) || ev.At.Sub(t0) != cfg.Timeout {
+			t.Fatalf("first verdict at %v: %+v", ev.At.Sub(t0), ev)
+		}
+
+		// b dies in the 3rd round's cycle: rounds 4 and 5 miss the quorum.
+		sleepUntil(t0.Add(2*iv + 100*time.Millisecond))
+		f.dead.Store(1<<1 | 1<<2)
+		ev = waitEvent(t, events, time.Minute)
+		if ev.Healthy || ev.Reason != "2 rounds bad: 1 of 3 targets answered (quorum 2): b timeout, c timeout" ||
+			ev.RTT != time.Millisecond || !near(ev.Loss, (3*(1.0/3)+2*(2.0/3))/5) || ev.At.Sub(t0) != 4*iv+cfg.Timeout {
+			t.Fatalf("down at %v: %+v", ev.At.Sub(t0), ev)
+		}
+
+		// b is back in the 6th round's cycle: rounds 7 to 11 are good,
+		// and the 11th is over when c's probe times out.
+		sleepUntil(t0.Add(5*iv + 100*time.Millisecond))
+		f.dead.Store(1 << 2)
+		ev = waitEvent(t, events, time.Minute)
+		if !ev.Healthy || ev.Reason != "5 rounds good, held down 2s" || !near(ev.Loss, 1.0/3) ||
+			ev.At.Sub(t0) != 10*iv+cfg.Timeout {
+			t.Fatalf("up at %v: %+v", ev.At.Sub(t0), ev)
+		}
+		sleepUntil(ev.At.Add(20 * iv))
+		noEvent(t, events)
+	})
+}
+
+// With max_loss a half-dead link goes down once the window is full
+// although every round meets the quorum; while down, each round is judged
+// on its own loss, and after recovery the outage has left the window, so
+// it does not go straight back down.
+func TestMonitorLossWindow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		t0 := time.Now()
+		cfg := defaults()
+		cfg.MaxLoss = 30
+		iv := cfg.Interval
+		f := &fakeISP{rtt: time.Millisecond}
+		f.dead.Store(1 << 1) // b
+		events := make(chan Event, 8)
+		m := StartTargets(t.Context(), Spec{Uplink: "dsl1", Config: cfg}, f.targets("a", "b"), events, nil)
+		defer m.Stop()
+		ev := waitEvent(t, events, time.Minute)
+		if !ev.Healthy || ev.Reason != "first round good: 1 of 2 targets answered, median 1ms" || ev.Loss != 0.5 ||
+			ev.At.Sub(t0) != cfg.Timeout {
+			t.Fatalf("first verdict at %v: %+v", ev.At.Sub(t0), ev)
+		}
+
+		// The window is full at the 10th round: the 10th and 11th are bad.
+		ev = waitEvent(t, events, time.Minute)
+		if ev.Healthy || ev.Reason != "2 rounds bad: 50% of probes lost over 10 rounds (max_loss 30%)" ||
+			ev.RTT != time.Millisecond || ev.Loss != 0.5 || ev.At.Sub(t0) != 10*iv+cfg.Timeout {
+			t.Fatalf("down at %v: %+v", ev.At.Sub(t0), ev)
+		}
+
+		// b is back in the 12th round's cycle, which is bad on its own
+		// loss; rounds 13 to 17 are good.
+		sleepUntil(t0.Add(11*iv + 100*time.Millisecond))
+		f.dead.Store(0)
+		ev = waitEvent(t, events, time.Minute)
+		if !ev.Healthy || ev.Reason != "5 rounds good, held down 2s" || ev.Loss != 0 || ev.At.Sub(t0) != 16*iv+f.rtt {
+			t.Fatalf("up at %v: %+v", ev.At.Sub(t0), ev)
+		}
+		sleepUntil(ev.At.Add(20 * iv))
+		noEvent(t, events)
+	})
+}
+
+func near(a, b float64) bool { return math.Abs(a-b) < 1e-9 }
 
 // Stop returns at once, while probes are in flight and while the monitor
 // waits for someone to read its verdict, and leaves no goroutine behind.
