@@ -1,0 +1,393 @@
+package core
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/wanpin/wanpin/pkg/config"
+	"github.com/wanpin/wanpin/pkg/inet"
+	"github.com/wanpin/wanpin/pkg/policy"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/step/*.golden; review the diff before committing it")
+
+const stepConfig = `
+[[uplink]]
+name = "fibre"
+interface = "wan1"
+weight = 3
+
+[uplink.health]
+targets = ["203.0.113.1", "203.0.113.2"]
+
+[[uplink]]
+name = "dsl"
+interface = "ppp0"
+
+[[policy]]
+name = "voip"
+protocol = "udp"
+ports = ["5060"]
+uplinks = ["dsl"]
+`
+
+func mustConfig(t testing.TB, text string) *config.Config {
+	t.Helper()
+	cfg, err := config.Parse("wanpin.toml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+var (
+	t0 = time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	a  = netip.MustParseAddr
+)
+
+// Interfaces as netlink shows them.
+func fibre() Link {
+	return Link{Name: "wan1", Index: 3, Exists: true, AdminUp: true, Carrier: true,
+		Addrs:   []Addr{{Prefix: netip.MustParsePrefix("198.51.100.2/29")}, {Prefix: netip.MustParsePrefix("2001:db8:101::2/64")}},
+		Gateway: inet.PerFamily[netip.Addr]{a("198.51.100.1"), a("fe80::1")}}
+}
+
+func ppp(index int, local, peer string) Link {
+	return Link{Name: "ppp0", Index: index, Exists: true, AdminUp: true, Carrier: true, PointToPoint: true,
+		Addrs: []Addr{{Prefix: netip.MustParsePrefix(local + "/32"), Peer: a(peer)}}}
+}
+
+func links(ls ...Link) map[string]Link {
+	m := map[string]Link{}
+	for _, l := range ls {
+		m[l.Name] = l
+	}
+	return m
+}
+
+func noCarrier(l Link) Link { l.Carrier = false; return l }
+
+func noIPv6Gateway(l Link) Link {
+	*l.Gateway.Of(inet.IPv6) = netip.Addr{}
+	return l
+}
+
+// step is one input of a scenario, at a time after t0.
+type step struct {
+	after time.Duration
+	in    Input
+}
+
+// run walks a scenario and renders every step's input and effects.
+func run(cfg *config.Config, steps []step) (State, string, []Result) {
+	s := NewState(cfg)
+	var b strings.Builder
+	var results []Result
+	for _, st := range steps {
+		r := Step(s, t0.Add(st.after), st.in)
+		fmt.Fprintf(&b, "== +%v %s\n", st.after, describe(st.in))
+		for _, e := range r.Effects {
+			b.WriteString(e.String() + "\n")
+		}
+		if r.Err != nil {
+			fmt.Fprintf(&b, "error: %v\n", r.Err)
+		}
+		s = r.State
+		results = append(results, r)
+	}
+	return s, b.String(), results
+}
+
+func describe(in Input) string {
+	switch in := in.(type) {
+	case Start:
+		return fmt.Sprintf("start with %s", linksText(in.Links))
+	case Observed:
+		return fmt.Sprintf("netlink: %s", linksText(in.Links))
+	case Retry:
+		return fmt.Sprintf("retry: %s", linksText(in.Links))
+	case Reload:
+		return fmt.Sprintf("reload: %d uplinks, %d policies", len(in.Config.Uplinks), len(in.Config.Policies))
+	case PPPEvent:
+		if in.Up {
+			return fmt.Sprintf("pppd ip-up %s local %s peer %s", in.Iface, in.Local, in.Peer)
+		}
+		return "pppd ip-down " + in.Iface
+	case HealthVerdict:
+		return fmt.Sprintf("health %s %v healthy=%v %q", in.Uplink, in.Family, in.Healthy, in.Reason)
+	}
+	return fmt.Sprintf("%T %+v", in, in)
+}
+
+func linksText(ls map[string]Link) string {
+	var parts []string
+	for _, n := range []string{"wan1", "ppp0"} {
+		l, ok := ls[n]
+		switch {
+		case !ok || !l.Exists:
+			parts = append(parts, n+" missing")
+		default:
+			var addrs []string
+			for _, x := range l.Addrs {
+				addrs = append(addrs, x.Prefix.Addr().String())
+			}
+			parts = append(parts, fmt.Sprintf("%s#%d carrier=%v [%s]", n, l.Index, l.Carrier, strings.Join(addrs, " ")))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// scenarios are the transitions the issue names, each a readable script
+// whose whole output is pinned in testdata/step/<name>.golden.
+func scenarios(t testing.TB) map[string][]step {
+	bothUp := links(fibre(), ppp(7, "198.51.100.10", "198.51.100.9"))
+	start := step{0, Start{Links: bothUp}}
+	unhealthy := HealthVerdict{Key: Key{"fibre", inet.IPv4}, Verdict: Verdict{Reason: "2 rounds lost: 203.0.113.1 timeout, 203.0.113.2 timeout"}}
+	healthy := HealthVerdict{Key: Key{"fibre", inet.IPv4}, Verdict: Verdict{Healthy: true}}
+	good := mustConfig(t, strings.Replace(stepConfig, "weight = 3", "weight = 1", 1))
+	return map[string][]step{
+		"start": {start},
+		"carrier_loss": {start,
+			{time.Second, Observed{Links: links(noCarrier(fibre()), ppp(7, "198.51.100.10", "198.51.100.9")), Trigger: "netlink"}},
+			{2 * time.Second, Observed{Links: bothUp, Trigger: "netlink"}}},
+		// A failed verdict takes the uplink out of the balancing and
+		// flushes it, but keeps its routes (the probes need them); IPv6 has
+		// no targets of its own and follows IPv4's verdict.
+		"blackhole": {start, {time.Second, healthy}, {3 * time.Second, unhealthy}},
+		// The monitor judges hold-down (pkg/health); the machine takes the
+		// uplink back at the healthy verdict, and moves nothing back.
+		"recovery": {start, {time.Second, healthy}, {3 * time.Second, unhealthy},
+			{3*time.Second + 2500*time.Millisecond, healthy}},
+		// pppd's ip-down, the interface goes, ip-up with the peer, the new
+		// session's interface (new index, new address): the old address's
+		// NAT entries are flushed.
+		"ppp_redial": {start,
+			{time.Second, PPPEvent{Iface: "ppp0"}},
+			{time.Second + 5*time.Millisecond, Observed{Links: links(fibre()), Trigger: "netlink"}},
+			{4 * time.Second, Observed{Links: links(fibre(), ppp(9, "198.51.100.11", "198.51.100.9")), Trigger: "netlink"}},
+			{4*time.Second + time.Millisecond, PPPEvent{Up: true, Iface: "ppp0", Local: a("198.51.100.11"), Peer: a("198.51.100.9")}}},
+		// The RA's default route expires: IPv6 goes, IPv4 stays, no hook
+		// (the uplink as a whole is still up).
+		"family_down": {start,
+			{time.Second, Observed{Links: links(noIPv6Gateway(fibre()), ppp(7, "198.51.100.10", "198.51.100.9")), Trigger: "netlink"}}},
+		"maintenance": {start,
+			{time.Second, SetService{Uplink: "fibre"}},
+			{2 * time.Second, SetService{Uplink: "fibre", InService: true}},
+			{3 * time.Second, SetService{Uplink: "fibr"}}},
+		"reload": {start,
+			{time.Second, Reload{Config: good}},
+			{2 * time.Second, ReloadRejected{Err: errors.New("wanpin.toml:4: uplink[1].weight: weight must be 1..1000, got 0")}}},
+		"drift": {start,
+			{time.Second, Drift{Missing: []string{`rule "10101:\tfrom all fwmark 0x10000/0xff0000 lookup 200 proto 119"`, "nftables table inet wanpin"}}}},
+		"apply_failure": {start,
+			{time.Millisecond, ApplyFailed{Err: errors.New("applying nftables: replacing nftables table inet wanpin: operation not permitted")}},
+			{time.Second, Retry{Links: bothUp}}},
+		"stop": {start, {time.Second, Stop{}}},
+	}
+}
+
+func TestStepGolden(t *testing.T) {
+	for name, steps := range scenarios(t) {
+		t.Run(name, func(t *testing.T) {
+			_, got, _ := run(mustConfig(t, stepConfig), steps)
+			path := filepath.Join("testdata", "step", name+".golden")
+			if *update {
+				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (go test ./pkg/core -run TestStepGolden -update, then review git diff)", err)
+			}
+			if d := cmp.Diff(string(want), got); d != "" {
+				t.Errorf("effects differ from %s (-golden +got):\n%s", path, d)
+			}
+		})
+	}
+}
+
+// kinds lists the effects' kinds in order, apply and flush only.
+func kinds(effects []Effect) []string {
+	var out []string
+	for _, e := range effects {
+		switch e.(type) {
+		case ApplyNFT:
+			out = append(out, "nft")
+		case ApplyRouting:
+			out = append(out, "routing")
+		case FlushMark:
+			out = append(out, "flush")
+		case FlushAddr:
+			out = append(out, "flush-addr")
+		}
+	}
+	return out
+}
+
+// The safety-critical order, stated apart from the goldens so that a
+// regeneration cannot hide it: when a family goes down, nftables first,
+// then routes, then conntrack; otherwise routes before nftables.
+func TestDownOrder(t *testing.T) {
+	sc := scenarios(t)
+	for _, c := range []struct {
+		scenario string
+		step     int
+		want     []string
+	}{
+		{"carrier_loss", 1, []string{"nft", "routing", "flush", "flush"}},
+		{"carrier_loss", 2, []string{"routing", "nft"}},
+		{"blackhole", 2, []string{"nft", "flush", "flush"}},
+		{"recovery", 3, []string{"nft"}},
+		{"family_down", 1, []string{"nft", "routing", "flush"}},
+		{"maintenance", 1, []string{"nft", "flush", "flush"}},
+		{"ppp_redial", 1, []string{"nft", "routing", "flush"}},
+		{"ppp_redial", 2, []string{"routing", "nft", "flush-addr"}},
+		{"ppp_redial", 3, []string{"routing", "nft"}},
+		{"start", 0, []string{"routing", "nft"}},
+		{"drift", 1, []string{"routing", "nft"}},
+	} {
+		_, _, res := run(mustConfig(t, stepConfig), sc[c.scenario])
+		if got := kinds(res[c.step].Effects); !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%s step %d: %v, want %v", c.scenario, c.step, got, c.want)
+		}
+	}
+}
+
+// Step never changes the state it is given: a test can keep old states.
+func TestStepKeepsPreviousState(t *testing.T) {
+	cfg := mustConfig(t, stepConfig)
+	s := Step(NewState(cfg), t0, Start{Links: links(fibre(), ppp(7, "198.51.100.10", "198.51.100.9"))}).State
+	before := fmt.Sprintf("%+v", s)
+	Step(s, t0.Add(time.Second), Observed{Links: links(noCarrier(fibre()))})
+	Step(s, t0.Add(time.Second), SetService{Uplink: "fibre"})
+	if after := fmt.Sprintf("%+v", s); after != before {
+		t.Errorf("the previous state changed:\n%s\n%s", before, after)
+	}
+}
+
+// Inputs that are independent of each other (verdicts and maintenance of
+// different uplinks, a service resolved) lead to the same kernel state in
+// any order.
+func TestIndependentInputsCommute(t *testing.T) {
+	cfg := mustConfig(t, stepConfig+`
+[[uplink]]
+name = "lte"
+interface = "wwan0"
+tier = 2
+gateway = "192.168.8.1"
+
+[uplink.health]
+targets = ["2001:db8:53::53"]
+
+[[policy]]
+name = "backup"
+services = ["restic.service"]
+uplinks = ["lte"]
+`)
+	lte := Link{Name: "wwan0", Index: 11, Exists: true, AdminUp: true, Carrier: true,
+		Addrs:   []Addr{{Prefix: netip.MustParsePrefix("192.168.8.2/24")}, {Prefix: netip.MustParsePrefix("2001:db8:103::2/64")}},
+		Gateway: inet.PerFamily[netip.Addr]{{}, a("fe80::1")}}
+	start := Step(NewState(cfg), t0, Start{Links: links(fibre(), ppp(7, "198.51.100.10", "198.51.100.9"), lte)}).State
+	inputs := []Input{
+		HealthVerdict{Key: Key{"fibre", inet.IPv4}, Verdict: Verdict{Reason: "2 rounds lost"}},
+		HealthVerdict{Key: Key{"lte", inet.IPv6}, Verdict: Verdict{Healthy: true}},
+		SetService{Uplink: "dsl"},
+		Services{Cgroups: map[string][]policy.CgroupMatch{"restic.service": {{Level: 2, ID: 77}}}},
+	}
+	var want *State
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 100 {
+		s := start
+		for _, i := range rng.Perm(len(inputs)) {
+			s = Step(s, t0.Add(time.Second), inputs[i]).State
+		}
+		if want == nil {
+			want = &s
+			continue
+		}
+		if !reflect.DeepEqual(s.Desired, want.Desired) {
+			t.Fatalf("order changed the desired state:\n%+v\n%+v", s.Desired, want.Desired)
+		}
+		for n, u := range s.Uplinks {
+			if w := want.Uplinks[n]; u.Up != w.Up || u.Reason != w.Reason || !reflect.DeepEqual(u.State, w.State) {
+				t.Fatalf("order changed uplink %s: %+v, want %+v", n, u, w)
+			}
+		}
+	}
+}
+
+// A random walk of carrier flaps, verdicts, maintenance and address
+// changes: after every step the invariants hold.
+func TestRandomWalkInvariants(t *testing.T) {
+	cfg := mustConfig(t, stepConfig)
+	rng := rand.New(rand.NewPCG(3, 4))
+	wan := []Link{fibre(), noCarrier(fibre()), noIPv6Gateway(fibre()), {Name: "wan1"}}
+	pppLinks := []Link{ppp(7, "198.51.100.10", "198.51.100.9"), ppp(8, "198.51.100.12", "198.51.100.9"), {Name: "ppp0"}}
+	s := Step(NewState(cfg), t0, Start{Links: links(fibre(), pppLinks[0])}).State
+	for i := range 3000 {
+		at := t0.Add(time.Duration(i+1) * 100 * time.Millisecond)
+		var in Input
+		switch rng.IntN(5) {
+		case 0, 1:
+			in = Observed{Links: links(wan[rng.IntN(len(wan))], pppLinks[rng.IntN(len(pppLinks))]), Trigger: "netlink"}
+		case 2:
+			in = HealthVerdict{Key: Key{"fibre", inet.IPv4}, Verdict: Verdict{Healthy: rng.IntN(2) == 0, Reason: "r"}}
+		case 3:
+			in = SetService{Uplink: []string{"fibre", "dsl"}[rng.IntN(2)], InService: rng.IntN(2) == 0}
+		case 4:
+			in = Drift{Missing: []string{"x"}}
+		}
+		prev := s
+		r := Step(prev, at, in)
+		s = r.State
+		// 1. Applied is what was just computed.
+		if s.Applied == nil || !reflect.DeepEqual(*s.Applied, s.Desired) {
+			t.Fatalf("step %d %T: applied state is not the desired one", i, in)
+		}
+		// 2. A family that went down is flushed, after nft and routing;
+		// nothing else is flushed by mark.
+		wentDown := map[Key]bool{}
+		for name, u := range s.Uplinks {
+			for _, f := range inet.Families {
+				if prev.Uplinks[name].Families.Get(f).Up && !u.Families.Get(f).Up {
+					wentDown[Key{name, f}] = true
+				}
+			}
+		}
+		ks := kinds(r.Effects)
+		flushed := map[Key]bool{}
+		for _, e := range r.Effects {
+			if fm, ok := e.(FlushMark); ok {
+				flushed[Key{fm.Uplink, fm.Family}] = true
+			}
+		}
+		if !reflect.DeepEqual(flushed, wentDown) && !(len(flushed) == 0 && len(wentDown) == 0) {
+			t.Fatalf("step %d %T: flushed %v, went down %v", i, in, flushed, wentDown)
+		}
+		if len(wentDown) > 0 && (len(ks) == 0 || ks[0] != "nft") {
+			t.Fatalf("step %d %T: a family went down but nftables is not first: %v", i, in, ks)
+		}
+		// 3. The balancer never chooses a family that is not usable.
+		for _, f := range inet.Families {
+			for _, b := range s.Desired.NFT.Default.For(f).Buckets {
+				for i, u := range cfg.Uplinks {
+					if cfg.UplinkMark(i) == b.Mark && !s.Uplinks[u.Name].State.Family(f).Usable() {
+						t.Fatalf("step %d: %s %v balanced while not usable", i, u.Name, f)
+					}
+				}
+			}
+		}
+	}
+}
