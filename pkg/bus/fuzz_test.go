@@ -3,6 +3,8 @@ package bus
 import (
 	"strings"
 	"testing"
+
+	"github.com/wanpin/wanpin/pkg/ifname"
 )
 
 // FuzzCheckEvent: whatever a caller sends as an Event, validation never
@@ -31,7 +33,7 @@ func FuzzCheckEvent(f *testing.F) {
 			}
 			return
 		}
-		if kind != "up" && kind != "down" || !validIfname(iface) {
+		if kind != "up" && kind != "down" || ifname.Check(iface) != nil {
 			t.Fatalf("accepted kind %q iface %q", kind, iface)
 		}
 		if local != "" && !l.IsValid() || peer != "" && !p.IsValid() {

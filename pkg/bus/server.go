@@ -12,6 +12,7 @@ import (
 	"github.com/godbus/dbus/v5/introspect"
 
 	"github.com/wanpin/wanpin/pkg/core"
+	"github.com/wanpin/wanpin/pkg/ifname"
 	"github.com/wanpin/wanpin/pkg/inet"
 	"github.com/wanpin/wanpin/pkg/policy"
 )
@@ -123,7 +124,7 @@ func checkFlow(s string) (policy.Flow, error) {
 		return f, errors.New("flow: src and dst are of different families")
 	case len(f.Cgroups) > 256:
 		return f, errors.New("flow: more than 256 cgroup levels")
-	case f.InIface != "" && !validIfname(f.InIface):
+	case f.InIface != "" && ifname.Check(f.InIface) != nil:
 		return f, fmt.Errorf("flow: iif %q is not a valid interface name", f.InIface)
 	}
 	return f, nil
@@ -188,7 +189,7 @@ func checkEvent(kind, iface string, args map[string]any) (local, peer netip.Addr
 	if kind != "up" && kind != "down" {
 		return local, peer, fmt.Errorf("kind %q: want up or down", kind)
 	}
-	if !validIfname(iface) {
+	if ifname.Check(iface) != nil {
 		return local, peer, fmt.Errorf("interface %q is not a valid interface name", iface)
 	}
 	for key, v := range args {
@@ -226,10 +227,6 @@ func (s *Server) requireRoot(sender dbus.Sender, what string) *dbus.Error {
 		return dbus.NewError(ErrPermissionDenied, []any{what + " requires root"})
 	}
 	return nil
-}
-
-func validIfname(s string) bool {
-	return len(s) > 0 && len(s) < 16 && s != "." && s != ".." && !strings.ContainsAny(s, "/: \t\n")
 }
 
 var errNotRunning = errors.New("wanpin is not running (no owner of " + Name + " on the system bus)")

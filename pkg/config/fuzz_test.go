@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/wanpin/wanpin/pkg/ifname"
 )
 
 // FuzzParse: Parse never panics, fails only with Errors that point inside
@@ -104,7 +106,7 @@ func checkConfig(t *testing.T, cfg *Config) {
 			t.Errorf("uplink %d: table %d reserved or taken", i, u.Table)
 		}
 		tables[u.Table] = true
-		if names[u.Name] || checkUplinkName(u.Name) != nil || checkIfname("interface", u.Interface) != nil {
+		if names[u.Name] || checkUplinkName(u.Name) != nil || ifname.Check(u.Interface) != nil {
 			t.Errorf("uplink %d: name %q, interface %q", i, u.Name, u.Interface)
 		}
 		names[u.Name] = true

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/wanpin/wanpin/pkg/ifname"
 	"github.com/wanpin/wanpin/pkg/inet"
 
 	"github.com/BurntSushi/toml"
@@ -327,7 +328,7 @@ func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
 		p.errorf(src.name, "name is required")
 	}
 	if src.iface, ok = p.get(t, "interface"); ok {
-		if s, ok := p.str(src.iface); ok && p.check(src.iface, checkIfname("interface", s)) {
+		if s, ok := p.str(src.iface); ok && p.check(src.iface, ifname.Check(s)) {
 			u.Interface = s
 		}
 	} else {
@@ -454,7 +455,7 @@ func (p *parser) policy(t *table, i int, cfg *Config, names map[string]int) Poli
 		pol.Sources = p.prefixes(n)
 	}
 	if n, ok := matcher("in_interfaces"); ok {
-		pol.InInterfaces = p.stringList(n, func(s string) error { return checkIfname("interface", s) })
+		pol.InInterfaces = p.stringList(n, ifname.Check)
 	}
 	if n, ok := matcher("destinations"); ok {
 		pol.Destinations = p.prefixes(n)

@@ -146,18 +146,6 @@ func checkPolicyName(s string) error {
 	return nil
 }
 
-// checkIfname applies the kernel's rules for interface names
-// (dev_valid_name): the interface may not exist yet, so this is all that
-// can be checked.
-func checkIfname(what, s string) error {
-	bad := s == "" || len(s) > 15 || s == "." || s == ".." ||
-		strings.ContainsAny(s, "/:\x00 \t\n\v\f\r")
-	if bad {
-		return fmt.Errorf(`%s %q is not a Linux interface name (1 to 15 bytes, no '/', ':' or whitespace, not "." or "..")`, what, s)
-	}
-	return nil
-}
-
 // parseGateway reads gateway (IPv4) or gateway6 (IPv6, link-local
 // allowed: routers learned from router advertisements are link-local).
 func parseGateway(key, s string, f inet.Family) (netip.Addr, error) {

@@ -7,6 +7,7 @@ import (
 	"regexp"
 
 	"github.com/wanpin/wanpin/pkg/desired"
+	"github.com/wanpin/wanpin/pkg/ifname"
 	"github.com/wanpin/wanpin/pkg/policy"
 )
 
@@ -19,8 +20,6 @@ var (
 const (
 	maxUplinkName = 15
 	maxPolicyName = 31
-	// ifNameSize is IFNAMSIZ: names are at most 15 bytes plus the NUL.
-	ifNameSize = policy.IfnameSize
 	// maxBuckets caps a balancer's map after gcd reduction: one element per
 	// unit of weight, and 1,000 is already a precision of 0.1%.
 	maxBuckets = 1000
@@ -54,7 +53,7 @@ func Validate(s desired.NFT) error {
 			return fmt.Errorf("uplink %s: mark %#x already used by uplink %s", u.Name, u.Mark, other)
 		}
 		marks[u.Mark] = u.Name
-		if err := checkIfName(u.Interface); err != nil {
+		if err := ifname.Check(u.Interface); err != nil {
 			return fmt.Errorf("uplink %s: %w", u.Name, err)
 		}
 		if other, ok := ifaces[u.Interface]; ok {
@@ -113,19 +112,6 @@ func Validate(s desired.NFT) error {
 	return nil
 }
 
-func checkIfName(n string) error {
-	if n == "" || len(n) >= ifNameSize {
-		return fmt.Errorf("interface name %q: want 1-%d bytes", n, ifNameSize-1)
-	}
-	for i := 0; i < len(n); i++ {
-		// nft prints names between double quotes without escaping.
-		if n[i] <= ' ' || n[i] == '"' || n[i] == '/' || n[i] >= 0x7f {
-			return fmt.Errorf("interface name %q: invalid byte %q", n, n[i])
-		}
-	}
-	return nil
-}
-
 func checkPolicy(p policy.Match) error {
 	switch p.Protocol {
 	case 0, 6, 17:
@@ -144,7 +130,7 @@ func checkPolicy(p policy.Match) error {
 		}
 	}
 	for _, n := range p.InInterfaces {
-		if err := checkIfName(n); err != nil {
+		if err := ifname.Check(n); err != nil {
 			return fmt.Errorf("in_interfaces: %w", err)
 		}
 	}
