@@ -107,10 +107,16 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	}
 
 	res := explainResult{Flow: f}
+	ifaces := map[string]string{} // interface -> uplink
 	if c, err := dialQuiet(); err == nil {
 		res.Explanation, err = c.Explain(context.Background(), f)
-		c.Close()
 		res.FromDaemon = err == nil
+		if st, err := c.Status(context.Background()); err == nil {
+			for _, u := range st.Uplinks {
+				ifaces[u.Interface] = u.Name
+			}
+		}
+		c.Close()
 	}
 	if !res.FromDaemon {
 		cfg, err := config.Load(*cfgPath)
@@ -120,6 +126,7 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		}
 		in := core.Facts{Config: cfg, Uplinks: map[string]core.UplinkState{}}
 		for _, u := range cfg.Uplinks {
+			ifaces[u.Interface] = u.Name
 			// Without the daemon nothing is known of the interfaces:
 			// both families are assumed up.
 			st := core.AssumeUp(u)
@@ -135,11 +142,7 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	}
 	if res.Explanation.Outcome == core.MainTable || res.Explanation.Outcome == core.NotRouted {
 		route, iface := kernelRouteDev(f, 0)
-		u := uplinkChance{Share: 1, Kernel: route}
-		if name := uplinkOfInterface(*cfgPath, iface); name != "" {
-			u.Uplink = name
-		}
-		res.Uplinks = append(res.Uplinks, u)
+		res.Uplinks = append(res.Uplinks, uplinkChance{Uplink: ifaces[iface], Share: 1, Kernel: route})
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -278,21 +281,4 @@ func kernelRouteDev(f policy.Flow, mark uint32) (string, string) {
 		parts = append(parts, fmt.Sprintf("table %d", r.Table))
 	}
 	return strings.Join(parts, " "), dev
-}
-
-// uplinkOfInterface names the uplink of an interface, by the file.
-func uplinkOfInterface(cfgPath, iface string) string {
-	if iface == "" {
-		return ""
-	}
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		return ""
-	}
-	for _, u := range cfg.Uplinks {
-		if u.Interface == iface {
-			return u.Name
-		}
-	}
-	return ""
 }
