@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -116,15 +118,31 @@ func TestPlanGolden(t *testing.T) {
 	if code := runMain([]string{"plan", "--all-up", "--config", "../../examples/wanpin.toml"}, &out, &errb); code != 0 {
 		t.Fatalf("plan failed: %s", errb.String())
 	}
+	// What the example asks for must be there whatever the golden says:
+	// a regenerated golden cannot drop it unnoticed.
+	for _, want := range []string{
+		"chain mark_dsl1 {", "chain mark_dsl2 {", "chain mark_lte {", "chain pol_p2p {", "chain pol_office-vpn {",
+		"iifname @p_office-vpn_iif ip saddr @p_office-vpn_src4 ip daddr @p_office-vpn_dst4 udp dport @p_office-vpn_port goto pol_office-vpn",
+		"lookup main suppress_prefixlength 0 proto 119",
+		"default via 192.168.8.1 dev wwan0 proto 119",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("plan of the example lacks %q", want)
+		}
+	}
 	golden := filepath.Join("testdata", "plan-example.golden")
 	if *update {
-		os.WriteFile(golden, out.Bytes(), 0o644)
+		if err := os.WriteFile(golden, out.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("rewrote %s: review it with git diff before committing", golden)
 	}
 	want, err := os.ReadFile(golden)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out.String() != string(want) {
-		t.Errorf("plan output changed (run with -update if intended):\n%s", out.String())
+	if d := cmp.Diff(string(want), out.String()); d != "" {
+		t.Errorf("plan output differs from %s (-golden +now; go test ./cmd/wanpin -run %s -update if intended):\n%s",
+			golden, t.Name(), d)
 	}
 }

@@ -8,6 +8,12 @@ import (
 	"github.com/wanpin/wanpin/pkg/desired"
 )
 
+// NFTVersion is the nft whose listing Render reproduces: Debian 12's
+// nftables 1.0.6. Other versions print some rules differently (element
+// line breaks, the order of folded dependencies), so the kernel test that
+// compares Render with `nft list` names the version when they disagree.
+const NFTVersion = "v1.0.6"
+
 // Render returns the table as `nft list table inet <name>` (nftables 1.0.6)
 // prints it once Apply has loaded it, for `wanpin plan` and golden tests.
 // It is deterministic and touches no kernel state. Two things only the
