@@ -379,3 +379,11 @@ func TestHealthDNSNameDefaultWithICMP(t *testing.T) {
 		t.Errorf("%+v", h)
 	}
 }
+
+func TestSourcePorts(t *testing.T) {
+	cfg := mustParse(t, "[[uplink]]\nname = \"a\"\ninterface = \"wan1\"\n\n[[policy]]\nname = \"wg\"\nprotocol = \"udp\"\nsource_ports = [\"51820\", 51821, \"60000-60010\"]\n")
+	want := []policy.PortRange{{First: 51820, Last: 51820}, {First: 51821, Last: 51821}, {First: 60000, Last: 60010}}
+	if got := cfg.Policies[0].SourcePorts; !reflect.DeepEqual(got, want) {
+		t.Errorf("source_ports %v, want %v", got, want)
+	}
+}

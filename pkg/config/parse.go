@@ -246,7 +246,7 @@ var (
 	uplinkKeys = []string{"name", "interface", "gateway", "gateway6", "weight", "tier", "table",
 		"masquerade", "nat6", "prefix6", "health"}
 	policyKeys = []string{"name", "users", "groups", "services", "sources", "in_interfaces",
-		"destinations", "protocol", "ports", "uplinks", "fallback"}
+		"destinations", "protocol", "ports", "source_ports", "uplinks", "fallback"}
 )
 
 func (p *parser) config(tree map[string]any) *Config {
@@ -470,6 +470,9 @@ func (p *parser) policy(t *table, i int, cfg *Config, names map[string]int) Poli
 	}
 	if n, ok := matcher("ports"); ok {
 		pol.Ports = p.ports(n)
+	}
+	if n, ok := matcher("source_ports"); ok {
+		pol.SourcePorts = p.ports(n)
 	}
 	p.checkMatchers(t, set)
 

@@ -441,7 +441,7 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return pfx, nil
 }
 
-// ports reads destination ports: "80", "6881-6889" or 80.
+// ports reads destination or source ports: "80", "6881-6889" or 80.
 func (p *parser) ports(n node) []policy.PortRange {
 	elems, ok := p.list(n)
 	if !ok {
@@ -542,7 +542,7 @@ func parsePort(s string) (uint16, error) {
 // match something. set holds the matcher keys the file sets.
 func (p *parser) checkMatchers(t *table, set map[string]node) {
 	if len(set) == 0 {
-		p.errorf(t.node, "no matcher: give at least one of users, groups, services, sources, in_interfaces, destinations, protocol, ports (protocol = \"any\" matches all traffic)")
+		p.errorf(t.node, "no matcher: give at least one of users, groups, services, sources, in_interfaces, destinations, protocol, ports, source_ports (protocol = \"any\" matches all traffic)")
 		return
 	}
 	_, local := set["users"]

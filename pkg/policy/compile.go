@@ -113,6 +113,7 @@ func lookupCond(text string, s *Set, l Load) Cond {
 
 // Transport header fields.
 var (
+	loadSport = Load{Kind: LoadPayload, Base: BaseTransport, Offset: 0, Len: 2}
 	loadDport = Load{Kind: LoadPayload, Base: BaseTransport, Offset: 2, Len: 2}
 )
 
@@ -237,13 +238,25 @@ func compile(m Match, local bool, set func(string, func() *Set) *Set) []Rule {
 
 	var l4 []Cond
 	switch {
-	case len(m.Ports) > 0:
-		s := set("port", func() *Set { return &Set{Type: TypeInetService, Interval: true, Elems: portElems(m.Ports)} })
+	case len(m.Ports) > 0 || len(m.SourcePorts) > 0:
 		if m.Protocol == ProtoAny {
-			l4 = append(l4, tcpOrUDP(), lookupCond("th dport", s, loadDport))
-		} else {
+			l4 = append(l4, tcpOrUDP())
+		}
+		for _, pk := range []struct {
+			what, field string
+			ranges      []PortRange
+			load        Load
+		}{{"port", "dport", m.Ports, loadDport}, {"sport", "sport", m.SourcePorts, loadSport}} {
+			if len(pk.ranges) == 0 {
+				continue
+			}
+			s := set(pk.what, func() *Set { return &Set{Type: TypeInetService, Interval: true, Elems: portElems(pk.ranges)} })
+			if m.Protocol == ProtoAny {
+				l4 = append(l4, lookupCond("th "+pk.field, s, pk.load))
+				continue
+			}
 			// nft folds `meta l4proto udp th dport` into `udp dport`.
-			c := lookupCond(ProtoName(m.Protocol)+" dport", s, loadDport)
+			c := lookupCond(ProtoName(m.Protocol)+" "+pk.field, s, pk.load)
 			c.L4Proto = m.Protocol
 			l4 = append(l4, c)
 		}

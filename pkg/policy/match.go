@@ -36,6 +36,7 @@ type Match struct {
 	Destinations []netip.Prefix // both families mixed
 	Protocol     uint8          // 0 any, 6 tcp, 17 udp
 	Ports        []PortRange    // destination ports; tcp and udp only
+	SourcePorts  []PortRange    // source ports; tcp and udp only
 }
 
 // PortRange is an inclusive destination port range; First == Last for a

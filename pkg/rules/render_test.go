@@ -66,6 +66,20 @@ func goldenSpecs() map[string]desired.NFT {
 				{Name: "gone", Match: policy.Match{Services: []string{"gone.service"}}, Balancer: desired.Both(desired.Choice{Reject: true})},
 				{Name: "web", Match: policy.Match{Protocol: 6}, Balancer: desired.Both(desired.Choice{})}},
 		},
+		// source_ports, with and without a protocol, beside destination
+		// ports: nft folds each dependency into `udp sport`.
+		"source_ports": {
+			Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(),
+			Policies: []desired.Policy{
+				{Name: "wireguard", Match: policy.Match{Protocol: policy.ProtoUDP, SourcePorts: []policy.PortRange{{First: 51820, Last: 51820}}},
+					Balancer: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x200, Weight: 1}}})},
+				{Name: "both", Match: policy.Match{Ports: []policy.PortRange{{First: 443, Last: 443}}, SourcePorts: []policy.PortRange{{First: 1024, Last: 65535}}},
+					Balancer: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}}})},
+				{Name: "tcp-both", Match: policy.Match{Protocol: policy.ProtoTCP, Ports: []policy.PortRange{{First: 22, Last: 22}}, SourcePorts: []policy.PortRange{{First: 2222, Last: 2222}}},
+					Balancer: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}}})},
+			},
+			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}}}),
+		},
 		"fallback_none_reject": {
 			Table: "wanpin", Mask: 0xff,
 			Uplinks: []desired.Uplink{

@@ -1,0 +1,63 @@
+package policy
+
+import (
+	"net/netip"
+	"testing"
+)
+
+// Each match key, evaluated on flows the way the kernel evaluates the
+// compiled conditions.
+func TestMatches(t *testing.T) {
+	a := netip.MustParseAddr
+	fwd := func(src, dst string, proto uint8, sport, dport uint16) Flow {
+		return Flow{Src: a(src), Dst: a(dst), Proto: proto, SPort: sport, DPort: dport, InIface: "lan0"}
+	}
+	local := func(dst string, uid, gid uint32, cgroups ...uint64) Flow {
+		return Flow{Dst: a(dst), Proto: ProtoTCP, DPort: 443, Local: true, UID: uid, GID: gid, Cgroups: cgroups}
+	}
+	cases := []struct {
+		name string
+		m    Match
+		yes  []Flow
+		no   []Flow
+	}{
+		{"sources, both families", Match{Sources: pfx("192.0.2.16/28", "2001:db8:1::/64")},
+			[]Flow{fwd("192.0.2.20", "203.0.113.10", 6, 1, 80), fwd("2001:db8:1::5", "2001:db8:ff::1", 17, 1, 53)},
+			[]Flow{fwd("192.0.2.10", "203.0.113.10", 6, 1, 80), local("203.0.113.10", 0, 0)}},
+		{"destinations and ports", Match{Destinations: pfx("203.0.113.0/24"), Protocol: ProtoTCP, Ports: []PortRange{{80, 80}, {8000, 8999}}},
+			[]Flow{fwd("192.0.2.10", "203.0.113.10", 6, 1, 8080), {Dst: a("203.0.113.9"), Proto: ProtoTCP, DPort: 80, Local: true}},
+			[]Flow{fwd("192.0.2.10", "203.0.113.10", 17, 1, 80), fwd("192.0.2.10", "198.51.100.1", 6, 1, 80)}},
+		{"ports of tcp or udp", Match{Ports: []PortRange{{53, 53}}},
+			[]Flow{fwd("192.0.2.10", "203.0.113.10", 6, 1, 53), fwd("192.0.2.10", "203.0.113.10", 17, 1, 53)},
+			[]Flow{fwd("192.0.2.10", "203.0.113.10", 1, 1, 53)}},
+		{"source ports", Match{Protocol: ProtoUDP, SourcePorts: []PortRange{{51820, 51820}}},
+			[]Flow{fwd("192.0.2.10", "203.0.113.10", 17, 51820, 9)},
+			[]Flow{fwd("192.0.2.10", "203.0.113.10", 17, 51821, 51820), fwd("192.0.2.10", "203.0.113.10", 6, 51820, 9)}},
+		{"users and groups", Match{UIDs: []uint32{1001}, GIDs: []uint32{0}},
+			[]Flow{local("203.0.113.10", 1001, 0)},
+			[]Flow{local("203.0.113.10", 1001, 1001), local("203.0.113.10", 0, 0), fwd("192.0.2.10", "203.0.113.10", 6, 1, 80)}},
+		{"cgroups by level", Match{Services: []string{"a.service"}, Cgroups: []CgroupMatch{{Level: 2, ID: 9}}},
+			[]Flow{local("203.0.113.10", 0, 0, 1, 5, 9), local("203.0.113.10", 0, 0, 1, 5, 9, 12)},
+			[]Flow{local("203.0.113.10", 0, 0, 1, 9), local("203.0.113.10", 0, 0, 1, 5, 8)}},
+		{"a service not running matches nothing", Match{Services: []string{"a.service"}},
+			nil, []Flow{local("203.0.113.10", 0, 0, 1, 5, 9)}},
+		{"in_interfaces", Match{InInterfaces: []string{"lan0"}},
+			[]Flow{fwd("192.0.2.10", "203.0.113.10", 6, 1, 80)},
+			[]Flow{{Src: a("192.0.2.10"), Dst: a("203.0.113.10"), InIface: "lan1"}}},
+		{"families that do not meet", Match{Sources: pfx("192.0.2.0/24"), Destinations: pfx("2001:db8::/32")},
+			nil, []Flow{fwd("192.0.2.10", "203.0.113.10", 6, 1, 80), fwd("2001:db8:1::5", "2001:db8::1", 6, 1, 80)}},
+	}
+	for _, c := range cases {
+		comp := Compile("p", c.m)
+		for _, f := range c.yes {
+			if !comp.Matches(f) {
+				t.Errorf("%s: %+v does not match", c.name, f)
+			}
+		}
+		for _, f := range c.no {
+			if comp.Matches(f) {
+				t.Errorf("%s: %+v matches", c.name, f)
+			}
+		}
+	}
+}
