@@ -19,7 +19,7 @@ _wanpin() {
 	check) COMPREPLY=($(compgen -W "--config" -- "$cur")) ;;
 	plan) COMPREPLY=($(compgen -W "--config --all-up" -- "$cur")) ;;
 	status) COMPREPLY=($(compgen -W "--json" -- "$cur")) ;;
-	explain) COMPREPLY=($(compgen -W "--config --src --dst --proto --dport --uid --iif" -- "$cur")) ;;
+	explain) COMPREPLY=($(compgen -W "--config --src --dst --proto --sport --dport --uid --gid --service --mark --iif --json" -- "$cur")) ;;
 	up|down)
 		local names
 		names=$(sed -n 's/^[[:space:]]*name[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' /etc/wanpin/wanpin.toml 2>/dev/null)
