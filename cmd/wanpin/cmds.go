@@ -17,8 +17,11 @@ import (
 	"github.com/wanpin/wanpin/pkg/core"
 	"github.com/wanpin/wanpin/pkg/daemon"
 	"github.com/wanpin/wanpin/pkg/flush"
+	"github.com/wanpin/wanpin/pkg/inet"
+	"github.com/wanpin/wanpin/pkg/lease"
 	"github.com/wanpin/wanpin/pkg/metrics"
 	"github.com/wanpin/wanpin/pkg/rules"
+	"github.com/wanpin/wanpin/pkg/tables"
 	"github.com/wanpin/wanpin/pkg/watch"
 )
 
@@ -35,6 +38,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	hooksDir := fs.String("hooks-dir", "/etc/wanpin/hooks.d", "executables run on every uplink transition")
 	noOwner := fs.Bool("no-table-owner", false, "do not claim the nftables table: other tools may delete it (it is then repaired)")
 	metricsAddr := fs.String("metrics-listen", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9469 (off when empty)")
+	runtimeDir := fs.String("runtime-dir", envOr("WANPIN_RUNTIME_DIR", "/run/wanpin"), "where the DHCP hooks' lease files are")
 	if fs.Parse(args) != nil {
 		return 2
 	}
@@ -45,7 +49,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: &lv, ReplaceAttr: microseconds}))
 	d, err := daemon.New(daemon.Options{ConfigPath: *cfgPath, Log: log,
-		NewFlusher: func() (daemon.Flusher, error) { return flush.New(-1) }, HooksDir: *hooksDir, NoTableOwner: *noOwner})
+		NewFlusher: func() (daemon.Flusher, error) { return flush.New(-1) }, HooksDir: *hooksDir, NoTableOwner: *noOwner, RuntimeDir: *runtimeDir})
 	if err != nil {
 		fmt.Fprintf(stderr, "wanpin run: %v\n", err)
 		return 1
@@ -123,7 +127,27 @@ func cmdPlan(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "wanpin plan: %v (use --all-up to plan without reading the interfaces)\n", err)
 		return 1
 	}
+	// The tables the daemon would choose: other programs' tables and the
+	// names in rt_tables are skipped (read without privilege). --all-up
+	// reads nothing of the machine: the plan of the file alone.
+	var use core.TableUse
+	if !*allUp {
+		use.Named = daemon.NamedTables(daemon.DefaultRTTables)
+		if tm, err := tables.New(netns.None()); err == nil {
+			use.Foreign, _ = tm.ForeignTables()
+			tm.Close()
+		}
+	}
+	t, notes, err := core.AssignTables(cfg, use, core.Tables{})
+	if err != nil {
+		fmt.Fprintf(stderr, "wanpin plan: %v\n", err)
+		return 1
+	}
+	in.Tables = t
 	d := core.Build(in)
+	for _, n := range notes {
+		fmt.Fprintln(stdout, "# "+n)
+	}
 	fmt.Fprintln(stdout, "# nft list table inet "+d.NFT.Table)
 	fmt.Fprint(stdout, rules.Render(d.NFT))
 	fmt.Fprint(stdout, d.Routing.Render())
@@ -149,7 +173,12 @@ func observeAll(cfg *config.Config, out map[string]core.UplinkState) error {
 		return err
 	}
 	for _, u := range cfg.Uplinks {
-		out[u.Name], _ = core.Observe(u, links[u.Interface], core.Hint{})
+		leases, _ := lease.ReadAll(envOr("WANPIN_RUNTIME_DIR", "/run/wanpin"), []string{u.Interface})
+		byFam := map[inet.Family]core.Lease{}
+		for k, l := range leases {
+			byFam[k.Family] = l
+		}
+		out[u.Name], _ = core.Observe(u, links[u.Interface], core.Hint{}, byFam)
 	}
 	return nil
 }

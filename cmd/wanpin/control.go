@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,6 +18,9 @@ import (
 	"github.com/wanpin/wanpin/pkg/bus"
 	"github.com/wanpin/wanpin/pkg/core"
 	"github.com/wanpin/wanpin/pkg/daemon"
+	"github.com/wanpin/wanpin/pkg/ifname"
+	"github.com/wanpin/wanpin/pkg/inet"
+	"github.com/wanpin/wanpin/pkg/lease"
 	"github.com/wanpin/wanpin/pkg/policy"
 )
 
@@ -56,10 +61,10 @@ func (b backend) Exec(uplink, cgroup string) error {
 	return b.d.Exec(ctx, uplink, cgroup)
 }
 
-func (b backend) Event(kind, iface string, local, peer netip.Addr) error {
+func (b backend) Event(kind, iface string, ea bus.EventArgs) error {
 	ctx, cancel := b.ctx()
 	defer cancel()
-	return b.d.Event(ctx, kind, iface, local, peer)
+	return b.d.Event(ctx, kind, iface, ea)
 }
 
 // serveBus exports the control interface. Without a system bus the
@@ -137,45 +142,121 @@ func cmdReload(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// cmdEvent is what the PPP hooks call: wanpin event up|down IFACE
-// [--local ADDR] [--peer ADDR].
+// cmdEvent is what the PPP and DHCP client hooks call:
+//
+//	wanpin event up|down IFACE [--local ADDR] [--peer ADDR] [--dns ADDR,...]
+//	wanpin event lease IFACE --family 4|6 [--address A/LEN] [--gateway G,...] [--dns D,...] [--client NAME]
+//	wanpin event lease-lost IFACE --family 4|6 [--client NAME]
+//
+// A lease is written to the runtime directory first (so that a daemon
+// that starts later finds it), then the daemon is told, if it runs.
 func cmdEvent(args []string, stderr io.Writer) int {
-	const usage = "usage: wanpin event up|down IFACE [--local ADDR] [--peer ADDR]"
-	if len(args) < 2 || (args[0] != "up" && args[0] != "down") {
+	const usage = `usage: wanpin event up|down IFACE [--local ADDR] [--peer ADDR] [--dns ADDR,...]
+       wanpin event lease IFACE --family 4|6 [--address ADDR/LEN] [--gateway ADDR,...] [--dns ADDR,...] [--client NAME]
+       wanpin event lease-lost IFACE --family 4|6 [--client NAME]`
+	if len(args) < 2 || !slices.Contains(bus.EventKinds, args[0]) {
 		fmt.Fprintln(stderr, usage)
 		return 2
 	}
 	kind, iface := args[0], args[1]
 	fs := flag.NewFlagSet("wanpin event", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	local := fs.String("local", "", "the local address (PPP_LOCAL)")
-	peer := fs.String("peer", "", "the peer address (PPP_REMOTE)")
+	local := fs.String("local", "", "up: the local address (PPP_LOCAL)")
+	peer := fs.String("peer", "", "up: the peer address (PPP_REMOTE)")
+	dns := fs.String("dns", "", "up, lease: DNS servers, comma-separated")
+	family := fs.String("family", "", "lease, lease-lost: 4 or 6")
+	address := fs.String("address", "", "lease: the leased address with its prefix length")
+	gateway := fs.String("gateway", "", "lease: routers, comma-separated")
+	client := fs.String("client", "", "lease: the DHCP client (dhclient, dhcpcd, networkmanager)")
+	runtime := fs.String("runtime-dir", envOr("WANPIN_RUNTIME_DIR", "/run/wanpin"), "where lease files go")
 	if fs.Parse(args[2:]) != nil || fs.NArg() > 0 {
 		fmt.Fprintln(stderr, usage)
 		return 2
 	}
-	var addrs [2]netip.Addr
-	for i, s := range []string{*local, *peer} {
-		if s == "" {
-			continue
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "wanpin event: %v\n", err)
+		return 2
+	}
+	if err := ifname.Check(iface); err != nil {
+		return fail(err)
+	}
+	var ea bus.EventArgs
+	switch kind {
+	case "up", "down":
+		for _, x := range []struct {
+			s  string
+			to *netip.Addr
+		}{{*local, &ea.Local}, {*peer, &ea.Peer}} {
+			if x.s == "" {
+				continue
+			}
+			a, err := netip.ParseAddr(strings.TrimSpace(x.s))
+			if err != nil {
+				return fail(err)
+			}
+			*x.to = a
 		}
-		a, err := netip.ParseAddr(strings.TrimSpace(s))
-		if err != nil {
-			fmt.Fprintf(stderr, "wanpin event: %v\n", err)
-			return 2
+		var err error
+		if ea.DNS, err = addrList(*dns); err != nil {
+			return fail(fmt.Errorf("--dns: %w", err))
 		}
-		addrs[i] = a
+	default:
+		switch *family {
+		case "4":
+			ea.Family = inet.IPv4
+		case "6":
+			ea.Family = inet.IPv6
+		default:
+			return fail(fmt.Errorf("--family: want 4 or 6"))
+		}
+		k := core.LeaseKey{Interface: iface, Family: ea.Family}
+		var l *core.Lease
+		if kind == "lease" {
+			text := fmt.Sprintf("client=%s\naddress=%s\ngateways=%s\ndns=%s\n", *client, *address, *gateway, *dns)
+			if *address == "" {
+				text = fmt.Sprintf("client=%s\ngateways=%s\ndns=%s\n", *client, *gateway, *dns)
+			}
+			parsed, err := lease.Parse([]byte(text), ea.Family)
+			if err != nil {
+				return fail(fmt.Errorf("lease of %s: %w", iface, err))
+			}
+			l = &parsed
+		}
+		if err := lease.Write(*runtime, k, l); err != nil {
+			fmt.Fprintf(stderr, "wanpin event: writing the lease of %s: %v\n", iface, err)
+			return 1
+		}
 	}
 	c, ok := dial(stderr, "event")
 	if !ok {
 		return 1
 	}
 	defer c.Close()
-	if err := c.Event(context.Background(), kind, iface, addrs[0], addrs[1]); err != nil {
+	if err := c.Event(context.Background(), kind, iface, ea); err != nil {
 		fmt.Fprintf(stderr, "wanpin event: %v\n", err)
 		return 1
 	}
 	return 0
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// addrList reads "a,b" (spaces allowed).
+func addrList(s string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, p := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' }) {
+		a, err := netip.ParseAddr(p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a.Unmap())
+	}
+	return out, nil
 }
 
 // cmdService is `wanpin up NAME` / `wanpin down NAME`: maintenance.

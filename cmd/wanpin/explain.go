@@ -135,14 +135,18 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 			}
 			in.Uplinks[u.Name] = st
 		}
-		res.Explanation = core.Explain(core.Build(in).NFT, f, nil)
+		res.Explanation = core.Explain(core.Build(in), f, nil)
 	}
-	for _, ch := range res.Explanation.Choices {
-		res.Uplinks = append(res.Uplinks, uplinkChance{Uplink: ch.Uplink, Share: ch.Share, Kernel: kernelRoute(f, ch.Mark)})
-	}
-	if res.Explanation.Outcome == core.MainTable || res.Explanation.Outcome == core.NotRouted {
+	switch res.Explanation.Outcome {
+	case core.MainTable, core.NotRouted, core.RouterBalanced, core.Resolver:
+		// Unmarked: the kernel's routing decides (for the router's own
+		// multipath route, per destination: its answer is this flow's).
 		route, iface := kernelRouteDev(f, 0)
 		res.Uplinks = append(res.Uplinks, uplinkChance{Uplink: ifaces[iface], Share: 1, Kernel: route})
+	default:
+		for _, ch := range res.Explanation.Choices {
+			res.Uplinks = append(res.Uplinks, uplinkChance{Uplink: ch.Uplink, Share: ch.Share, Kernel: kernelRoute(f, ch.Mark)})
+		}
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -220,6 +224,14 @@ func printExplanation(w io.Writer, r explainResult) {
 		fmt.Fprintf(w, "verdict: rejected (%s)\n", e.Why)
 	case core.MainTable:
 		fmt.Fprintf(w, "verdict: left to the main routing table (%s), then pinned to the uplink it leaves by\n", e.Why)
+	case core.RouterBalanced:
+		var shares []string
+		for _, c := range e.Choices {
+			shares = append(shares, fmt.Sprintf("%s %.0f%%", c.Uplink, c.Share*100))
+		}
+		fmt.Fprintf(w, "verdict: %s (%s); the kernel picks per destination, this one:\n", e.Why, strings.Join(shares, ", "))
+	case core.Resolver:
+		fmt.Fprintf(w, "verdict: %s\n", e.Why)
 	default:
 		fmt.Fprintf(w, "verdict: %s (%s)\n", e.Outcome, e.Why)
 	}

@@ -7,7 +7,8 @@
 //	  Status() -> (s json)                         anyone
 //	  Explain(s flow json) -> (s json)             anyone
 //	  Reload() -> ()                               root
-//	  Event(s kind, s iface, a{sv} args) -> ()     root; kind up|down, args local, peer
+//	  Event(s kind, s iface, a{sv} args) -> ()     root; kind up|down (PPP: args local, peer, dns)
+//	                                               or lease|lease-lost (DHCP: arg family)
 //	  SetService(s uplink, b in_service) -> ()     root; maintenance (wanpin up/down)
 //	  Exec(s uplink, s cgroup) -> ()               root; wanpin exec --uplink
 //

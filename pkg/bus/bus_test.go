@@ -15,6 +15,7 @@ import (
 
 	"github.com/wanpin/wanpin/internal/bustest"
 	"github.com/wanpin/wanpin/pkg/core"
+	"github.com/wanpin/wanpin/pkg/inet"
 	"github.com/wanpin/wanpin/pkg/policy"
 )
 
@@ -36,8 +37,8 @@ func (f *fake) SetService(uplink string, in bool) error {
 	f.events = append(f.events, fmt.Sprintf("service %s %v", uplink, in))
 	return nil
 }
-func (f *fake) Event(kind, iface string, local, peer netip.Addr) error {
-	f.events = append(f.events, kind+" "+iface+" "+local.String()+" "+peer.String())
+func (f *fake) Event(kind, iface string, ea EventArgs) error {
+	f.events = append(f.events, fmt.Sprintf("%s %s %v %v %v %v", kind, iface, ea.Local, ea.Peer, ea.DNS, ea.Family))
 	return nil
 }
 
@@ -80,10 +81,15 @@ func TestCalls(t *testing.T) {
 		t.Fatalf("explain: %+v %v", e, err)
 	}
 	f.events = nil
-	if err := c.Event(ctx, "up", "ppp0", netip.MustParseAddr("198.51.100.18"), netip.MustParseAddr("198.51.100.17")); err != nil {
+	if err := c.Event(ctx, "up", "ppp0", EventArgs{Local: netip.MustParseAddr("198.51.100.18"), Peer: netip.MustParseAddr("198.51.100.17"),
+		DNS: []netip.Addr{netip.MustParseAddr("203.0.113.53")}}); err != nil {
 		t.Fatal(err)
 	}
-	if len(f.events) != 1 || f.events[0] != "up ppp0 198.51.100.18 198.51.100.17" {
+	if err := c.Event(ctx, "lease", "wan1", EventArgs{Family: inet.IPv6}); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.events) != 2 || f.events[0] != "up ppp0 198.51.100.18 198.51.100.17 [203.0.113.53] family(0)" ||
+		f.events[1] != "lease wan1 invalid IP invalid IP [] IPv6" {
 		t.Errorf("events: %q", f.events)
 	}
 	f.reload = errors.New("wanpin.toml:3: uplink[1].weight: weight must be 1..1000, got 0")
@@ -96,9 +102,9 @@ func TestInvalidEvents(t *testing.T) {
 	f, c := serve(t)
 	ctx := context.Background()
 	for _, tc := range []struct{ kind, iface string }{
-		{"sideways", "ppp0"}, {"up", ""}, {"up", "a/b"}, {"up", "averyveryverylongname"},
+		{"sideways", "ppp0"}, {"up", ""}, {"up", "a/b"}, {"up", "averyveryverylongname"}, {"lease", "wan1"},
 	} {
-		err := c.Event(ctx, tc.kind, tc.iface, netip.Addr{}, netip.Addr{})
+		err := c.Event(ctx, tc.kind, tc.iface, EventArgs{})
 		if err == nil || !strings.HasPrefix(err.Error(), "event: ") {
 			t.Errorf("%v: %v", tc, err)
 		}

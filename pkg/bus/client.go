@@ -77,14 +77,24 @@ func (c *Client) Reload(ctx context.Context) error {
 	return explain("reload", c.call(ctx, "Reload").Err)
 }
 
-// Event hands the daemon a PPP hook's news.
-func (c *Client) Event(ctx context.Context, kind, iface string, local, peer netip.Addr) error {
+// Event hands the daemon a hook's news.
+func (c *Client) Event(ctx context.Context, kind, iface string, ea EventArgs) error {
 	args := map[string]dbus.Variant{}
-	if local.IsValid() {
-		args["local"] = dbus.MakeVariant(local.String())
+	if ea.Local.IsValid() {
+		args["local"] = dbus.MakeVariant(ea.Local.String())
 	}
-	if peer.IsValid() {
-		args["peer"] = dbus.MakeVariant(peer.String())
+	if ea.Peer.IsValid() {
+		args["peer"] = dbus.MakeVariant(ea.Peer.String())
+	}
+	if len(ea.DNS) > 0 {
+		var ds []string
+		for _, a := range ea.DNS {
+			ds = append(ds, a.String())
+		}
+		args["dns"] = dbus.MakeVariant(strings.Join(ds, ","))
+	}
+	if ea.Family != 0 {
+		args["family"] = dbus.MakeVariant(fmt.Sprint(int(ea.Family)))
 	}
 	return explain("event", c.call(ctx, "Event", kind, iface, args).Err)
 }

@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -26,17 +27,17 @@ func FuzzCheckEvent(f *testing.F) {
 		if extra != "" {
 			args[extra] = extra
 		}
-		l, p, err := checkEvent(kind, iface, args)
+		ea, err := checkEvent(kind, iface, args)
 		if err != nil {
 			if err.Error() == "" {
 				t.Fatal("empty error")
 			}
 			return
 		}
-		if kind != "up" && kind != "down" || ifname.Check(iface) != nil {
+		if !slices.Contains(EventKinds, kind) || ifname.Check(iface) != nil {
 			t.Fatalf("accepted kind %q iface %q", kind, iface)
 		}
-		if local != "" && !l.IsValid() || peer != "" && !p.IsValid() {
+		if local != "" && !ea.Local.IsValid() || peer != "" && !ea.Peer.IsValid() {
 			t.Fatalf("accepted without parsing: %q %q", local, peer)
 		}
 	})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/godbus/dbus/v5"
@@ -23,7 +24,7 @@ type Backend interface {
 	Status() (core.Status, error)
 	Explain(policy.Flow) (core.Explanation, error)
 	Reload() error
-	Event(kind, iface string, local, peer netip.Addr) error
+	Event(kind, iface string, args EventArgs) error
 	SetService(uplink string, inService bool) error
 	Exec(uplink, cgroup string) error
 }
@@ -141,7 +142,7 @@ func (o object) Reload(sender dbus.Sender) *dbus.Error {
 	return nil
 }
 
-// Event takes news from the PPP hooks. Root only.
+// Event takes news from the PPP and DHCP client hooks. Root only.
 func (o object) Event(sender dbus.Sender, kind, iface string, args map[string]dbus.Variant) *dbus.Error {
 	if derr := o.s.requireRoot(sender, "event"); derr != nil {
 		return derr
@@ -150,12 +151,11 @@ func (o object) Event(sender dbus.Sender, kind, iface string, args map[string]db
 	for k, v := range args {
 		vals[k] = v.Value()
 	}
-	local, peer, err := checkEvent(kind, iface, vals)
+	ea, err := checkEvent(kind, iface, vals)
 	if err != nil {
 		return dbus.NewError(ErrInvalidArgs, []any{err.Error()})
 	}
-	addrs := [2]netip.Addr{local, peer}
-	if err := o.s.b.Event(kind, iface, addrs[0], addrs[1]); err != nil {
+	if err := o.s.b.Event(kind, iface, ea); err != nil {
 		return dbus.NewError(ErrFailed, []any{err.Error()})
 	}
 	return nil
@@ -183,36 +183,78 @@ func (o object) Exec(sender dbus.Sender, uplink, cgroup string) *dbus.Error {
 	return nil
 }
 
+// EventArgs are an Event's arguments, checked.
+type EventArgs struct {
+	Local, Peer netip.Addr   // up: PPP's addresses
+	DNS         []netip.Addr // up: PPP's usepeerdns servers
+	Family      inet.Family  // lease, lease-lost: which lease file to read again
+}
+
+// EventKinds are the events hooks send: PPP's ip-up and ip-down, and a
+// DHCP client's lease and its loss (whose content the daemon reads from
+// the lease file the CLI wrote).
+var EventKinds = []string{"up", "down", "lease", "lease-lost"}
+
+// maxDNS bounds the resolvers an event may carry.
+const maxDNS = 8
+
 // checkEvent validates an Event call's arguments; everything a caller
 // sends passes through here before the daemon sees it.
-func checkEvent(kind, iface string, args map[string]any) (local, peer netip.Addr, err error) {
-	if kind != "up" && kind != "down" {
-		return local, peer, fmt.Errorf("kind %q: want up or down", kind)
+func checkEvent(kind, iface string, args map[string]any) (EventArgs, error) {
+	var ea EventArgs
+	if !slices.Contains(EventKinds, kind) {
+		return ea, fmt.Errorf("kind %q: want one of %v", kind, EventKinds)
 	}
-	if ifname.Check(iface) != nil {
-		return local, peer, fmt.Errorf("interface %q is not a valid interface name", iface)
+	if err := ifname.Check(iface); err != nil {
+		return ea, err
 	}
 	for key, v := range args {
 		str, ok := v.(string)
 		if !ok {
-			return local, peer, fmt.Errorf("%s: want a string", key)
+			return ea, fmt.Errorf("%s: want a string", key)
 		}
-		var a netip.Addr
 		switch key {
 		case "local", "peer":
-			if a, err = netip.ParseAddr(str); err != nil {
-				return local, peer, fmt.Errorf("%s: %v", key, err)
+			a, err := netip.ParseAddr(str)
+			if err != nil {
+				return ea, fmt.Errorf("%s: %v", key, err)
+			}
+			if key == "local" {
+				ea.Local = a.Unmap()
+			} else {
+				ea.Peer = a.Unmap()
+			}
+		case "dns":
+			for _, p := range strings.Split(str, ",") {
+				if p == "" {
+					continue
+				}
+				a, err := netip.ParseAddr(p)
+				if err != nil || a.Zone() != "" || !a.Unmap().IsGlobalUnicast() {
+					return ea, fmt.Errorf("dns: %q is not a unicast address", p)
+				}
+				if len(ea.DNS) == maxDNS {
+					return ea, fmt.Errorf("dns: more than %d servers", maxDNS)
+				}
+				ea.DNS = append(ea.DNS, a.Unmap())
+			}
+		case "family":
+			switch str {
+			case "4":
+				ea.Family = inet.IPv4
+			case "6":
+				ea.Family = inet.IPv6
+			default:
+				return ea, fmt.Errorf("family %q: want 4 or 6", str)
 			}
 		default:
-			return local, peer, fmt.Errorf("unknown argument %q", key)
-		}
-		if key == "local" {
-			local = a
-		} else {
-			peer = a
+			return ea, fmt.Errorf("unknown argument %q", key)
 		}
 	}
-	return local, peer, nil
+	if (kind == "lease" || kind == "lease-lost") && ea.Family == 0 {
+		return ea, fmt.Errorf("%s needs a family", kind)
+	}
+	return ea, nil
 }
 
 // requireRoot asks the bus for the caller's uid.

@@ -36,9 +36,6 @@ const (
 	MaxRulePriority = 32766 - ruleBlock - 1
 	MaxWeight       = 1000
 	MaxTier         = 100
-	// firstAutoTable is where automatically chosen routing tables start:
-	// below it are ids admins and other software commonly hand out.
-	firstAutoTable = 200
 )
 
 // Config is the validated content of the policy file.
@@ -46,6 +43,9 @@ type Config struct {
 	Path         string
 	MarkMask     uint32 // the fwmark / ct mark bits wanpin may use; default 0x00ff0000
 	RulePriority int    // first `ip rule` priority wanpin uses; default 10000
+	// RouterTraffic: how the router's own new connections that no policy
+	// takes leave. Default balance.
+	RouterTraffic RouterTraffic
 	// LANPrefix6 is the LAN's own IPv6 prefix, which uplinks with
 	// nat6 = "prefix" translate 1:1 into their Prefix6. Invalid: not set.
 	LANPrefix6 netip.Prefix
@@ -60,13 +60,29 @@ type Uplink struct {
 	Gateway6        netip.Addr    // `gateway6`: likewise; may be link-local (fe80::1 on the uplink's interface)
 	Weight          int           // default 1, 1..1000: share of new connections within its tier
 	Tier            int           // default 1, 1..100: lower tiers carry traffic while any of their uplinks is up
-	Table           int           // routing table id: configured, or assigned automatically; never 0
+	DNS             []netip.Addr  // `dns`: the ISP's resolvers, besides those a DHCP or PPP hook reports
+	Table           int           // routing table id as configured; 0: chosen at run time (core.AssignTables)
 	Masquerade      bool          // default true: IPv4 leaving here is masqueraded
 	Nat6            Nat6Mode      // how LAN IPv6 traffic leaves here; default masquerade
 	Prefix6         netip.Prefix  // the IPv6 prefix the ISP routes to this router; needed by nat6 none and prefix
 	Health          *HealthConfig // nil: the link state alone says whether it is up
 	Line            int           // line of its [[uplink]] header
 }
+
+// RouterTraffic says how the router's own traffic that no policy takes
+// leaves.
+type RouterTraffic string
+
+const (
+	// RouterBalance: spread over the healthy uplinks of the best tier by
+	// weight (per destination: the kernel's multipath route), failing over
+	// as forwarded traffic does. What a router's DNS forwarder, NTP, apt and
+	// VPN clients need to survive an ISP's death.
+	RouterBalance RouterTraffic = "balance"
+	// RouterMain: follow the main routing table, as without wanpin (the
+	// main table's default route decides; it is not failed over).
+	RouterMain RouterTraffic = "main"
+)
 
 // Nat6Mode says how LAN IPv6 traffic leaves an uplink.
 type Nat6Mode string

@@ -32,15 +32,15 @@ func TestExampleParses(t *testing.T) {
 	want := &Config{
 		Path:         path,
 		MarkMask:     0x00ff0000,
-		RulePriority: 10000,
-		LANPrefix6:   netip.MustParsePrefix("fd00:1::/64"),
+		RulePriority: 10000, RouterTraffic: RouterBalance,
+		LANPrefix6: netip.MustParsePrefix("fd00:1::/64"),
 		Uplinks: []Uplink{
-			{Name: "dsl1", Interface: "ppp0", Weight: 2, Tier: 1, Table: 200, Masquerade: true, Line: 27,
+			{Name: "dsl1", Interface: "ppp0", Weight: 2, Tier: 1, Masquerade: true, Line: 27,
 				Nat6: Nat6None, Prefix6: netip.MustParsePrefix("2001:db8:d1::/56"),
 				Health: &HealthConfig{Method: "icmp", Targets: MustTargets("icmp", "198.51.100.53", "203.0.113.53", "2001:db8:53::53"), DNSName: ".",
 					Interval: DefaultHealthInterval, Timeout: DefaultHealthTimeout, DownAfter: DefaultHealthDownAfter,
 					UpAfter: DefaultHealthUpAfter, Quorum: 1, Window: DefaultHealthWindow, HoldDown: DefaultHealthHoldDown}},
-			{Name: "dsl2", Interface: "ppp1", Weight: 1, Tier: 1, Table: 201, Masquerade: true, Line: 42,
+			{Name: "dsl2", Interface: "ppp1", Weight: 1, Tier: 1, Masquerade: true, Line: 42,
 				Nat6: Nat6Prefix, Prefix6: netip.MustParsePrefix("2001:db8:d2:1::/64")},
 			{Name: "lte", Interface: "wwan0", Gateway4: netip.MustParseAddr("192.168.8.1"), Weight: 1, Tier: 2,
 				Table: 210, Masquerade: true, Nat6: Nat6Masquerade, Line: 49},
@@ -68,9 +68,9 @@ func TestDefaults(t *testing.T) {
 	want := &Config{
 		Path:         "test.toml",
 		MarkMask:     DefaultMarkMask,
-		RulePriority: DefaultRulePriority,
-		Uplinks:      []Uplink{{Name: "dsl1", Interface: "ppp0", Weight: 1, Tier: 1, Table: 200, Masquerade: true, Nat6: Nat6Masquerade, Line: 1}},
-		Policies:     []Policy{{Name: "all", Match: policy.Match{Protocol: policy.ProtoAny}, Line: 5}},
+		RulePriority: DefaultRulePriority, RouterTraffic: RouterBalance,
+		Uplinks:  []Uplink{{Name: "dsl1", Interface: "ppp0", Weight: 1, Tier: 1, Masquerade: true, Nat6: Nat6Masquerade, Line: 1}},
+		Policies: []Policy{{Name: "all", Match: policy.Match{Protocol: policy.ProtoAny}, Line: 5}},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)
@@ -141,7 +141,7 @@ protocol = "udp"
 		t.Errorf("uplink a: %+v", a)
 	}
 	// A v4-mapped gateway is the v4 address: routes are per family.
-	if b.Gateway4 != netip.MustParseAddr("198.51.100.1") || b.Table != 200 || !b.Masquerade ||
+	if b.Gateway4 != netip.MustParseAddr("198.51.100.1") || b.Table != 0 || !b.Masquerade ||
 		b.Gateway6 != netip.MustParseAddr("fe80::1") || b.Nat6 != Nat6None {
 		t.Errorf("uplink b: %+v", b)
 	}
@@ -169,47 +169,6 @@ protocol = "udp"
 		fwd.Protocol != policy.ProtoUDP || fwd.Uplinks != nil || fwd.FallbackNone {
 		t.Errorf("policy fwd: %+v", fwd)
 	}
-}
-
-func TestAutoTables(t *testing.T) {
-	for _, tc := range []struct {
-		name       string
-		configured []int // 0: none configured
-		want       []int
-	}{
-		{"none configured", []int{0, 0, 0}, []int{200, 201, 202}},
-		{"skips configured ones", []int{0, 200, 0, 202, 0}, []int{201, 200, 203, 202, 204}},
-		{"configured later in the file", []int{0, 0, 201}, []int{200, 202, 201}},
-		{"skips 253 to 255", append(seq(200, 252), 0, 0), append(seq(200, 252), 256, 257)},
-		{"low ids stay the admin's", []int{1, 0, 100}, []int{1, 200, 100}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var b strings.Builder
-			for i, table := range tc.configured {
-				fmt.Fprintf(&b, "[[uplink]]\nname = \"u%d\"\ninterface = \"eth%d\"\n", i, i)
-				if table != 0 {
-					fmt.Fprintf(&b, "table = %d\n", table)
-				}
-			}
-			cfg := mustParse(t, b.String())
-			var got []int
-			for _, u := range cfg.Uplinks {
-				got = append(got, u.Table)
-			}
-			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("tables %v, want %v", got, tc.want)
-			}
-		})
-	}
-}
-
-// seq is first..last.
-func seq(first, last int) []int {
-	var s []int
-	for i := first; i <= last; i++ {
-		s = append(s, i)
-	}
-	return s
 }
 
 // The default mask has 8 bits: 255 uplinks fit, the 256th is pointed at.
@@ -385,5 +344,12 @@ func TestSourcePorts(t *testing.T) {
 	want := []policy.PortRange{{First: 51820, Last: 51820}, {First: 51821, Last: 51821}, {First: 60000, Last: 60010}}
 	if got := cfg.Policies[0].SourcePorts; !reflect.DeepEqual(got, want) {
 		t.Errorf("source_ports %v, want %v", got, want)
+	}
+}
+
+func TestRouterTrafficAndDNS(t *testing.T) {
+	cfg := mustParse(t, "router_traffic = \"main\"\n[[uplink]]\nname = \"a\"\ninterface = \"wan1\"\ndns = [\"203.0.113.53\", \"2001:db8:53::1\"]\n")
+	if cfg.RouterTraffic != RouterMain || len(cfg.Uplinks[0].DNS) != 2 || cfg.Uplinks[0].DNS[1] != netip.MustParseAddr("2001:db8:53::1") {
+		t.Errorf("%+v", cfg)
 	}
 }

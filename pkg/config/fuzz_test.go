@@ -102,10 +102,13 @@ func checkConfig(t *testing.T, cfg *Config) {
 	tables := map[int]bool{}
 	names := map[string]bool{}
 	for i, u := range cfg.Uplinks {
-		if reservedTable(u.Table) || tables[u.Table] {
+		// 0: chosen at run time.
+		if u.Table != 0 && (ReservedTable(u.Table) || tables[u.Table]) {
 			t.Errorf("uplink %d: table %d reserved or taken", i, u.Table)
 		}
-		tables[u.Table] = true
+		if u.Table != 0 {
+			tables[u.Table] = true
+		}
 		if names[u.Name] || checkUplinkName(u.Name) != nil || ifname.Check(u.Interface) != nil {
 			t.Errorf("uplink %d: name %q, interface %q", i, u.Name, u.Interface)
 		}

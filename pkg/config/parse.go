@@ -242,15 +242,15 @@ func describe(v any) string {
 
 // Keys of each table, in the order they are read (and documented).
 var (
-	topKeys    = []string{"mark_mask", "rule_priority", "lan_prefix6", "uplink", "policy"}
-	uplinkKeys = []string{"name", "interface", "gateway", "gateway6", "weight", "tier", "table",
+	topKeys    = []string{"mark_mask", "rule_priority", "router_traffic", "lan_prefix6", "uplink", "policy"}
+	uplinkKeys = []string{"name", "interface", "gateway", "gateway6", "dns", "weight", "tier", "table",
 		"masquerade", "nat6", "prefix6", "health"}
 	policyKeys = []string{"name", "users", "groups", "services", "sources", "in_interfaces",
 		"destinations", "protocol", "ports", "source_ports", "uplinks", "fallback"}
 )
 
 func (p *parser) config(tree map[string]any) *Config {
-	cfg := &Config{Path: p.file, MarkMask: DefaultMarkMask, RulePriority: DefaultRulePriority}
+	cfg := &Config{Path: p.file, MarkMask: DefaultMarkMask, RulePriority: DefaultRulePriority, RouterTraffic: RouterBalance}
 	root := p.table(node{v: tree})
 
 	mark, markSet := p.get(root, "mark_mask")
@@ -261,6 +261,17 @@ func (p *parser) config(tree map[string]any) *Config {
 	if n, ok := p.get(root, "rule_priority"); ok {
 		if v, ok := p.rulePriority(n); ok {
 			cfg.RulePriority = v
+		}
+	}
+
+	if n, ok := p.get(root, "router_traffic"); ok {
+		if s, ok := p.str(n); ok {
+			switch m := RouterTraffic(s); m {
+			case RouterBalance, RouterMain:
+				cfg.RouterTraffic = m
+			default:
+				p.errorf(n, `router_traffic must be "balance" or "main", got %q`, s)
+			}
 		}
 	}
 
@@ -349,6 +360,9 @@ func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
 				u.Gateway6 = a
 			}
 		}
+	}
+	if n, ok := p.get(t, "dns"); ok {
+		u.DNS = p.dnsServers(n)
 	}
 	if n, ok := p.get(t, "weight"); ok {
 		if v, ok := p.integer(n, 1, MaxWeight); ok {

@@ -95,31 +95,48 @@ func (p *parser) checkUplinks(cfg *Config, srcs []uplinkSrc) {
 			}
 		}
 	}
-	next := firstAutoTable
-	for i := range cfg.Uplinks {
-		if srcs[i].tableSet {
+	// Tables not configured are chosen at run time, where the kernel's
+	// tables can be seen (core.AssignTables).
+}
+
+// ReservedTable: the kernel's default (253), main (254) and local (255)
+// tables, and 0, which means "unspecified" to netlink.
+func ReservedTable(id int) bool { return id == 0 || id >= 253 && id <= 255 }
+
+// FirstAutoTable is where automatically chosen routing tables start:
+// below it are ids admins and other software commonly hand out.
+const FirstAutoTable = 200
+
+// dnsServers reads an uplink's resolvers: unicast addresses of either
+// family (not link-local: a resolver is reached by the uplink's route).
+func (p *parser) dnsServers(n node) []netip.Addr {
+	elems, ok := p.list(n)
+	if !ok {
+		return nil
+	}
+	var out []netip.Addr
+	for _, e := range elems {
+		s, ok := p.str(e)
+		if !ok {
 			continue
 		}
-		for taken(tables, next) {
-			next++
+		a, err := netip.ParseAddr(s)
+		switch {
+		case err != nil || a.Zone() != "":
+			p.errorf(e, "dns %q is not an IP address", s)
+		case !a.Unmap().IsGlobalUnicast() || a.Unmap().IsLinkLocalUnicast():
+			p.errorf(e, "dns %q must be a unicast address reached through the uplink (not link-local, multicast or loopback)", s)
+		case slices.Contains(out, a.Unmap()):
+			p.errorf(e, "dns %q is listed twice", s)
+		default:
+			out = append(out, a.Unmap())
 		}
-		cfg.Uplinks[i].Table = next
-		tables[next] = i
 	}
+	return out
 }
-
-// taken tells whether table id is in use or reserved.
-func taken(tables map[int]int, id int) bool {
-	_, used := tables[id]
-	return used || reservedTable(id)
-}
-
-// reservedTable: the kernel's default (253), main (254) and local (255)
-// tables, and 0, which means "unspecified" to netlink.
-func reservedTable(id int) bool { return id == 0 || id >= 253 && id <= 255 }
 
 func checkTable(v int64) error {
-	if v < 1 || v > 0xffffffff || reservedTable(int(v)) {
+	if v < 1 || v > 0xffffffff || ReservedTable(int(v)) {
 		return fmt.Errorf("table must be 1..4294967295 and not 253 (default), 254 (main) or 255 (local), got %d", v)
 	}
 	return nil

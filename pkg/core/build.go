@@ -20,6 +20,12 @@ const (
 	// replies to the LAN and traffic to connected networks would be
 	// policy-routed out of an uplink.
 	OffsetSuppress = 0
+	// OffsetDNS: `to <resolver> fwmark 0/M iif lo lookup <its uplink>`:
+	// the router's own queries to an uplink's resolvers leave through that
+	// uplink (ISP resolvers often answer only their own customers), or
+	// fail at once while it is out (the resolver then tries the next).
+	// Marked traffic (health probes, wanpin exec, policies) keeps its mark.
+	OffsetDNS = 50
 	// OffsetMark + uplink index: the fwmark rules.
 	OffsetMark = 100
 	// OffsetSource + uplink index: `from <uplink address>` rules. They come
@@ -27,6 +33,11 @@ const (
 	// that a mark re-routes would stay on the uplink its source address
 	// belongs to.
 	OffsetSource = 400
+	// OffsetRouter: `iif lo lookup <router table>`: the router's own
+	// traffic that nothing above took (no mark, a socket not bound to an
+	// uplink's address) takes the multipath route over the usable
+	// uplinks, so it gets the source address of the uplink it leaves by.
+	OffsetRouter = 700
 	// BlockSize is how many priorities wanpin may use from rule_priority.
 	BlockSize = 1000
 )
@@ -43,6 +54,9 @@ type Facts struct {
 	// They come before every policy, and are refused rather than sent
 	// elsewhere while their uplink is down.
 	Execs []Exec
+	// Tables: the routing tables chosen (AssignTables); when empty, they
+	// are chosen as if the kernel held no other program's tables.
+	Tables Tables
 }
 
 // Exec pins one cgroup's new connections to one uplink.
@@ -55,6 +69,10 @@ type Exec struct {
 // Build computes the desired state. It is pure: same input, same output.
 func Build(in Facts) desired.State {
 	cfg := in.Config
+	tables := in.Tables
+	if tables.Uplinks == nil {
+		tables, _, _ = AssignTables(cfg, TableUse{}, Tables{})
+	}
 	var d desired.State
 	d.NFT = desired.NFT{Table: TableName, Mask: cfg.MarkMask, LANPrefix6: cfg.LANPrefix6}
 	prio := cfg.RulePriority
@@ -67,9 +85,11 @@ func Build(in Facts) desired.State {
 	for i, u := range cfg.Uplinks {
 		st := in.Uplinks[u.Name]
 		mark := cfg.UplinkMark(i)
+		u.Table = tables.Uplinks[u.Name]
 		d.NFT.Uplinks = append(d.NFT.Uplinks, desired.Uplink{
 			Name: u.Name, Interface: u.Interface, Mark: mark,
 			Masquerade: u.Masquerade, NAT6: desired.NAT6(u.Nat6), Prefix6: u.Prefix6, Addrs: st.Addrs(),
+			NAT: inet.PerFamily[netip.Addr]{st.Family(inet.IPv4).NAT, st.Family(inet.IPv6).NAT},
 		})
 		if u.Nat6 == config.Nat6None && st.Family(inet.IPv6).Usable() {
 			// The source prefix chooses the uplink. While the uplink's
@@ -90,12 +110,31 @@ func Build(in Facts) desired.State {
 				})
 			}
 			d.Routing.Routes = append(d.Routing.Routes, desired.Route{
-				Family: fam, Table: u.Table, Type: desired.Unreachable, Metric: desired.UnreachableMetric,
+				Family: fam, Table: u.Table, Type: desired.UnreachableRoute, Metric: desired.UnreachableMetric,
 			})
 			if fs.Up {
 				d.Routing.Routes = append(d.Routing.Routes, desired.Route{
 					Family: fam, Table: u.Table, Interface: u.Interface, Gateway: fs.Gateway, OnLink: fs.OnLink,
 				})
+			}
+		}
+		// The uplink's resolvers, each in its own family.
+		for _, fam := range inet.Families {
+			for _, a := range st.Family(fam).DNS {
+				r := desired.Rule{Family: fam, Priority: prio + OffsetDNS, Dst: netip.PrefixFrom(a, a.BitLen()),
+					Mark: 0, Mask: cfg.MarkMask, Iif: "lo", Table: u.Table}
+				if !st.Family(fam).Usable() {
+					r.Action, r.Table = desired.Unreachable, 0
+				}
+				d.Routing.Rules = append(d.Routing.Rules, r)
+			}
+		}
+	}
+	if cfg.RouterTraffic == config.RouterBalance && tables.Router != 0 {
+		for _, fam := range inet.Families {
+			d.Routing.Rules = append(d.Routing.Rules, desired.Rule{Family: fam, Priority: prio + OffsetRouter, Table: tables.Router, Iif: "lo"})
+			if r, ok := routerRoute(cfg, in.Uplinks, tables, fam); ok {
+				d.Routing.Routes = append(d.Routing.Routes, r)
 			}
 		}
 	}
@@ -176,4 +215,67 @@ func choose(cfg *config.Config, states map[string]UplinkState, names []string, f
 	}
 	sort.Slice(c.Buckets, func(i, j int) bool { return c.Buckets[i].Mark < c.Buckets[j].Mark })
 	return c
+}
+
+// routerRoute is the router's own default route of one family: multipath
+// over the usable uplinks of the best tier, weighted. With none usable
+// there is no route, and the router's traffic falls through to the main
+// table, as without wanpin.
+func routerRoute(cfg *config.Config, states map[string]UplinkState, tables Tables, f inet.Family) (desired.Route, bool) {
+	all := make([]string, len(cfg.Uplinks))
+	for i, u := range cfg.Uplinks {
+		all[i] = u.Name
+	}
+	c := choose(cfg, states, all, f)
+	if len(c.Buckets) == 0 {
+		return desired.Route{}, false
+	}
+	weights := nexthopWeights(c.Buckets)
+	r := desired.Route{Family: f, Table: tables.Router}
+	for i, b := range c.Buckets {
+		u := cfg.Uplinks[uplinkIndex(cfg, b.Mark)]
+		fs := states[u.Name].Family(f)
+		nh := desired.Nexthop{Interface: u.Interface, Gateway: fs.Gateway, OnLink: fs.OnLink, Weight: weights[i]}
+		if len(c.Buckets) == 1 {
+			r.Interface, r.Gateway, r.OnLink = nh.Interface, nh.Gateway, nh.OnLink
+			return r, true
+		}
+		r.Nexthops = append(r.Nexthops, nh)
+	}
+	return r, true
+}
+
+func uplinkIndex(cfg *config.Config, mark uint32) int {
+	for i := range cfg.Uplinks {
+		if cfg.UplinkMark(i) == mark {
+			return i
+		}
+	}
+	return -1
+}
+
+// nexthopWeights scales weights (1..1000) to what a nexthop takes
+// (1..256), keeping their ratios as closely as that allows.
+func nexthopWeights(bs []desired.Bucket) []int {
+	g, top := 0, 0
+	for _, b := range bs {
+		g = gcdInt(g, b.Weight)
+		top = max(top, b.Weight)
+	}
+	out := make([]int, len(bs))
+	for i, b := range bs {
+		w := b.Weight / g
+		if top/g > 256 {
+			w = max(1, (b.Weight*256+top/2)/top)
+		}
+		out[i] = w
+	}
+	return out
+}
+
+func gcdInt(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
 }

@@ -106,17 +106,17 @@ func TestSourcePrefixChoosesUplink(t *testing.T) {
 		t.Errorf("dsl nat6 %q, LAN prefix %v", d.NFT.Uplinks[1].NAT6, d.NFT.LANPrefix6)
 	}
 
-	e := Explain(d.NFT, policy.Flow{Src: netip.MustParseAddr("2001:db8:d1::10"), Dst: netip.MustParseAddr("2001:db8:fe::10")}, nil)
+	e := Explain(d, policy.Flow{Src: netip.MustParseAddr("2001:db8:d1::10"), Dst: netip.MustParseAddr("2001:db8:fe::10")}, nil)
 	if e.SourcePrefix.String() != "2001:db8:d1::/56" || len(e.Choices) != 1 || e.Choices[0].Uplink != "fibre" {
 		t.Errorf("explain by source prefix: %+v", e)
 	}
 	// A policy comes before the source prefix.
-	e = Explain(d.NFT, policy.Flow{Src: netip.MustParseAddr("2001:db8:d1::10"), Dst: netip.MustParseAddr("2001:db8:ff::10")}, nil)
+	e = Explain(d, policy.Flow{Src: netip.MustParseAddr("2001:db8:d1::10"), Dst: netip.MustParseAddr("2001:db8:ff::10")}, nil)
 	if e.Policy != "office" || len(e.Choices) != 1 || e.Choices[0].Uplink != "dsl" {
 		t.Errorf("explain policy over source prefix: %+v", e)
 	}
 	for _, dst := range []string{"fe80::1", "ff02::1:2", "ff02::2"} {
-		if e := Explain(d.NFT, policy.Flow{Dst: netip.MustParseAddr(dst), Local: true}, nil); e.Outcome != NotRouted || len(e.Choices) != 0 {
+		if e := Explain(d, policy.Flow{Dst: netip.MustParseAddr(dst), Local: true}, nil); e.Outcome != NotRouted || len(e.Choices) != 0 {
 			t.Errorf("%s: %+v, want not policy-routed", dst, e)
 		}
 	}

@@ -104,7 +104,7 @@ func TestNothingUp(t *testing.T) {
 		for _, fam := range inet.Families {
 			found := false
 			for _, r := range d.Routing.Routes {
-				if r.Table == u.Table && r.Family == fam && r.Type == desired.Unreachable {
+				if r.Table == u.Table && r.Family == fam && r.Type == desired.UnreachableRoute {
 					found = true
 				}
 				if r.Table == u.Table && r.Type == desired.Unicast {

@@ -116,18 +116,42 @@ func (e ApplyNFT) String() string {
 func (e ApplyRouting) String() string {
 	var routes []string
 	for _, r := range e.Routing.Routes {
-		if r.Type == desired.Unicast {
-			routes = append(routes, fmt.Sprintf("%d %v", r.Table, r))
+		if r.Type != desired.Unicast {
+			continue
 		}
+		if len(r.Nexthops) == 0 {
+			routes = append(routes, fmt.Sprintf("%d %v", r.Table, r))
+			continue
+		}
+		var hops []string
+		for _, nh := range r.Nexthops {
+			h := nh.Interface
+			if nh.Gateway.IsValid() {
+				h += " via " + nh.Gateway.String()
+			}
+			hops = append(hops, fmt.Sprintf("%s weight %d", h, nh.Weight))
+		}
+		routes = append(routes, fmt.Sprintf("%d %v default multipath %s", r.Table, r.Family, strings.Join(hops, " + ")))
 	}
-	var from []string
+	var from, to []string
 	for _, r := range e.Routing.Rules {
 		if r.Src.IsValid() {
 			from = append(from, r.Src.Addr().String())
 		}
+		if r.Dst.IsValid() {
+			if r.Action == desired.Unreachable {
+				to = append(to, r.Dst.Addr().String()+" unreachable")
+			} else {
+				to = append(to, fmt.Sprintf("%s table %d", r.Dst.Addr(), r.Table))
+			}
+		}
 	}
-	return fmt.Sprintf("apply routing: %d rules, routes [%s], from [%s]", len(e.Routing.Rules),
+	out := fmt.Sprintf("apply routing: %d rules, routes [%s], from [%s]", len(e.Routing.Rules),
 		strings.Join(routes, ", "), strings.Join(from, " "))
+	if len(to) > 0 {
+		out += ", resolvers [" + strings.Join(to, ", ") + "]"
+	}
+	return out
 }
 func (e FlushMark) String() string {
 	return fmt.Sprintf("flush conntrack %s %v mark %#x/%#x", e.Uplink, e.Family, e.Mark, e.Mask)

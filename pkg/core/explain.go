@@ -2,6 +2,7 @@ package core
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/wanpin/wanpin/pkg/desired"
 	"github.com/wanpin/wanpin/pkg/inet"
@@ -28,6 +29,15 @@ const (
 	// MainTable: the connection stays unmarked and the main routing table
 	// decides where it leaves; it is then pinned to that uplink.
 	MainTable Outcome = "main table"
+	// RouterBalanced: the router's own connection takes the multipath
+	// route over the usable uplinks (the kernel picks per destination, by
+	// a hash of the addresses, weighted as Choices say); it is then pinned
+	// to the uplink it left by.
+	RouterBalanced Outcome = "router multipath"
+	// Resolver: the router's own query to an uplink's resolver, which
+	// leaves through that uplink (or fails at once while it is out:
+	// Rejected).
+	Resolver Outcome = "resolver"
 )
 
 // Choice is one uplink a flow may get, with its chance.
@@ -52,12 +62,24 @@ type Explanation struct {
 	Why string `json:"why"`
 }
 
-// Explain evaluates the table built from nft for a new connection: the
-// same chain order as pkg/rules lays out (layout.md) and the same
-// compiled policy conditions, so explain cannot drift from what the
-// kernel is told. local lists the router's own addresses (`fib daddr
-// type local`), which only the kernel knows.
-func Explain(nft desired.NFT, f policy.Flow, local []netip.Addr) Explanation {
+// Explain evaluates the desired state for a new connection: the nftables
+// table in the chain order pkg/rules lays out (layout.md), with the same
+// compiled policy conditions, and for the router's own traffic that the
+// table leaves unmarked, the ip rules wanpin installs. Explain cannot
+// drift from what the kernel is told. local lists the router's own
+// addresses (`fib daddr type local`), which only the kernel knows.
+func Explain(d desired.State, f policy.Flow, local []netip.Addr) Explanation {
+	e := explainNFT(d.NFT, f, local)
+	if f.Local && e.Outcome == MainTable {
+		// Unmarked: the ip rules decide.
+		r := explainRouting(d, f, e)
+		r.Policy = e.Policy
+		return r
+	}
+	return e
+}
+
+func explainNFT(nft desired.NFT, f policy.Flow, local []netip.Addr) Explanation {
 	fam := f.Family()
 	byMark := map[uint32]desired.Uplink{}
 	for _, u := range nft.Uplinks {
@@ -166,4 +188,64 @@ func notRouted(dst netip.Addr, local []netip.Addr) string {
 		return "broadcast: never policy-routed"
 	}
 	return ""
+}
+
+// explainRouting follows wanpin's ip rules for the router's own unmarked
+// traffic: a resolver's rule, then the router's multipath table; what
+// they leave goes on to the main table.
+func explainRouting(d desired.State, f policy.Flow, e Explanation) Explanation {
+	fam := f.Family()
+	byMark := map[uint32]desired.Uplink{}
+	for _, u := range d.NFT.Uplinks {
+		byMark[u.Mark] = u
+	}
+	uplinkOfTable := map[int]desired.Uplink{}
+	for _, r := range d.Routing.Rules {
+		if r.Family == fam && r.Mask != 0 && r.Mark != 0 && r.Iif == "" {
+			if u, ok := byMark[r.Mark]; ok {
+				uplinkOfTable[r.Table] = u
+			}
+		}
+	}
+	rules := slices.Clone(d.Routing.Rules)
+	slices.SortStableFunc(rules, func(a, b desired.Rule) int { return a.Priority - b.Priority })
+	for _, r := range rules {
+		if r.Family != fam || r.Iif != "lo" || r.Suppress {
+			continue
+		}
+		if r.Dst.IsValid() {
+			if !r.Dst.Contains(f.Dst) || (r.Mask != 0 && f.Mark&r.Mask != r.Mark) {
+				continue
+			}
+			u := uplinkOfTable[r.Table]
+			if r.Action == desired.Unreachable {
+				return Explanation{Outcome: Rejected, Why: "a resolver of an uplink that is out: the lookup fails at once"}
+			}
+			return Explanation{Outcome: Resolver, Choices: []Choice{{Uplink: u.Name, Mark: u.Mark, Share: 1}},
+				Why: "the router's query to " + u.Name + "'s resolver leaves through " + u.Name}
+		}
+		for _, rt := range d.Routing.Routes {
+			if rt.Family != fam || rt.Table != r.Table || rt.Type != desired.Unicast {
+				continue
+			}
+			out := Explanation{Outcome: RouterBalanced, Why: "the router's own traffic that no policy matches: the multipath route over the usable uplinks"}
+			hops := rt.Nexthops
+			if len(hops) == 0 {
+				hops = []desired.Nexthop{{Interface: rt.Interface, Weight: 1}}
+			}
+			total := 0
+			for _, nh := range hops {
+				total += nh.Weight
+			}
+			for _, nh := range hops {
+				for _, u := range d.NFT.Uplinks {
+					if u.Interface == nh.Interface {
+						out.Choices = append(out.Choices, Choice{Uplink: u.Name, Mark: u.Mark, Share: float64(nh.Weight) / float64(total)})
+					}
+				}
+			}
+			return out
+		}
+	}
+	return e
 }

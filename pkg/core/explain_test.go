@@ -14,7 +14,7 @@ func TestExplainPolicies(t *testing.T) {
 	cfg.Policies = append(cfg.Policies,
 		config.Policy{Name: "gid", Match: policy.Match{GIDs: []uint32{0}}, Uplinks: []string{"dsl2"}},
 		config.Policy{Name: "uid", Match: policy.Match{UIDs: []uint32{1001}}, Uplinks: []string{"lte"}})
-	nft := Build(Facts{Config: cfg, Uplinks: allUp()}).NFT
+	nft := Build(Facts{Config: cfg, Uplinks: allUp()})
 	cases := []struct {
 		name   string
 		f      policy.Flow
@@ -47,27 +47,27 @@ func TestExplainShares(t *testing.T) {
 	cfg := testConfig()
 	st := allUp()
 	a := netip.MustParseAddr
-	e := Explain(Build(Facts{Config: cfg, Uplinks: st}).NFT, policy.Flow{Src: a("192.0.2.10"), Dst: a("203.0.113.10"), Proto: 6, DPort: 443}, nil)
+	e := Explain(Build(Facts{Config: cfg, Uplinks: st}), policy.Flow{Src: a("192.0.2.10"), Dst: a("203.0.113.10"), Proto: 6, DPort: 443}, nil)
 	if e.Policy != "" || len(e.Choices) != 2 || e.Choices[0].Share != 0.75 || e.Choices[1].Uplink != "dsl2" {
 		t.Errorf("default: %+v", e)
 	}
 	delete(st, "dsl1")
-	e = Explain(Build(Facts{Config: cfg, Uplinks: st}).NFT, policy.Flow{Src: a("192.0.2.10"), Dst: a("203.0.113.10"), Proto: 17, DPort: 5060}, nil)
+	e = Explain(Build(Facts{Config: cfg, Uplinks: st}), policy.Flow{Src: a("192.0.2.10"), Dst: a("203.0.113.10"), Proto: 17, DPort: 5060}, nil)
 	if e.Policy != "voip" || e.Outcome != Rejected || len(e.Choices) != 0 {
 		t.Errorf("voip with dsl1 down: %+v", e)
 	}
 	st["dsl2"] = UplinkState{}
-	e = Explain(Build(Facts{Config: cfg, Uplinks: st}).NFT, policy.Flow{Src: a("192.0.2.20"), Dst: a("203.0.113.10")}, nil)
+	e = Explain(Build(Facts{Config: cfg, Uplinks: st}), policy.Flow{Src: a("192.0.2.20"), Dst: a("203.0.113.10")}, nil)
 	if e.Policy != "p2p" || !e.Fallback || len(e.Choices) != 1 || e.Choices[0].Uplink != "lte" {
 		t.Errorf("p2p falling back to the backup tier: %+v", e)
 	}
 	// The router's own traffic that no policy takes follows the main
 	// table: explain says so instead of claiming a balance.
-	e = Explain(Build(Facts{Config: cfg, Uplinks: allUp()}).NFT, policy.Flow{Local: true, Dst: a("203.0.113.10"), Proto: 6}, nil)
+	e = Explain(Build(Facts{Config: cfg, Uplinks: allUp()}), policy.Flow{Local: true, Dst: a("203.0.113.10"), Proto: 6}, nil)
 	if e.Outcome != MainTable || len(e.Choices) != 0 {
 		t.Errorf("router's own: %+v", e)
 	}
-	if e := Explain(Build(Facts{Config: cfg, Uplinks: allUp()}).NFT, policy.Flow{Dst: a("198.51.100.2"), Src: a("192.0.2.10")},
+	if e := Explain(Build(Facts{Config: cfg, Uplinks: allUp()}), policy.Flow{Dst: a("198.51.100.2"), Src: a("192.0.2.10")},
 		[]netip.Addr{a("198.51.100.2")}); e.Outcome != NotRouted {
 		t.Errorf("to the router: %+v", e)
 	}

@@ -20,6 +20,10 @@ import (
 type Addr struct {
 	Prefix netip.Prefix // the local address with its prefix length
 	Peer   netip.Addr   // the far end of a point-to-point address (PPP), if any
+	// Secondary: an IPv4 alias, or an IPv6 temporary (privacy) address;
+	// Deprecated: past its preferred lifetime. Neither is the address the
+	// uplink's traffic is translated to.
+	Secondary, Deprecated bool
 }
 
 // Link is what wanpin needs to know of one interface, as pkg/watch reads

@@ -39,7 +39,7 @@ func TestObserve(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			st, rs := Observe(c.u, c.l, Hint{})
+			st, rs := Observe(c.u, c.l, Hint{}, nil)
 			reason := oneReason(rs, st)
 			if st.Up() != c.up || !strings.Contains(reason, c.reason) {
 				t.Fatalf("up=%v reason=%q; want up=%v reason containing %q", st.Up(), reason, c.up, c.reason)
@@ -52,20 +52,20 @@ func TestObserve(t *testing.T) {
 	// A down link keeps its addresses, so its `from` rules stay.
 	l := good
 	l.Carrier = false
-	if st, _ := Observe(dhcp, l, Hint{}); len(st.Family(inet.IPv4).Addrs) != 1 || st.Family(inet.IPv4).Up {
+	if st, _ := Observe(dhcp, l, Hint{}, nil); len(st.Family(inet.IPv4).Addrs) != 1 || st.Family(inet.IPv4).Up {
 		t.Errorf("no carrier: %+v", st.Family(inet.IPv4))
 	}
 	// PPP hooks: ip-up's peer makes a plain interface point-to-point,
 	// ip-down takes it down before netlink does.
 	veth := Link{Name: "ppp0", Exists: true, AdminUp: true, Carrier: true, Addrs: []Addr{addr("198.51.100.10/32")}}
-	if st, _ := Observe(ppp, veth, Hint{}); st.Up() {
+	if st, _ := Observe(ppp, veth, Hint{}, nil); st.Up() {
 		t.Error("no gateway and no hint: up")
 	}
-	st, rs := Observe(ppp, veth, Hint{Peer: netip.MustParseAddr("198.51.100.9")})
+	st, rs := Observe(ppp, veth, Hint{Peer: netip.MustParseAddr("198.51.100.9")}, nil)
 	if reason := oneReason(rs, st); !st.Up() || st.Family(inet.IPv4).Gateway.String() != "198.51.100.9" || !st.Family(inet.IPv4).OnLink || !strings.Contains(reason, "198.51.100.9") {
 		t.Errorf("ip-up hint: %+v %q", st.Family(inet.IPv4), reason)
 	}
-	if st, rs := Observe(ppp, veth, Hint{Down: true}); st.Up() || !strings.Contains(oneReason(rs, st), "ip-down") {
+	if st, rs := Observe(ppp, veth, Hint{Down: true}, nil); st.Up() || !strings.Contains(oneReason(rs, st), "ip-down") {
 		t.Errorf("ip-down hint: up=%v %q", st.Up(), oneReason(rs, st))
 	}
 }
@@ -76,14 +76,14 @@ func TestObservePerFamily(t *testing.T) {
 	l := Link{Name: "wan1", Exists: true, AdminUp: true, Carrier: true,
 		Addrs:   []Addr{addr("198.51.100.2/29"), addr("2001:db8:101::2/64")},
 		Gateway: inet.PerFamily[netip.Addr]{netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("fe80::1")}}
-	st, rs := Observe(u, l, Hint{})
+	st, rs := Observe(u, l, Hint{}, nil)
 	if !st.Family(inet.IPv4).Usable() || !st.Family(inet.IPv6).Usable() || st.Family(inet.IPv6).Gateway.String() != "fe80::1" ||
 		!strings.Contains(rs.Get(inet.IPv6), "gateway fe80::1 from the main table") {
 		t.Fatalf("dual stack: %+v %+v", st, rs)
 	}
 	// The RA's default route expires: IPv6 down, IPv4 untouched.
 	*l.Gateway.Of(inet.IPv6) = netip.Addr{}
-	st, rs = Observe(u, l, Hint{})
+	st, rs = Observe(u, l, Hint{}, nil)
 	if !st.Family(inet.IPv4).Up || st.Family(inet.IPv6).Up || !strings.Contains(rs.Get(inet.IPv6), "no IPv6 gateway") || !strings.Contains(rs.Get(inet.IPv4), "198.51.100.2") {
 		t.Errorf("IPv6 gateway gone: %+v %+v", st, rs)
 	}
@@ -93,14 +93,14 @@ func TestObservePerFamily(t *testing.T) {
 	// The IPv4 address goes (DHCP lease lost), IPv6 stays.
 	*l.Gateway.Of(inet.IPv6) = netip.MustParseAddr("fe80::1")
 	l.Addrs = l.Addrs[1:]
-	st, rs = Observe(u, l, Hint{})
+	st, rs = Observe(u, l, Hint{}, nil)
 	if st.Family(inet.IPv4).Up || !st.Family(inet.IPv6).Up || !strings.Contains(rs.Get(inet.IPv4), "no IPv4 address") {
 		t.Errorf("IPv4 address gone: %+v %+v", st, rs)
 	}
 	// A configured link-local gateway6 needs no RA.
 	u.Gateway6 = netip.MustParseAddr("fe80::1")
 	*l.Gateway.Of(inet.IPv6) = netip.Addr{}
-	if st, _ := Observe(u, l, Hint{}); !st.Family(inet.IPv6).Up || st.Family(inet.IPv6).Gateway != u.Gateway6 {
+	if st, _ := Observe(u, l, Hint{}, nil); !st.Family(inet.IPv6).Up || st.Family(inet.IPv6).Gateway != u.Gateway6 {
 		t.Errorf("configured gateway6: %+v", st.Family(inet.IPv6))
 	}
 }

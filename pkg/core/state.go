@@ -3,6 +3,7 @@ package core
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/wanpin/wanpin/pkg/config"
 	"github.com/wanpin/wanpin/pkg/inet"
@@ -10,9 +11,13 @@ import (
 
 // FamilyState is what wanpin observed of one address family of an uplink.
 type FamilyState struct {
-	Up      bool         // usable: link up, an address, a way to the gateway
-	Addrs   []netip.Addr // the uplink's own addresses of this family
-	Gateway netip.Addr   // configured or learned; invalid on point-to-point
+	Up    bool         // usable: link up, an address, a way to the gateway
+	Addrs []netip.Addr // the uplink's own addresses of this family
+	// NAT is the address traffic leaving through the uplink is translated
+	// to: its primary address (not secondary, temporary or deprecated,
+	// when there is such a one).
+	NAT     netip.Addr
+	Gateway netip.Addr // configured or learned; invalid on point-to-point
 	// PointToPoint: no gateway is needed (`default dev ppp0`).
 	PointToPoint bool
 	// OnLink: the gateway is configured on a point-to-point link, where no
@@ -22,6 +27,10 @@ type FamilyState struct {
 	// admin took the uplink out of service). Its routes stay (the probes
 	// need them), but it carries no new connections of this family.
 	Unhealthy bool
+	// DNS: the uplink's resolvers of this family (configured, or from a
+	// DHCP lease or PPP's usepeerdns). The router's queries to them leave
+	// through this uplink, whatever the balancer does.
+	DNS []netip.Addr
 }
 
 // Usable reports whether the family can carry new connections.
@@ -82,13 +91,32 @@ func oneReason(r Reasons, st UplinkState) string {
 }
 
 // Hint is what PPP hooks told the daemon about an interface: the peer
-// address from ip-up, and ip-down (the link is going away; netlink will
-// confirm it a moment later). A hint lives until the interface is
-// re-created with a new index or the opposite event arrives.
+// address and DNS servers from ip-up, and ip-down (the link is going
+// away; netlink will confirm it a moment later). A hint lives until the
+// interface is re-created with a new index or the opposite event arrives.
 type Hint struct {
 	Index int // the ifindex the hint was given for (0: whatever exists)
 	Peer  netip.Addr
+	DNS   []netip.Addr
 	Down  bool
+}
+
+// Lease is what a DHCP client's hook reported for one family of an
+// interface: the address it leased, the routers and the DNS servers. It
+// stands while the interface holds that address, so a link flap (after
+// which dhclient never re-adds its default route) does not lose the
+// gateway; a lease-lost event ends it.
+type Lease struct {
+	Address  netip.Prefix
+	Gateways []netip.Addr
+	DNS      []netip.Addr
+	Client   string // dhclient, dhcpcd, networkmanager
+}
+
+// LeaseKey names one family of one interface.
+type LeaseKey struct {
+	Interface string
+	Family    inet.Family
 }
 
 // Observe turns what the kernel shows of an uplink's interface into the
@@ -98,7 +126,26 @@ type Hint struct {
 // an address of that family, and a way to the internet is known: the
 // configured gateway, the main table's default route through the interface
 // (DHCP, router advertisements), or a point-to-point link (PPP).
-func Observe(u config.Uplink, l Link, h Hint) (UplinkState, Reasons) {
+func Observe(u config.Uplink, l Link, h Hint, leases map[inet.Family]Lease) (UplinkState, Reasons) {
+	st, rs := observe(u, l, h, leases)
+	// Resolvers: configured, then the lease's, then PPP's; each in its
+	// own family. Known whether the link is up or not: the router's
+	// queries to them must fail at once while it is down, not wander off
+	// through another ISP that they do not answer.
+	for _, f := range inet.Families {
+		fs := st.Of(f)
+		for _, list := range [][]netip.Addr{u.DNS, leases[f].DNS, h.DNS} {
+			for _, a := range list {
+				if inet.Of(a) == f && !slices.Contains(fs.DNS, a) {
+					fs.DNS = append(fs.DNS, a)
+				}
+			}
+		}
+	}
+	return st, rs
+}
+
+func observe(u config.Uplink, l Link, h Hint, leases map[inet.Family]Lease) (UplinkState, Reasons) {
 	var st UplinkState
 	both := func(r string) Reasons { return Reasons{r, r} }
 	if !l.Exists {
@@ -119,7 +166,8 @@ func Observe(u config.Uplink, l Link, h Hint) (UplinkState, Reasons) {
 	// the unreachable route instead of leaking out of another uplink.
 	var rs Reasons
 	for _, f := range inet.Families {
-		*st.Of(f), *rs.Of(f) = family(u, l, f)
+		lease, hasLease := leases[f]
+		*st.Of(f), *rs.Of(f) = family(u, l, f, lease, hasLease)
 	}
 	down := ""
 	switch {
@@ -139,7 +187,7 @@ func Observe(u config.Uplink, l Link, h Hint) (UplinkState, Reasons) {
 	return st, rs
 }
 
-func family(u config.Uplink, l Link, f inet.Family) (FamilyState, string) {
+func family(u config.Uplink, l Link, f inet.Family, lease Lease, hasLease bool) (FamilyState, string) {
 	var fs FamilyState
 	var peer netip.Addr
 	for _, a := range l.Addrs {
@@ -150,6 +198,12 @@ func family(u config.Uplink, l Link, f inet.Family) (FamilyState, string) {
 		if a.Peer.IsValid() && !peer.IsValid() {
 			peer = a.Peer
 		}
+		if !fs.NAT.IsValid() && !a.Secondary && !a.Deprecated {
+			fs.NAT = a.Prefix.Addr()
+		}
+	}
+	if !fs.NAT.IsValid() && len(fs.Addrs) > 0 {
+		fs.NAT = fs.Addrs[0]
 	}
 	if len(fs.Addrs) == 0 {
 		return fs, fmt.Sprintf("no %v address on %s", f, u.Interface)
@@ -157,6 +211,16 @@ func family(u config.Uplink, l Link, f inet.Family) (FamilyState, string) {
 	learned, defaultDev, configured := l.Gateway.Get(f), l.DefaultDev.Get(f), u.Gateway4
 	if f == inet.IPv6 {
 		configured = u.Gateway6
+	}
+	// A lease's routers count while its address is on the interface.
+	var leased netip.Addr
+	if hasLease && slices.Contains(fs.Addrs, lease.Address.Addr()) {
+		for _, g := range lease.Gateways {
+			if inet.Of(g) == f {
+				leased = g
+				break
+			}
+		}
 	}
 	var how string
 	switch {
@@ -171,12 +235,18 @@ func family(u config.Uplink, l Link, f inet.Family) (FamilyState, string) {
 		// A peer address on a broadcast link: route via the peer, which
 		// no connected route covers.
 		fs.Gateway, fs.OnLink, how = peer, true, "peer "+peer.String()
+	case leased.IsValid():
+		client := lease.Client
+		if client == "" {
+			client = "DHCP"
+		}
+		fs.Gateway, how = leased, "gateway "+leased.String()+" from the "+client+" lease"
 	case learned.IsValid():
 		fs.Gateway, how = learned, "gateway "+learned.String()+" from the main table"
 	case l.PointToPoint || defaultDev:
 		fs.PointToPoint, how = true, "point-to-point link"
 	default:
-		return fs, fmt.Sprintf("no %v gateway known for %s (configure gateway, or let DHCP install a default route)", f, u.Interface)
+		return fs, fmt.Sprintf("no %v gateway known for %s (configure gateway, install wanpin's DHCP client hook, or let DHCP install a default route)", f, u.Interface)
 	}
 	fs.Up = true
 	return fs, fmt.Sprintf("%v %s, %s", f, fs.Addrs[0], how)

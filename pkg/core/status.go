@@ -65,8 +65,9 @@ type FamilyReport struct {
 	Since     time.Time    `json:"since"`
 	Addresses []netip.Addr `json:"addresses,omitempty"`
 	Gateway   string       `json:"gateway,omitempty"`
-	RTTms     float64      `json:"rtt_ms"` // 0: not probed or no answer
-	Loss      float64      `json:"loss"`   // 0..1; -1: not probed
+	DNS       []netip.Addr `json:"dns,omitempty"` // the uplink's resolvers: the router's queries to them leave here
+	RTTms     float64      `json:"rtt_ms"`        // 0: not probed or no answer
+	Loss      float64      `json:"loss"`          // 0..1; -1: not probed
 }
 
 // Traffic is what went through an uplink's interface, from nftables
@@ -117,7 +118,7 @@ func (s State) Report() Status {
 			for _, f := range inet.Families {
 				fs, obs := us.Families.Get(f), us.State.Family(f)
 				*ur.Family(f) = FamilyReport{State: upDown(fs.Up), Reason: fs.Reason, Since: fs.Since,
-					Addresses: obs.Addrs, Gateway: addrText(obs.Gateway), Loss: -1}
+					Addresses: obs.Addrs, Gateway: addrText(obs.Gateway), DNS: obs.DNS, Loss: -1}
 			}
 		}
 		st.Uplinks = append(st.Uplinks, ur)

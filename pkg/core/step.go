@@ -69,6 +69,8 @@ type State struct {
 	Cgroups     map[string][]policy.CgroupMatch
 	Execs       map[string]ExecPin // by cgroup path
 	Tuned       map[string]int     // interface -> ifindex whose rp_filter was set
+	Leases      map[LeaseKey]Lease // what DHCP client hooks reported
+	Tables      Tables             // the routing tables in use (AssignTables)
 	Uplinks     map[string]UplinkStatus
 	// Desired is the latest computed kernel state; Applied what the kernel
 	// holds as far as the machine knows (nil: unknown, apply all of it).
@@ -80,7 +82,7 @@ type State struct {
 func NewState(cfg *config.Config) State {
 	return State{Config: cfg, Links: map[string]Link{}, Hints: map[string]Hint{}, Probes: map[Key]ProbeSpec{},
 		Verdicts: map[Key]Verdict{}, Maintenance: map[string]bool{}, Cgroups: map[string][]policy.CgroupMatch{},
-		Execs: map[string]ExecPin{}, Tuned: map[string]int{}, Uplinks: map[string]UplinkStatus{}}
+		Execs: map[string]ExecPin{}, Tuned: map[string]int{}, Leases: map[LeaseKey]Lease{}, Uplinks: map[string]UplinkStatus{}}
 }
 
 func (s State) clone() State {
@@ -92,6 +94,7 @@ func (s State) clone() State {
 	s.Cgroups = maps.Clone(s.Cgroups)
 	s.Execs = maps.Clone(s.Execs)
 	s.Tuned = maps.Clone(s.Tuned)
+	s.Leases = maps.Clone(s.Leases)
 	s.Uplinks = maps.Clone(s.Uplinks)
 	return s
 }
@@ -100,11 +103,14 @@ func (s State) clone() State {
 type Input interface{ input() }
 
 type (
-	// Start: the daemon starts, with a first snapshot of the interfaces
-	// and the policies' services resolved.
+	// Start: the daemon starts, with a first snapshot of the interfaces,
+	// the policies' services resolved, the leases the DHCP hooks left and
+	// the routing tables chosen.
 	Start struct {
 		Links   map[string]Link
 		Cgroups map[string][]policy.CgroupMatch
+		Leases  map[LeaseKey]Lease
+		Tables  Tables
 	}
 	// Observed: netlink said something changed; a fresh snapshot.
 	Observed struct {
@@ -126,12 +132,20 @@ type (
 		Up          bool
 		Iface       string
 		Local, Peer netip.Addr
+		DNS         []netip.Addr
+	}
+	// LeaseEvent: a DHCP client's hook reported a lease (Lease set) or its
+	// loss (nil).
+	LeaseEvent struct {
+		Key   LeaseKey
+		Lease *Lease
 	}
 	// Reload: the policy file was read again and is good; its services
 	// resolved.
 	Reload struct {
 		Config  *config.Config
 		Cgroups map[string][]policy.CgroupMatch
+		Tables  Tables
 	}
 	// ReloadRejected: it was bad; nothing changes.
 	ReloadRejected struct{ Err error }
@@ -148,12 +162,20 @@ type (
 	// ExecEnded: its processes are gone.
 	ExecEnded struct{ Path string }
 	// Drift: the kernel lacks objects that were applied (listed as ip and
-	// nft print them).
-	Drift struct{ Missing []string }
+	// nft print them): the nftables tables, routing, or sysctls wanpin
+	// depends on; only what is missing is applied again.
+	Drift struct {
+		Missing               []string
+		NFT, Routing, Sysctls bool
+	}
 	// ApplyFailed: the kernel refused an apply.
 	ApplyFailed struct{ Err error }
-	// Retry: the RetryAfter timer fired; a fresh snapshot.
-	Retry struct{ Links map[string]Link }
+	// Retry: the RetryAfter timer fired; a fresh snapshot (and the lease
+	// files, when they were read again).
+	Retry struct {
+		Links  map[string]Link
+		Leases map[LeaseKey]Lease
+	}
 	// Stop: SIGTERM.
 	Stop struct{}
 )
@@ -163,6 +185,7 @@ func (Observed) input()       {}
 func (HealthVerdict) input()  {}
 func (SetService) input()     {}
 func (PPPEvent) input()       {}
+func (LeaseEvent) input()     {}
 func (Reload) input()         {}
 func (ReloadRejected) input() {}
 func (Services) input()       {}
@@ -172,6 +195,20 @@ func (Drift) input()          {}
 func (ApplyFailed) input()    {}
 func (Retry) input()          {}
 func (Stop) input()           {}
+
+// globalSysctls are what policy routing with marks needs. Without
+// src_valid_mark, the reverse-path filter validates a marked packet's
+// source without its mark and drops replies on the non-default uplinks.
+var globalSysctls = []Effect{SetSysctl{Key: "net/ipv4/conf/all/src_valid_mark", Value: "1"}}
+
+// GlobalSysctls is what the drift check compares.
+func GlobalSysctls() []SetSysctl {
+	var out []SetSysctl
+	for _, e := range globalSysctls {
+		out = append(out, e.(SetSysctl))
+	}
+	return out
+}
 
 // RetryDelay is how long after a failed apply everything is applied again.
 const RetryDelay = time.Second
@@ -200,13 +237,13 @@ func Step(prev State, at time.Time, in Input) Result {
 	switch in := in.(type) {
 	case Start:
 		s.Started = true
-		s.Links, s.Cgroups = in.Links, in.Cgroups
+		s.Links, s.Cgroups, s.Tables = in.Links, in.Cgroups, in.Tables
+		if in.Leases != nil {
+			s.Leases = maps.Clone(in.Leases)
+		}
 		r.log(slog.LevelInfo, "starting", "config", s.Config.Path, "uplinks", len(s.Config.Uplinks), "policies", len(s.Config.Policies))
 		logCgroups(r, nil, in.Cgroups)
-		// Without src_valid_mark, the reverse-path filter validates a
-		// marked packet's source without its mark and drops replies on the
-		// non-default uplinks.
-		r.add(SetSysctl{Key: "net/ipv4/conf/all/src_valid_mark", Value: "1"})
+		r.add(globalSysctls...)
 		s.syncProbes(r)
 		s.reconcile(r, at, "start")
 		r.add(Notify{State: "READY=1"})
@@ -239,16 +276,38 @@ func Step(prev State, at time.Time, in Input) Result {
 		kind := "down"
 		if in.Up {
 			kind = "up"
-			s.Hints[in.Iface] = Hint{Peer: in.Peer}
+			s.Hints[in.Iface] = Hint{Peer: in.Peer, DNS: in.DNS}
 		} else {
 			s.Hints[in.Iface] = Hint{Down: true}
 		}
-		r.log(slog.LevelInfo, "ppp event", "kind", kind, "interface", in.Iface, "local", addrText(in.Local), "peer", addrText(in.Peer))
+		r.log(slog.LevelInfo, "ppp event", "kind", kind, "interface", in.Iface, "local", addrText(in.Local), "peer", addrText(in.Peer),
+			"dns", fmt.Sprint(in.DNS))
 		s.reconcile(r, at, "ppp ip-"+kind)
+	case LeaseEvent:
+		if !slices.ContainsFunc(s.Config.Uplinks, func(u config.Uplink) bool { return u.Interface == in.Key.Interface }) {
+			r.Err = fmt.Errorf("lease for %s: no uplink uses interface %s", in.Key.Interface, in.Key.Interface)
+			break
+		}
+		if in.Lease == nil {
+			if _, had := s.Leases[in.Key]; !had {
+				break
+			}
+			delete(s.Leases, in.Key)
+			r.log(slog.LevelInfo, "lease lost", "interface", in.Key.Interface, "family", in.Key.Family.String())
+		} else {
+			if old, had := s.Leases[in.Key]; had && reflect.DeepEqual(old, *in.Lease) {
+				break // a renewal that changes nothing
+			}
+			s.Leases[in.Key] = *in.Lease
+			r.log(slog.LevelInfo, "lease", "interface", in.Key.Interface, "family", in.Key.Family.String(),
+				"address", in.Lease.Address.String(), "gateways", fmt.Sprint(in.Lease.Gateways), "dns", fmt.Sprint(in.Lease.DNS),
+				"client", in.Lease.Client)
+		}
+		s.reconcile(r, at, "dhcp lease")
 	case Reload:
 		r.add(Notify{State: "RELOADING=1"})
 		logCgroups(r, s.Cgroups, in.Cgroups)
-		s.Config, s.Cgroups = in.Config, in.Cgroups
+		s.Config, s.Cgroups, s.Tables = in.Config, in.Cgroups, in.Tables
 		// Probes follow the new configuration; verdicts of uplinks whose
 		// probing did not change are kept.
 		s.syncProbes(r)
@@ -291,7 +350,18 @@ func Step(prev State, at time.Time, in Input) Result {
 		}
 		missing := slices.Sorted(slices.Values(in.Missing))
 		r.log(slog.LevelWarn, "repairing state another program changed", "missing", fmt.Sprint(missing))
-		s.Applied = nil
+		if in.Sysctls {
+			r.add(globalSysctls...)
+			s.Tuned = map[string]int{}
+		}
+		applied := *s.Applied
+		if in.NFT {
+			applied.NFT = desired.NFT{}
+		}
+		if in.Routing {
+			applied.Routing = desired.Routing{}
+		}
+		s.Applied = &applied
 		s.reconcile(r, at, "drift repair")
 	case ApplyFailed:
 		r.log(slog.LevelError, "applying state", "err", in.Err)
@@ -299,6 +369,9 @@ func Step(prev State, at time.Time, in Input) Result {
 		r.add(RetryAfter{After: RetryDelay})
 	case Retry:
 		s.Links = in.Links
+		if in.Leases != nil {
+			s.Leases = maps.Clone(in.Leases)
+		}
 		s.Applied = nil
 		s.reconcile(r, at, "retry")
 	case Stop:
@@ -324,7 +397,7 @@ func logCgroups(r *Result, old, cur map[string][]policy.CgroupMatch) {
 	}
 }
 
-func (r *Result) add(e Effect) { r.Effects = append(r.Effects, e) }
+func (r *Result) add(e ...Effect) { r.Effects = append(r.Effects, e...) }
 
 func (r *Result) log(level slog.Level, msg string, attrs ...any) {
 	r.add(Log{Level: level, Msg: msg, Attrs: attrs})
@@ -422,7 +495,13 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 	for i, u := range cfg.Uplinks {
 		seen[u.Name] = true
 		l := s.Links[u.Interface]
-		st, rs := Observe(u, l, s.hint(l))
+		leases := map[inet.Family]Lease{}
+		for _, f := range inet.Families {
+			if lease, ok := s.Leases[LeaseKey{u.Interface, f}]; ok {
+				leases[f] = lease
+			}
+		}
+		st, rs := Observe(u, l, s.hint(l), leases)
 		for _, f := range inet.Families {
 			if v, ok := s.verdict(u.Name, f); ok && !v.Healthy && st.Family(f).Up {
 				st.Of(f).Unhealthy = true
@@ -485,7 +564,7 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 			delete(s.Uplinks, name)
 		}
 	}
-	want := Build(Facts{Config: cfg, Uplinks: states, Cgroups: s.Cgroups, Execs: s.execList()})
+	want := Build(Facts{Config: cfg, Uplinks: states, Cgroups: s.Cgroups, Execs: s.execList(), Tables: s.Tables})
 	s.Desired = want
 	var applies []Effect
 	if s.Applied == nil || !reflect.DeepEqual(s.Applied.Routing, want.Routing) {

@@ -126,6 +126,11 @@ func describe(in Input) string {
 		return "pppd ip-down " + in.Iface
 	case HealthVerdict:
 		return fmt.Sprintf("health %s %v healthy=%v %q", in.Uplink, in.Family, in.Healthy, in.Reason)
+	case LeaseEvent:
+		if in.Lease == nil {
+			return fmt.Sprintf("lease lost %s %v", in.Key.Interface, in.Key.Family)
+		}
+		return fmt.Sprintf("lease %s %v %s gateways %v dns %v", in.Key.Interface, in.Key.Family, in.Lease.Address, in.Lease.Gateways, in.Lease.DNS)
 	}
 	return fmt.Sprintf("%T %+v", in, in)
 }
@@ -189,12 +194,48 @@ func scenarios(t testing.TB) map[string][]step {
 			{time.Second, Reload{Config: good}},
 			{2 * time.Second, ReloadRejected{Err: errors.New("wanpin.toml:4: uplink[1].weight: weight must be 1..1000, got 0")}}},
 		"drift": {start,
-			{time.Second, Drift{Missing: []string{`rule "10101:\tfrom all fwmark 0x10000/0xff0000 lookup 200 proto 119"`, "nftables table inet wanpin"}}}},
+			{time.Second, Drift{Missing: []string{`rule "10101:\tfrom all fwmark 0x10000/0xff0000 lookup 200 proto 119"`, "nftables table inet wanpin"},
+				NFT: true, Routing: true}},
+			{2 * time.Second, Drift{Missing: []string{"nftables table inet wanpin"}, NFT: true}},
+			{3 * time.Second, Drift{Missing: []string{"sysctl net.ipv4.conf.all.src_valid_mark is 0, want 1"}, Sysctls: true}}},
 		"apply_failure": {start,
 			{time.Millisecond, ApplyFailed{Err: errors.New("applying nftables: replacing nftables table inet wanpin: operation not permitted")}},
 			{time.Second, Retry{Links: bothUp}}},
 		"stop": {start, {time.Second, Stop{}}},
+		// dhclient on wan1 and no default route in the main table (the
+		// second lease's default route fails with "File exists"): the
+		// hook's lease brings the uplink up, a flap keeps its gateway, a
+		// new address is followed and the old one's NAT entries flushed,
+		// and the loss of the lease takes it down.
+		"dhcp_lease": {
+			{0, Start{Links: links(noGateway(fibre()), ppp(7, "198.51.100.10", "198.51.100.9"))}},
+			{time.Second, LeaseEvent{Key: LeaseKey{"wan1", inet.IPv4}, Lease: &Lease{Address: netip.MustParsePrefix("198.51.100.2/29"),
+				Gateways: []netip.Addr{a("198.51.100.1")}, DNS: []netip.Addr{a("198.51.100.53")}, Client: "dhclient"}}},
+			{2 * time.Second, Observed{Links: links(noCarrier(noGateway(fibre())), ppp(7, "198.51.100.10", "198.51.100.9")), Trigger: "netlink"}},
+			{3 * time.Second, Observed{Links: links(noGateway(fibre()), ppp(7, "198.51.100.10", "198.51.100.9")), Trigger: "netlink"}},
+			{4 * time.Second, Observed{Links: links(readdress(noGateway(fibre()), "198.51.100.3/29"), ppp(7, "198.51.100.10", "198.51.100.9")), Trigger: "netlink"}},
+			{4*time.Second + time.Millisecond, LeaseEvent{Key: LeaseKey{"wan1", inet.IPv4}, Lease: &Lease{Address: netip.MustParsePrefix("198.51.100.3/29"),
+				Gateways: []netip.Addr{a("198.51.100.1")}, DNS: []netip.Addr{a("198.51.100.53")}, Client: "dhclient"}}},
+			{5 * time.Second, LeaseEvent{Key: LeaseKey{"wan1", inet.IPv4}}}},
+		// PPP's usepeerdns servers and a configured resolver: the router's
+		// queries to them take their uplink, and fail at once while it is
+		// out.
+		"resolvers": {
+			{0, Start{Links: links(fibre())}},
+			{time.Millisecond, PPPEvent{Up: true, Iface: "ppp0", Peer: a("198.51.100.9"), DNS: []netip.Addr{a("198.51.100.54")}}},
+			{time.Second, Observed{Links: links(fibre(), ppp(7, "198.51.100.10", "198.51.100.9")), Trigger: "netlink"}},
+			{2 * time.Second, Observed{Links: links(fibre(), noCarrier(ppp(7, "198.51.100.10", "198.51.100.9"))), Trigger: "netlink"}}},
 	}
+}
+
+func noGateway(l Link) Link {
+	l.Gateway = inet.PerFamily[netip.Addr]{}
+	return l
+}
+
+func readdress(l Link, p string) Link {
+	l.Addrs = append([]Addr{{Prefix: netip.MustParsePrefix(p)}}, l.Addrs[1:]...)
+	return l
 }
 
 func TestStepGolden(t *testing.T) {
@@ -248,15 +289,17 @@ func TestDownOrder(t *testing.T) {
 	}{
 		{"carrier_loss", 1, []string{"nft", "routing", "flush", "flush"}},
 		{"carrier_loss", 2, []string{"routing", "nft"}},
-		{"blackhole", 2, []string{"nft", "flush", "flush"}},
-		{"recovery", 3, []string{"nft"}},
+		{"blackhole", 2, []string{"nft", "routing", "flush", "flush"}},
+		{"recovery", 3, []string{"routing", "nft"}},
 		{"family_down", 1, []string{"nft", "routing", "flush"}},
-		{"maintenance", 1, []string{"nft", "flush", "flush"}},
+		{"maintenance", 1, []string{"nft", "routing", "flush", "flush"}},
 		{"ppp_redial", 1, []string{"nft", "routing", "flush"}},
 		{"ppp_redial", 2, []string{"routing", "nft", "flush-addr"}},
 		{"ppp_redial", 3, []string{"routing", "nft"}},
 		{"start", 0, []string{"routing", "nft"}},
 		{"drift", 1, []string{"routing", "nft"}},
+		{"drift", 2, []string{"nft"}},
+		{"drift", 3, nil},
 	} {
 		_, _, res := run(mustConfig(t, stepConfig), sc[c.scenario])
 		if got := kinds(res[c.step].Effects); !reflect.DeepEqual(got, c.want) {
@@ -347,7 +390,7 @@ func TestRandomWalkInvariants(t *testing.T) {
 		case 3:
 			in = SetService{Uplink: []string{"fibre", "dsl"}[rng.IntN(2)], InService: rng.IntN(2) == 0}
 		case 4:
-			in = Drift{Missing: []string{"x"}}
+			in = Drift{Missing: []string{"x"}, NFT: rng.IntN(2) == 0, Routing: rng.IntN(2) == 0}
 		}
 		prev := s
 		r := Step(prev, at, in)

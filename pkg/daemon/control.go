@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/wanpin/wanpin/pkg/bus"
 	"github.com/wanpin/wanpin/pkg/core"
+	"github.com/wanpin/wanpin/pkg/lease"
 	"github.com/wanpin/wanpin/pkg/policy"
 )
 
@@ -61,8 +62,8 @@ func (d *Daemon) Status(ctx context.Context) (core.Status, error) {
 // own desired state (its configuration, uplinks' states, resolved
 // services and running execs). It never waits for the loop.
 func (d *Daemon) Explain(ctx context.Context, f policy.Flow) (core.Explanation, error) {
-	nft, local := d.pub.explainInputs()
-	return core.Explain(nft, f, local), nil
+	st, local := d.pub.explainInputs()
+	return core.Explain(st, f, local), nil
 }
 
 // Reload re-reads the configuration; a bad file is returned as the error
@@ -75,14 +76,31 @@ func (d *Daemon) Reload(ctx context.Context) error {
 	return rerr
 }
 
-// Event takes a PPP hook's news: "up" with the local and peer addresses,
-// or "down". Netlink reports the same a moment later; the hook makes the
-// reaction faster and tells the peer address.
-func (d *Daemon) Event(ctx context.Context, kind, iface string, local, peer netip.Addr) error {
-	if kind != "up" && kind != "down" {
-		return fmt.Errorf("event %q: want up or down", kind)
+// Event takes a hook's news. PPP: "up" with the local and peer addresses
+// and the DNS servers, or "down"; netlink reports the link a moment
+// later, the hook makes the reaction faster and tells the peer. DHCP:
+// "lease" or "lease-lost" for one family: the lease file the CLI wrote
+// is read again (a file, so that a lease reaches a daemon that starts
+// later too).
+func (d *Daemon) Event(ctx context.Context, kind, iface string, ea bus.EventArgs) error {
+	switch kind {
+	case "up", "down":
+		return d.doStep(ctx, core.PPPEvent{Up: kind == "up", Iface: iface, Local: ea.Local, Peer: ea.Peer, DNS: ea.DNS})
+	case "lease", "lease-lost":
+		k := core.LeaseKey{Interface: iface, Family: ea.Family}
+		l, err := lease.Read(d.opts.RuntimeDir, k)
+		if err != nil {
+			return fmt.Errorf("reading the lease of %s: %w", iface, err)
+		}
+		if kind == "lease" && l == nil {
+			return fmt.Errorf("no lease file for %s %v in %s", iface, ea.Family, lease.Dir(d.opts.RuntimeDir))
+		}
+		if kind == "lease-lost" {
+			l = nil
+		}
+		return d.doStep(ctx, core.LeaseEvent{Key: k, Lease: l})
 	}
-	return d.doStep(ctx, core.PPPEvent{Up: kind == "up", Iface: iface, Local: local, Peer: peer})
+	return fmt.Errorf("event %q: want up, down, lease or lease-lost", kind)
 }
 
 // SetService takes an uplink out of service (inService false: it carries

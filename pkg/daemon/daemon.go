@@ -23,6 +23,7 @@ import (
 	"github.com/wanpin/wanpin/pkg/desired"
 	"github.com/wanpin/wanpin/pkg/health"
 	"github.com/wanpin/wanpin/pkg/inet"
+	"github.com/wanpin/wanpin/pkg/lease"
 	"github.com/wanpin/wanpin/pkg/policy"
 	"github.com/wanpin/wanpin/pkg/rules"
 	"github.com/wanpin/wanpin/pkg/tables"
@@ -43,6 +44,13 @@ type Options struct {
 	// NoTableOwner: do not claim the nftables table (owner flag), so
 	// other tools may delete it; drift repair then puts it back.
 	NoTableOwner bool
+	// RuntimeDir holds the lease files the DHCP hooks write (default
+	// /run/wanpin).
+	RuntimeDir string
+	// RTTables are the files that name routing tables (default
+	// /etc/iproute2/rt_tables, rt_tables.d/*.conf and the same under
+	// /usr/share/iproute2): a named id is never chosen for an uplink.
+	RTTables []string
 }
 
 // Flusher deletes and counts conntrack entries (pkg/flush).
@@ -59,7 +67,8 @@ type Flusher interface {
 type NFTables interface {
 	Apply(desired.NFT) error
 	Remove() error
-	Present() (bool, error)
+	Missing() ([]string, error)
+	WatchDeletions(ctx context.Context, log *slog.Logger) <-chan time.Time
 	Counters() (map[string]rules.UplinkTraffic, error)
 	Close() error
 }
@@ -69,6 +78,7 @@ type Routing interface {
 	Apply(desired.Routing) (tables.Result, error)
 	Remove() (tables.Result, error)
 	Current() (desired.Routing, error)
+	ForeignTables() (map[int]bool, error)
 	Close()
 }
 
@@ -83,7 +93,8 @@ type Daemon struct {
 	routing  Routing
 	obs      *watch.Observer
 	cgroups  *cgroups.Resolver
-	flusher  Flusher // used by the loop
+	flusher  Flusher     // used by the loop
+	tables   core.Tables // chosen in New, for Start
 	hooks    *hookRunner
 	notify   *notifier
 	monitors map[core.Key]*health.Monitor
@@ -115,6 +126,12 @@ func New(opts Options) (*Daemon, error) {
 	}
 	if opts.ProcSys == "" {
 		opts.ProcSys = "/proc/sys"
+	}
+	if opts.RuntimeDir == "" {
+		opts.RuntimeDir = "/run/wanpin"
+	}
+	if opts.RTTables == nil {
+		opts.RTTables = DefaultRTTables
 	}
 	cfg, err := config.Load(opts.ConfigPath)
 	if err != nil {
@@ -160,7 +177,32 @@ func New(opts Options) (*Daemon, error) {
 		d.log.Warn("cgroup v2 not found: service policies match nothing", "err", err)
 		d.cgroups = &cgroups.Resolver{}
 	}
+	// The routing tables are chosen now, where the kernel's can be seen;
+	// a configured table that holds another program's routes refuses to
+	// start before anything is changed.
+	if d.tables, err = d.assignTables(cfg, core.Tables{}); err != nil {
+		d.close()
+		return nil, err
+	}
 	return d, nil
+}
+
+// assignTables chooses the uplinks' routing tables (core.AssignTables)
+// from what the kernel and rt_tables say, and logs each choice that had
+// to skip an id.
+func (d *Daemon) assignTables(cfg *config.Config, prev core.Tables) (core.Tables, error) {
+	foreign, err := d.routing.ForeignTables()
+	if err != nil {
+		return core.Tables{}, fmt.Errorf("reading the kernel's routing tables: %w", err)
+	}
+	t, notes, err := core.AssignTables(cfg, core.TableUse{Foreign: foreign, Named: NamedTables(d.opts.RTTables)}, prev)
+	if err != nil {
+		return t, err
+	}
+	for _, n := range notes {
+		d.log.Info("routing table chosen", "choice", n)
+	}
+	return t, nil
 }
 
 // Run applies the configuration and follows events until ctx ends, then
@@ -176,6 +218,10 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 	d.runCtx = wctx
 	defer d.stopMonitors()
 	changed := watch.Watch(wctx, netns.None(), d.log)
+	// Deletions of wanpin's nftables tables are heard at once (a firewall
+	// reload's flush ruleset on a kernel without the owner flag); the
+	// drift ticker still looks at everything twice a second.
+	deleted := d.nft.WatchDeletions(wctx, d.log)
 	services := time.NewTicker(2 * time.Second)
 	defer services.Stop()
 	drift := time.NewTicker(DriftInterval)
@@ -192,7 +238,7 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 		d.log.Error("reading interfaces", "err", err)
 		d.retry.Reset(core.RetryDelay)
 	}
-	d.step(core.Start{Links: links, Cgroups: d.resolveServices(d.state.Config)})
+	d.step(core.Start{Links: links, Cgroups: d.resolveServices(d.state.Config), Leases: d.readLeases(), Tables: d.tables})
 	var watchdog <-chan time.Time
 	if iv := d.notify.watchdogInterval(); iv > 0 {
 		t := time.NewTicker(iv)
@@ -222,7 +268,9 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 			d.step(core.HealthVerdict{Key: core.Key{Uplink: ev.Uplink, Family: ev.Family},
 				Verdict: core.Verdict{Healthy: ev.Healthy, Reason: ev.Reason}})
 		case <-drift.C:
-			d.checkDrift()
+			d.checkDrift(driftAll, time.Time{})
+		case at := <-deleted:
+			d.checkDrift(driftNFT, at)
 		case <-services.C:
 			d.reapExecs()
 			if cg := d.resolveServices(d.state.Config); !cgroupsEqual(cg, d.state.Cgroups) {
@@ -238,7 +286,7 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 				d.retry.Reset(core.RetryDelay)
 				continue
 			}
-			d.step(core.Retry{Links: links})
+			d.step(core.Retry{Links: links, Leases: d.readLeases()})
 		}
 	}
 }
@@ -292,7 +340,11 @@ func (d *Daemon) reload() error {
 	if err != nil {
 		return d.step(core.ReloadRejected{Err: err})
 	}
-	return d.step(core.Reload{Config: cfg, Cgroups: d.resolveServices(cfg)})
+	tables, err := d.assignTables(cfg, d.state.Tables)
+	if err != nil {
+		return d.step(core.ReloadRejected{Err: err})
+	}
+	return d.step(core.Reload{Config: cfg, Cgroups: d.resolveServices(cfg), Tables: tables})
 }
 
 // resolveServices resolves the policies' services to cgroup ids (a unit
@@ -309,6 +361,19 @@ func (d *Daemon) resolveServices(cfg *config.Config) map[string][]policy.CgroupM
 		}
 	}
 	return out
+}
+
+// readLeases loads the lease files of the uplinks' interfaces.
+func (d *Daemon) readLeases() map[core.LeaseKey]core.Lease {
+	var ifaces []string
+	for _, u := range d.state.Config.Uplinks {
+		ifaces = append(ifaces, u.Interface)
+	}
+	leases, errs := lease.ReadAll(d.opts.RuntimeDir, ifaces)
+	for _, err := range errs {
+		d.log.Warn("ignoring a lease file", "err", err)
+	}
+	return leases
 }
 
 func cgroupsEqual(a, b map[string][]policy.CgroupMatch) bool {

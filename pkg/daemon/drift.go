@@ -2,6 +2,9 @@ package daemon
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/wanpin/wanpin/pkg/core"
@@ -15,30 +18,77 @@ import (
 // the daemon looks: two netlink dumps and one table lookup twice a second.
 const DriftInterval = 500 * time.Millisecond
 
+// driftScope is what a drift check looks at.
+type driftScope int
+
+const (
+	// driftAll: the nftables tables, rules and routes, and sysctls (the
+	// ticker).
+	driftAll driftScope = iota
+	// driftNFT: the nftables tables alone (a deletion was heard).
+	driftNFT
+)
+
 // checkDrift compares the kernel with the last applied state and repairs
-// what went missing, naming it. Repairs are rate-limited by the ticker:
-// at most one a DriftInterval.
-func (d *Daemon) checkDrift() {
+// what went missing, naming it. heard is when a deletion was reported
+// (zero when the ticker looks): the repair's delay from there is logged.
+// The ticker limits polling repairs to one a DriftInterval; heard
+// deletions are repaired at once.
+func (d *Daemon) checkDrift(scope driftScope, heard time.Time) {
 	applied := d.state.Applied
 	if applied == nil {
 		return // nothing applied yet, or a retry is already pending
 	}
-	var missing []string
-	present, err := d.nft.Present()
+	var in core.Drift
+	tables, err := d.nft.Missing()
 	if err != nil {
-		d.log.Warn("checking the nftables table", "err", err)
-	} else if !present {
-		missing = append(missing, "nftables table inet "+applied.NFT.Table)
+		d.log.Warn("checking the nftables tables", "err", err)
 	}
-	cur, err := d.routing.Current()
-	if err != nil {
-		d.log.Warn("checking rules and routes", "err", err)
-	} else {
-		missing = append(missing, missingObjects(applied.Routing, cur)...)
+	for _, t := range tables {
+		in.Missing = append(in.Missing, "nftables table "+t)
+		in.NFT = true
 	}
-	if len(missing) > 0 {
-		d.step(core.Drift{Missing: missing})
+	if scope == driftAll {
+		cur, err := d.routing.Current()
+		if err != nil {
+			d.log.Warn("checking rules and routes", "err", err)
+		} else if m := missingObjects(applied.Routing, cur); len(m) > 0 {
+			in.Missing = append(in.Missing, m...)
+			in.Routing = true
+		}
+		if m := d.sysctlDrift(); len(m) > 0 {
+			in.Missing = append(in.Missing, m...)
+			in.Sysctls = true
+		}
 	}
+	if len(in.Missing) == 0 {
+		return
+	}
+	d.step(in)
+	if !heard.IsZero() {
+		d.log.Info("drift repaired", "delay_ms", fmt.Sprintf("%.3f", float64(time.Since(heard))/float64(time.Millisecond)),
+			"since", "the deletion was heard")
+	}
+}
+
+// sysctlDrift lists the sysctls wanpin set that another program (a later
+// sysctl.d file, an admin) changed back.
+func (d *Daemon) sysctlDrift() []string {
+	want := core.GlobalSysctls()
+	for iface := range d.state.Tuned {
+		want = append(want, core.SetSysctl{Key: "net/ipv4/conf/" + iface + "/rp_filter", Value: "2"})
+	}
+	var out []string
+	for _, sc := range want {
+		cur, err := os.ReadFile(filepath.Join(d.opts.ProcSys, sc.Key))
+		if err != nil {
+			continue // the interface went away: nothing to restore
+		}
+		if got := strings.TrimSpace(string(cur)); got != sc.Value {
+			out = append(out, fmt.Sprintf("sysctl %s is %s, want %s", strings.ReplaceAll(sc.Key, "/", "."), got, sc.Value))
+		}
+	}
+	return out
 }
 
 // missingObjects lists what want has and have lacks, as ip prints it.

@@ -36,8 +36,8 @@ type publisher struct {
 	status   core.Status
 	mask     uint32
 	monitors map[core.Key]*health.Monitor
-	nft      desired.NFT  // the table as last built, for explain
-	local    []netip.Addr // the uplinks' addresses (the router's own)
+	desired  desired.State // as last built, for explain
+	local    []netip.Addr  // the uplinks' addresses (the router's own)
 	pinned   map[uint32]int
 	pinnedAt time.Time
 	// next is closed when the count under way (or the next one) is done;
@@ -105,20 +105,20 @@ func (p *publisher) setMonitors(m map[core.Key]*health.Monitor) {
 	p.mu.Unlock()
 }
 
-func (p *publisher) set(s core.Status, mask uint32, nft desired.NFT) {
+func (p *publisher) set(s core.Status, mask uint32, d desired.State) {
 	var local []netip.Addr
-	for _, u := range nft.Uplinks {
+	for _, u := range d.NFT.Uplinks {
 		local = append(local, u.Addrs...)
 	}
 	p.mu.Lock()
-	p.status, p.mask, p.nft, p.local = s, mask, nft, local
+	p.status, p.mask, p.desired, p.local = s, mask, d, local
 	p.mu.Unlock()
 }
 
-func (p *publisher) explainInputs() (desired.NFT, []netip.Addr) {
+func (p *publisher) explainInputs() (desired.State, []netip.Addr) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.nft, p.local
+	return p.desired, p.local
 }
 
 // get is the status now: what the loop published, with the probes'
@@ -167,7 +167,7 @@ func (d *Daemon) publish() {
 		u.Traffic = d.traffic[u.Name]
 	}
 	s.Applies, s.ApplyErrors = d.applies, d.applyErrors
-	d.pub.set(s, d.state.Config.MarkMask, d.state.Desired.NFT)
+	d.pub.set(s, d.state.Config.MarkMask, d.state.Desired)
 }
 
 func trafficOf(t rules.UplinkTraffic) core.Traffic {

@@ -70,8 +70,12 @@ type Uplink struct {
 	// Addrs are the uplink's current addresses. When Masquerade is false,
 	// packets leaving through this uplink with the address of another
 	// uplink as source (the router's own traffic re-routed by a mark) are
-	// still masqueraded, or ISPs would drop them.
+	// still translated, or ISPs would drop them.
 	Addrs []netip.Addr
+	// NAT, per family: the address source NAT translates to (snat, not
+	// masquerade: see layout.md); invalid while unknown, and then
+	// masquerade stands in.
+	NAT inet.PerFamily[netip.Addr]
 }
 
 // Bucket is one candidate of a balancer with its share.

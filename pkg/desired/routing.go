@@ -30,24 +30,41 @@ type Routing struct {
 	Routes []Route
 }
 
-// Rule is one `ip rule`. Exactly one of the selectors is used: Suppress
-// (`lookup main suppress_prefixlength 0`), Mark (fwmark), Src (from).
+// Rule is one `ip rule`: its selectors (all that are set must match) and
+// its action.
 type Rule struct {
 	Family   inet.Family
 	Priority int
-	Table    int // lookup
+	// Action: look Table up (the default), or fail the lookup at once.
+	Action RuleAction
+	Table  int // for Lookup
 	// Suppress: `suppress_prefixlength 0`: use the table (main) for anything
 	// but a default route. It keeps connected and LAN routes winning over
 	// the uplink tables.
 	Suppress bool
-	Mark     uint32 // fwmark, with Mask
-	Mask     uint32
-	Src      netip.Prefix // from; invalid means all
+	// Mark and Mask: `fwmark Mark/Mask`, when Mask is not zero. Mark may
+	// be zero: `fwmark 0/M` matches packets that carry none of M's bits.
+	Mark, Mask uint32
+	Src        netip.Prefix // from; invalid means all
+	Dst        netip.Prefix // to; invalid means all
+	// Iif: `iif lo` selects the router's own traffic (the kernel looks
+	// its routes up with the loopback device as input interface).
+	Iif string
 }
+
+// RuleAction is what a rule does when it matches.
+type RuleAction int
+
+const (
+	Lookup RuleAction = iota
+	// Unreachable: the route lookup fails with EHOSTUNREACH, the sender
+	// learns at once.
+	Unreachable
+)
 
 // Key identifies a rule for diffing: all of its fields.
 func (r Rule) Key() string {
-	return fmt.Sprintf("%v|%d|%d|%t|%#x|%#x|%v", r.Family, r.Priority, r.Table, r.Suppress, r.Mark, r.Mask, r.Src)
+	return fmt.Sprintf("%v|%d|%d|%d|%t|%#x|%#x|%v|%v|%s", r.Family, r.Priority, r.Action, r.Table, r.Suppress, r.Mark, r.Mask, r.Src, r.Dst, r.Iif)
 }
 
 // RouteType says what a route does.
@@ -55,7 +72,8 @@ type RouteType int
 
 const (
 	Unicast RouteType = iota
-	Unreachable
+	// UnreachableRoute: `unreachable`, the lookup fails.
+	UnreachableRoute
 )
 
 // Route is one route in one of wanpin's tables.
@@ -70,6 +88,18 @@ type Route struct {
 	// OnLink: the gateway is reachable on Interface even though no
 	// connected route says so (a configured PPP peer).
 	OnLink bool
+	// Nexthops, when set, make the route multipath: Interface, Gateway
+	// and OnLink are then unused. The kernel picks one per flow by a hash
+	// of its addresses, weighted.
+	Nexthops []Nexthop
+}
+
+// Nexthop is one path of a multipath route.
+type Nexthop struct {
+	Interface string
+	Gateway   netip.Addr // invalid: a point-to-point link
+	OnLink    bool
+	Weight    int // 1..256
 }
 
 // Key identifies a route the way the kernel does: the same key in the
@@ -161,10 +191,29 @@ func (r Rule) String() string {
 		}
 	}
 	s := fmt.Sprintf("%d:\tfrom %s", r.Priority, from)
-	if r.Mark != 0 {
-		s += fmt.Sprintf(" fwmark %#x/%#x", r.Mark, r.Mask)
+	if r.Dst.IsValid() {
+		to := r.Dst.String()
+		if r.Dst.IsSingleIP() {
+			to = r.Dst.Addr().String()
+		}
+		s += " to " + to
 	}
-	s += " lookup " + tableName(r.Table)
+	if r.Mask != 0 {
+		// C's %#x, which ip uses, prints 0 without the 0x.
+		mark := fmt.Sprintf("%#x", r.Mark)
+		if r.Mark == 0 {
+			mark = "0"
+		}
+		s += fmt.Sprintf(" fwmark %s/%#x", mark, r.Mask)
+	}
+	if r.Iif != "" {
+		s += " iif " + r.Iif
+	}
+	if r.Action == Unreachable {
+		s += " unreachable"
+	} else {
+		s += " lookup " + tableName(r.Table)
+	}
 	if r.Suppress {
 		s += " suppress_prefixlength 0"
 	}
@@ -178,12 +227,14 @@ func (r Route) String() string {
 		dst = r.Dst.String()
 	}
 	var s string
-	switch r.Type {
-	case Unreachable:
+	switch {
+	case r.Type == UnreachableRoute:
 		s = "unreachable " + dst
 		if r.Family == inet.IPv6 {
 			s += " dev lo"
 		}
+	case len(r.Nexthops) > 0:
+		s = dst
 	default:
 		s = dst
 		if r.Gateway.IsValid() {
@@ -192,7 +243,7 @@ func (r Route) String() string {
 		s += " dev " + r.Interface
 	}
 	s += fmt.Sprintf(" proto %d", Protocol)
-	if r.Type == Unicast && !r.Gateway.IsValid() && r.Family == inet.IPv4 {
+	if r.Type == Unicast && len(r.Nexthops) == 0 && !r.Gateway.IsValid() && r.Family == inet.IPv4 {
 		s += " scope link"
 	}
 	if r.OnLink {
@@ -203,6 +254,17 @@ func (r Route) String() string {
 	}
 	if r.Family == inet.IPv6 {
 		s += " pref medium"
+	}
+	// Multipath, as ip prints it: one line per path.
+	for _, nh := range r.Nexthops {
+		s += "\n\tnexthop"
+		if nh.Gateway.IsValid() {
+			s += " via " + nh.Gateway.String()
+		}
+		s += " dev " + nh.Interface + fmt.Sprintf(" weight %d", nh.Weight)
+		if nh.OnLink {
+			s += " onlink"
+		}
 	}
 	return s
 }

@@ -20,11 +20,17 @@ const DefaultTable = "wanpin"
 // Manager owns wanpin's nftables table through one lasting netlink
 // connection. Its methods are safe for concurrent use.
 type Manager struct {
-	mu     sync.Mutex
-	conn   *nftables.Conn
-	table  string
-	flags  nftables.TableFlags
-	closed bool
+	mu          sync.Mutex
+	conn        *nftables.Conn
+	table       string
+	flags       nftables.TableFlags
+	keeperFlags nftables.TableFlags
+	closed      bool
+	nsFD        int
+	hasNS       bool
+	// keeperMine: this Manager's connection made (and so owns) the
+	// companion table; keeperPending: the batch being built makes it.
+	keeperMine, keeperPending bool
 
 	// beforeFlush, when set (tests only), may queue more messages into the
 	// batch right before it is sent.
@@ -73,15 +79,23 @@ func New(opts ...Option) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening nftables netlink connection: %w", err)
 	}
-	m := &Manager{conn: conn, table: o.table}
-	if !o.noOwner {
-		rel, err := kernelRelease()
-		if err != nil {
-			_ = conn.CloseLasting()
-			return nil, err
-		}
+	m := &Manager{conn: conn, table: o.table, nsFD: o.netnsFD, hasNS: o.hasNetNS}
+	rel, err := kernelRelease()
+	if err != nil {
+		_ = conn.CloseLasting()
+		return nil, err
+	}
+	if !o.noOwner && ownerPersistSupported(rel) {
+		m.flags = nftables.TableFlagOwner | nftables.TableFlagPersist
+	}
+	// The companion nat-hooks table is always owned (and persists where
+	// the kernel can): `nft flush ruleset` then skips it, so the kernel's
+	// NAT hooks stay registered and existing connections stay translated
+	// while wanpin's own table is being put back.
+	if ownerSupported(rel) {
+		m.keeperFlags = nftables.TableFlagOwner
 		if ownerPersistSupported(rel) {
-			m.flags = nftables.TableFlagOwner | nftables.TableFlagPersist
+			m.keeperFlags |= nftables.TableFlagPersist
 		}
 	}
 	return m, nil
@@ -143,7 +157,10 @@ func (m *Manager) Apply(s desired.NFT) error {
 	c.AddTable(&claim)
 	c.DelTable(nt)
 	c.AddTable(nt)
-	m.queueKeeper(t.name)
+	m.keeperPending = false
+	if err := m.queueKeeper(t.name); err != nil {
+		return err
+	}
 	if err := m.queue(t, nt); err != nil {
 		// queue fails only where the library recorded the error in the
 		// connection: Flush then discards the batch without sending it.
@@ -161,6 +178,9 @@ func (m *Manager) Apply(s desired.NFT) error {
 			t.name, len(t.sets), len(t.chains), err)
 	}
 	m.table = t.name
+	if m.keeperPending {
+		m.keeperMine = true
+	}
 	return nil
 }
 
@@ -302,6 +322,7 @@ func (m *Manager) Remove() error {
 	if err := m.conn.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("removing nftables table inet %s: %w", m.table, err)
 	}
+	m.keeperMine = false
 	return nil
 }
 
@@ -317,14 +338,36 @@ func (m *Manager) Remove() error {
 // see that half second.
 func KeeperTable(table string) string { return table + "_nat_hooks" }
 
-// queueKeeper adds the companion table (an update when it exists).
-func (m *Manager) queueKeeper(table string) {
-	kt := m.conn.AddTable(&nftables.Table{Name: KeeperTable(table), Family: nftables.TableFamilyINet})
+// queueKeeper adds the companion table: kept as it is when it already is
+// what it should be, created anew (claim, delete, add, as Apply does with
+// the main table) when it is missing, orphaned or has other flags.
+func (m *Manager) queueKeeper(table string) error {
+	name := KeeperTable(table)
+	old, err := m.lookup(name)
+	if err != nil {
+		return err
+	}
+	want := &nftables.Table{Name: name, Family: nftables.TableFamilyINet, Flags: m.keeperFlags}
+	// An owned table with the right flags is this Manager's own when it
+	// made it (the kernel clears the owner bit of an orphan); another
+	// live owner makes the whole batch fail with EPERM, as it should.
+	if old != nil && old.Flags == m.keeperFlags && (m.keeperMine || m.keeperFlags&nftables.TableFlagOwner == 0) {
+		return nil
+	}
+	m.keeperPending = true
+	if old != nil {
+		claim := *want
+		claim.Flags = old.Flags
+		m.conn.AddTable(&claim)
+		m.conn.DelTable(want)
+	}
+	kt := m.conn.AddTable(want)
 	policy := nftables.ChainPolicyAccept
 	m.conn.AddChain(&nftables.Chain{
 		Name: "keep", Table: kt, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &policy,
 	})
+	return nil
 }
 
 // lookup returns the table as the kernel has it, or nil if absent.
@@ -337,6 +380,30 @@ func (m *Manager) lookup(name string) (*nftables.Table, error) {
 		return nil, fmt.Errorf("looking up nftables table inet %s: %w", name, err)
 	}
 	return t, nil
+}
+
+// Missing lists which of wanpin's tables (its own and the companion
+// nat-hooks table) are not in the kernel, as "inet NAME".
+func (m *Manager) Missing() ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.check(); err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, name := range []string{m.table, KeeperTable(m.table)} {
+		t, err := m.lookup(name)
+		if err != nil {
+			return nil, err
+		}
+		if t == nil {
+			out = append(out, "inet "+name)
+			if name == KeeperTable(m.table) {
+				m.keeperMine = false
+			}
+		}
+	}
+	return out, nil
 }
 
 // Present reports whether the table is in the kernel.

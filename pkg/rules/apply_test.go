@@ -1,13 +1,16 @@
 package rules
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/nftables"
@@ -291,5 +294,43 @@ func BenchmarkApply(b *testing.B) {
 		if err := m.Apply(s); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// A firewall reload (`nft flush ruleset`) on a kernel without the owner
+// flag deletes wanpin's table: the deletion is reported at once, the
+// owned companion table survives it (so the NAT hooks stay), and Apply
+// puts the table back without touching the companion.
+func TestFlushRulesetWithoutOwner(t *testing.T) {
+	ns := newNS(t)
+	m := ns.manager(t, WithoutOwner())
+	s := goldenSpecs()["two_up"]
+	mustApply(t, m, s)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	deleted := m.WatchDeletions(ctx, slog.New(slog.DiscardHandler))
+	before := time.Now()
+	ns.mustNft(t, "flush", "ruleset")
+	select {
+	case at := <-deleted:
+		if at.Sub(before) > time.Second {
+			t.Errorf("deletion reported after %v", at.Sub(before))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the deletion was not reported")
+	}
+	missing, err := m.Missing()
+	if err != nil || len(missing) != 1 || missing[0] != "inet wanpin" {
+		t.Fatalf("missing after flush ruleset: %v %v (the companion must survive)", missing, err)
+	}
+	mustApply(t, m, s)
+	if missing, _ := m.Missing(); len(missing) != 0 {
+		t.Errorf("still missing after Apply: %v", missing)
+	}
+	if got := normalizeListing(ns.mustNft(t, "list", "table", "inet", "wanpin")); got != Render(s) {
+		t.Errorf("after the repair:\n%s", cmp.Diff(Render(s), got))
+	}
+	if out := ns.mustNft(t, "list", "table", "inet", KeeperTable("wanpin")); !strings.Contains(out, "flags owner") {
+		t.Errorf("the companion table is not owned:\n%s", out)
 	}
 }

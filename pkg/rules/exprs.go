@@ -389,3 +389,16 @@ func fromPolicySet(ps *policy.Set) *set {
 	}
 	return s
 }
+
+// snatTo is `snat ip|ip6 to <addr>`: one address, ports kept where they
+// are free.
+func snatTo(f inet.Family, a netip.Addr) frag {
+	word := "snat ip to "
+	if f == inet.IPv6 {
+		word = "snat ip6 to "
+	}
+	return frag{text: word + a.String(), exprs: []expr.Any{
+		&expr.Immediate{Register: reg, Data: a.AsSlice()},
+		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: uint32(f.NFProto()), RegAddrMin: reg, RegAddrMax: reg, Specified: true},
+	}}
+}

@@ -25,6 +25,12 @@ func ownerPersistSupported(release string) bool {
 	return ok && (major > 6 || major == 6 && minor >= 9)
 }
 
+// ownerSupported: NFT_TABLE_F_OWNER exists from Linux 5.12.
+func ownerSupported(release string) bool {
+	major, minor, ok := parseRelease(release)
+	return ok && (major > 5 || major == 5 && minor >= 12)
+}
+
 // parseRelease reads "6.18.44-fc-v509" as 6, 18.
 func parseRelease(r string) (major, minor int, ok bool) {
 	parts := strings.SplitN(r, ".", 3)

@@ -459,14 +459,21 @@ func (b *builder) sourceRule() *rule {
 	return newRule(frag{text: name, exprs: append(nfprotoIs(inet.IPv6), load)}, vmapFrag(mapSource6))
 }
 
-// natRules, per uplink and family. IPv4: masquerade everything leaving a
+// natRules, per uplink and family. IPv4: translate everything leaving a
 // Masquerade uplink; on the others only the router's own traffic that a
 // mark re-routed there and that still carries another uplink's address.
-// IPv6 by the uplink's NAT6 mode: masquerade everything; or leave the
-// uplink's own prefix untranslated and masquerade the rest (a host of
+// IPv6 by the uplink's NAT6 mode: translate everything; or leave the
+// uplink's own prefix untranslated and translate the rest (a host of
 // another uplink's prefix failed over here, the router's own traffic);
-// or map the LAN prefix onto the uplink's prefix and masquerade the rest.
-// An uplink that masquerades both families gets one rule.
+// or map the LAN prefix onto the uplink's prefix and translate the rest.
+//
+// "Translate" is snat to the uplink's address, not masquerade, wherever
+// the address is known: the kernel kills a masquerade entry whose packet
+// leaves by another interface (nf_nat_oif_changed), and while wanpin's
+// table is missing (a firewall reload's `flush ruleset` on a kernel
+// without the owner flag) a pinned connection's packets are routed by the
+// main table for a moment. With snat the entry survives: the stray packet
+// is lost, TCP resends it once the table is back.
 func (b *builder) natRules() []*rule {
 	var rs []*rule
 	for _, u := range b.s.Uplinks {
@@ -474,27 +481,52 @@ func (b *builder) natRules() []*rule {
 		if nat6 == "" {
 			nat6 = desired.NAT6Masquerade
 		}
-		if u.Masquerade && nat6 == desired.NAT6Masquerade {
-			rs = append(rs, newRule(oifnameIs(u.Interface), masquerade()))
+		out := oifnameIs(u.Interface)
+		if u.Masquerade && nat6 == desired.NAT6Masquerade && !u.NAT.Get(inet.IPv4).IsValid() && !u.NAT.Get(inet.IPv6).IsValid() {
+			// No address known yet: one masquerade for both families.
+			rs = append(rs, newRule(out, masquerade()))
 			continue
 		}
 		if u.Masquerade {
-			rs = append(rs, newRule(oifnameIs(u.Interface), nfprotoFrag(inet.IPv4), masquerade()))
+			rs = append(rs, newRule(out, b.translate(u, inet.IPv4)))
 		} else if r := b.foreignAddrMasq(u); r != nil {
 			rs = append(rs, r)
 		}
 		switch nat6 {
 		case desired.NAT6Masquerade:
-			rs = append(rs, newRule(oifnameIs(u.Interface), nfprotoFrag(inet.IPv6), masquerade()))
+			rs = append(rs, newRule(out, b.translate(u, inet.IPv6)))
 		case desired.NAT6None:
-			rs = append(rs, newRule(oifnameIs(u.Interface), ip6PrefixCmp(saddr, expr.CmpOpNeq, u.Prefix6), masquerade()))
+			rs = append(rs, newRule(out, ip6PrefixCmp(saddr, expr.CmpOpNeq, u.Prefix6), b.translateMatched(u, inet.IPv6)))
 		case desired.NAT6Prefix:
 			rs = append(rs,
-				newRule(oifnameIs(u.Interface), ip6PrefixCmp(saddr, expr.CmpOpEq, b.s.LANPrefix6), prefixNAT(snat, u.Prefix6)),
-				newRule(oifnameIs(u.Interface), nfprotoFrag(inet.IPv6), masquerade()))
+				newRule(out, ip6PrefixCmp(saddr, expr.CmpOpEq, b.s.LANPrefix6), prefixNAT(snat, u.Prefix6)),
+				newRule(out, b.translate(u, inet.IPv6)))
 		}
 	}
 	return rs
+}
+
+// translate is `snat ip|ip6 to <uplink's address>`, or `meta nfproto
+// ipv4|ipv6 masquerade` while the address is unknown. A snat of one
+// family does nothing to a packet of the other (nft_nat_inet), so it
+// needs no nfproto match.
+func (b *builder) translate(u desired.Uplink, f inet.Family) frag {
+	a := u.NAT.Get(f)
+	if !a.IsValid() {
+		pf := nfprotoFrag(f)
+		m := masquerade()
+		return frag{text: pf.text + " " + m.text, exprs: append(pf.exprs, m.exprs...)}
+	}
+	return snatTo(f, a)
+}
+
+// translateMatched is translate after a match that already selects the
+// family (`ip saddr ...`): the masquerade stand-in needs no nfproto.
+func (b *builder) translateMatched(u desired.Uplink, f inet.Family) frag {
+	if a := u.NAT.Get(f); a.IsValid() {
+		return snatTo(f, a)
+	}
+	return masquerade()
 }
 
 // natInRules: on the way in, an uplink with NAT6Prefix maps its prefix
@@ -545,5 +577,5 @@ func (b *builder) foreignAddrMasq(u desired.Uplink) *rule {
 		f.text, f.anon = name+" "+st.inlineText(), st
 		f.exprs = append(f.exprs, lookup(""))
 	}
-	return newRule(oifnameIs(u.Interface), f, masquerade())
+	return newRule(oifnameIs(u.Interface), f, b.translateMatched(u, inet.IPv4))
 }

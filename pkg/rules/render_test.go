@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/wanpin/wanpin/pkg/desired"
+	"github.com/wanpin/wanpin/pkg/inet"
 	"github.com/wanpin/wanpin/pkg/policy"
 )
 
@@ -24,6 +25,18 @@ func pfx(ss ...string) []netip.Prefix {
 	return out
 }
 
+// nat is the uplink's snat addresses ("": unknown, masquerade).
+func nat(v4, v6 string) inet.PerFamily[netip.Addr] {
+	var p inet.PerFamily[netip.Addr]
+	if v4 != "" {
+		*p.Of(inet.IPv4) = netip.MustParseAddr(v4)
+	}
+	if v6 != "" {
+		*p.Of(inet.IPv6) = netip.MustParseAddr(v6)
+	}
+	return p
+}
+
 func addrs(ss ...string) []netip.Addr {
 	out := make([]netip.Addr, len(ss))
 	for i, s := range ss {
@@ -34,7 +47,7 @@ func addrs(ss ...string) []netip.Addr {
 
 func twoUplinks() []desired.Uplink {
 	return []desired.Uplink{
-		{Name: "wan1", Interface: "eth1", Mark: 0x100, Masquerade: true, Addrs: addrs("192.0.2.10")},
+		{Name: "wan1", Interface: "eth1", Mark: 0x100, Masquerade: true, Addrs: addrs("192.0.2.10"), NAT: nat("192.0.2.10", "")},
 		{Name: "wan2", Interface: "ppp0", Mark: 0x200, Addrs: addrs("198.51.100.20", "2001:db8:2::20")},
 	}
 }
@@ -105,7 +118,7 @@ func goldenSpecs() map[string]desired.NFT {
 			Table: "wanpin", Mask: 0x00ff0000, LANPrefix6: pfx("2001:db8:1::/64")[0],
 			Uplinks: []desired.Uplink{
 				{Name: "fibre", Interface: "eth1", Mark: 0x10000, Masquerade: true, NAT6: desired.NAT6None,
-					Prefix6: pfx("2001:db8:d1::/56")[0], Addrs: addrs("198.51.100.2", "2001:db8:101::2")},
+					Prefix6: pfx("2001:db8:d1::/56")[0], Addrs: addrs("198.51.100.2", "2001:db8:101::2"), NAT: nat("198.51.100.2", "2001:db8:101::2")},
 				{Name: "dsl", Interface: "ppp0", Mark: 0x20000, Masquerade: true, NAT6: desired.NAT6Prefix,
 					Prefix6: pfx("2001:db8:d2:100::/64")[0], Addrs: addrs("2001:db8:102::2")},
 				{Name: "lte", Interface: "wwan0", Mark: 0x30000, Masquerade: false, NAT6: desired.NAT6None,

@@ -1,10 +1,11 @@
 package tables
 
 import (
-	"github.com/wanpin/wanpin/pkg/desired"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/wanpin/wanpin/pkg/desired"
 )
 
 func itoa(i int) string { return strconv.Itoa(i) }

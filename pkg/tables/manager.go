@@ -73,10 +73,19 @@ func (m *Manager) Apply(d desired.Routing) (Result, error) {
 		wantRules[r.Key()] = r
 	}
 
+	// Never replace another program's route: a route of the same key in
+	// one of our tables that is not ours means the table is not ours.
+	foreign, err := m.foreignRoutes(d.Routes)
+	if err != nil {
+		return res, err
+	}
 	// Routes first: a rule pointing at a table must find its routes there.
 	for _, r := range d.Routes {
 		if cur, ok := haveRoutes[r.Key()]; ok && sameRoute(cur.spec, r) {
 			continue
+		}
+		if f, ok := foreign[r.Key()]; ok {
+			return res, fmt.Errorf("table %d holds a route of another program (%s): not replacing it with %q", r.Table, f, r.String())
 		}
 		nr, err := m.toNetlinkRoute(r)
 		if err != nil {
@@ -163,6 +172,55 @@ func (m *Manager) Current() (desired.Routing, error) {
 	return d, nil
 }
 
+// foreignRoutes lists the routes in the tables routes go to that are not
+// wanpin's, by the key a route of ours would have.
+func (m *Manager) foreignRoutes(routes []desired.Route) (map[string]string, error) {
+	out := map[string]string{}
+	seen := map[string]bool{}
+	for _, r := range routes {
+		k := fmt.Sprintf("%v|%d", r.Family, r.Table)
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		list, err := m.h.RouteListFiltered(r.Family.AF(), &netlink.Route{Table: r.Table}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return nil, fmt.Errorf("listing %v routes of table %d: %w", r.Family, r.Table, err)
+		}
+		for i := range list {
+			nr := &list[i]
+			if nr.Protocol == desired.Protocol {
+				continue
+			}
+			spec, err := m.fromNetlinkRoute(r.Family, nr)
+			if err != nil {
+				continue
+			}
+			out[spec.Key()] = fmt.Sprintf("proto %d", nr.Protocol)
+		}
+	}
+	return out, nil
+}
+
+// ForeignTables lists the routing tables that hold routes of other
+// programs (any route without wanpin's protocol tag), in either family:
+// wanpin must never pick one of those for an uplink.
+func (m *Manager) ForeignTables() (map[int]bool, error) {
+	out := map[int]bool{}
+	for _, fam := range inet.Families {
+		list, err := m.h.RouteListFiltered(fam.AF(), &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return nil, fmt.Errorf("listing %v routes: %w", fam, err)
+		}
+		for _, r := range list {
+			if r.Protocol != desired.Protocol {
+				out[r.Table] = true
+			}
+		}
+	}
+	return out, nil
+}
+
 type ownedRule struct {
 	spec desired.Rule
 	nl   *netlink.Rule
@@ -218,12 +276,16 @@ func toNetlinkRule(r desired.Rule) *netlink.Rule {
 	nr := netlink.NewRule()
 	nr.Family = r.Family.AF()
 	nr.Priority = r.Priority
-	nr.Table = r.Table
 	nr.Protocol = desired.Protocol
+	if r.Action == desired.Unreachable {
+		nr.Type = unix.RTN_UNREACHABLE // FR_ACT_UNREACHABLE
+	} else {
+		nr.Table = r.Table
+	}
 	if r.Suppress {
 		nr.SuppressPrefixlen = 0
 	}
-	if r.Mark != 0 {
+	if r.Mask != 0 {
 		nr.Mark = r.Mark
 		mask := r.Mask
 		nr.Mask = &mask
@@ -231,17 +293,35 @@ func toNetlinkRule(r desired.Rule) *netlink.Rule {
 	if r.Src.IsValid() {
 		nr.Src = prefixToIPNet(r.Src)
 	}
+	if r.Dst.IsValid() {
+		nr.Dst = prefixToIPNet(r.Dst)
+	}
+	nr.IifName = r.Iif
 	return nr
 }
 
 func fromNetlinkRule(fam inet.Family, nr *netlink.Rule) desired.Rule {
-	r := desired.Rule{Family: fam, Priority: nr.Priority, Table: nr.Table, Suppress: nr.SuppressPrefixlen == 0, Mark: nr.Mark}
+	r := desired.Rule{Family: fam, Priority: nr.Priority, Table: nr.Table, Suppress: nr.SuppressPrefixlen == 0, Mark: nr.Mark,
+		Iif: nr.IifName}
+	// The library does not read the rule's action back; a rule without a
+	// table and without a goto is one of wanpin's unreachable rules (it
+	// makes no other kind).
+	if nr.Table == 0 && nr.Goto < 0 {
+		r.Action = desired.Unreachable
+	}
 	if nr.Mask != nil {
 		r.Mask = *nr.Mask
+	} else if nr.Mark != 0 {
+		r.Mask = ^uint32(0)
 	}
 	if nr.Src != nil {
 		if p, ok := ipNetToPrefix(nr.Src); ok {
 			r.Src = p
+		}
+	}
+	if nr.Dst != nil {
+		if p, ok := ipNetToPrefix(nr.Dst); ok {
+			r.Dst = p
 		}
 	}
 	return r
@@ -255,9 +335,25 @@ func (m *Manager) toNetlinkRoute(r desired.Route) (*netlink.Route, error) {
 		Protocol: desired.Protocol,
 		Priority: r.Metric,
 	}
-	switch r.Type {
-	case desired.Unreachable:
+	switch {
+	case r.Type == desired.UnreachableRoute:
 		nr.Type = unix.RTN_UNREACHABLE
+	case len(r.Nexthops) > 0:
+		nr.Type = unix.RTN_UNICAST
+		for _, nh := range r.Nexthops {
+			link, err := m.h.LinkByName(nh.Interface)
+			if err != nil {
+				return nil, fmt.Errorf("multipath route in table %d: interface %s: %w", r.Table, nh.Interface, err)
+			}
+			ni := &netlink.NexthopInfo{LinkIndex: link.Attrs().Index, Hops: nh.Weight - 1}
+			if nh.Gateway.IsValid() {
+				ni.Gw = net.IP(nh.Gateway.AsSlice())
+			}
+			if nh.OnLink {
+				ni.Flags = int(netlink.FLAG_ONLINK)
+			}
+			nr.MultiPath = append(nr.MultiPath, ni)
+		}
 	default:
 		link, err := m.h.LinkByName(r.Interface)
 		if err != nil {
@@ -288,7 +384,7 @@ func (m *Manager) fromNetlinkRoute(fam inet.Family, nr *netlink.Route) (desired.
 		}
 	}
 	if nr.Type == unix.RTN_UNREACHABLE {
-		r.Type = desired.Unreachable
+		r.Type = desired.UnreachableRoute
 		return r, nil
 	}
 	if nr.Gw != nil {
@@ -297,6 +393,16 @@ func (m *Manager) fromNetlinkRoute(fam inet.Family, nr *netlink.Route) (desired.
 		}
 	}
 	r.OnLink = nr.Flags&int(netlink.FLAG_ONLINK) != 0
+	for _, ni := range nr.MultiPath {
+		nh := desired.Nexthop{Weight: ni.Hops + 1, OnLink: ni.Flags&int(netlink.FLAG_ONLINK) != 0}
+		if a, ok := netip.AddrFromSlice(ni.Gw); ok {
+			nh.Gateway = a.Unmap()
+		}
+		if link, err := m.h.LinkByIndex(ni.LinkIndex); err == nil {
+			nh.Interface = link.Attrs().Name
+		}
+		r.Nexthops = append(r.Nexthops, nh)
+	}
 	if nr.LinkIndex != 0 {
 		if link, err := m.h.LinkByIndex(nr.LinkIndex); err == nil {
 			r.Interface = link.Attrs().Name
@@ -310,7 +416,7 @@ func sameRoute(have, want desired.Route) bool {
 	if want.Dst.IsValid() && want.Dst.Bits() == 0 {
 		want.Dst = netip.Prefix{}
 	}
-	return have == want
+	return have.String() == want.String() && have.Key() == want.Key()
 }
 
 func prefixToIPNet(p netip.Prefix) *net.IPNet {

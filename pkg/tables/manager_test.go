@@ -1,11 +1,12 @@
 package tables
 
 import (
-	"github.com/wanpin/wanpin/pkg/desired"
-	"github.com/wanpin/wanpin/pkg/inet"
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/wanpin/wanpin/pkg/desired"
+	"github.com/wanpin/wanpin/pkg/inet"
 
 	"github.com/wanpin/wanpin/internal/nstest"
 )
@@ -19,14 +20,26 @@ func sample() desired.Routing {
 			{Family: inet.IPv6, Priority: 10101, Table: 200, Mark: 0x10000, Mask: 0xff0000},
 			{Family: inet.IPv4, Priority: 10102, Table: 201, Mark: 0x20000, Mask: 0xff0000},
 			{Family: inet.IPv4, Priority: 10401, Table: 200, Src: netip.MustParsePrefix("198.51.100.2/32")},
+			// The router's own traffic: a resolver's path, a dead one's
+			// refusal, and the multipath table.
+			{Family: inet.IPv4, Priority: 10050, Table: 200, Dst: netip.MustParsePrefix("203.0.113.53/32"), Mark: 0, Mask: 0xff0000, Iif: "lo"},
+			{Family: inet.IPv4, Priority: 10051, Action: desired.Unreachable, Dst: netip.MustParsePrefix("203.0.113.54/32"), Mask: 0xff0000, Iif: "lo"},
+			{Family: inet.IPv4, Priority: 10700, Table: 300, Iif: "lo"},
+			{Family: inet.IPv6, Priority: 10700, Table: 300, Iif: "lo"},
 		},
 		Routes: []desired.Route{
 			{Family: inet.IPv4, Table: 200, Gateway: netip.MustParseAddr("198.51.100.1"), Interface: "wan1"},
-			{Family: inet.IPv4, Table: 200, Type: desired.Unreachable, Metric: desired.UnreachableMetric},
-			{Family: inet.IPv6, Table: 200, Type: desired.Unreachable, Metric: desired.UnreachableMetric},
+			{Family: inet.IPv4, Table: 200, Type: desired.UnreachableRoute, Metric: desired.UnreachableMetric},
+			{Family: inet.IPv6, Table: 200, Type: desired.UnreachableRoute, Metric: desired.UnreachableMetric},
 			{Family: inet.IPv6, Table: 200, Gateway: netip.MustParseAddr("2001:db8:101::1"), Interface: "wan1"},
 			{Family: inet.IPv4, Table: 201, Interface: "wan2"},
-			{Family: inet.IPv4, Table: 201, Type: desired.Unreachable, Metric: desired.UnreachableMetric},
+			{Family: inet.IPv4, Table: 201, Type: desired.UnreachableRoute, Metric: desired.UnreachableMetric},
+			{Family: inet.IPv4, Table: 300, Nexthops: []desired.Nexthop{
+				{Interface: "wan1", Gateway: netip.MustParseAddr("198.51.100.1"), Weight: 3},
+				{Interface: "wan2", Weight: 1}}},
+			{Family: inet.IPv6, Table: 300, Nexthops: []desired.Nexthop{
+				{Interface: "wan1", Gateway: netip.MustParseAddr("fe80::1"), Weight: 2},
+				{Interface: "wan2", Gateway: netip.MustParseAddr("fe80::1"), Weight: 1}}},
 		},
 	}
 }
@@ -156,7 +169,7 @@ func TestApplyConverges(t *testing.T) {
 	b.Rules = append(b.Rules[:4], desired.Rule{Family: inet.IPv4, Priority: 10401, Table: 200, Src: netip.MustParsePrefix("198.51.100.3/32")})
 	b.Routes = []desired.Route{
 		{Family: inet.IPv4, Table: 200, Gateway: netip.MustParseAddr("198.51.100.4"), Interface: "wan1"},
-		{Family: inet.IPv4, Table: 200, Type: desired.Unreachable, Metric: desired.UnreachableMetric},
+		{Family: inet.IPv4, Table: 200, Type: desired.UnreachableRoute, Metric: desired.UnreachableMetric},
 	}
 	for i, d := range []desired.Routing{a, b, a, b, {}, a} {
 		if _, err := m.Apply(d); err != nil {
@@ -177,5 +190,26 @@ func TestMissingInterfaceIsAnError(t *testing.T) {
 	_, err := m.Apply(desired.Routing{Routes: []desired.Route{{Family: inet.IPv4, Table: 200, Interface: "ppp0"}}})
 	if err == nil || !strings.Contains(err.Error(), "ppp0") {
 		t.Fatalf("want an error naming ppp0, got %v", err)
+	}
+}
+
+// A route of another program where wanpin would put one is never
+// replaced, and its table counts as foreign.
+func TestForeignRouteIsNeverReplaced(t *testing.T) {
+	ns, m := setup(t)
+	ns.Run(t, "ip", "route", "add", "default", "via", "198.51.100.1", "dev", "wan1", "table", "200")
+	foreign, err := m.ForeignTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !foreign[200] || foreign[201] {
+		t.Errorf("foreign tables %v, want 200 and not 201", foreign)
+	}
+	_, err = m.Apply(sample())
+	if err == nil || !strings.Contains(err.Error(), "table 200 holds a route of another program") {
+		t.Fatalf("apply over a foreign default route: %v", err)
+	}
+	if out := ns.Run(t, "ip", "route", "show", "table", "200"); !strings.Contains(out, "default via 198.51.100.1 dev wan1") || strings.Contains(out, "proto 119") {
+		t.Errorf("the foreign route changed: %q", out)
 	}
 }

@@ -74,7 +74,12 @@ func (o *Observer) Snapshot(names []string) (map[string]core.Link, error) {
 					continue
 				}
 				ones, _ := ad.Mask.Size()
-				x := core.Addr{Prefix: netip.PrefixFrom(ip, ones)}
+				// Secondary (an IPv4 alias) and temporary (IPv6 privacy)
+				// addresses, and deprecated ones, are not what wanpin
+				// translates the uplink's traffic to.
+				x := core.Addr{Prefix: netip.PrefixFrom(ip, ones),
+					Secondary:  ad.Flags&unix.IFA_F_SECONDARY != 0,
+					Deprecated: ad.Flags&unix.IFA_F_DEPRECATED != 0}
 				if ad.Peer != nil {
 					if p, ok := netip.AddrFromSlice(ad.Peer.IP); ok && p.Unmap() != ip {
 						x.Peer = p.Unmap()
