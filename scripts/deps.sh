@@ -14,6 +14,11 @@ declare -A need=(
   [socat]=socat [curl]=curl [dbus-daemon]=dbus-daemon [nsenter]=util-linux
   [setpriv]=util-linux [systemd-analyze]=systemd [dpkg-deb]=dpkg
   [radvd]=radvd [rdisc6]=ndisc6 [ndisc6]=ndisc6 [ping]=iputils-ping
+  # The lab's DHCP clients, ISP servers and resolvers. The -base packages
+  # bring the binaries without a service that would start on the host:
+  # package dhcpcd would run dhcpcd on the machine's own interfaces.
+  [dhclient]=isc-dhcp-client [dhcpcd]=dhcpcd-base [dnsmasq]=dnsmasq-base
+  [dig]=bind9-dnsutils
 )
 missing=()
 for cmd in "${!need[@]}"; do
