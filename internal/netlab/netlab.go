@@ -85,6 +85,19 @@ const LANPrefix6 = "2001:db8:1::/64"
 // Options shape a lab.
 type Options struct {
 	ISPs int // default 2
+
+	// DHCP lists the uplinks (1-based) whose IPv4 a DHCP client on the
+	// router configures: wan<i> gets no static IPv4 address and no IPv4
+	// default route, and ISP i runs a DHCP server on its customer link
+	// instead (see dhcp.go). IPv6 stays static. Implies Resolvers.
+	DHCP []int
+	// DHCPRenewal is the renewal time (T1) the ISPs' DHCP servers hand
+	// out with the lease of LeaseTime, and 7/4 of it as rebinding time
+	// (T2); 0 leaves dnsmasq's defaults, 1/2 and 7/8 of the lease.
+	DHCPRenewal time.Duration
+	// Resolvers makes every ISP run a DNS resolver that answers only its
+	// own customer (see dns.go).
+	Resolvers bool
 }
 
 // Lab is one built lab. Close tears it down.
@@ -99,6 +112,12 @@ type Lab struct {
 	mu     sync.Mutex
 	procs  []*Proc
 	closed bool
+
+	opts       Options
+	dir        string         // temporary files of DHCP and DNS, made on first use
+	cleanups   []func() error // run by Close, after the processes are gone
+	dhcp       dhcpState      // see dhcp.go
+	forwarders int            // DNS forwarders started (dns.go)
 }
 
 // ISP returns the namespace name of ISP i (1-based).
@@ -113,7 +132,7 @@ func (l *Lab) ISPOf(addr string) int {
 	addr = strings.TrimSpace(addr)
 	a, err := netip.ParseAddr(addr)
 	for i := 1; i <= len(l.isps); i++ {
-		if addr == UplinkAddr4(i) || addr == UplinkAddr6(i) {
+		if addr == l.CustomerAddr4(i) || addr == UplinkAddr6(i) {
 			return i
 		}
 		if err == nil && netip.MustParsePrefix(Delegated6(i)).Contains(a) {
@@ -134,11 +153,22 @@ func New(opts Options) (*Lab, error) {
 	b := make([]byte, 2)
 	_, _ = rand.Read(b)
 	p := "wpl" + hex.EncodeToString(b)
-	l := &Lab{Prefix: p, Router: p + "-router", LAN: p + "-lan", Server: p + "-srv"}
+	if err := checkDHCPOptions(opts); err != nil {
+		return nil, err
+	}
+	l := &Lab{Prefix: p, Router: p + "-router", LAN: p + "-lan", Server: p + "-srv", opts: opts}
 	for i := 1; i <= opts.ISPs; i++ {
 		l.isps = append(l.isps, fmt.Sprintf("%s-isp%d", p, i))
 	}
 	if err := l.build(); err != nil {
+		l.Close()
+		return nil, err
+	}
+	if err := l.buildResolvers(); err != nil {
+		l.Close()
+		return nil, err
+	}
+	if err := l.buildDHCP(); err != nil {
 		l.Close()
 		return nil, err
 	}
@@ -211,16 +241,21 @@ func (l *Lab) build() error {
 		}
 		// The router's main table gets what a DHCP client and router
 		// advertisements would leave: a default route per uplink, with
-		// a metric by preference.
-		if err := l.ip(l.Router,
-			"link set "+wan+" up",
+		// a metric by preference. An uplink under DHCP gets its IPv4
+		// from a real client instead (dhcp.go).
+		v4 := []string{
 			fmt.Sprintf("addr add %s/29 dev %s", UplinkAddr4(n), wan),
-			fmt.Sprintf("addr add %s/64 dev %s nodad", UplinkAddr6(n), wan),
 			fmt.Sprintf("route add default via %s dev %s metric %d", UplinkGateway4(n), wan, 100*n),
+		}
+		if l.dhcpOn(n) {
+			v4 = nil
+		}
+		if err := l.ip(l.Router, append(append([]string{"link set " + wan + " up"}, v4...),
+			fmt.Sprintf("addr add %s/64 dev %s nodad", UplinkAddr6(n), wan),
 			// As router advertisements leave it: via the ISP's
 			// link-local router address.
 			fmt.Sprintf("route add ::/0 via %s dev %s metric %d", UplinkGateway6(n), wan, 100*n),
-		); err != nil {
+		)...); err != nil {
 			return err
 		}
 		srv4, isp4 := fmt.Sprintf("203.0.113.%d", 4*i+18), fmt.Sprintf("203.0.113.%d", 4*i+17)
@@ -258,6 +293,11 @@ func (l *Lab) build() error {
 	}
 }
 `, UplinkAddr4(n), UplinkAddr6(n), Delegated6(n))
+		if l.dhcpOn(n) || l.resolversOn() {
+			// The same filter with a set the lease can move in, DHCP
+			// let through and the resolver's customers-only rule.
+			filter = l.ispFilter(n)
+		}
 		if err := l.nft(isp, filter); err != nil {
 			return err
 		}
@@ -370,6 +410,11 @@ func (l *Lab) Close() error {
 		l.server.close()
 	}
 	var errs []error
+	for i := len(l.cleanups) - 1; i >= 0; i-- {
+		if err := l.cleanups[i](); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, ns := range l.namespaces() {
 		if err := exec.Command("ip", "netns", "del", ns).Run(); err != nil {
 			if _, statErr := exec.Command("ip", "netns", "pids", ns).Output(); statErr == nil {
@@ -384,6 +429,7 @@ func (l *Lab) Close() error {
 // always has a process in its server namespace (iperf3), so a lab
 // namespace whose server has none is a leftover.
 func Sweep() {
+	sweepEtcNetns()
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
 		return
