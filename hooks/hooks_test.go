@@ -28,7 +28,7 @@ const (
 // call appends one line to rec, its arguments separated by \x1f, and one
 // to env with the variables the CLI honours.
 type fake struct {
-	dir, bin, rec, env, logs string
+	dir, bin, rec, env, logs, reasons string
 }
 
 // newFake writes a fake wanpin that records its call and then runs body.
@@ -36,13 +36,17 @@ func newFake(t *testing.T, body string) *fake {
 	t.Helper()
 	dir := t.TempDir()
 	f := &fake{dir: dir, bin: filepath.Join(dir, "wanpin"), rec: filepath.Join(dir, "rec"),
-		env: filepath.Join(dir, "env"), logs: filepath.Join(dir, "logs")}
+		env: filepath.Join(dir, "env"), logs: filepath.Join(dir, "logs"), reasons: filepath.Join(dir, "reasons")}
+	// $reason: the DHCP clients export it to their scripts, so wanpin
+	// inherits it; the real-client tests check which reason led to which
+	// call.
 	script := fmt.Sprintf(`#!/bin/sh
 line=$(printf '%%s\037' "$@")
 printf '%%s\n' "$line" >> '%s'
 printf '%%s\n' "WANPIN_RUNTIME_DIR=${WANPIN_RUNTIME_DIR-unset} DBUS_SYSTEM_BUS_ADDRESS=${DBUS_SYSTEM_BUS_ADDRESS-unset}" >> '%s'
+printf '%%s\n' "${reason-}" >> '%s'
 %s
-`, f.rec, f.env, body)
+`, f.rec, f.env, f.reasons, body)
 	writeExec(t, f.bin, script)
 	// logger, which the hooks use for wanpin's failures: recorded, so
 	// that the tests do not write to the machine's journal.
@@ -650,5 +654,344 @@ func TestCallerSurvives(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// The tests below run the hooks under the real clients, in two network
+// namespaces of their own joined by a veth pair: "srv" with dnsmasq
+// serving DHCPv4 and DHCPv6 from 198.51.100.1/24 and 2001:db8:5::1/64,
+// "cli" with the client on wpc0. The hooks find the fake wanpin through
+// /etc/netns/<cli>/default/wanpin, which `ip netns exec` mounts over
+// /etc/default; the machine's own network, /etc and /run are not touched,
+// and everything is removed afterwards.
+
+// netLab is one such pair of namespaces.
+type netLab struct {
+	t        *testing.T
+	srv, cli string
+	dir      string // scratch space
+	etc      string // /etc/netns/<cli>
+	log      *os.File
+	dnsmasq  *exec.Cmd
+}
+
+// needClient skips unless root with ip, dnsmasq and the given programs.
+func needClient(t *testing.T, progs ...string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces)")
+	}
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	for _, p := range append([]string{"ip", "dnsmasq"}, progs...) {
+		if _, err := exec.LookPath(p); err != nil {
+			if _, err := os.Stat(p); err != nil {
+				t.Skipf("needs %s", p)
+			}
+		}
+	}
+}
+
+// newNetLab makes the namespaces wphk<pid><tag>s and ...c.
+func newNetLab(t *testing.T, f *fake, tag string) *netLab {
+	t.Helper()
+	id := fmt.Sprintf("wphk%d%s", os.Getpid()%100000, tag)
+	l := &netLab{t: t, srv: id + "s", cli: id + "c", dir: t.TempDir()}
+	l.etc = filepath.Join("/etc/netns", l.cli)
+	var err error
+	if l.log, err = os.Create(filepath.Join(l.dir, "commands.log")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(l.etc); err == nil {
+		t.Fatalf("%s exists already", l.etc)
+	}
+	_, statErr := os.Stat("/etc/netns")
+	t.Cleanup(func() {
+		l.stopDnsmasq()
+		// Whatever the test started in there (dhclient, dhcpcd and
+		// their helpers), by pid, then the namespaces.
+		for _, ns := range []string{l.cli, l.srv} {
+			out, _ := exec.Command("ip", "netns", "pids", ns).Output()
+			for _, pid := range strings.Fields(string(out)) {
+				exec.Command("kill", "-9", pid).Run()
+			}
+			exec.Command("ip", "netns", "del", ns).Run()
+		}
+		os.RemoveAll(l.etc)
+		if statErr != nil {
+			os.Remove("/etc/netns") // only if this test made it and it is empty
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(l.log.Name())
+			t.Logf("commands and their output:\n%s", b)
+		}
+		l.log.Close()
+	})
+	for _, ns := range []string{l.srv, l.cli} {
+		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+			t.Skipf("cannot create a network namespace: %v %s", err, out)
+		}
+	}
+	l.must(l.srv, "ip", "link", "set", "lo", "up")
+	l.must(l.cli, "ip", "link", "set", "lo", "up")
+	for _, ns := range []string{l.srv, l.cli} {
+		l.must(ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+	}
+	l.must(l.srv, "ip", "link", "add", "wps0", "type", "veth", "peer", "name", "wpc0", "netns", l.cli)
+	l.must(l.srv, "ip", "addr", "add", "198.51.100.1/24", "dev", "wps0")
+	l.must(l.srv, "ip", "addr", "add", "2001:db8:5::1/64", "dev", "wps0", "nodad")
+	l.must(l.srv, "ip", "link", "set", "wps0", "up")
+	l.must(l.cli, "ip", "link", "set", "wpc0", "up")
+
+	// The namespace's /etc/default holds only the test's wanpin file,
+	// and its resolv.conf takes what dhclient-script writes.
+	l.write("default/wanpin", fmt.Sprintf("WANPIN_BIN=%s\nWANPIN_RUNTIME_DIR=%s/run\n", f.bin, l.dir))
+	l.write("resolv.conf", "# the test's\n")
+	return l
+}
+
+// write puts a file into the namespace's /etc. Other labs may remove an
+// empty /etc/netns meanwhile: the directories are made again then.
+func (l *netLab) write(rel, content string) {
+	l.t.Helper()
+	p := filepath.Join(l.etc, rel)
+	var err error
+	for range 10 {
+		if err = os.MkdirAll(filepath.Dir(p), 0o755); err == nil {
+			if err = os.WriteFile(p, []byte(content), 0o644); err == nil {
+				return
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	l.t.Fatal(err)
+}
+
+// run runs argv in namespace ns, for 30 s at most; output goes to the
+// log, not to a pipe a daemonising client could keep open.
+func (l *netLab) run(ns string, argv ...string) error {
+	fmt.Fprintf(l.log, "# [%s] %s\n", ns, strings.Join(argv, " "))
+	cmd := exec.Command("timeout", append([]string{"-k", "5", "30", "ip", "netns", "exec", ns}, argv...)...)
+	cmd.Stdout, cmd.Stderr = l.log, l.log
+	err := cmd.Run()
+	if err != nil {
+		fmt.Fprintf(l.log, "# -> %v\n", err)
+	}
+	return err
+}
+
+func (l *netLab) must(ns string, argv ...string) {
+	l.t.Helper()
+	if err := l.run(ns, argv...); err != nil {
+		l.t.Fatalf("%s: %v", strings.Join(argv, " "), err)
+	}
+}
+
+// startDnsmasq serves one address of each family, a router, option 121
+// with a default route through another router (RFC 3442: that one is the
+// gateway), and DNS servers.
+func (l *netLab) startDnsmasq() {
+	l.t.Helper()
+	fmt.Fprintf(l.log, "# [%s] dnsmasq\n", l.srv)
+	l.dnsmasq = exec.Command("ip", "netns", "exec", l.srv, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+		"--port=0", "--interface=wps0", "--bind-interfaces", "--dhcp-authoritative", "--log-dhcp",
+		"--dhcp-leasefile="+filepath.Join(l.dir, "dnsmasq.leases"), "--pid-file="+filepath.Join(l.dir, "dnsmasq.pid"),
+		"--dhcp-range=198.51.100.10,198.51.100.10,255.255.255.0,2m",
+		"--dhcp-option=option:router,198.51.100.1",
+		"--dhcp-option=option:classless-static-route,192.0.2.0/24,198.51.100.9,0.0.0.0/0,198.51.100.3",
+		"--dhcp-option=option:dns-server,198.51.100.53,198.51.100.54",
+		"--dhcp-range=2001:db8:5::10,2001:db8:5::10,64,2m", "--enable-ra",
+		"--dhcp-option=option6:dns-server,[2001:db8:5::53]")
+	l.dnsmasq.Stdout, l.dnsmasq.Stderr = l.log, l.log
+	if err := l.dnsmasq.Start(); err != nil {
+		l.t.Fatalf("dnsmasq: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+}
+
+func (l *netLab) stopDnsmasq() {
+	if l.dnsmasq != nil {
+		l.dnsmasq.Process.Kill()
+		l.dnsmasq.Wait()
+		l.dnsmasq = nil
+	}
+}
+
+// history is what the fake wanpin saw, in order: the client's reason,
+// then the arguments.
+func (f *fake) history(t *testing.T) []string {
+	t.Helper()
+	b, _ := os.ReadFile(f.rec)
+	r, _ := os.ReadFile(f.reasons)
+	calls := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	reasons := strings.Split(strings.TrimSuffix(string(r), "\n"), "\n")
+	var out []string
+	for i, c := range calls {
+		if c == "" {
+			continue
+		}
+		reason := ""
+		if i < len(reasons) {
+			reason = reasons[i]
+		}
+		out = append(out, reason+": "+strings.Join(strings.Split(strings.TrimSuffix(c, "\x1f"), "\x1f"), " "))
+	}
+	return out
+}
+
+// expect waits (up to 15 s) for the history to become want, then checks
+// that nothing else follows for a moment.
+func expect(t *testing.T, f *fake, step string, want []string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for len(f.history(t)) < len(want) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if d := cmp.Diff(want, f.history(t)); d != "" {
+		t.Fatalf("after %s, wanpin calls (-want +got):\n%s", step, d)
+	}
+}
+
+func TestUnderDhclient(t *testing.T) {
+	t.Parallel()
+	needClient(t, "/sbin/dhclient", "/sbin/dhclient-script")
+	f := newFake(t, "")
+	l := newNetLab(t, f, "dhcl")
+	// The namespace's /etc/dhcp: a short timeout (for TIMEOUT), option
+	// 121 requested as Debian's dhclient.conf does, and only our exit hook.
+	hook, _ := os.ReadFile(dhclientHook)
+	for rel, content := range map[string]string{
+		"dhcp/dhclient.conf": `option rfc3442-classless-static-routes code 121 = array of unsigned integer 8;
+request subnet-mask, broadcast-address, routers, domain-name-servers, rfc3442-classless-static-routes, dhcp6.name-servers;
+timeout 3;
+reboot 1;
+initial-interval 1;
+retry 60;
+`,
+		"dhcp/dhclient-exit-hooks.d/wanpin":  string(hook),
+		"dhcp/dhclient-enter-hooks.d/.empty": "",
+	} {
+		l.write(rel, content)
+	}
+	l.startDnsmasq()
+	d4 := []string{"dhclient", "-lf", filepath.Join(l.dir, "dhclient.leases"), "-pf", filepath.Join(l.dir, "dhclient.pid")}
+	d6 := []string{"dhclient", "-6", "-lf", filepath.Join(l.dir, "dhclient6.leases"), "-pf", filepath.Join(l.dir, "dhclient6.pid")}
+	dh := func(base []string, args ...string) []string {
+		return append(append(append([]string{}, base...), args...), "wpc0")
+	}
+
+	const (
+		lease4 = "event lease wpc0 --family 4 --address 198.51.100.10/24 --gateway 198.51.100.3 --dns 198.51.100.53,198.51.100.54 --client dhclient"
+		lost4  = "event lease-lost wpc0 --family 4 --client dhclient"
+		lease6 = "event lease wpc0 --family 6 --address 2001:db8:5::10/128 --dns 2001:db8:5::53 --client dhclient"
+		lost6  = "event lease-lost wpc0 --family 6 --client dhclient"
+	)
+	var want []string
+	step := func(name string, argv []string, calls ...string) {
+		t.Helper()
+		l.run(l.cli, argv...) // dhclient -1 exits 2 when it gets nothing: checked by the calls
+		want = append(want, calls...)
+		expect(t, f, name, want)
+	}
+	step("a first lease", dh(d4, "-1"), "BOUND: "+lease4)
+	step("dhclient -x", dh(d4, "-x"), "STOP: "+lost4)
+	step("a restart", dh(d4, "-1"), "REBOOT: "+lease4)
+	step("dhclient -r", dh(d4, "-r"), "RELEASE: "+lost4)
+	step("a DHCPv6 lease", dh(d6, "-1"), "BOUND6: "+lease6)
+	step("dhclient -6 -r", dh(d6, "-r"), "RELEASE6: "+lost6)
+	step("a DHCPv6 lease again", dh(d6, "-1"), "BOUND6: "+lease6)
+	step("dhclient -6 -x", dh(d6, "-x"), "STOP6: "+lost6)
+	step("a lease to fall back on", dh(d4, "-1"), "BOUND: "+lease4)
+	step("dhclient -x", dh(d4, "-x"), "STOP: "+lost4)
+
+	// No server: dhclient tries the recorded lease, its router answers.
+	l.stopDnsmasq()
+	step("no server, the router answers", dh(d4, "-1"), "TIMEOUT: "+lease4)
+	out, _ := exec.Command("ip", "-n", l.cli, "-4", "-o", "addr", "show", "dev", "wpc0").Output()
+	if !strings.Contains(string(out), "198.51.100.10/24") {
+		t.Errorf("after TIMEOUT the recorded lease is not configured: %s", out)
+	}
+	step("dhclient -x", dh(d4, "-x"), "STOP: "+lost4)
+	// Nor does the router: the script flushes the address, dhclient
+	// gives up.
+	l.must(l.srv, "ip", "addr", "del", "198.51.100.1/24", "dev", "wps0")
+	step("no server, no router", dh(d4, "-1"), "TIMEOUT: "+lost4, "FAIL: "+lost4)
+
+	if b, _ := os.ReadFile(filepath.Join(l.etc, "resolv.conf")); !strings.Contains(string(b), "198.51.100.53") {
+		t.Errorf("dhclient-script did not write the namespace's resolv.conf, so where? %q", b)
+	}
+}
+
+func TestUnderDhcpcd(t *testing.T) {
+	t.Parallel()
+	needClient(t, "dhcpcd", "mount")
+	if _, err := os.Stat("/usr/lib/dhcpcd/dhcpcd-hooks"); err != nil {
+		t.Skip("no /usr/lib/dhcpcd/dhcpcd-hooks")
+	}
+	f := newFake(t, "")
+	l := newNetLab(t, f, "dhcp")
+	// dhcpcd's hooks directory, /run and /var/lib/dhcpcd are replaced
+	// by the test's own, in the namespace's mounts only.
+	hooks, run, varlib := filepath.Join(l.dir, "hooks"), filepath.Join(l.dir, "run"), filepath.Join(l.dir, "varlib")
+	for _, d := range []string{hooks, run, varlib} {
+		os.MkdirAll(d, 0o755)
+	}
+	hook, _ := os.ReadFile(dhcpcdHook)
+	os.WriteFile(filepath.Join(hooks, "90-wanpin"), hook, 0o644)
+	conf := filepath.Join(l.dir, "dhcpcd.conf")
+	// Not Debian's `persistent`, so that an exit removes the lease (see
+	// the end for persistent), and ARP probes off to go fast.
+	os.WriteFile(conf, []byte("option domain_name_servers, classless_static_routes\nrequire dhcp_server_identifier\nnoarp\nlastlease\n"), 0o644)
+	persistent := filepath.Join(l.dir, "dhcpcd-persistent.conf")
+	os.WriteFile(persistent, []byte("option domain_name_servers, classless_static_routes\nnoarp\npersistent\n"), 0o644)
+	mounts := fmt.Sprintf("mount --bind %s /usr/lib/dhcpcd/dhcpcd-hooks && mount --bind %s /run && mount --bind %s /var/lib/dhcpcd && exec \"$@\"", hooks, run, varlib)
+	dc := func(args ...string) []string {
+		return append(append([]string{"sh", "-c", mounts, "sh", "dhcpcd"}, args...), "wpc0")
+	}
+
+	const (
+		lease4 = "event lease wpc0 --family 4 --address 198.51.100.10/24 --gateway 198.51.100.3 --dns 198.51.100.53,198.51.100.54 --client dhcpcd"
+		lost4  = "event lease-lost wpc0 --family 4 --client dhcpcd"
+		lease6 = "event lease wpc0 --family 6 --address 2001:db8:5::10/128 --dns 2001:db8:5::53 --client dhcpcd"
+		lost6  = "event lease-lost wpc0 --family 6 --client dhcpcd"
+	)
+	var want []string
+	step := func(name string, argv []string, calls ...string) {
+		t.Helper()
+		l.run(l.cli, argv...)
+		want = append(want, calls...)
+		expect(t, f, name, want)
+	}
+	l.startDnsmasq()
+	step("a first lease", dc("-f", conf, "-4", "-w", "-t", "20"), "BOUND: "+lease4)
+	step("dhcpcd -N", dc("-4", "-N"), "RENEW: "+lease4)
+	step("carrier lost", []string{"ip", "link", "set", "wpc0", "down"}, "EXPIRE: "+lost4)
+	step("carrier back", []string{"ip", "link", "set", "wpc0", "up"}, "REBOOT: "+lease4)
+	step("dhcpcd -k", dc("-4", "-k"), "STOP: "+lost4)
+	step("a DHCPv6 lease", dc("-f", conf, "-6", "-w", "-t", "20"), "BOUND6: "+lease6)
+	step("dhcpcd -6 -x", dc("-6", "-x"), "STOP6: "+lost6)
+	step("a lease to fall back on", dc("-f", conf, "-4", "-w", "-t", "20"), "BOUND: "+lease4)
+	step("dhcpcd -x", dc("-4", "-x"), "STOP: "+lost4)
+	// A static configuration is configured and removed like a lease.
+	// (INFORM, -s, is not tried: dhcpcd 9.4.1's launcher hangs in it.)
+	step("static", dc("-f", conf, "-4", "-w", "-t", "20", "-S", "ip_address=198.51.100.11/24",
+		"-S", "routers=198.51.100.1", "-S", "domain_name_servers=198.51.100.53"),
+		"STATIC: event lease wpc0 --family 4 --address 198.51.100.11/24 --gateway 198.51.100.1 --dns 198.51.100.53 --client dhcpcd")
+	step("dhcpcd -x", dc("-4", "-x"), "STOP: "+lost4)
+
+	l.stopDnsmasq()
+	step("no server, the last lease", dc("-f", conf, "-4", "-w", "-t", "20", "-y", "1"), "TIMEOUT: "+lease4)
+	step("dhcpcd -x", dc("-4", "-x"), "STOP: "+lost4)
+
+	// persistent: the exit leaves the lease on the interface and runs no
+	// STOP, so wanpin hears of no loss.
+	l.startDnsmasq()
+	step("a lease, persistent", dc("-f", persistent, "-4", "-w", "-t", "20"), "REBOOT: "+lease4)
+	step("dhcpcd -x, persistent", dc("-4", "-x"))
+	out, _ := exec.Command("ip", "-n", l.cli, "-4", "-o", "addr", "show", "dev", "wpc0").Output()
+	if !strings.Contains(string(out), "198.51.100.10/24") {
+		t.Errorf("persistent dhcpcd removed the address on exit: %s", out)
 	}
 }
