@@ -34,6 +34,9 @@ func TestDebInstallAndPurge(t *testing.T) {
 		"/usr/share/dbus-1/system.d/org.wanpin.Wanpin1.conf",
 		"/etc/ppp/ip-up.d/wanpin",
 		"/etc/ppp/ip-down.d/wanpin",
+		"/etc/dhcp/dhclient-exit-hooks.d/wanpin",
+		"/usr/lib/dhcpcd/dhcpcd-hooks/90-wanpin",
+		"/etc/NetworkManager/dispatcher.d/90-wanpin",
 		"/etc/wanpin/wanpin.toml",
 		"/usr/share/man/man8/wanpin.8.gz",
 		"/usr/share/man/man5/wanpin.toml.5.gz",
@@ -59,9 +62,38 @@ func TestDebInstallAndPurge(t *testing.T) {
 			t.Errorf("%s is not executable", f)
 		}
 	}
+	// The DHCP clients' hooks: as shipped, with the modes Debian's own
+	// hooks in those directories have (sourced ones 0644, dispatcher
+	// scripts 0755).
+	for f, want := range map[string]struct {
+		src  string
+		mode os.FileMode
+	}{
+		"/etc/dhcp/dhclient-exit-hooks.d/wanpin":     {"../hooks/dhcp/dhclient-exit-hook", 0o644},
+		"/usr/lib/dhcpcd/dhcpcd-hooks/90-wanpin":     {"../hooks/dhcp/dhcpcd-hook", 0o644},
+		"/etc/NetworkManager/dispatcher.d/90-wanpin": {"../hooks/dhcp/nm-dispatcher", 0o755},
+	} {
+		st, err := os.Stat(f)
+		if err != nil {
+			continue // reported above
+		}
+		if st.Mode().Perm() != want.mode {
+			t.Errorf("%s: mode %v, want %v", f, st.Mode().Perm(), want.mode)
+		}
+		got, _ := os.ReadFile(f)
+		src, err := os.ReadFile(want.src)
+		if err != nil || string(got) != string(src) {
+			t.Errorf("%s is not %s (%v)", f, want.src, err)
+		}
+	}
 	conffiles, _ := exec.Command("dpkg-query", "-W", "-f=${Conffiles}", "wanpin").Output()
-	if !strings.Contains(string(conffiles), "/etc/wanpin/wanpin.toml") {
-		t.Errorf("the policy file is not a conffile: %s", conffiles)
+	for _, f := range []string{"/etc/wanpin/wanpin.toml", "/etc/dhcp/dhclient-exit-hooks.d/wanpin", "/etc/NetworkManager/dispatcher.d/90-wanpin"} {
+		if !strings.Contains(string(conffiles), f) {
+			t.Errorf("%s is not a conffile: %s", f, conffiles)
+		}
+	}
+	if suggests, _ := exec.Command("dpkg-query", "-W", "-f=${Suggests}", "wanpin").Output(); !strings.Contains(string(suggests), "isc-dhcp-client | dhcpcd") {
+		t.Errorf("Suggests: %s", suggests)
 	}
 	if b, err := exec.Command("/usr/sbin/wanpin", "check").CombinedOutput(); err != nil {
 		t.Errorf("wanpin check on the shipped file: %v\n%s", err, b)

@@ -18,6 +18,12 @@ install -D -m 644 packaging/networkd/wanpin.conf "$stage/usr/lib/systemd/network
 install -D -m 644 dbus/org.wanpin.Wanpin1.conf "$stage/usr/share/dbus-1/system.d/org.wanpin.Wanpin1.conf"
 install -D -m 755 hooks/ppp/ip-up "$stage/etc/ppp/ip-up.d/wanpin"
 install -D -m 755 hooks/ppp/ip-down "$stage/etc/ppp/ip-down.d/wanpin"
+# DHCP clients' hooks, as Debian's own packages install theirs: dhclient's
+# exit hooks and dhcpcd's hooks are sourced (0644), NetworkManager's
+# dispatcher scripts are executed (0755, root's, not group-writable).
+install -D -m 644 hooks/dhcp/dhclient-exit-hook "$stage/etc/dhcp/dhclient-exit-hooks.d/wanpin"
+install -D -m 644 hooks/dhcp/dhcpcd-hook "$stage/usr/lib/dhcpcd/dhcpcd-hooks/90-wanpin"
+install -D -m 755 hooks/dhcp/nm-dispatcher "$stage/etc/NetworkManager/dispatcher.d/90-wanpin"
 install -D -m 644 examples/wanpin.toml "$stage/etc/wanpin/wanpin.toml"
 install -d "$stage/etc/wanpin/hooks.d"
 install -D -m 644 packaging/completion/wanpin.bash "$stage/usr/share/bash-completion/completions/wanpin"
@@ -33,6 +39,8 @@ cat > "$stage/DEBIAN/conffiles" <<CONF
 /etc/wanpin/wanpin.toml
 /etc/ppp/ip-up.d/wanpin
 /etc/ppp/ip-down.d/wanpin
+/etc/dhcp/dhclient-exit-hooks.d/wanpin
+/etc/NetworkManager/dispatcher.d/90-wanpin
 CONF
 size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
 cat > "$stage/DEBIAN/control" <<CTRL
@@ -43,7 +51,7 @@ Maintainer: wanpin developers <wanpin@example.org>
 Installed-Size: $size
 Depends: nftables, iproute2
 Recommends: dbus, conntrack
-Suggests: ppp
+Suggests: ppp, isc-dhcp-client | dhcpcd
 Section: net
 Priority: optional
 Homepage: https://example.org/wanpin
