@@ -511,22 +511,25 @@ var runners = []runner{
 	}},
 }
 
-// TestSlowWanpin: a wanpin that hangs costs the client about a second.
+// TestSlowWanpin: a wanpin that hangs, even one deaf to SIGTERM, costs
+// the client about a second.
 func TestSlowWanpin(t *testing.T) {
 	for _, h := range runners {
-		t.Run(h.name, func(t *testing.T) {
-			t.Parallel()
-			f := newFake(t, "sleep 10")
-			r := h.run(t, baseEnv(t, f.dir))
-			r.quiet(t)
-			if r.took > 3*time.Second {
-				t.Errorf("the hook took %v with a wanpin that hangs", r.took)
-			}
-			t.Logf("returned in %v", r.took.Round(time.Millisecond))
-			if len(f.calls(t)) == 0 {
-				t.Error("wanpin was not called")
-			}
-		})
+		for name, body := range map[string]string{"hangs": "sleep 10", "ignores SIGTERM": "trap '' TERM; sleep 10"} {
+			t.Run(h.name+"/"+name, func(t *testing.T) {
+				t.Parallel()
+				f := newFake(t, body)
+				r := h.run(t, baseEnv(t, f.dir))
+				r.quiet(t)
+				if r.took > 3*time.Second {
+					t.Errorf("the hook took %v with a wanpin that %s", r.took, name)
+				}
+				t.Logf("returned in %v", r.took.Round(time.Millisecond))
+				if len(f.calls(t)) == 0 {
+					t.Error("wanpin was not called")
+				}
+			})
+		}
 	}
 }
 
