@@ -399,6 +399,6 @@ func snatTo(f inet.Family, a netip.Addr) frag {
 	}
 	return frag{text: word + a.String(), exprs: []expr.Any{
 		&expr.Immediate{Register: reg, Data: a.AsSlice()},
-		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: uint32(f.NFProto()), RegAddrMin: reg, RegAddrMax: reg, Specified: true},
+		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: uint32(f.NFProto()), RegAddrMin: reg, RegAddrMax: reg},
 	}}
 }
