@@ -73,7 +73,7 @@ func Parse(data []byte, f inet.Family) (core.Lease, error) {
 		var err error
 		switch key {
 		case "client":
-			if len(val) > 32 || strings.Trim(val, "abcdefghijklmnopqrstuvwxyz0-9-_") != "" {
+			if len(val) > 32 || strings.Trim(val, "abcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
 				return l, fmt.Errorf("client %q: want a short name", val)
 			}
 			l.Client = val

@@ -57,6 +57,11 @@ func TestParseRefuses(t *testing.T) {
 	if err != nil || l.Gateways[0] != netip.MustParseAddr("fe80::1") {
 		t.Errorf("IPv6 lease without an address: %+v %v", l, err)
 	}
+	// Any digit in a client's name (the cutset once held "0-9", which is
+	// the three characters 0, - and 9).
+	if l, err := Parse([]byte("client=ppp1-dhcp6\naddress=198.51.100.2/29\n"), inet.IPv4); err != nil || l.Client != "ppp1-dhcp6" {
+		t.Errorf("client ppp1-dhcp6: %+v %v", l, err)
+	}
 }
 
 func TestReadRefusesUnsafeFiles(t *testing.T) {
