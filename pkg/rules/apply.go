@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -28,9 +29,14 @@ type Manager struct {
 	closed      bool
 	nsFD        int
 	hasNS       bool
-	// keeperMine: this Manager's connection made (and so owns) the
-	// companion table; keeperPending: the batch being built makes it.
-	keeperMine, keeperPending bool
+	// keep: the companion table (KeepTable) is built with every Apply;
+	// only while wanpin's own table is not owned, where a ruleset flush
+	// can delete it. staleChecked: the first Apply looked for companion
+	// tables an earlier wanpin left that this one does not build.
+	keep, staleChecked bool
+	// lastCommit: how long the kernel took over the last Apply's batch,
+	// waiting for its nftables commit lock included.
+	lastCommit time.Duration
 
 	// beforeFlush, when set (tests only), may queue more messages into the
 	// batch right before it is sent.
@@ -88,11 +94,13 @@ func New(opts ...Option) (*Manager, error) {
 	if !o.noOwner && ownerPersistSupported(rel) {
 		m.flags = nftables.TableFlagOwner | nftables.TableFlagPersist
 	}
-	// The companion nat-hooks table is always owned (and persists where
-	// the kernel can): `nft flush ruleset` then skips it, so the kernel's
-	// NAT hooks stay registered and existing connections stay translated
-	// while wanpin's own table is being put back.
-	if ownerSupported(rel) {
+	// Where wanpin's table is not owned, the companion table is (and
+	// persists where the kernel can): `nft flush ruleset` skips it, so
+	// existing connections keep their pins and their NAT while wanpin's
+	// own table is being put back. An owned table needs no companion:
+	// nobody else can delete it.
+	if m.flags&nftables.TableFlagOwner == 0 && ownerSupported(rel) {
+		m.keep = true
 		m.keeperFlags = nftables.TableFlagOwner
 		if ownerPersistSupported(rel) {
 			m.keeperFlags |= nftables.TableFlagPersist
@@ -126,6 +134,13 @@ func (m *Manager) Apply(s desired.NFT) error {
 	if err := t.check(); err != nil {
 		return fmt.Errorf("compiling rules spec: %w", err)
 	}
+	var kt *table
+	if m.keep {
+		kt = buildKeep(s)
+		if err := kt.check(); err != nil {
+			return fmt.Errorf("compiling the companion table: %w", err)
+		}
+	}
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -139,38 +154,27 @@ func (m *Manager) Apply(s desired.NFT) error {
 		return err
 	}
 
-	// AddTable first so that DelTable never fails on a missing table: the
-	// kernel has no "delete if present" before 6.3 (DESTROY), and Debian
-	// 12's 6.1 must work too. Its flags must be the flags the table has
-	// now, because on 6.18 an update that changes owner or persist on an
-	// existing table fails with EOPNOTSUPP (plain -> owner, or unsetting
-	// persist). On an orphan (owner socket gone: the kernel clears the
-	// owner bit and keeps persist) an update with the same flags is a
-	// no-op and anyone may then delete it; the final AddTable creates the
-	// table anew, owned by this socket, which is how a restarted daemon
-	// re-claims its table. A table owned by another live socket makes the
-	// batch fail with EPERM: another wanpin is running.
-	claim := *nt
-	if old != nil {
-		claim.Flags = old.Flags
-	}
-	c.AddTable(&claim)
-	c.DelTable(nt)
-	c.AddTable(nt)
-	m.keeperPending = false
-	if err := m.queueKeeper(t.name); err != nil {
-		return err
-	}
+	m.replace(nt, old)
 	if err := m.queue(t, nt); err != nil {
 		// queue fails only where the library recorded the error in the
 		// connection: Flush then discards the batch without sending it.
 		_ = c.Flush()
 		return fmt.Errorf("building table %s: %w", t.name, err)
 	}
+	// The companion table goes in the same batch: packets see both old
+	// tables or both new ones, and its chains (registered when the batch
+	// is prepared) never leave the NAT hooks or conntrack without a user.
+	if err := m.queueCompanions(t.name, kt); err != nil {
+		_ = c.Flush()
+		return err
+	}
 	if m.beforeFlush != nil {
 		m.beforeFlush(c)
 	}
-	if err := c.Flush(); err != nil {
+	start := time.Now()
+	err = c.Flush()
+	m.lastCommit = time.Since(start)
+	if err != nil {
 		if old != nil && old.Flags&nftables.TableFlagOwner != 0 && errors.Is(err, unix.EPERM) {
 			err = fmt.Errorf("table is owned by another process (netlink port %d): %w", old.Owner, err)
 		}
@@ -178,8 +182,66 @@ func (m *Manager) Apply(s desired.NFT) error {
 			t.name, len(t.sets), len(t.chains), err)
 	}
 	m.table = t.name
-	if m.keeperPending {
-		m.keeperMine = true
+	m.staleChecked = true
+	return nil
+}
+
+// replace queues the claim, delete and add of nt; old is the table as the
+// kernel has it now, or nil. AddTable first so that DelTable never fails
+// on a missing table: the kernel has no "delete if present" before 6.3
+// (DESTROY), and Debian 12's 6.1 must work too. Its flags must be the
+// flags the table has now, because on 6.18 an update that changes owner
+// or persist on an existing table fails with EOPNOTSUPP (plain -> owner,
+// or unsetting persist). On an orphan (owner socket gone: the kernel
+// clears the owner bit and keeps persist) an update with the same flags
+// is a no-op and anyone may then delete it; the final AddTable creates
+// the table anew, owned by this socket, which is how a restarted daemon
+// re-claims its table. A table owned by another live socket makes the
+// batch fail with EPERM: another wanpin is running.
+func (m *Manager) replace(nt, old *nftables.Table) {
+	claim := *nt
+	if old != nil {
+		claim.Flags = old.Flags
+	}
+	m.conn.AddTable(&claim)
+	m.conn.DelTable(nt)
+	m.conn.AddTable(nt)
+}
+
+// queueCompanions queues the companion table kt (nil: none is wanted)
+// and, on the first Apply, the deletion of companions an earlier wanpin
+// left: the empty nat-hooks table of older versions, or a KeepTable
+// from a run whose table was not owned.
+func (m *Manager) queueCompanions(table string, kt *table) error {
+	var stale []string
+	if !m.staleChecked {
+		stale = append(stale, legacyKeeper(table))
+		if kt == nil {
+			stale = append(stale, KeepTable(table))
+		}
+	}
+	for _, name := range stale {
+		old, err := m.lookup(name)
+		if err != nil {
+			return err
+		}
+		if old != nil {
+			claim := *old
+			m.conn.AddTable(&claim)
+			m.conn.DelTable(old)
+		}
+	}
+	if kt == nil {
+		return nil
+	}
+	old, err := m.lookup(kt.name)
+	if err != nil {
+		return err
+	}
+	nt := &nftables.Table{Name: kt.name, Family: nftables.TableFamilyINet, Flags: m.keeperFlags}
+	m.replace(nt, old)
+	if err := m.queue(kt, nt); err != nil {
+		return fmt.Errorf("building table %s: %w", kt.name, err)
 	}
 	return nil
 }
@@ -316,57 +378,14 @@ func (m *Manager) Remove() error {
 		return err
 	}
 	m.conn.DelTable(old)
-	if keeper, err := m.lookup(KeeperTable(m.table)); err == nil && keeper != nil {
-		m.conn.DelTable(keeper)
+	if m.keep {
+		if keep, err := m.lookup(KeepTable(m.table)); err == nil && keep != nil {
+			m.conn.DelTable(keep)
+		}
 	}
 	if err := m.conn.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("removing nftables table inet %s: %w", m.table, err)
 	}
-	m.keeperMine = false
-	return nil
-}
-
-// KeeperTable names the small companion table that keeps the kernel's NAT
-// hooks registered. NAT of existing connections (SNAT on the way out,
-// its reversal on the way back) only happens while some nat-type chain
-// exists. If wanpin's table were the only one and someone deleted it (a
-// `nft flush ruleset` on a kernel without the owner flag), replies to the
-// uplink's address would no longer be translated back: the router would
-// answer them itself with a reset and every NATed connection would die
-// before drift repair puts the table back half a second later. An empty
-// nat chain in a table of its own keeps the hooks, so connections only
-// see that half second.
-func KeeperTable(table string) string { return table + "_nat_hooks" }
-
-// queueKeeper adds the companion table: kept as it is when it already is
-// what it should be, created anew (claim, delete, add, as Apply does with
-// the main table) when it is missing, orphaned or has other flags.
-func (m *Manager) queueKeeper(table string) error {
-	name := KeeperTable(table)
-	old, err := m.lookup(name)
-	if err != nil {
-		return err
-	}
-	want := &nftables.Table{Name: name, Family: nftables.TableFamilyINet, Flags: m.keeperFlags}
-	// An owned table with the right flags is this Manager's own when it
-	// made it (the kernel clears the owner bit of an orphan); another
-	// live owner makes the whole batch fail with EPERM, as it should.
-	if old != nil && old.Flags == m.keeperFlags && (m.keeperMine || m.keeperFlags&nftables.TableFlagOwner == 0) {
-		return nil
-	}
-	m.keeperPending = true
-	if old != nil {
-		claim := *want
-		claim.Flags = old.Flags
-		m.conn.AddTable(&claim)
-		m.conn.DelTable(want)
-	}
-	kt := m.conn.AddTable(want)
-	policy := nftables.ChainPolicyAccept
-	m.conn.AddChain(&nftables.Chain{
-		Name: "keep", Table: kt, Type: nftables.ChainTypeNAT,
-		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &policy,
-	})
 	return nil
 }
 
@@ -382,28 +401,40 @@ func (m *Manager) lookup(name string) (*nftables.Table, error) {
 	return t, nil
 }
 
-// Missing lists which of wanpin's tables (its own and the companion
-// nat-hooks table) are not in the kernel, as "inet NAME".
+// Missing lists which of wanpin's tables (its own and, where it has one,
+// the companion KeepTable) are not in the kernel, as "inet NAME".
 func (m *Manager) Missing() ([]string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.check(); err != nil {
 		return nil, err
 	}
+	names := []string{m.table}
+	if m.keep {
+		names = append(names, KeepTable(m.table))
+	}
 	var out []string
-	for _, name := range []string{m.table, KeeperTable(m.table)} {
+	for _, name := range names {
 		t, err := m.lookup(name)
 		if err != nil {
 			return nil, err
 		}
 		if t == nil {
 			out = append(out, "inet "+name)
-			if name == KeeperTable(m.table) {
-				m.keeperMine = false
-			}
 		}
 	}
 	return out, nil
+}
+
+// LastCommit is how long the kernel took to answer the last Apply's
+// transaction. After a firewall reload most of a repair is spent here:
+// the reloading nft's exit holds the namespace's nftables commit lock
+// while the kernel waits out an RCU grace period for the objects the
+// flush freed (10 to 25 ms on the lab machines; about 1 ms otherwise).
+func (m *Manager) LastCommit() time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lastCommit
 }
 
 // Present reports whether the table is in the kernel.

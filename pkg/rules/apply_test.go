@@ -41,6 +41,17 @@ func TestKernelMatchesRender(t *testing.T) {
 			if d := cmp.Diff(Render(s), got); d != "" {
 				t.Errorf("nft list differs from Render (-render +kernel):\n%s%s", d, mismatch)
 			}
+			if n := countTables(t, ns, KeepTable(s.Table)); n != 0 {
+				t.Errorf("an owned table has %d companion tables, want none", n)
+			}
+			// Without the owner flag the companion comes with it.
+			ns2 := newNS(t)
+			m2 := ns2.manager(t, WithoutOwner())
+			mustApply(t, m2, s)
+			got = normalizeListing(ns2.mustNft(t, "list", "table", "inet", KeepTable(s.Table)))
+			if d := cmp.Diff(RenderKeep(s), got); d != "" {
+				t.Errorf("nft list of the companion differs from RenderKeep (-render +kernel):\n%s%s", d, mismatch)
+			}
 		})
 	}
 }
@@ -299,8 +310,8 @@ func BenchmarkApply(b *testing.B) {
 
 // A firewall reload (`nft flush ruleset`) on a kernel without the owner
 // flag deletes wanpin's table: the deletion is reported at once, the
-// owned companion table survives it (so the NAT hooks stay), and Apply
-// puts the table back without touching the companion.
+// owned companion table survives it whole (pins, NAT, and with them
+// conntrack and the NAT hooks), and Apply puts the table back.
 func TestFlushRulesetWithoutOwner(t *testing.T) {
 	ns := newNS(t)
 	m := ns.manager(t, WithoutOwner())
@@ -323,6 +334,17 @@ func TestFlushRulesetWithoutOwner(t *testing.T) {
 	if err != nil || len(missing) != 1 || missing[0] != "inet wanpin" {
 		t.Fatalf("missing after flush ruleset: %v %v (the companion must survive)", missing, err)
 	}
+	if got := normalizeListing(ns.mustNft(t, "list", "table", "inet", KeepTable("wanpin"))); got != RenderKeep(s) {
+		t.Errorf("the companion after the flush:\n%s", cmp.Diff(RenderKeep(s), got))
+	}
+	// With no table of wanpin's own the namespace still tracks
+	// connections: a ping over loopback gets a conntrack entry (without
+	// it, replies to a NATed connection would not be translated back).
+	ns.Run(t, "ip", "link", "set", "lo", "up")
+	ns.Run(t, "ping", "-c1", "-W1", "127.0.0.1")
+	if out, _ := ns.Try("conntrack", "-L", "-p", "icmp"); !strings.Contains(out, "src=127.0.0.1") {
+		t.Errorf("no conntrack entry for a ping once wanpin's table is gone:\n%s", out)
+	}
 	mustApply(t, m, s)
 	if missing, _ := m.Missing(); len(missing) != 0 {
 		t.Errorf("still missing after Apply: %v", missing)
@@ -330,7 +352,33 @@ func TestFlushRulesetWithoutOwner(t *testing.T) {
 	if got := normalizeListing(ns.mustNft(t, "list", "table", "inet", "wanpin")); got != Render(s) {
 		t.Errorf("after the repair:\n%s", cmp.Diff(Render(s), got))
 	}
-	if out := ns.mustNft(t, "list", "table", "inet", KeeperTable("wanpin")); !strings.Contains(out, "flags owner") {
+	if out := ns.mustNft(t, "list", "table", "inet", KeepTable("wanpin")); !strings.Contains(out, "flags owner") {
 		t.Errorf("the companion table is not owned:\n%s", out)
+	}
+	if n := countTables(t, ns, KeepTable("wanpin")); n != 1 {
+		t.Errorf("%d companion tables after the repair, want 1", n)
+	}
+}
+
+// An earlier wanpin's companions are cleaned up by the first Apply: the
+// empty nat-hooks table of older versions, and a KeepTable that an owned
+// table does not need.
+func TestStaleCompanionsRemoved(t *testing.T) {
+	ns := newNS(t)
+	ns.mustNft(t, "add", "table", "inet", "wanpin_nat_hooks")
+	ns.mustNft(t, "add", "chain", "inet", "wanpin_nat_hooks", "keep", "{ type nat hook postrouting priority srcnat; policy accept; }")
+	ns.mustNft(t, "add", "table", "inet", KeepTable("wanpin"))
+	m := ns.manager(t)
+	if !m.Owner() {
+		t.Skip("the kernel has no owner flag with persist")
+	}
+	mustApply(t, m, goldenSpecs()["two_up"])
+	for _, name := range []string{"wanpin_nat_hooks", KeepTable("wanpin")} {
+		if n := countTables(t, ns, name); n != 0 {
+			t.Errorf("table %s still there after Apply", name)
+		}
+	}
+	if n := countTables(t, ns, "wanpin"); n != 1 {
+		t.Errorf("%d wanpin tables, want 1", n)
 	}
 }

@@ -279,7 +279,7 @@ func (b *builder) build() {
 	}
 	balDefault.rules = append(balDefault.rules, b.balancerRules(s.Default, mapBalDefault, true)...)
 
-	restoreRule := newRule(maskedMark("ct mark", ctMarkLoad(), s.Mask), vmapFrag(mapRestore))
+	restoreRule := b.restoreRule()
 	returnRule := func(fs ...frag) *rule { return newRule(append(fs, verdict(expr.VerdictReturn, ""))...) }
 
 	pre.rules = append(pre.rules,
@@ -292,9 +292,8 @@ func (b *builder) build() {
 		returnRule(linkLocal6()),
 		returnRule(multicast6()),
 	)
-	restoreOut := newRule(maskedMark("ct mark", ctMarkLoad(), s.Mask), vmapFrag(mapRestore))
 	out.rules = append(out.rules,
-		restoreOut,
+		b.restoreRule(),
 		returnRule(maskedMark("meta mark", metaMarkLoad(), s.Mask), frag{
 			text: "!= " + hexMark(0), exprs: []expr.Any{cmpReg(expr.CmpOpNeq, native32(0))}}),
 		returnRule(ctStateNotNew()),
@@ -338,13 +337,7 @@ func (b *builder) build() {
 	post.rules = append(post.rules, newRule(ctStateNew(), maskedMark("meta mark", metaMarkLoad(), s.Mask), vmapFrag(mapGuard)))
 	post.rules = append(post.rules, newRule(
 		func() frag { t, l := ifnameMeta(false); return frag{text: t, exprs: []expr.Any{l}} }(), vmapFrag(mapCountOut)))
-	post.rules = append(post.rules, newRule(
-		ctStateNew(),
-		maskedMark("ct mark", ctMarkLoad(), s.Mask),
-		eqZero(s.Mask),
-		func() frag { t, l := ifnameMeta(false); return frag{text: t, exprs: []expr.Any{l}} }(),
-		vmapFrag(mapOutbound),
-	))
+	post.rules = append(post.rules, b.saveRule())
 
 	nat.rules = b.natRules()
 	if in := b.natInRules(); len(in) > 0 {
@@ -353,6 +346,103 @@ func (b *builder) build() {
 			prio: nftables.ChainPriorityNATDest, prioName: "dstnat"})
 		c.rules = in
 	}
+}
+
+// restoreRule gives a packet its connection's pin: the uplink's mark
+// from the ct mark, through the restore map.
+func (b *builder) restoreRule() *rule {
+	return newRule(maskedMark("ct mark", ctMarkLoad(), b.s.Mask), vmapFrag(mapRestore))
+}
+
+// saveRule pins a new connection that no one pinned yet to the uplink it
+// leaves by.
+func (b *builder) saveRule() *rule {
+	return newRule(
+		ctStateNew(),
+		maskedMark("ct mark", ctMarkLoad(), b.s.Mask),
+		eqZero(b.s.Mask),
+		func() frag { t, l := ifnameMeta(false); return frag{text: t, exprs: []expr.Any{l}} }(),
+		vmapFrag(mapOutbound),
+	)
+}
+
+// KeepTable names the companion table that keeps existing connections
+// going while wanpin's own table is missing. Where that table is not
+// owned (Debian 12's 6.1 has the owner flag but not persist, and an owned
+// table without persist would vanish whenever the daemon stops; or
+// --no-table-owner), a firewall reload's `nft flush ruleset` deletes it,
+// and until drift repair puts it back (the reloading nft's exit holds the
+// kernel's commit lock for an RCU grace period: 10 to 25 ms here) three
+// things would go:
+//   - the pins: with no restore, a pinned connection's packets carry no
+//     mark and the main table routes them, often out of another uplink,
+//     whose ISP drops the foreign source;
+//   - NAT: a new connection in the gap gets a null binding and leaves
+//     untranslated for as long as its conntrack entry lives;
+//   - conntrack and the NAT hooks themselves: the kernel registers them
+//     in a namespace only while some ruleset uses them (a nat chain, a ct
+//     expression), and a firewall without ct rules does not, so a reply
+//     to an uplink's address is no longer translated back and the router
+//     answers it with a reset.
+//
+// The companion is owned (and persists where the kernel can), so a flush
+// skips it, and it holds a copy of exactly those, one priority ahead of
+// the main table's chains: the restore (prerouting, output), the save of
+// a new connection's pin (postrouting: a connection started in the gap
+// follows the main table and stays pinned where it went) and the nat
+// chain. New connections in the gap are neither balanced nor policy
+// routed; nothing else changes for them. Both tables are replaced in one
+// transaction; the restore runs twice per packet while both are there
+// (the same mark, set again), the price of surviving the flush.
+func KeepTable(table string) string { return table + "_keep" }
+
+// legacyKeeper is the companion of wanpin before KeepTable: an empty
+// nat chain only. The first Apply deletes it.
+func legacyKeeper(table string) string { return table + "_nat_hooks" }
+
+// buildKeep compiles the companion table of s (see KeepTable).
+func buildKeep(s desired.NFT) *table {
+	b := &builder{s: s, t: &table{name: KeepTable(s.Table)}, byMark: map[uint32]desired.Uplink{}}
+	for _, u := range s.Uplinks {
+		b.byMark[u.Mark] = u
+	}
+	ahead := *nftables.ChainPriorityMangle - 1
+	pre := b.addChain(chainPrerouting, &baseHook{typ: nftables.ChainTypeFilter,
+		hook: nftables.ChainHookPrerouting, hookName: "prerouting",
+		prio: nftables.ChainPriorityRef(ahead), prioName: "mangle - 1"})
+	// A route chain: a restored mark makes the kernel route the router's
+	// own packet again, as in the main table's output chain.
+	out := b.addChain(chainOutput, &baseHook{typ: nftables.ChainTypeRoute,
+		hook: nftables.ChainHookOutput, hookName: "output",
+		prio: nftables.ChainPriorityRef(ahead), prioName: "mangle - 1"})
+	post := b.addChain(chainPostrouting, &baseHook{typ: nftables.ChainTypeFilter,
+		hook: nftables.ChainHookPostrouting, hookName: "postrouting",
+		prio: nftables.ChainPriorityRef(ahead), prioName: "mangle - 1"})
+	nat := b.addChain(chainNAT, &baseHook{typ: nftables.ChainTypeNAT,
+		hook: nftables.ChainHookPostrouting, hookName: "postrouting",
+		prio: nftables.ChainPriorityNATSource, prioName: "srcnat"})
+	restore := b.addSet(&set{name: mapRestore, key: typeMark, typeText: "mark : verdict", isMap: true, native: true})
+	outbound := b.addSet(&set{name: mapOutbound, key: typeIfname, typeText: "ifname : verdict", isMap: true, native: true})
+	for _, u := range s.Uplinks {
+		b.addChain(markChain(u), nil).rules = []*rule{newRule(setMark(false, s.Mask, u.Mark))}
+		b.addChain(saveChain(u), nil).rules = []*rule{newRule(setMark(true, s.Mask, u.Mark))}
+		restore.elems = append(restore.elems, vmapElem(markElem(u.Mark),
+			&expr.Verdict{Kind: expr.VerdictGoto, Chain: markChain(u)}))
+		outbound.elems = append(outbound.elems, vmapElem(ifnameElem(u.Interface),
+			&expr.Verdict{Kind: expr.VerdictGoto, Chain: saveChain(u)}))
+	}
+	restore.sortElems()
+	outbound.sortElems()
+	// The ct expressions of these rules are what holds conntrack in the
+	// namespace; the nat chain, even empty, holds the NAT hooks.
+	pre.rules = []*rule{b.restoreRule()}
+	out.rules = []*rule{b.restoreRule()}
+	// A connection that starts in the gap follows the main table, and is
+	// pinned to the uplink it really leaves by, as the main table's
+	// postrouting would: it stays there when the table is back.
+	post.rules = []*rule{b.saveRule()}
+	nat.rules = b.natRules()
+	return b.t
 }
 
 // eqZero compares with 0. nft spells out "==" only after a binary

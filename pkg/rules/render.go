@@ -22,6 +22,10 @@ const NFTVersion = "v1.0.6"
 // kernel and on who holds the table, not on the Spec.
 func Render(s desired.NFT) string { return build(s).render() }
 
+// RenderKeep returns the companion table (KeepTable) as nft lists it,
+// like Render. Apply loads it only where the main table is not owned.
+func RenderKeep(s desired.NFT) string { return buildKeep(s).render() }
+
 func (t *table) render() string {
 	var items []string
 	for _, s := range t.sets {

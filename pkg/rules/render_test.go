@@ -159,7 +159,26 @@ func TestRenderGolden(t *testing.T) {
 			if d := cmp.Diff(string(want), got); d != "" {
 				t.Errorf("Render mismatch (-golden +got):\n%s", d)
 			}
+			checkGolden(t, filepath.Join("testdata", name+".keep.golden"), RenderKeep(s))
 		})
+	}
+}
+
+// checkGolden compares got with the golden file at path (-update
+// rewrites it).
+func checkGolden(t *testing.T, path, got string) {
+	t.Helper()
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -run TestRenderGolden -update)", err)
+	}
+	if d := cmp.Diff(string(want), got); d != "" {
+		t.Errorf("%s mismatch (-golden +got):\n%s", path, d)
 	}
 }
 

@@ -109,7 +109,7 @@ func (m *Manager) watch(ctx context.Context, c *netlink.Conn, report func()) err
 				}
 			}
 			m.mu.Lock()
-			ours := name == m.table || name == KeeperTable(m.table)
+			ours := name == m.table || m.keep && name == KeepTable(m.table)
 			m.mu.Unlock()
 			if ours || name == "" {
 				report()
