@@ -70,6 +70,7 @@ type NFTables interface {
 	Missing() ([]string, error)
 	WatchDeletions(ctx context.Context, log *slog.Logger) <-chan time.Time
 	Counters() (map[string]rules.UplinkTraffic, error)
+	LastCommit() time.Duration
 	Close() error
 }
 
@@ -268,7 +269,14 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 			d.step(core.HealthVerdict{Key: core.Key{Uplink: ev.Uplink, Family: ev.Family},
 				Verdict: core.Verdict{Healthy: ev.Healthy, Reason: ev.Reason}})
 		case <-drift.C:
-			d.checkDrift(driftAll, time.Time{})
+			// A deletion heard already but not yet taken from the channel
+			// is what this check repairs: its time gives the delay.
+			var at time.Time
+			select {
+			case at = <-deleted:
+			default:
+			}
+			d.checkDrift(driftAll, at)
 		case at := <-deleted:
 			d.checkDrift(driftNFT, at)
 		case <-services.C:

@@ -65,8 +65,15 @@ func (d *Daemon) checkDrift(scope driftScope, heard time.Time) {
 		return
 	}
 	d.step(in)
-	if !heard.IsZero() {
-		d.log.Info("drift repaired", "delay_ms", fmt.Sprintf("%.3f", float64(time.Since(heard))/float64(time.Millisecond)),
+	if !in.NFT {
+		return // the step logged what it restored
+	}
+	if heard.IsZero() {
+		d.log.Info("drift repaired", "since", "the periodic check found it")
+	} else {
+		// commit_ms: the part the kernel took over the transaction, its
+		// commit lock included (see rules.Manager.LastCommit).
+		d.log.Info("drift repaired", "delay_ms", ms(time.Since(heard)), "commit_ms", ms(d.nft.LastCommit()),
 			"since", "the deletion was heard")
 	}
 }
@@ -114,3 +121,6 @@ func missingObjects(want, have desired.Routing) []string {
 	}
 	return out
 }
+
+// ms formats d in milliseconds with microsecond precision.
+func ms(d time.Duration) string { return fmt.Sprintf("%.3f", float64(d)/float64(time.Millisecond)) }
