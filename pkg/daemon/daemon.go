@@ -330,6 +330,11 @@ func (d *Daemon) snapshot() (map[string]core.Link, error) {
 func (d *Daemon) step(in core.Input) error {
 	res := core.Step(d.state, time.Now(), in)
 	d.state = res.State
+	// Published as decided, before the effects run: status and metrics
+	// agree with the transition's log line (the first effect) at once,
+	// not only once the applies and conntrack flushes are done; published
+	// again after them, for the counts they change.
+	d.publish()
 	if err := d.execute(res.Effects); err != nil {
 		// The kernel refused an apply: the machine forgets what it thinks
 		// is applied and asks for a retry.
