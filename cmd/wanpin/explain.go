@@ -5,13 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os/user"
 	"strconv"
 	"strings"
-
-	"github.com/vishvananda/netlink"
 
 	"github.com/wanpin/wanpin/pkg/cgroups"
 	"github.com/wanpin/wanpin/pkg/config"
@@ -256,41 +253,4 @@ func orAny(a netip.Addr) string {
 func kernelRoute(f policy.Flow, mark uint32) string {
 	s, _ := kernelRouteDev(f, mark)
 	return s
-}
-
-func kernelRouteDev(f policy.Flow, mark uint32) (string, string) {
-	opts := &netlink.RouteGetOptions{Mark: mark}
-	if f.Local {
-		uid := f.UID
-		opts.UID = &uid
-	} else if f.InIface != "" {
-		opts.Iif = f.InIface
-		if f.Src.IsValid() {
-			opts.SrcAddr = net.IP(f.Src.AsSlice())
-		}
-	}
-	routes, err := netlink.RouteGetWithOptions(net.IP(f.Dst.AsSlice()), opts)
-	if err != nil {
-		return "error: " + err.Error(), ""
-	}
-	if len(routes) == 0 {
-		return "no route", ""
-	}
-	r := routes[0]
-	var parts []string
-	dev := ""
-	if link, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
-		dev = link.Attrs().Name
-		parts = append(parts, "dev "+dev)
-	}
-	if r.Gw != nil {
-		parts = append(parts, "via "+r.Gw.String())
-	}
-	if r.Src != nil {
-		parts = append(parts, "src "+r.Src.String())
-	}
-	if r.Table != 0 {
-		parts = append(parts, fmt.Sprintf("table %d", r.Table))
-	}
-	return strings.Join(parts, " "), dev
 }
