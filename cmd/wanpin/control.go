@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -152,7 +154,7 @@ func cmdReload(args []string, stdout, stderr io.Writer) int {
 // that starts later finds it), then the daemon is told, if it runs.
 func cmdEvent(args []string, stderr io.Writer) int {
 	const usage = `usage: wanpin event up|down IFACE [--local ADDR] [--peer ADDR] [--dns ADDR,...]
-       wanpin event lease IFACE --family 4|6 [--address ADDR/LEN] [--gateway ADDR,...] [--dns ADDR,...] [--client NAME]
+       wanpin event lease IFACE --family 4|6 [--address ADDR[/LEN|/MASK]] [--gateway ADDR,...] [--dns ADDR,...] [--client NAME]
        wanpin event lease-lost IFACE --family 4|6 [--client NAME]`
 	if len(args) < 2 || !slices.Contains(bus.EventKinds, args[0]) {
 		fmt.Fprintln(stderr, usage)
@@ -165,7 +167,7 @@ func cmdEvent(args []string, stderr io.Writer) int {
 	peer := fs.String("peer", "", "up: the peer address (PPP_REMOTE)")
 	dns := fs.String("dns", "", "up, lease: DNS servers, comma-separated")
 	family := fs.String("family", "", "lease, lease-lost: 4 or 6")
-	address := fs.String("address", "", "lease: the leased address with its prefix length")
+	address := fs.String("address", "", "lease: the leased address, with its prefix length or mask (bare: a host prefix)")
 	gateway := fs.String("gateway", "", "lease: routers, comma-separated")
 	client := fs.String("client", "", "lease: the DHCP client (dhclient, dhcpcd, networkmanager)")
 	runtime := fs.String("runtime-dir", envOr("WANPIN_RUNTIME_DIR", "/run/wanpin"), "where lease files go")
@@ -212,7 +214,11 @@ func cmdEvent(args []string, stderr io.Writer) int {
 		k := core.LeaseKey{Interface: iface, Family: ea.Family}
 		var l *core.Lease
 		if kind == "lease" {
-			text := fmt.Sprintf("client=%s\naddress=%s\ngateways=%s\ndns=%s\n", *client, *address, *gateway, *dns)
+			addr, err := leaseAddress(*address, ea.Family)
+			if err != nil {
+				return fail(fmt.Errorf("lease of %s: --address: %w", iface, err))
+			}
+			text := fmt.Sprintf("client=%s\naddress=%s\ngateways=%s\ndns=%s\n", *client, addr, *gateway, *dns)
 			if *address == "" {
 				text = fmt.Sprintf("client=%s\ngateways=%s\ndns=%s\n", *client, *gateway, *dns)
 			}
@@ -227,16 +233,60 @@ func cmdEvent(args []string, stderr io.Writer) int {
 			return 1
 		}
 	}
-	c, ok := dial(stderr, "event")
-	if !ok {
-		return 1
+	// A daemon that is not running is no failure: the lease is recorded
+	// and read when it starts, and it reads the interfaces then anyway.
+	// The hooks log only failures, so this must not be one.
+	notRunning := func(err error) int {
+		what := "it reads the interfaces when it starts"
+		if kind == "lease" || kind == "lease-lost" {
+			what = "the lease is recorded in " + lease.Dir(*runtime) + " and read when it starts"
+		}
+		fmt.Fprintf(stderr, "wanpin event: the daemon is not running (%v): %s\n", err, what)
+		return 0
+	}
+	c, err := bus.Dial()
+	if err != nil {
+		return notRunning(err)
 	}
 	defer c.Close()
 	if err := c.Event(context.Background(), kind, iface, ea); err != nil {
+		if errors.Is(err, bus.ErrNotRunning) {
+			return notRunning(err)
+		}
 		fmt.Fprintf(stderr, "wanpin event: %v\n", err)
 		return 1
 	}
 	return 0
+}
+
+// leaseAddress accepts the leased address as the clients give it:
+// ADDR/LEN, ADDR/MASK (dotted IPv4 mask) or a bare ADDR (a host
+// prefix); "" stays "".
+func leaseAddress(s string, f inet.Family) (string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return "", nil
+	}
+	addr, rest, hasLen := strings.Cut(s, "/")
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case !hasLen:
+		return netip.PrefixFrom(a, a.BitLen()).String(), nil
+	case strings.Contains(rest, "."):
+		m, err := netip.ParseAddr(rest)
+		if err != nil || !m.Is4() || f != inet.IPv4 {
+			return "", fmt.Errorf("%q: not a prefix length or an IPv4 mask", s)
+		}
+		ones, bits := net.IPMask(m.AsSlice()).Size()
+		if bits == 0 {
+			return "", fmt.Errorf("%q: %s is not a contiguous mask", s, rest)
+		}
+		return netip.PrefixFrom(a, ones).String(), nil
+	}
+	return s, nil
 }
 
 func envOr(key, def string) string {

@@ -25,8 +25,11 @@ _wanpin() {
 		names=$(sed -n 's/^[[:space:]]*name[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' /etc/wanpin/wanpin.toml 2>/dev/null)
 		COMPREPLY=($(compgen -W "$names" -- "$cur")) ;;
 	event)
-		if [ "$COMP_CWORD" -eq 2 ]; then COMPREPLY=($(compgen -W "up down" -- "$cur"));
-		else COMPREPLY=($(compgen -W "--local --peer" -- "$cur")); fi ;;
+		if [ "$COMP_CWORD" -eq 2 ]; then COMPREPLY=($(compgen -W "up down lease lease-lost" -- "$cur"));
+		else case "${COMP_WORDS[2]}" in
+			up|down) COMPREPLY=($(compgen -W "--local --peer --dns" -- "$cur")) ;;
+			*) COMPREPLY=($(compgen -W "--family --address --gateway --dns --client --runtime-dir" -- "$cur")) ;;
+		esac; fi ;;
 	esac
 }
 complete -F _wanpin wanpin

@@ -126,7 +126,7 @@ func explain(what string, err error) error {
 		}
 		switch derr.Name {
 		case "org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner":
-			return errNotRunning
+			return ErrNotRunning
 		case "org.freedesktop.DBus.Error.AccessDenied":
 			return fmt.Errorf("permission denied: %s requires root", what)
 		case ErrPermissionDenied:

@@ -271,4 +271,5 @@ func (s *Server) requireRoot(sender dbus.Sender, what string) *dbus.Error {
 	return nil
 }
 
-var errNotRunning = errors.New("wanpin is not running (no owner of " + Name + " on the system bus)")
+// ErrNotRunning: no wanpin owns its name on the bus.
+var ErrNotRunning = errors.New("wanpin is not running (no owner of " + Name + " on the system bus)")

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/wanpin/wanpin/pkg/inet"
+)
+
+// The leased address as the clients give it.
+func TestLeaseAddress(t *testing.T) {
+	for in, want := range map[string]string{
+		"198.51.100.2/29":              "198.51.100.2/29",
+		"198.51.100.2":                 "198.51.100.2/32",
+		"198.51.100.2/255.255.255.248": "198.51.100.2/29",
+		"":                             "",
+	} {
+		if got, err := leaseAddress(in, inet.IPv4); err != nil || got != want {
+			t.Errorf("%q: %q %v, want %q", in, got, err, want)
+		}
+	}
+	if got, err := leaseAddress("2001:db8:1::2", inet.IPv6); err != nil || got != "2001:db8:1::2/128" {
+		t.Errorf("bare IPv6: %q %v", got, err)
+	}
+	for _, bad := range []string{"198.51.100.2/255.0.255.0", "2001:db8::2/255.255.255.0", "nonsense", "198.51.100.2/x.y"} {
+		f := inet.IPv4
+		if strings.HasPrefix(bad, "2001") {
+			f = inet.IPv6
+		}
+		if got, err := leaseAddress(bad, f); err == nil {
+			t.Errorf("%q accepted as %q", bad, got)
+		}
+	}
+}
+
+// A hook's event while the daemon is not running records the lease and
+// succeeds (the hooks log failures only); a bad lease fails at once and
+// records nothing.
+func TestEventWithoutDaemon(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path="+filepath.Join(dir, "no-bus"))
+	var stderr bytes.Buffer
+	code := cmdEvent([]string{"lease", "wan1", "--family", "4", "--address", "198.51.100.2/255.255.255.248",
+		"--gateway", "198.51.100.1", "--dns", "203.0.113.53", "--client", "dhclient", "--runtime-dir", dir}, &stderr)
+	if code != 0 || !strings.Contains(stderr.String(), "the daemon is not running") {
+		t.Errorf("lease without a daemon: exit %d, %q", code, stderr.String())
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "leases", "wan1.4"))
+	if err != nil || !strings.Contains(string(b), "address=198.51.100.2/29") || !strings.Contains(string(b), "dns=203.0.113.53") {
+		t.Errorf("recorded lease: %q %v", b, err)
+	}
+	stderr.Reset()
+	if code := cmdEvent([]string{"up", "ppp0", "--local", "198.51.100.18"}, &stderr); code != 0 {
+		t.Errorf("up without a daemon: exit %d, %q", code, stderr.String())
+	}
+	stderr.Reset()
+	if code := cmdEvent([]string{"lease", "wan2", "--family", "4", "--address", "bogus", "--runtime-dir", dir}, &stderr); code == 0 {
+		t.Error("a bad lease succeeded")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "leases", "wan2.4")); err == nil {
+		t.Error("a bad lease was recorded")
+	}
+}
