@@ -898,10 +898,31 @@ func (c *DHCPClient) Renew() error {
 }
 
 func (c *DHCPClient) signalStop(sig syscall.Signal) error {
-	if err := c.signal(sig); err != nil {
-		return err
+	if c.Kind != Dhcpcd {
+		if err := c.signal(sig); err != nil {
+			return err
+		}
+		return c.waitExit()
 	}
-	return c.waitExit()
+	// dhcpcd in the middle of (re)binding may lose a signal (seen: a
+	// SIGALRM or SIGTERM after which it never logs "received ..."):
+	// send it again until the client exits.
+	c.mu.Lock()
+	p := c.proc
+	c.mu.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if err := c.signal(sig); err != nil && !p.Exited() {
+			return err
+		}
+		if p.Wait(500*time.Millisecond) == nil || p.Exited() {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			p.Close()
+			return fmt.Errorf("lab: %s on %s did not stop on %v", c.Kind, c.iface, sig)
+		}
+	}
 }
 
 func (c *DHCPClient) waitExit() error {

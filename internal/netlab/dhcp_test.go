@@ -152,6 +152,22 @@ func (s hostState) check(t *testing.T) {
 	}
 }
 
+// waitCarrier waits until the router's iface has (or lacks) carrier.
+func waitCarrier(t *testing.T, l *Lab, iface string, on bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, _ := l.Exec(l.Router, "ip", "link", "show", iface)
+		if strings.Contains(out, "NO-CARRIER") != on {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: carrier never %v: %s", iface, on, out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func defaultRoutes4(t *testing.T, l *Lab) string {
 	t.Helper()
 	out, err := l.Exec(l.Router, "ip", "-4", "route", "show", "default")
@@ -423,7 +439,19 @@ func TestLeaseFlapAndRestart(t *testing.T) {
 			if err := l.SetCarrier(1, false); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(500 * time.Millisecond)
+			waitCarrier(t, l, "wan1", false)
+			if kind == Dhcpcd {
+				// dhcpcd deconfigures the interface when the carrier goes
+				// (dhclient does not notice): wait for that, or the checks
+				// below would see the old lease still in place.
+				deadline := time.Now().Add(5 * time.Second)
+				for addrs, _ := l.UplinkAddrs4(1); len(addrs) > 0; addrs, _ = l.UplinkAddrs4(1) {
+					if time.Now().After(deadline) {
+						t.Fatalf("dhcpcd kept %v without carrier", addrs)
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
 			during, _ := l.UplinkAddrs4(1)
 			t.Logf("%s: wan1 without carrier has %v", kind, during)
 			if err := l.SetCarrier(1, true); err != nil {
@@ -461,7 +489,20 @@ func TestLeaseFlapAndRestart(t *testing.T) {
 			if _, err := c.WaitLease(15 * time.Second); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(300 * time.Millisecond) // let it settle before releasing
+			// Released once the client's pid file names it: `dhclient -r`
+			// finds the client to stop through it, and dhcpcd is signalled
+			// through it.
+			deadline = time.Now().Add(5 * time.Second)
+			for {
+				b, _ := os.ReadFile(c.pidFile())
+				if pid := c.Pid(); pid != 0 && strings.TrimSpace(string(b)) == fmt.Sprint(pid) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s: pid file %s holds %q, the client is %d", kind, c.pidFile(), b, c.Pid())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
 			if err := c.Release(); err != nil {
 				t.Fatal(err)
 			}

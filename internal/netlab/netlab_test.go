@@ -90,7 +90,9 @@ func TestLabMasqueradeAndFailures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	for deadline := time.Now().Add(5 * time.Second); s.Received() == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if s.Received() == 0 || l.ISPOf(s.Peer()) != 1 {
 		t.Errorf("stream: %d bytes, peer %q", s.Received(), s.Peer())
 	}
@@ -103,7 +105,7 @@ func TestLabMasqueradeAndFailures(t *testing.T) {
 		t.Errorf("carrier down: %s", out)
 	}
 	l.SetCarrier(1, true)
-	time.Sleep(50 * time.Millisecond)
+	waitCarrier(t, l, "wan1", true)
 	if err := l.Blackhole(1, true); err != nil {
 		t.Fatal(err)
 	}
