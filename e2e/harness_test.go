@@ -17,10 +17,16 @@ import (
 // newLab builds a lab with n ISPs, closed when the test ends.
 func newLab(t *testing.T, n int) *netlab.Lab {
 	t.Helper()
+	return newLabWith(t, netlab.Options{ISPs: n})
+}
+
+// newLabWith builds a lab with the options, closed when the test ends.
+func newLabWith(t *testing.T, o netlab.Options) *netlab.Lab {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
-	l, err := netlab.New(netlab.Options{ISPs: n})
+	l, err := netlab.New(o)
 	if err != nil {
 		t.Fatalf("building the lab: %v", err)
 	}
@@ -43,11 +49,19 @@ type daemon struct {
 // startWanpin writes cfg and starts `wanpin run` in the router namespace.
 func startWanpin(t *testing.T, l *netlab.Lab, cfg string, extra ...string) *daemon {
 	t.Helper()
+	d := newDaemon(t, l, cfg, extra...)
+	d.start()
+	return d
+}
+
+// newDaemon writes cfg and prepares the daemon's bus without starting
+// it: start does.
+func newDaemon(t *testing.T, l *netlab.Lab, cfg string, extra ...string) *daemon {
+	t.Helper()
 	dir := t.TempDir()
 	// Every daemon gets a private bus: never the machine's own.
 	d := &daemon{t: t, l: l, cfgPath: filepath.Join(dir, "wanpin.toml"), dir: dir, busAddr: bustest.Start(t), extra: extra}
 	d.writeConfig(cfg)
-	d.start()
 	t.Cleanup(func() {
 		if d.proc != nil {
 			d.proc.Signal(syscall.SIGTERM)
