@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wanpin/wanpin/internal/untrusted"
 	"github.com/wanpin/wanpin/pkg/config"
 )
 
@@ -153,7 +154,9 @@ func (j *judge) round(results []result, now time.Time) verdict {
 		if answered > 0 {
 			lost = "bad"
 		}
-		v.reason = fmt.Sprintf("%d round%s %s: %s", j.badRun, plural(j.badRun), lost, why)
+		// Bounded: one failure per target, and targets are as many as
+		// the config lists.
+		v.reason = untrusted.Text(fmt.Sprintf("%d round%s %s: %s", j.badRun, plural(j.badRun), lost, why), maxReason)
 	}
 	return v
 }
@@ -188,11 +191,20 @@ func plural(n int) string {
 	return "s"
 }
 
+// Reasons go to logs, status, D-Bus and hooks; a probe error can carry
+// bytes a probe target chose (a caller's own probes, a future error text),
+// so its short form and the whole reason are printable ASCII of bounded
+// length.
+const (
+	maxShort  = 128  // one target's failure
+	maxReason = 1024 // a verdict's reason
+)
+
 // shortErr keeps what a person needs from a probe error: "timeout"
 // rather than "dial tcp 203.0.113.1:443: i/o timeout".
 func shortErr(err error) string {
 	if pe := (*probeError)(nil); errors.As(err, &pe) {
-		return pe.short
+		return untrusted.Text(pe.short, maxShort)
 	}
 	s := err.Error()
 	switch {
@@ -204,7 +216,7 @@ func shortErr(err error) string {
 		return "no route to host"
 	}
 	if i := strings.LastIndex(s, ": "); i >= 0 {
-		return s[i+2:]
+		s = s[i+2:]
 	}
-	return s
+	return untrusted.Text(s, maxShort)
 }

@@ -9,11 +9,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/wanpin/wanpin/internal/untrusted"
 	"github.com/wanpin/wanpin/pkg/config"
 	"github.com/wanpin/wanpin/pkg/inet"
 
@@ -246,15 +248,45 @@ func (ps *probeSet) http(ctx context.Context, dst netip.Addr, target string) (ti
 	start := time.Now()
 	resp, err := client.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, httpFailure(target, err)
 	}
 	rtt := time.Since(start)
 	resp.Body.Close()
 	if resp.StatusCode >= 500 {
 		return 0, &probeError{short: fmt.Sprintf("HTTP %d", resp.StatusCode),
-			long: fmt.Sprintf("GET %s: HTTP %s", target, resp.Status)}
+			long: fmt.Sprintf("GET %s: HTTP %s", target, untrusted.Text(resp.Status, maxShort))}
 	}
 	return rtt, nil
+}
+
+// httpFailure gives a failed GET a short form that holds none of the
+// server's bytes. Go quotes what it could not parse (malformed MIME header
+// line: "...") and shortErr keeps what follows the last ": ", which could
+// fall inside the quote: a target of anyone's choosing put shell syntax
+// and terminal escapes into the reason, and from there into logs, status,
+// D-Bus and the environment of hooks run as root (issue 13). What the
+// transport says before the first quote names the fault and is kept.
+func httpFailure(target string, err error) error {
+	var oe *net.OpError
+	if ne := net.Error(nil); errors.As(err, &oe) || errors.As(err, &ne) && ne.Timeout() ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return err // the kernel's words or the deadline's, none of the server's
+	}
+	msg := err.Error()
+	if ue := (*url.Error)(nil); errors.As(err, &ue) {
+		msg = ue.Err.Error() // without `Get "URL": `, whose quote is ours
+	}
+	if i := strings.IndexByte(msg, '"'); i >= 0 {
+		msg = strings.TrimRight(msg[:i], ": ")
+	}
+	if i := strings.LastIndex(msg, ": "); i >= 0 {
+		msg = msg[i+2:]
+	}
+	if msg == "" {
+		msg = "bad HTTP answer"
+	}
+	return &probeError{short: untrusted.Text(msg, maxShort),
+		long: fmt.Sprintf("GET %s: %s", target, untrusted.Text(err.Error(), maxReason))}
 }
 
 // dns asks server for qname's NS records over UDP. Any well-formed answer
