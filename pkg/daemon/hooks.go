@@ -20,10 +20,11 @@ import (
 	"github.com/wanpin/wanpin/pkg/ifname"
 )
 
-// Transition hooks run as root. An attack review (issue 13) had hooks any
-// local user could write run as uid 0, hooks inherit the daemon's whole
-// environment, a hook's 300 MB of output grow the daemon to 1.07 GB, and a
-// probe target's bytes reach WANPIN_REASON. Hence the rules here:
+// Transition hooks run as root. An attack review (issue 13) found hooks
+// that any local user could write running as uid 0, hooks inheriting the
+// daemon's whole environment, a hook's 300 MB of output growing the daemon
+// to 1.07 GB, and a probe target's bytes in WANPIN_REASON. Hence the rules
+// here:
 //
 //   - a hook runs only if nobody but root could have written it: a regular
 //     file owned by root and not writable by group or others, in a hooks
@@ -32,8 +33,11 @@ import (
 //     can rename or remove root's entries). Whoever can write any of them
 //     can replace what lies below. A symlink is followed when its target
 //     and every directory on the target's path pass the same checks, and
-//     the checked target is what runs, so nothing can swap a link in
-//     between; packages ship hooks in /usr/share and link them.
+//     the checked target is what runs, so a link changed after the check
+//     cannot redirect the run. Followed rather than skipped: a link made
+//     by root to a file only root can change is as safe as the file, and
+//     linking a hook shipped elsewhere (/usr/share, /usr/local) into
+//     hooks.d is the usual way to enable it.
 //   - only names run-parts accepts (^[a-zA-Z0-9_-]+$): no dots, so
 //     *.dpkg-old, *.dpkg-dist, *~ and hidden files, which dpkg and editors
 //     leave behind, do not run.
