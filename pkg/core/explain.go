@@ -69,7 +69,32 @@ type Explanation struct {
 // drift from what the kernel is told. local lists the router's own
 // addresses (`fib daddr type local`), which only the kernel knows.
 func Explain(d desired.State, f policy.Flow, local []netip.Addr) Explanation {
-	e := explainNFT(d.NFT, f, local)
+	return NewExplainer(d).Explain(f, local)
+}
+
+// Explainer explains flows against one desired state, with its policies
+// compiled once: an Explain costs the evaluation of one flow, not the
+// compilation of every policy (the daemon keeps one per published
+// state, so a caller cannot make it compile 10,000 policies a call).
+type Explainer struct {
+	d     desired.State
+	progs [2]policy.Program // forwarded, the router's own
+}
+
+// NewExplainer compiles d's policies the way pkg/rules lays them out.
+func NewExplainer(d desired.State) *Explainer {
+	comps := make([]policy.Compiled, len(d.NFT.Policies))
+	for i, p := range d.NFT.Policies {
+		comps[i] = policy.Compile(p.Name, p.Match)
+	}
+	return &Explainer{d: d, progs: [2]policy.Program{
+		policy.Build(comps, false, "f"), policy.Build(comps, true, "l")}}
+}
+
+// Explain is the package's Explain for the Explainer's state.
+func (x *Explainer) Explain(f policy.Flow, local []netip.Addr) Explanation {
+	d := x.d
+	e := x.explainNFT(f, local)
 	if f.Local && e.Outcome == MainTable {
 		// Unmarked: the ip rules decide.
 		r := explainRouting(d, f, e)
@@ -79,7 +104,8 @@ func Explain(d desired.State, f policy.Flow, local []netip.Addr) Explanation {
 	return e
 }
 
-func explainNFT(nft desired.NFT, f policy.Flow, local []netip.Addr) Explanation {
+func (x *Explainer) explainNFT(f policy.Flow, local []netip.Addr) Explanation {
+	nft := x.d.NFT
 	fam := f.Family()
 	byMark := map[uint32]desired.Uplink{}
 	for _, u := range nft.Uplinks {
@@ -106,10 +132,12 @@ func explainNFT(nft desired.NFT, f policy.Flow, local []netip.Addr) Explanation 
 	if why := notRouted(f.Dst, local); why != "" {
 		return Explanation{Outcome: NotRouted, Why: why}
 	}
-	for _, p := range nft.Policies {
-		if !policy.Compile(p.Name, p.Match).Matches(f) {
-			continue
-		}
+	prog := x.progs[0]
+	if f.Local {
+		prog = x.progs[1]
+	}
+	if i, ok := prog.Match(f); ok {
+		p := nft.Policies[i]
 		e := Explanation{Policy: p.Name}
 		c := p.Balancer.For(fam)
 		switch {

@@ -12,6 +12,7 @@ import (
 	"github.com/wanpin/wanpin/pkg/config"
 	"github.com/wanpin/wanpin/pkg/core"
 	"github.com/wanpin/wanpin/pkg/inet"
+	"github.com/wanpin/wanpin/pkg/policy"
 	"github.com/wanpin/wanpin/pkg/rules"
 	"github.com/wanpin/wanpin/pkg/tables"
 )
@@ -94,4 +95,64 @@ func BenchmarkPlanApply(b *testing.B) {
 		total += time.Since(start)
 	}
 	b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/apply")
+}
+
+// manyPolicies: 2 uplinks and n policies of one destination each (and,
+// with port, of one destination port too: two keys, which no map folds).
+func manyPolicies(n int, port bool) *config.Config {
+	cfg := &config.Config{MarkMask: 0x00ff0000, RulePriority: 10000}
+	for i := 0; i < 2; i++ {
+		cfg.Uplinks = append(cfg.Uplinks, config.Uplink{
+			Name: fmt.Sprintf("up%d", i), Interface: fmt.Sprintf("wan%d", i),
+			Weight: 1, Tier: 1, Table: 200 + i, Masquerade: true,
+		})
+	}
+	for p := 0; p < n; p++ {
+		// Set elements only: no packet is ever sent to them.
+		a := netip.AddrFrom4([4]byte{byte(100 + p>>16), byte(p >> 8), byte(p), 0})
+		m := policy.Match{Destinations: []netip.Prefix{netip.PrefixFrom(a, 24)}}
+		if port {
+			m.Protocol, m.Ports = policy.ProtoTCP, []policy.PortRange{{First: 443, Last: 443}}
+		}
+		cfg.Policies = append(cfg.Policies, config.Policy{Name: fmt.Sprintf("p%d", p),
+			Uplinks: []string{fmt.Sprintf("up%d", p%2)}, Match: m})
+	}
+	return cfg
+}
+
+// BenchmarkManyPolicies: 10,000 policies (issue 13: under a second), one
+// key each (folded into maps) and two keys each (a rule each), built and
+// applied into a fresh namespace.
+func BenchmarkManyPolicies(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		port bool
+	}{{"one-key", false}, {"two-keys", true}} {
+		b.Run(c.name, func(b *testing.B) {
+			ns := nstest.New(b, "wpb")
+			cfg := manyPolicies(10000, c.port)
+			for i := range cfg.Uplinks {
+				ns.Run(b, "ip", "link", "add", fmt.Sprintf("wan%d", i), "type", "veth", "peer", fmt.Sprintf("isp%d", i))
+				ns.Run(b, "ip", "link", "set", fmt.Sprintf("wan%d", i), "up")
+			}
+			nft, err := rules.New(rules.WithNetNS(int(ns.Handle)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer nft.Close()
+			states := bigStates(cfg)
+			var total time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				cfg.Uplinks[0].Weight = 1 + i%2
+				start := time.Now()
+				d := core.Build(core.Facts{Config: cfg, Uplinks: states})
+				if err := nft.Apply(d.NFT); err != nil {
+					b.Fatal(err)
+				}
+				total += time.Since(start)
+			}
+			b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/apply")
+		})
+	}
 }

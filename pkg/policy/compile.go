@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -62,6 +63,10 @@ type Cond struct {
 	Load    Load
 	Set     *Set   // a named or anonymous set to look the key up in
 	Eq      []byte // or the value to compare with, when Set is nil
+	Mask    []byte // and, with Eq, the bits of the key compared (nil: all)
+	// Key is the key as nft prints it ("ip daddr"), Value the compared
+	// value ("192.0.2.0/24") when Set is nil.
+	Key, Value string
 }
 
 // Rule is a conjunction of conditions ending in `goto pol_<policy>`.
@@ -108,7 +113,61 @@ func Compile(name string, m Match) Compiled {
 }
 
 func lookupCond(text string, s *Set, l Load) Cond {
-	return Cond{Text: text + " @" + s.Name, Load: l, Set: s}
+	return Cond{Text: text + " @" + s.Name, Key: text, Load: l, Set: s}
+}
+
+// A list of one value compiles to a comparison, not a set: the kernel
+// finds a set by name with a walk of the table's list of sets, for every
+// set created and every rule and element that names one, so N policies
+// with a set each cost N^2 name comparisons per apply (measured: 10,000
+// policies of one destination each, 20,000 sets, 32 s in
+// nft_set_lookup_global and nf_tables_newset). One value is the usual
+// shape of a generated policy (a host, a port, a user).
+
+// eqCond compares the key with one value.
+func eqCond(key, value string, l Load, v []byte) Cond {
+	return Cond{Text: key + " " + value, Key: key, Value: value, Load: l, Eq: v}
+}
+
+// prefixCond matches one prefix of family f: a comparison of the masked
+// key, which nft lists as `ip daddr 192.0.2.0/24` (a whole address
+// compares all bits, `ip daddr 192.0.2.10`). ok is false when the
+// addresses of f in list do not make one prefix.
+func prefixCond(text string, l Load, list []netip.Prefix, f inet.Family) (Cond, bool) {
+	ivs := prefixIntervals(list, f)
+	if len(ivs) != 1 {
+		return Cond{}, false
+	}
+	width := f.Bytes()
+	span := ivs[0].last.sub(ivs[0].first)
+	if span.trailingOnes() != span.onesCount() || !ivs[0].first.and(span).isZero() {
+		return Cond{}, false
+	}
+	a := u128ToAddr(ivs[0].first, width)
+	bits := 8*width - span.onesCount()
+	if bits == 8*width {
+		return eqCond(text, a.String(), l, a.AsSlice()), true
+	}
+	mask := make([]byte, width)
+	for i := range bits {
+		mask[i/8] |= 0x80 >> (i % 8)
+	}
+	c := eqCond(text, fmt.Sprintf("%s/%d", a, bits), l, a.AsSlice())
+	c.Mask = mask
+	return c, true
+}
+
+// onePort is the single port of ranges, if they are one port.
+func onePort(ranges []PortRange) (uint16, bool) {
+	in := make([]interval, 0, len(ranges))
+	for _, r := range ranges {
+		in = append(in, interval{u128{0, uint64(r.First)}, u128{0, uint64(r.Last)}})
+	}
+	m := mergeIntervals(in, 2)
+	if len(m) != 1 || m[0].first != m[0].last {
+		return 0, false
+	}
+	return uint16(m[0].first.lo), true
 }
 
 // Transport header fields.
@@ -143,7 +202,9 @@ func AddrLoad(f inet.Family, a Addr) (string, Load) {
 // inbound interfaces) over prerouting.
 func compile(m Match, local bool, set func(string, func() *Set) *Set) []Rule {
 	var head []Cond // matchers in front of the family-specific ones
-	if !local && len(m.InInterfaces) > 0 {
+	if ifs := uniq(m.InInterfaces); !local && len(ifs) == 1 {
+		head = append(head, eqCond("iifname", fmt.Sprintf("%q", ifs[0]), Load{Kind: LoadMeta, Meta: MetaIIFName}, IfnameKey(ifs[0])))
+	} else if !local && len(m.InInterfaces) > 0 {
 		s := set("iif", func() *Set {
 			s := &Set{Type: TypeIfname}
 			for _, n := range uniq(m.InInterfaces) {
@@ -181,9 +242,12 @@ func compile(m Match, local bool, set func(string, func() *Set) *Set) []Rule {
 				if f == inet.IPv6 {
 					what = a.what + "6"
 				}
-				s := set(what, func() *Set { return PrefixSet("", a.list, f) })
 				text, l := AddrLoad(f, a.addr)
-				c := lookupCond(text, s, l)
+				c, one := prefixCond(text, l, a.list, f)
+				if !one {
+					s := set(what, func() *Set { return PrefixSet("", a.list, f) })
+					c = lookupCond(text, s, l)
+				}
 				if len(fs) == 0 {
 					// nft lists the nfproto dependency implicitly, once.
 					c.NFProto = f
@@ -201,13 +265,21 @@ func compile(m Match, local bool, set func(string, func() *Set) *Set) []Rule {
 
 	var who []Cond
 	if local {
-		if len(m.UIDs) > 0 {
-			s := set("uid", func() *Set { return u32Set(TypeUID, m.UIDs) })
-			who = append(who, lookupCond("meta skuid", s, Load{Kind: LoadMeta, Meta: MetaSKUID}))
-		}
-		if len(m.GIDs) > 0 {
-			s := set("gid", func() *Set { return u32Set(TypeGID, m.GIDs) })
-			who = append(who, lookupCond("meta skgid", s, Load{Kind: LoadMeta, Meta: MetaSKGID}))
+		for _, k := range []struct {
+			what string
+			key  MetaKey
+			t    SetType
+			ids  []uint32
+		}{{"uid", MetaSKUID, TypeUID, m.UIDs}, {"gid", MetaSKGID, TypeGID, m.GIDs}} {
+			text, l := "meta sk"+k.what, Load{Kind: LoadMeta, Meta: k.key}
+			switch ids := uniq(k.ids); len(ids) {
+			case 0:
+			case 1:
+				who = append(who, eqCond(text, fmt.Sprint(ids[0]), l, Native32(ids[0])))
+			default:
+				s := set(k.what, func() *Set { return u32Set(k.t, ids) })
+				who = append(who, lookupCond(text, s, l))
+			}
 		}
 	}
 	cgroups := [][]Cond{nil}
@@ -250,19 +322,25 @@ func compile(m Match, local bool, set func(string, func() *Set) *Set) []Rule {
 			if len(pk.ranges) == 0 {
 				continue
 			}
-			s := set(pk.what, func() *Set { return &Set{Type: TypeInetService, Interval: true, Elems: portElems(pk.ranges)} })
-			if m.Protocol == ProtoAny {
-				l4 = append(l4, lookupCond("th "+pk.field, s, pk.load))
-				continue
+			text := "th " + pk.field
+			if m.Protocol != ProtoAny {
+				// nft folds `meta l4proto udp th dport` into `udp dport`.
+				text = ProtoName(m.Protocol) + " " + pk.field
 			}
-			// nft folds `meta l4proto udp th dport` into `udp dport`.
-			c := lookupCond(ProtoName(m.Protocol)+" "+pk.field, s, pk.load)
-			c.L4Proto = m.Protocol
+			var c Cond
+			if port, one := onePort(pk.ranges); one {
+				c = eqCond(text, fmt.Sprint(port), pk.load, binary.BigEndian.AppendUint16(nil, port))
+			} else {
+				s := set(pk.what, func() *Set { return &Set{Type: TypeInetService, Interval: true, Elems: portElems(pk.ranges)} })
+				c = lookupCond(text, s, pk.load)
+			}
+			if m.Protocol != ProtoAny {
+				c.L4Proto = m.Protocol
+			}
 			l4 = append(l4, c)
 		}
 	case m.Protocol != ProtoAny:
-		l4 = append(l4, Cond{Text: "meta l4proto " + ProtoName(m.Protocol),
-			Load: Load{Kind: LoadMeta, Meta: MetaL4Proto}, Eq: []byte{m.Protocol}})
+		l4 = append(l4, eqCond("meta l4proto", ProtoName(m.Protocol), Load{Kind: LoadMeta, Meta: MetaL4Proto}, []byte{m.Protocol}))
 	}
 
 	var out []Rule
@@ -280,10 +358,16 @@ func compile(m Match, local bool, set func(string, func() *Set) *Set) []Rule {
 	return out
 }
 
-// tcpOrUDP is `meta l4proto { tcp, udp }`: ports exist only there.
+// TCPOrUDP is the one set every policy with ports and any protocol looks
+// the transport protocol up in (ports exist only there): shared, not
+// anonymous per rule, because every set costs each later set lookup of
+// the apply a step of the kernel's walk (see eqCond).
+var TCPOrUDP = &Set{Name: "tcp_udp", Type: TypeInetProto,
+	Elems: []Elem{{Key: []byte{ProtoTCP}, Text: "tcp"}, {Key: []byte{ProtoUDP}, Text: "udp"}}}
+
+// tcpOrUDP is `meta l4proto @tcp_udp`.
 func tcpOrUDP() Cond {
-	s := &Set{Type: TypeInetProto, Elems: []Elem{{Key: []byte{ProtoTCP}, Text: "tcp"}, {Key: []byte{ProtoUDP}, Text: "udp"}}}
-	return Cond{Text: "meta l4proto " + s.InlineText(), Load: Load{Kind: LoadMeta, Meta: MetaL4Proto}, Set: s}
+	return lookupCond("meta l4proto", TCPOrUDP, Load{Kind: LoadMeta, Meta: MetaL4Proto})
 }
 
 // ProtoName is nft's name of a transport protocol.

@@ -127,6 +127,15 @@ func (c Cond) Matches(f Flow) bool {
 	if c.Set != nil {
 		return c.Set.Contains(key)
 	}
+	if c.Mask != nil {
+		masked := make([]byte, len(key))
+		for i := range key {
+			if i < len(c.Mask) {
+				masked[i] = key[i] & c.Mask[i]
+			}
+		}
+		key = masked
+	}
 	return bytes.Equal(key, c.Eq)
 }
 

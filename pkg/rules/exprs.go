@@ -362,6 +362,10 @@ func condFrag(c policy.Cond) frag {
 	case c.Set != nil:
 		ex = append(ex, lookup(c.Set.Name))
 	default:
+		if c.Mask != nil {
+			ex = append(ex, &expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: uint32(len(c.Mask)),
+				Mask: c.Mask, Xor: make([]byte, len(c.Mask))})
+		}
 		ex = append(ex, cmpReg(expr.CmpOpEq, c.Eq))
 	}
 	f.exprs = ex

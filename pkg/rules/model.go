@@ -185,6 +185,13 @@ type builder struct {
 	s      desired.NFT
 	t      *table
 	byMark map[uint32]desired.Uplink
+	// termChains: the chain holding each terminal a folded policy needs
+	// one for, by the terminal's text.
+	termChains map[string]string
+	// balMaps: the numgen map already made for a choice of buckets, by
+	// their text: policies that balance alike share one (every set costs
+	// the kernel's by-name walks, see policy.eqCond).
+	balMaps map[string]string
 }
 
 func (b *builder) addSet(s *set) *set {
@@ -302,21 +309,49 @@ func (b *builder) build() {
 		returnRule(multicast6()),
 	)
 
-	for _, p := range s.Policies {
-		// The one semantics of match keys: policy.Compile gives the
-		// conditions, which core.Explain evaluates too.
-		comp := policy.Compile(p.Name, p.Match)
-		for _, ps := range comp.Sets {
-			b.addSet(fromPolicySet(ps))
+	// The one semantics of match keys: policy.Compile gives each policy's
+	// conditions and policy.Build orders (and folds) them per hook, and
+	// core.Explain evaluates the same programs.
+	comps := make([]policy.Compiled, len(s.Policies))
+	for i, p := range s.Policies {
+		comps[i] = policy.Compile(p.Name, p.Match)
+	}
+	progs := [2]policy.Program{policy.Build(comps, false, ProgramMapPrefix(false)), policy.Build(comps, true, ProgramMapPrefix(true))}
+	// Only the sets the rules left after folding still look up.
+	used := map[*policy.Set]bool{}
+	for _, prog := range progs {
+		for _, it := range prog {
+			if it.Map == nil {
+				for _, c := range it.Rule.Conds {
+					used[c.Set] = true
+				}
+			}
 		}
-		for _, r := range comp.Forward {
-			pre.rules = append(pre.rules, policyRule(r, p))
+	}
+	if used[policy.TCPOrUDP] {
+		b.addSet(fromPolicySet(policy.TCPOrUDP))
+	}
+	ends := make([]terminal, len(s.Policies))
+	for i, p := range s.Policies {
+		for _, ps := range comps[i].Sets {
+			if used[ps] {
+				b.addSet(fromPolicySet(ps))
+			}
 		}
-		for _, r := range comp.Local {
-			out.rules = append(out.rules, policyRule(r, p))
+		ends[i] = b.policyEnd(p)
+	}
+	for h, prog := range progs {
+		ch := pre
+		if h == 1 {
+			ch = out
 		}
-		c := b.addChain(polChain(p), nil)
-		c.rules = b.balancerRules(p.Balancer, balMap(p), false)
+		for _, it := range prog {
+			if it.Map == nil {
+				ch.rules = append(ch.rules, policyRule(it.Rule, ends[it.Policy].frag))
+				continue
+			}
+			ch.rules = append(ch.rules, b.programMap(it.Map, s.Policies, ends))
+		}
 	}
 	pre.rules = append(pre.rules, newRule(verdict(expr.VerdictGoto, chainBalDefault)))
 
@@ -489,13 +524,105 @@ func nfprotoFrag(f inet.Family) frag {
 	return frag{text: "meta nfproto " + f.Label(), exprs: nfprotoIs(f)}
 }
 
-// policyRule is one compiled rule of a policy, ending in its chain.
-func policyRule(r policy.Rule, p desired.Policy) *rule {
+// ProgramMapPrefix names the maps a hook's folded policies are looked
+// up in: pm_f1, pm_f2... in prerouting, pm_l1... in output.
+func ProgramMapPrefix(local bool) string {
+	if local {
+		return "pm_l"
+	}
+	return "pm_f"
+}
+
+// terminal is how a policy's rules end: the balancer's verdict, inline.
+// v is that verdict alone when it is one (a goto, accept), which is what
+// a folded map's element can hold.
+type terminal struct {
+	frag frag
+	v    *expr.Verdict
+}
+
+// policyEnd is the policy's terminal. The balancer's verdict goes into
+// the policy's own rules when it is one rule (a goto, a numgen lookup,
+// reject), which it is unless the families choose differently: a chain
+// per policy would double the objects an apply of many policies creates.
+func (b *builder) policyEnd(p desired.Policy) terminal {
+	bal := b.balancerRules(p.Balancer, balMap(p), false)
+	var end frag
+	switch {
+	case len(bal) == 0:
+		// Nothing to choose from: the connection stays unmarked, as
+		// the end of an empty chain reached by goto would leave it.
+		end = verdict(expr.VerdictAccept, "")
+	case len(bal) == 1 && len(bal[0].anon) == 0:
+		end = frag{text: bal[0].text, exprs: bal[0].exprs}
+	default:
+		end = frag{text: "goto " + b.sharedChain(p, bal), exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictGoto, Chain: b.sharedChain(p, bal)}}}
+	}
+	t := terminal{frag: end}
+	if len(end.exprs) == 1 {
+		t.v, _ = end.exprs[0].(*expr.Verdict)
+	}
+	return t
+}
+
+// programMap is the rule and the verdict map of a folded run of
+// policies. An element's verdict is the policy's own when it is a plain
+// verdict; otherwise (a numgen lookup, reject) a chain holds it, one per
+// distinct terminal, named after the first policy that has it.
+func (b *builder) programMap(m *policy.Map, pols []desired.Policy, ends []terminal) *rule {
+	st := b.addSet(&set{name: m.Name, key: setTypes[m.Type], typeText: m.Type.Name() + " : verdict",
+		isMap: true, interval: m.Interval, native: m.Type.Native()})
+	for _, e := range m.Elems {
+		v := ends[e.Policy].v
+		if v == nil {
+			v = b.terminalChain(pols[e.Policy], ends[e.Policy].frag)
+		}
+		st.elems = append(st.elems, vmapElem(element{key: e.Key, end: e.End, interv: m.Interval, text: e.Text}, v))
+	}
+	var ex []expr.Any
+	if m.NFProto != 0 {
+		ex = append(ex, nfprotoIs(m.NFProto)...)
+	}
+	ex = append(ex, loadExpr(m.Load), vmapLookup(m.Name))
+	return newRule(frag{text: m.Key + " vmap @" + m.Name, exprs: ex})
+}
+
+// terminalChain is `goto` a chain ending in the terminal end, shared by
+// every policy whose terminal reads the same.
+func (b *builder) terminalChain(p desired.Policy, end frag) *expr.Verdict {
+	return &expr.Verdict{Kind: expr.VerdictGoto, Chain: b.sharedChain(p, []*rule{newRule(end)})}
+}
+
+// sharedChain is the chain holding rules, made for the first policy p
+// that needs it (pol_<p>) and shared by every later one whose rules read
+// the same: policies that balance alike (an uplink without IPv6 makes
+// every policy's families choose differently) need one chain, not one
+// each.
+func (b *builder) sharedChain(p desired.Policy, rules []*rule) string {
+	var key strings.Builder
+	for _, r := range rules {
+		key.WriteString(r.text + "\n")
+	}
+	if b.termChains == nil {
+		b.termChains = map[string]string{}
+	}
+	name, ok := b.termChains[key.String()]
+	if !ok {
+		name = polChain(p)
+		b.termChains[key.String()] = name
+		b.addChain(name, nil).rules = rules
+	}
+	return name
+}
+
+// policyRule is one compiled rule of a policy, ending in the policy's
+// verdict.
+func policyRule(r policy.Rule, end frag) *rule {
 	var fs []frag
 	for _, c := range r.Conds {
 		fs = append(fs, condFrag(c))
 	}
-	return newRule(append(fs, verdict(expr.VerdictGoto, polChain(p)))...)
+	return newRule(append(fs, end)...)
 }
 
 // v6Map names the IPv6 map of a balancer whose families differ.
@@ -508,7 +635,19 @@ func (b *builder) choiceRules(c desired.Choice, mapName string, isDefault, only4
 	}
 	weights, total := reducedWeights(c.Buckets)
 	switch {
+	case total == 1:
+		// One candidate: no numgen and no map, straight to its mark.
+		u := b.byMark[c.Buckets[slices.IndexFunc(weights, func(w int) bool { return w > 0 })].Mark]
+		return []*rule{newRule(append(head, verdict(expr.VerdictGoto, markChain(u)))...)}
 	case total > 0:
+		key := fmt.Sprint(weights, c.Buckets)
+		if name, ok := b.balMaps[key]; ok {
+			return []*rule{newRule(append(head, numgenVmap(uint32(total), name))...)}
+		}
+		if b.balMaps == nil {
+			b.balMaps = map[string]string{}
+		}
+		b.balMaps[key] = mapName
 		m := b.addSet(&set{name: mapName, key: typeMark, typeText: "mark : verdict", isMap: true, native: true})
 		n := uint32(0)
 		for i, bk := range c.Buckets {

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"flag"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -93,6 +94,10 @@ func goldenSpecs() map[string]desired.NFT {
 			},
 			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}}}),
 		},
+		// Runs of one-key policies, folded into verdict maps: hosts by
+		// source (IPv4 and IPv6 interleaved, which commute), with
+		// single-uplink, balanced and rejecting terminals; then users.
+		"folded": foldedSpec(),
 		"fallback_none_reject": {
 			Table: "wanpin", Mask: 0xff,
 			Uplinks: []desired.Uplink{
@@ -186,7 +191,7 @@ func TestRenderNoCandidateRejects(t *testing.T) {
 	s := goldenSpecs()["fallback_none_reject"]
 	out := Render(s)
 	for _, want := range []string{
-		"\tchain pol_strict {\n\t\treject\n\t}\n",
+		"\t\tip daddr 203.0.113.0/24 reject\n",
 		"\tchain bal_default_chain {\n\t\treject\n\t}\n",
 		// Down uplinks keep their restore element (see layout.md).
 		"0x00000001 : goto mark_a, 0x00000002 : goto mark_b",
@@ -195,4 +200,25 @@ func TestRenderNoCandidateRejects(t *testing.T) {
 			t.Errorf("missing %q in\n%s", want, out)
 		}
 	}
+}
+
+func foldedSpec() desired.NFT {
+	one := func(mark uint32) desired.Balancer {
+		return desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: mark, Weight: 1}}})
+	}
+	both := desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 2}, {Mark: 0x200, Weight: 1}}})
+	s := desired.NFT{Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(),
+		Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}, {Mark: 0x200, Weight: 1}}})}
+	for i := range 12 {
+		bal := []desired.Balancer{one(0x100), one(0x200), both, desired.Both(desired.Choice{Reject: true})}[i%4]
+		s.Policies = append(s.Policies,
+			desired.Policy{Name: fmt.Sprintf("host%d", i), Match: policy.Match{Sources: pfx(fmt.Sprintf("192.0.2.%d/32", 10+i))}, Balancer: bal},
+			desired.Policy{Name: fmt.Sprintf("host%d-v6", i), Match: policy.Match{Sources: pfx(fmt.Sprintf("2001:db8:1::%x/128", 0x10+i))}, Balancer: bal})
+	}
+	// Overlapping: the /28 comes after the hosts in it, which keep theirs.
+	s.Policies = append(s.Policies, desired.Policy{Name: "rest", Match: policy.Match{Sources: pfx("192.0.2.0/28")}, Balancer: one(0x200)})
+	for i := range 9 {
+		s.Policies = append(s.Policies, desired.Policy{Name: fmt.Sprintf("user%d", i), Match: policy.Match{UIDs: []uint32{uint32(1000 + i)}}, Balancer: one(0x100)})
+	}
+	return s
 }
