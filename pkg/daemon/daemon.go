@@ -117,6 +117,7 @@ type Daemon struct {
 	pub      *publisher // the status, for readers off the loop
 	requests chan func()
 	stopped  chan struct{}
+	lock     *instanceLock // one daemon per network namespace
 }
 
 // New loads the configuration and connects to the kernel. Nothing is
@@ -138,7 +139,11 @@ func New(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{opts: opts, log: opts.Log, state: core.NewState(cfg),
+	lock, err := lockInstance()
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{lock: lock, opts: opts, log: opts.Log, state: core.NewState(cfg),
 		requests: make(chan func()), stopped: make(chan struct{}),
 		hooks: newHookRunner(opts.HooksDir, opts.Log), notify: newNotifier(),
 		monitors: map[core.Key]*health.Monitor{}, verdicts: make(chan health.Event, 64),
@@ -151,6 +156,7 @@ func New(opts Options) (*Daemon, error) {
 	}
 	nft, err := rules.New(nftOpts...)
 	if err != nil {
+		d.close()
 		return nil, fmt.Errorf("connecting to nftables: %w", err)
 	}
 	d.nft = nft
@@ -315,6 +321,7 @@ func (d *Daemon) close() {
 	if d.pub != nil {
 		d.pub.close()
 	}
+	d.lock.release()
 }
 
 func (d *Daemon) snapshot() (map[string]core.Link, error) {
