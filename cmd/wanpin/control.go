@@ -57,10 +57,10 @@ func (b backend) SetService(uplink string, inService bool) error {
 	return b.d.SetService(ctx, uplink, inService)
 }
 
-func (b backend) Exec(uplink, cgroup string) error {
+func (b backend) Exec(uplink string) (string, error) {
 	ctx, cancel := b.ctx()
 	defer cancel()
-	return b.d.Exec(ctx, uplink, cgroup)
+	return b.d.Exec(ctx, uplink)
 }
 
 func (b backend) Event(kind, iface string, ea bus.EventArgs) error {

@@ -12,14 +12,13 @@ import (
 	"syscall"
 
 	"github.com/wanpin/wanpin/pkg/cgroups"
-	"github.com/wanpin/wanpin/pkg/core"
 )
 
 // cmdExec runs a command whose connections all leave through one uplink,
-// without LD_PRELOAD: it puts itself in a cgroup of its own, has the
-// daemon pin that cgroup's new connections to the uplink (nftables
-// matches `socket cgroupv2`), and then becomes the command. Children stay
-// in the cgroup; the daemon forgets it once the last process has ended.
+// without LD_PRELOAD: the daemon makes a cgroup and pins its new
+// connections to the uplink (nftables matches `socket cgroupv2`), this
+// process moves into it and becomes the command. Children stay in the
+// cgroup; the daemon forgets it once the last process has ended.
 func cmdExec(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("wanpin exec", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -39,35 +38,26 @@ func cmdExec(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "wanpin exec: no cgroup v2 hierarchy (%v)\n", err)
 		return 1
 	}
-	rel := core.ExecRoot + "/" + strconv.Itoa(os.Getpid())
-	dir := filepath.Join(res.Root, rel)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		fmt.Fprintf(stderr, "wanpin exec: %v\n", err)
-		return 1
-	}
-	leave := func() {
-		_ = os.WriteFile(filepath.Join(res.Root, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644)
-		_ = os.Remove(dir)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
-		fmt.Fprintf(stderr, "wanpin exec: joining %s: %v\n", dir, err)
-		leave()
-		return 1
-	}
 	c, ok := dial(stderr, "exec")
 	if !ok {
-		leave()
 		return 1
 	}
-	err = c.Exec(context.Background(), *uplink, rel)
+	// The daemon makes the cgroup (a fresh one, named by it) and pins it;
+	// this process then moves in and becomes the command.
+	rel, err := c.Exec(context.Background(), *uplink)
 	c.Close()
 	if err != nil {
 		fmt.Fprintf(stderr, "wanpin exec: %v\n", err)
-		leave()
+		return 1
+	}
+	dir := filepath.Join(res.Root, rel)
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		fmt.Fprintf(stderr, "wanpin exec: joining %s: %v\n", dir, err)
 		return 1
 	}
 	err = syscall.Exec(path, argv, os.Environ())
 	fmt.Fprintf(stderr, "wanpin exec: %v\n", err)
-	leave()
+	// Back to the root cgroup: the daemon reaps the empty one.
+	_ = os.WriteFile(filepath.Join(res.Root, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644)
 	return 126
 }

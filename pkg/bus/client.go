@@ -108,9 +108,14 @@ func (c *Client) SetService(ctx context.Context, uplink string, inService bool) 
 	return explain(what, c.call(ctx, "SetService", uplink, inService).Err)
 }
 
-// Exec pins the processes of a cgroup to an uplink.
-func (c *Client) Exec(ctx context.Context, uplink, cgroup string) error {
-	return explain("exec", c.call(ctx, "Exec", uplink, cgroup).Err)
+// Exec has the daemon make a fresh cgroup pinned to an uplink, and
+// returns its path (relative to the cgroup v2 root).
+func (c *Client) Exec(ctx context.Context, uplink string) (string, error) {
+	var cg string
+	if err := c.call(ctx, "Exec", uplink).Store(&cg); err != nil {
+		return "", explain("exec", err)
+	}
+	return cg, nil
 }
 
 // explain turns a D-Bus error into one line a person can act on.

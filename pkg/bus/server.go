@@ -26,7 +26,7 @@ type Backend interface {
 	Reload() error
 	Event(kind, iface string, args EventArgs) error
 	SetService(uplink string, inService bool) error
-	Exec(uplink, cgroup string) error
+	Exec(uplink string) (cgroup string, err error)
 }
 
 // Server exports the interface on one bus connection.
@@ -172,15 +172,17 @@ func (o object) SetService(sender dbus.Sender, uplink string, inService bool) *d
 	return nil
 }
 
-// Exec pins a cgroup made by `wanpin exec` to an uplink. Root only.
-func (o object) Exec(sender dbus.Sender, uplink, cgroup string) *dbus.Error {
+// Exec makes a fresh cgroup pinned to an uplink and returns its path,
+// for `wanpin exec` to move into. Root only.
+func (o object) Exec(sender dbus.Sender, uplink string) (string, *dbus.Error) {
 	if derr := o.s.requireRoot(sender, "exec"); derr != nil {
-		return derr
+		return "", derr
 	}
-	if err := o.s.b.Exec(uplink, cgroup); err != nil {
-		return dbus.NewError(ErrFailed, []any{err.Error()})
+	cg, err := o.s.b.Exec(uplink)
+	if err != nil {
+		return "", dbus.NewError(ErrFailed, []any{err.Error()})
 	}
-	return nil
+	return cg, nil
 }
 
 // EventArgs are an Event's arguments, checked.

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/wanpin/wanpin/pkg/bus"
 	"github.com/wanpin/wanpin/pkg/core"
@@ -110,26 +112,67 @@ func (d *Daemon) SetService(ctx context.Context, uplink string, inService bool) 
 	return d.doStep(ctx, core.SetService{Uplink: uplink, InService: inService})
 }
 
-// Exec pins the new connections of the processes in cgroup path (made by
-// `wanpin exec`, which then runs the command in it) to one uplink. The
-// entry goes when the cgroup is empty.
-func (d *Daemon) Exec(ctx context.Context, uplink, path string) error {
-	if err := core.CheckExecPath(path); err != nil {
-		return err
-	}
+// ExecGrace is how long a cgroup Exec made may stay empty before the
+// reaper takes it: `wanpin exec` moves into it right after the call.
+const ExecGrace = 10 * time.Second
+
+// Exec makes a fresh cgroup under ExecRoot, named by the daemon, pins the
+// new connections of its processes to one uplink, and returns its path
+// for `wanpin exec` to move into and run the command. Only cgroups the
+// daemon made itself are ever pinned: a name of another's choosing could
+// be no valid policy name (and break every apply), an existing cgroup
+// (/wanpin-exec/. is its parent) would pin processes nobody asked for.
+// The entry goes when the cgroup is empty.
+func (d *Daemon) Exec(ctx context.Context, uplink string) (string, error) {
+	var path string
 	var serr error
 	err := d.do(ctx, func() {
-		m, err := d.cgroups.Resolve(path)
-		if err != nil || len(m) == 0 {
-			serr = fmt.Errorf("cgroup %s: not found (%v)", path, err)
+		path, serr = d.makeExecCgroup()
+		if serr != nil {
 			return
 		}
-		serr = d.step(core.ExecStarted{Path: path, Uplink: uplink, Cgroup: m[0]})
+		m, err := d.cgroups.Resolve(path)
+		if err != nil || len(m) == 0 {
+			serr = fmt.Errorf("cgroup %s: not found after making it (%v)", path, err)
+		} else {
+			serr = d.step(core.ExecStarted{Path: path, Uplink: uplink, Cgroup: m[0]})
+		}
+		if serr != nil {
+			_ = os.Remove(filepath.Join(d.cgroups.Root, path))
+			delete(d.execMade, path)
+		}
 	})
 	if err != nil {
-		return err
+		return "", err
 	}
-	return serr
+	return path, serr
+}
+
+// makeExecCgroup creates ExecRoot/<n> with the next free n: Mkdir fails
+// on an existing directory, so the cgroup is new and empty.
+func (d *Daemon) makeExecCgroup() (string, error) {
+	if d.cgroups.Root == "" {
+		return "", errors.New("no cgroup v2 hierarchy")
+	}
+	if err := os.MkdirAll(filepath.Join(d.cgroups.Root, core.ExecRoot), 0o755); err != nil {
+		return "", fmt.Errorf("making %s: %w", core.ExecRoot, err)
+	}
+	for range 1000 {
+		d.execSeq++
+		path := fmt.Sprintf("%s/%d", core.ExecRoot, d.execSeq)
+		err := os.Mkdir(filepath.Join(d.cgroups.Root, path), 0o755)
+		if err == nil {
+			if err := core.CheckExecPath(path); err != nil {
+				return "", err
+			}
+			d.execMade[path] = time.Now()
+			return path, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return "", fmt.Errorf("making cgroup %s: %w", path, err)
+		}
+	}
+	return "", errors.New("no free exec cgroup name")
 }
 
 // reapExecs forgets the exec cgroups whose processes have all ended and
@@ -139,8 +182,13 @@ func (d *Daemon) reapExecs() {
 		dir := filepath.Join(d.cgroups.Root, path)
 		procs, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
 		if err == nil && len(strings.TrimSpace(string(procs))) > 0 {
+			delete(d.execMade, path) // joined: empty from now on means ended
 			continue
 		}
+		if made, ok := d.execMade[path]; ok && time.Since(made) < ExecGrace && err == nil {
+			continue // not joined yet
+		}
+		delete(d.execMade, path)
 		_ = os.Remove(dir)
 		_ = os.Remove(filepath.Dir(dir)) // /wanpin-exec itself, once empty
 		d.step(core.ExecEnded{Path: path})
