@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -37,7 +38,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	hooksDir := fs.String("hooks-dir", "/etc/wanpin/hooks.d", "executables run on every uplink transition")
 	noOwner := fs.Bool("no-table-owner", false, "do not claim the nftables table: other tools may delete it (it is then repaired)")
-	metricsAddr := fs.String("metrics-listen", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9469 (off when empty)")
+	metricsAddr := fs.String("metrics-listen", "", "serve Prometheus metrics on this numeric address, e.g. 127.0.0.1:9469 (off when empty)")
+	metricsPublic := fs.Bool("metrics-public", false, "let --metrics-listen be an address other machines can reach (one not loopback, or every address)")
 	runtimeDir := fs.String("runtime-dir", envOr("WANPIN_RUNTIME_DIR", "/run/wanpin"), "where the DHCP hooks' lease files are")
 	if fs.Parse(args) != nil {
 		return 2
@@ -45,6 +47,24 @@ func cmdRun(args []string, stderr io.Writer) int {
 	var lv slog.LevelVar
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {
 		fmt.Fprintf(stderr, "wanpin run: --log-level: %v\n", err)
+		return 2
+	}
+	// The metrics address is checked and bound before anything else: a
+	// refused or taken address is a start error, like a bad config.
+	var metricsLn net.Listener
+	if *metricsAddr != "" {
+		a, err := metrics.CheckAddr(*metricsAddr, *metricsPublic)
+		if err != nil {
+			fmt.Fprintf(stderr, "wanpin run: --metrics-listen %v\n", err)
+			return 2
+		}
+		if metricsLn, err = metrics.Listen(a); err != nil {
+			fmt.Fprintf(stderr, "wanpin run: %v\n", err)
+			return 1
+		}
+		defer metricsLn.Close()
+	} else if *metricsPublic {
+		fmt.Fprintln(stderr, "wanpin run: --metrics-public needs --metrics-listen")
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: &lv, ReplaceAttr: microseconds}))
@@ -69,10 +89,10 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}()
 	stopBus := serveBus(d, log)
 	defer stopBus()
-	if *metricsAddr != "" {
+	if metricsLn != nil {
 		go func() {
 			src := func() (core.Status, error) { return d.Status(ctx) }
-			if err := metrics.Serve(ctx, *metricsAddr, src, log); err != nil {
+			if err := metrics.Serve(ctx, metricsLn, src, metrics.DefaultLimits, log); err != nil {
 				log.Error("metrics unavailable", "err", err)
 			}
 		}()
