@@ -7,11 +7,15 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"math/bits"
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/wanpin/wanpin/pkg/policy"
 )
@@ -168,11 +172,94 @@ func (es Errors) Error() string {
 
 // Load reads and parses the policy file at path. A file that cannot be read
 // is reported with the os error as is (errors.Is(err, fs.ErrNotExist) works);
-// a file with problems with [Errors].
+// one that is not a regular file with [ErrNotRegular], one larger than
+// [MaxFileSize] with [ErrTooLarge], both in an *fs.PathError that names
+// it; a file with problems with [Errors].
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readFile(path)
 	if err != nil {
 		return nil, err
 	}
 	return Parse(path, data)
+}
+
+var (
+	// ErrNotRegular: the policy file is a FIFO, a device, a directory or a
+	// socket. Reading a FIFO waits for a writer, for ever if none comes
+	// (the daemon's loop with it, on a reload); a device like /dev/zero
+	// never ends.
+	ErrNotRegular = errors.New("not a regular file")
+	// ErrTooLarge: the policy file is larger than MaxFileSize.
+	ErrTooLarge = fmt.Errorf("larger than %d MiB, the limit for a policy file", MaxFileSize>>20)
+)
+
+// readFile reads the policy file: a regular file of at most MaxFileSize
+// bytes, or a symbolic link to one (configuration managers link files
+// into /etc). Anything else is refused at once, without waiting on it.
+func readFile(path string) ([]byte, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := regular(path, st); err != nil {
+		return nil, err
+	}
+	return readRegular(path)
+}
+
+// readRegular opens path, checks that what it opened is a regular file and
+// reads it. Something else may have been put there since readFile looked.
+func readRegular(path string) ([]byte, error) {
+	// O_NONBLOCK: opening a
+	// FIFO then returns at once instead of waiting for a writer (and a
+	// serial line does not wait for its carrier), and fstat says what was
+	// opened. It changes nothing for a regular file. O_NOCTTY: a terminal
+	// does not become the daemon's.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if err := regular(path, st); err != nil {
+		return nil, err
+	}
+	if st.Size() > MaxFileSize {
+		return nil, &fs.PathError{Op: "read", Path: path, Err: ErrTooLarge}
+	}
+	// A regular file can still grow while it is read, or be a /proc file
+	// whose size says nothing: read one byte past the limit to know.
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, &fs.PathError{Op: "read", Path: path, Err: err}
+	}
+	if len(data) > MaxFileSize {
+		return nil, &fs.PathError{Op: "read", Path: path, Err: ErrTooLarge}
+	}
+	return data, nil
+}
+
+// regular refuses what is not a regular file, saying what it is.
+func regular(path string, st fs.FileInfo) error {
+	m := st.Mode()
+	if m.IsRegular() {
+		return nil
+	}
+	what := fmt.Sprintf("of type %v", m.Type())
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		what = "a named pipe (FIFO)"
+	case m&fs.ModeCharDevice != 0:
+		what = "a character device"
+	case m&fs.ModeDevice != 0:
+		what = "a block device"
+	case m.IsDir():
+		what = "a directory"
+	case m&fs.ModeSocket != 0:
+		what = "a socket"
+	}
+	return &fs.PathError{Op: "open", Path: path, Err: fmt.Errorf("%w: it is %s", ErrNotRegular, what)}
 }
