@@ -28,6 +28,9 @@ func FuzzParse(f *testing.F) {
 		}
 		f.Add(data)
 	}
+	for _, seed := range scanSeeds() {
+		f.Add([]byte(seed))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		checkLocator(t, data)
 		cfg, err := Parse("fuzz.toml", data)
@@ -51,19 +54,137 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// checkLocator checks that locate finds every path of the decoded tree.
+// scanSeeds are valid TOML at the edges of what the scan must read as the
+// library does: nesting up to the limits, and brackets, braces, dots,
+// quotes and hashes inside strings and comments, where they count for
+// nothing.
+func scanSeeds() []string {
+	nest := func(open, close string, n int) string {
+		return "k = " + strings.Repeat(open, n) + strings.Repeat(close, n) + "\n"
+	}
+	return []string{
+		nest("[", "]", MaxDepth), nest("[", "]", MaxDepth+1),
+		"k = " + strings.Repeat("{a=", MaxDepth-1) + "1" + strings.Repeat("}", MaxDepth-1) + "\n",
+		"k = " + strings.Repeat("[{a=", MaxDepth/2) + "1" + strings.Repeat("}]", MaxDepth/2) + "\n",
+		"[" + strings.Repeat("a.", MaxDepth-1) + "a]\nb = 1\n",
+		"[[a]]\n[[a.b]]\n[[a.b.c]]\nx.y = [[1], {z = [2]}]\n[a.b.c.d]\nq = 1\n",
+		strings.Repeat("k.", MaxDepth-1) + "k = 1\n",
+		`"a.b" . 'c.d' . e = 1
+["x.y".'z']
+"\u0041\x42\e" = 2
+`,
+		`a = "[[x]] {y} a.b.c = 1 # \" ] }"
+b = '[{\'
+c = 1
+`,
+		`a = """
+[[x]]
+k = { a = [
+\"""
+"""""
+b = '''
+[y]
+'' ] }
+'''''
+c = 1
+`,
+		`# [[x]] { [ a.b = 1
+a = [ # ]
+  1, # }
+  [2, # [
+  3],
+] # {
+b = { c = 1, # }
+  d = 2 }
+`,
+		"a = [1979-05-27 07:32:00, 1979-05-27T07:32:00Z, 07:32:00, 1979-05-27, 2]\nb = 1\n",
+		`a = [ "]", ']', """]""", ''']''', { b = "}" }, ]
+c = 1
+`,
+		"\xef\xbb\xbf[t]\r\na = [\r\n 1,\r\n]\r\n",
+	}
+}
+
+// TestScanSeeds: the seeds are valid TOML, and the scan measures them as
+// the library reads them (the fuzz test's checks on each).
+func TestScanSeeds(t *testing.T) {
+	for _, seed := range scanSeeds() {
+		var tree map[string]any
+		if _, err := toml.Decode(seed, &tree); err != nil {
+			t.Errorf("%q: not valid TOML: %v", seed, err)
+			continue
+		}
+		checkLocator(t, []byte(seed))
+	}
+}
+
+// checkLocator checks that locate finds every path of the decoded tree,
+// and that the scan's counts bound what the library built: the limits
+// checked on them are what keeps the library's memory bounded, and a
+// count too high would refuse a valid file.
 func checkLocator(t *testing.T, data []byte) {
-	ix := locate(data) // also on text the library refuses: must not panic
+	sc, err := scan(data) // also on text the library refuses: must not panic
 	var tree map[string]any
-	if _, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&tree); err != nil {
+	if _, derr := toml.NewDecoder(bytes.NewReader(data)).Decode(&tree); derr != nil {
+		return
+	}
+	if err != nil {
+		// Within the fuzzer's small inputs, only nesting and key length
+		// can be exceeded; the library accepted it, so they were.
+		var le *limitError
+		if !errors.As(err, &le) || !strings.Contains(le.msg, "nesting deeper") && !strings.Contains(le.msg, "dotted parts") && !strings.Contains(le.msg, "full name") {
+			t.Errorf("scan refused valid TOML: %v", err)
+		}
 		return
 	}
 	lines := bytes.Count(data, []byte("\n")) + 1
 	walkTree(tree, "", func(path string) {
-		if l := ix.line(path); l < 1 || l > lines {
+		if l := sc.ix.line(path); l < 1 || l > lines {
 			t.Errorf("locator: %s at line %d", path, l)
 		}
 	})
+	var s shape
+	s.measure(tree, 0)
+	if s.depth != sc.depth {
+		t.Errorf("scan measured depth %d, the tree is %d deep", sc.depth, s.depth)
+	}
+	if s.keys > sc.keyParts || s.tables > sc.tables+sc.keyParts || s.values != sc.values || s.tableElems > sc.tables {
+		t.Errorf("scan counted %d key parts, %d tables, %d values; the tree has %+v", sc.keyParts, sc.tables, sc.values, s)
+	}
+}
+
+// shape is what the library made of a file, in the terms the scan counts.
+type shape struct {
+	depth      int // components of the longest path
+	keys       int // keys of all tables
+	tables     int // tables below the top, implicit ones included
+	values     int // elements of arrays of values
+	tableElems int // elements of arrays of tables
+}
+
+// measure adds v, found depth components below the top, and what it holds.
+func (s *shape) measure(v any, depth int) {
+	s.depth = max(s.depth, depth)
+	switch v := v.(type) {
+	case map[string]any:
+		if depth > 0 {
+			s.tables++
+		}
+		s.keys += len(v)
+		for _, sub := range v {
+			s.measure(sub, depth+1)
+		}
+	case []map[string]any:
+		s.tableElems += len(v)
+		for _, sub := range v {
+			s.measure(sub, depth+1)
+		}
+	case []any:
+		s.values += len(v)
+		for _, sub := range v {
+			s.measure(sub, depth+1)
+		}
+	}
 }
 
 // walkTree calls fn with the path of every key and array element in v, in

@@ -106,6 +106,10 @@ func (p *parser) health(n node) *HealthConfig {
 		if len(list) == 0 {
 			p.errorf(targets, "targets must not be empty")
 		}
+		if len(list) > MaxHealthTargets {
+			// Every target is probed every round.
+			p.errorf(list[MaxHealthTargets], "more than %d targets, the most an uplink probes", MaxHealthTargets)
+		}
 		seen := map[string]bool{}
 		for _, e := range list {
 			s, ok := p.str(e)
@@ -162,7 +166,7 @@ func (p *parser) health(n node) *HealthConfig {
 		}
 	}
 	if n, ok := p.get(t, "quorum"); ok {
-		if v, ok := p.integer(n, 1, 64); ok {
+		if v, ok := p.integer(n, 1, MaxHealthTargets); ok {
 			h.Quorum = int(v)
 			if len(h.Targets) > 0 && h.Quorum > len(h.Targets) {
 				p.errorf(n, "quorum %d is more than the %d targets", h.Quorum, len(h.Targets))

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -11,6 +12,11 @@ import (
 // [[uplink]] element shares one entry. The locator below scans the text once
 // and records the line of every table header, array element and key, so
 // that semantic errors can point at the line to fix.
+//
+// The same scan runs before the library and bounds what the library will
+// be given (limits.go): it counts tables, keys and array entries, measures
+// nesting and key lengths, and stops at the first limit exceeded. It reads
+// strings and comments as TOML does, so that nothing inside them counts.
 
 // lineIndex maps a key path to the 1-based line where that key, table header
 // or array element starts. Paths name each key the way toml.Key.String does
@@ -50,10 +56,38 @@ func isBareKeyChar(c byte) bool {
 	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-'
 }
 
-// locate scans TOML text. It is meant for text the TOML library accepted;
-// on anything else it still terminates and returns what it could make out.
-func locate(src []byte) lineIndex {
-	sc := &scanner{s: src, line: 1, ix: lineIndex{}, arrays: map[string]int{}}
+// limitError is a limit of the file's shape exceeded, at a line.
+type limitError struct {
+	line int
+	msg  string
+}
+
+func (e *limitError) Error() string { return fmt.Sprintf("line %d: %s", e.line, e.msg) }
+
+// locate scans TOML text and returns the line index, or the first limit of
+// limits.go the text exceeds. On text the TOML library accepts, the index
+// is exact; on anything else it still terminates and returns what it could
+// make out.
+func locate(src []byte) (lineIndex, error) {
+	sc, err := scan(src)
+	if err != nil {
+		return nil, err
+	}
+	return sc.ix, nil
+}
+
+// scan runs the scanner over src; the scanner keeps what it counted.
+func scan(src []byte) (sc *scanner, err error) {
+	sc = &scanner{s: src, line: 1, ix: lineIndex{}, arrays: map[string]int{}}
+	defer func() {
+		if r := recover(); r != nil {
+			le, ok := r.(*limitError)
+			if !ok {
+				panic(r)
+			}
+			sc, err = nil, le
+		}
+	}()
 	// Skip a byte order mark, as the library does (UTF-16 ones included,
 	// which some editors write in front of UTF-8 text).
 	for _, bom := range []string{"\xef\xbb\xbf", "\xff\xfe", "\xfe\xff"} {
@@ -63,7 +97,7 @@ func locate(src []byte) lineIndex {
 		}
 	}
 	sc.document()
-	return sc.ix
+	return sc, nil
 }
 
 type scanner struct {
@@ -74,6 +108,50 @@ type scanner struct {
 	// arrays counts the elements of each array of tables seen so far, by
 	// its resolved path: a later header below it refers to the last one.
 	arrays map[string]int
+
+	// What limits.go bounds: the deepest path seen and how many tables,
+	// key parts and array entries there were.
+	depth, tables, keyParts, values int
+}
+
+// fail stops the scan: a limit is exceeded at line.
+func (sc *scanner) fail(line int, format string, args ...any) {
+	panic(&limitError{line: line, msg: fmt.Sprintf(format, args...)})
+}
+
+// in checks a path of depth parts, for a key, table or array entry that
+// starts at line.
+func (sc *scanner) in(depth, line int) {
+	if depth > MaxDepth {
+		sc.fail(line, "nesting deeper than %d levels (tables, arrays and dotted keys together): wanpin's own keys are at most 5 deep", MaxDepth)
+	}
+	sc.depth = max(sc.depth, depth)
+}
+
+// key joins a key's name to its table's path, checking the full name's
+// length.
+func (sc *scanner) key(path, name string, line int) string {
+	path = joinKey(path, name)
+	if len(path) > MaxKeyPath {
+		sc.fail(line, "a key whose full name (its tables' names and its own) is longer than %d bytes", MaxKeyPath)
+	}
+	return path
+}
+
+// countTable counts one table header or inline table.
+func (sc *scanner) countTable(line int) {
+	if sc.tables++; sc.tables > maxTables {
+		sc.fail(line, "more than %d tables: a valid file has at most %d uplinks (each with its health table) and %d policies",
+			maxTables, MaxUplinks, MaxPolicies)
+	}
+}
+
+// countValue counts one array entry.
+func (sc *scanner) countValue(line int) {
+	if sc.values++; sc.values > maxValues {
+		sc.fail(line, "more than %d array entries: a valid file has at most %d policy entries, %d policies and %d uplinks with %d dns and %d health targets each",
+			maxValues, MaxPolicyEntries, MaxPolicies, MaxUplinks, MaxDNS, MaxHealthTargets)
+	}
 }
 
 func (sc *scanner) eof() bool { return sc.i >= len(sc.s) }
@@ -85,7 +163,10 @@ func (sc *scanner) peek(off int) byte {
 	return 0
 }
 
-func (sc *scanner) record(path string, line int) {
+// record notes the line of path, a key, table or array entry depth parts
+// deep.
+func (sc *scanner) record(path string, depth, line int) {
+	sc.in(depth, line)
 	if _, ok := sc.ix[path]; !ok && path != "" {
 		sc.ix[path] = line
 	}
@@ -123,7 +204,7 @@ func (sc *scanner) skipComment() {
 }
 
 func (sc *scanner) document() {
-	table := ""
+	table, depth := "", 0
 	for {
 		sc.skipBlank(true)
 		if sc.eof() {
@@ -134,12 +215,12 @@ func (sc *scanner) document() {
 		switch {
 		case sc.peek(0) == '[' && sc.peek(1) == '[':
 			sc.i += 2
-			table = sc.arrayHeader(sc.keys(), line)
+			table, depth = sc.arrayHeader(sc.keys(), line)
 		case sc.peek(0) == '[':
 			sc.i++
-			table = sc.tableHeader(sc.keys(), line)
+			table, depth = sc.tableHeader(sc.keys(), line)
 		default:
-			sc.keyValue(table)
+			sc.keyValue(table, depth)
 		}
 		// The rest of a header or key/value line is a comment at most;
 		// skipping to the line end also gets past anything malformed.
@@ -158,40 +239,48 @@ func (sc *scanner) skipRestOfLine() {
 }
 
 // resolve turns header keys into a path, stepping into the last element of
-// any array of tables on the way.
+// any array of tables on the way, and returns it with its depth.
 // Tables it passes through that were not seen before are defined here
 // implicitly: [a.b] defines a.
-func (sc *scanner) resolve(path string, keys []string, line int) string {
+func (sc *scanner) resolve(keys []string, line int) (path string, depth int) {
 	for _, k := range keys {
-		path = joinKey(path, k)
+		path = sc.key(path, k, line)
+		depth++
 		if n, ok := sc.arrays[path]; ok {
 			path = joinIndex(path, n-1)
+			depth++
 		}
-		sc.record(path, line)
+		sc.record(path, depth, line)
 	}
-	return path
+	return path, depth
 }
 
-func (sc *scanner) arrayHeader(keys []string, line int) string {
+func (sc *scanner) arrayHeader(keys []string, line int) (string, int) {
 	if len(keys) == 0 {
-		return ""
+		return "", 0
 	}
-	path := joinKey(sc.resolve("", keys[:len(keys)-1], line), keys[len(keys)-1])
+	sc.countTable(line)
+	path, depth := sc.resolve(keys[:len(keys)-1], line)
+	path = sc.key(path, keys[len(keys)-1], line)
+	depth++
 	n := sc.arrays[path]
 	sc.arrays[path] = n + 1
-	sc.record(path, line)
+	sc.record(path, depth, line)
 	elem := joinIndex(path, n)
-	sc.record(elem, line)
-	return elem
+	sc.record(elem, depth+1, line)
+	return elem, depth + 1
 }
 
-func (sc *scanner) tableHeader(keys []string, line int) string {
-	return sc.resolve("", keys, line)
+func (sc *scanner) tableHeader(keys []string, line int) (string, int) {
+	if len(keys) > 0 {
+		sc.countTable(line)
+	}
+	return sc.resolve(keys, line)
 }
 
 // keyValue reads `key = value` and records the key, and within the value
-// any array elements and inline table keys, below path.
-func (sc *scanner) keyValue(path string) {
+// any array elements and inline table keys, below path, of depth parts.
+func (sc *scanner) keyValue(path string, depth int) {
 	line := sc.line
 	keys := sc.keys()
 	if len(keys) == 0 {
@@ -200,8 +289,9 @@ func (sc *scanner) keyValue(path string) {
 	// Dotted keys define their parents implicitly: record those too, so
 	// that a problem with the parent table has a line.
 	for _, k := range keys {
-		path = joinKey(path, k)
-		sc.record(path, line)
+		path = sc.key(path, k, line)
+		depth++
+		sc.record(path, depth, line)
 	}
 	sc.skipBlank(false)
 	if sc.peek(0) != '=' {
@@ -209,10 +299,11 @@ func (sc *scanner) keyValue(path string) {
 	}
 	sc.i++
 	sc.skipBlank(false)
-	sc.value(path)
+	sc.value(path, depth)
 }
 
-// keys reads a possibly dotted key, up to the '=' or the closing bracket.
+// keys reads a possibly dotted key, up to the '=' or the closing bracket,
+// counting its parts.
 func (sc *scanner) keys() []string {
 	var keys []string
 	for {
@@ -237,6 +328,13 @@ func (sc *scanner) keys() []string {
 		default:
 			return keys
 		}
+		if len(keys) == MaxDepth {
+			sc.fail(sc.line, "a key of more than %d dotted parts", MaxDepth)
+		}
+		if sc.keyParts++; sc.keyParts > maxKeys {
+			sc.fail(sc.line, "more than %d keys (each part of a dotted key or table name counts): a valid file has at most %d uplinks and %d policies with their keys",
+				maxKeys, MaxUplinks, MaxPolicies)
+		}
 		keys = append(keys, k)
 		sc.skipBlank(false)
 		if sc.peek(0) != '.' {
@@ -246,9 +344,9 @@ func (sc *scanner) keys() []string {
 	}
 }
 
-// value skips one value, recording the elements of arrays and the keys of
-// inline tables below path.
-func (sc *scanner) value(path string) {
+// value skips one value at path, depth parts deep, recording the elements
+// of arrays and the keys of inline tables below it.
+func (sc *scanner) value(path string, depth int) {
 	switch {
 	case sc.eof():
 	case sc.hasPrefix(`"""`):
@@ -259,29 +357,47 @@ func (sc *scanner) value(path string) {
 		sc.multiLineString('\'')
 	case sc.peek(0) == '"':
 		sc.i++
-		sc.basicString()
+		sc.skipString('"')
 	case sc.peek(0) == '\'':
 		sc.i++
-		sc.literalString()
+		sc.skipString('\'')
 	case sc.peek(0) == '[':
 		sc.i++
-		sc.array(path)
+		sc.array(path, depth)
 	case sc.peek(0) == '{':
+		sc.countTable(sc.line)
 		sc.i++
-		sc.inlineTable(path)
+		sc.inlineTable(path, depth)
 	default:
-		// Numbers, booleans and dates: none of them contains these.
-		for !sc.eof() && !strings.ContainsRune(" \t\r\n,]}#", rune(sc.s[sc.i])) {
+		start := sc.i
+		sc.scalar()
+		// A date and its time may be parted by a space: 1979-05-27 07:32:00
+		// is one value.
+		if sc.i-start == len("1979-05-27") && sc.s[start+4] == '-' && sc.peek(0) == ' ' && isDigit(sc.peek(1)) {
 			sc.i++
+			sc.scalar()
 		}
 	}
 }
+
+// scalar skips a number, boolean, date or time: none of them contains
+// these.
+func (sc *scanner) scalar() {
+	for !sc.eof() && !strings.ContainsRune(" \t\r\n,]}#", rune(sc.s[sc.i])) {
+		sc.i++
+	}
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
 func (sc *scanner) hasPrefix(p string) bool {
 	return strings.HasPrefix(string(sc.s[sc.i:min(sc.i+len(p), len(sc.s))]), p)
 }
 
-func (sc *scanner) array(path string) {
+// array reads the elements of the array at path. Each element is checked
+// for depth before its value is read: nesting cannot recurse further than
+// MaxDepth.
+func (sc *scanner) array(path string, depth int) {
 	for n := 0; ; {
 		sc.skipBlank(true)
 		if sc.eof() {
@@ -295,9 +411,10 @@ func (sc *scanner) array(path string) {
 			sc.i++
 		default:
 			start := sc.i
+			sc.countValue(sc.line)
 			elem := joinIndex(path, n)
-			sc.record(elem, sc.line)
-			sc.value(elem)
+			sc.record(elem, depth+1, sc.line)
+			sc.value(elem, depth+1)
 			n++
 			if sc.i == start { // not a value: get past it
 				sc.advance()
@@ -308,7 +425,7 @@ func (sc *scanner) array(path string) {
 
 // inlineTable reads { k = v, ... }. TOML 1.1, which the library accepts,
 // allows newlines and comments inside.
-func (sc *scanner) inlineTable(path string) {
+func (sc *scanner) inlineTable(path string, depth int) {
 	for {
 		sc.skipBlank(true)
 		if sc.eof() {
@@ -322,7 +439,7 @@ func (sc *scanner) inlineTable(path string) {
 			sc.i++
 		default:
 			start := sc.i
-			sc.keyValue(path)
+			sc.keyValue(path, depth)
 			if sc.i == start {
 				sc.advance()
 			}
@@ -351,6 +468,29 @@ func (sc *scanner) basicString() string {
 		}
 	}
 	return b.String()
+}
+
+// skipString skips a one-line string value after its opening quote q:
+// unlike a key's, its content is not needed.
+func (sc *scanner) skipString(q byte) {
+	for !sc.eof() {
+		switch c := sc.s[sc.i]; {
+		case c == q:
+			sc.i++
+			return
+		case c == '\n': // unterminated; the library would have refused it
+			return
+		case c == '\\' && q == '"':
+			// The escaped byte cannot end the string (\" and \\ are the
+			// ones that matter).
+			sc.i++
+			if !sc.eof() && sc.s[sc.i] != '\n' {
+				sc.i++
+			}
+		default:
+			sc.i++
+		}
+	}
 }
 
 // TOML 1.1 escapes, \e and \xHH included: the library accepts them.

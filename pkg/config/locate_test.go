@@ -103,7 +103,10 @@ func TestLocate(t *testing.T) {
 			if _, err := toml.Decode(tc.src, &tree); err != nil {
 				t.Fatalf("not valid TOML: %v", err)
 			}
-			ix := locate([]byte(tc.src))
+			ix, err := locate([]byte(tc.src))
+			if err != nil {
+				t.Fatal(err)
+			}
 			for path, line := range tc.want {
 				if got := ix.line(path); got != line {
 					t.Errorf("%s: line %d, want %d", path, got, line)
@@ -129,7 +132,9 @@ func TestLocateMalformed(t *testing.T) {
 		"= 1", "]]]", "a = [,,,]", "a = {,,}", "\"\\u12", "a.\n= 1", "a = \"\\", "[[]]\nx=1",
 		"a = [ {b = [ {c = \"\"\" ]",
 	} {
-		locate([]byte(src))
+		if _, err := locate([]byte(src)); err != nil {
+			t.Errorf("%q: %v", src, err)
+		}
 	}
 }
 

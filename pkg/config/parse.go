@@ -25,12 +25,27 @@ import (
 // path shared by all elements of an array of tables. Walking the tree gives
 // every problem with its exact key, unknown keys included (which the
 // library's MetaData.Undecoded would list without any position).
+//
+// Before the library sees it, the text is scanned for the limits of its
+// shape (limits.go): a file that exceeds one is refused with the line
+// where it did, without being parsed.
 func Parse(path string, data []byte) (*Config, error) {
+	if len(data) > MaxFileSize {
+		return nil, Errors{{File: path, Msg: ErrTooLarge.Error()}}
+	}
+	ix, err := locate(data)
+	if err != nil {
+		var le *limitError
+		if !errors.As(err, &le) {
+			return nil, Errors{{File: path, Msg: err.Error()}}
+		}
+		return nil, Errors{{File: path, Line: le.line, Msg: le.msg}}
+	}
 	var tree map[string]any
 	if _, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&tree); err != nil {
 		return nil, Errors{syntaxError(path, data, err)}
 	}
-	p := &parser{file: path, ix: locate(data)}
+	p := &parser{file: path, ix: ix}
 	cfg := p.config(tree)
 	if len(p.errs) > 0 {
 		slices.SortStableFunc(p.errs, func(a, b Error) int { return cmp.Compare(a.Line, b.Line) })
@@ -58,6 +73,9 @@ type parser struct {
 	file string
 	ix   lineIndex
 	errs Errors
+	// entries counts the policies' list entries so far, for
+	// MaxPolicyEntries.
+	entries int
 }
 
 // node is one value in the file with what is needed to report on it.
@@ -131,15 +149,20 @@ func (p *parser) unknown(t *table, known []string) {
 func (p *parser) elements(n node, vs []any) []node {
 	out := make([]node, len(vs))
 	for i, v := range vs {
-		e := n
-		e.v = v
-		e.path = joinIndex(n.path, i)
-		if l := p.ix.line(e.path); l > 0 {
-			e.line = l
-		}
-		out[i] = e
+		out[i] = p.element(n, i, v)
 	}
 	return out
+}
+
+// element is the node of the i-th entry, v, of the array n.
+func (p *parser) element(n node, i int, v any) node {
+	e := n
+	e.v = v
+	e.path = joinIndex(n.path, i)
+	if l := p.ix.line(e.path); l > 0 {
+		e.line = l
+	}
+	return e
 }
 
 // list reads an array of plain values.
@@ -288,6 +311,9 @@ func (p *parser) config(tree map[string]any) *Config {
 	var uplinks []uplinkSrc
 	if n, ok := p.get(root, "uplink"); ok {
 		if elems, ok := p.tables(n); ok {
+			if len(elems) > MaxUplinks {
+				p.errorf(elems[MaxUplinks], "more than %d uplinks, the most wanpin takes", MaxUplinks)
+			}
 			for _, e := range elems {
 				u, src := p.uplink(p.table(e))
 				cfg.Uplinks = append(cfg.Uplinks, u)
@@ -308,6 +334,9 @@ func (p *parser) config(tree map[string]any) *Config {
 
 	if n, ok := p.get(root, "policy"); ok {
 		if elems, ok := p.tables(n); ok {
+			if len(elems) > MaxPolicies {
+				p.errorf(elems[MaxPolicies], "more than %d policies, the most wanpin takes", MaxPolicies)
+			}
 			names := map[string]int{}
 			for i, e := range elems {
 				cfg.Policies = append(cfg.Policies, p.policy(p.table(e), i, cfg, names))
@@ -444,12 +473,14 @@ func (p *parser) policy(t *table, i int, cfg *Config, names map[string]int) Poli
 	// Matchers: which ones the file sets, even with bad values, so that a
 	// bad value is not also reported as a missing matcher.
 	set := map[string]node{}
+	entries := 0
 	matcher := func(name string) (node, bool) {
 		n, ok := p.get(t, name)
 		if !ok {
 			return n, false
 		}
 		set[name] = n
+		p.countEntries(n, &entries)
 		if vs, isList := n.v.([]any); isList && len(vs) == 0 {
 			p.errorf(n, "%s must not be empty: leave it out to match anything", name)
 			return n, false
@@ -491,6 +522,7 @@ func (p *parser) policy(t *table, i int, cfg *Config, names map[string]int) Poli
 	p.checkMatchers(t, set)
 
 	if n, ok := p.get(t, "uplinks"); ok {
+		p.countEntries(n, &entries)
 		pol.Uplinks = p.policyUplinks(n, cfg)
 	}
 	if n, ok := p.get(t, "fallback"); ok {
@@ -506,6 +538,29 @@ func (p *parser) policy(t *table, i int, cfg *Config, names map[string]int) Poli
 	}
 	p.unknown(t, policyKeys)
 	return pol
+}
+
+// countEntries counts the entries of a policy's list n towards the
+// policy's own (inPolicy) and all policies' entries, and reports the entry
+// that goes over either limit.
+func (p *parser) countEntries(n node, inPolicy *int) {
+	vs, ok := n.v.([]any)
+	if !ok {
+		return
+	}
+	before, allBefore := *inPolicy, p.entries
+	*inPolicy += len(vs)
+	p.entries += len(vs)
+	if before <= MaxEntriesPerPolicy && *inPolicy > MaxEntriesPerPolicy {
+		i := MaxEntriesPerPolicy - before
+		p.errorf(p.element(n, i, vs[i]),
+			"more than %d entries in one policy (its users, groups, services, sources, in_interfaces, destinations, ports, source_ports and uplinks together), the most wanpin takes",
+			MaxEntriesPerPolicy)
+	}
+	if allBefore <= MaxPolicyEntries && p.entries > MaxPolicyEntries {
+		i := MaxPolicyEntries - allBefore
+		p.errorf(p.element(n, i, vs[i]), "more than %d entries in all policies together, the most wanpin takes", MaxPolicyEntries)
+	}
 }
 
 // stringList reads an array of distinct strings, each checked by check.

@@ -114,6 +114,9 @@ func (p *parser) dnsServers(n node) []netip.Addr {
 	if !ok {
 		return nil
 	}
+	if len(elems) > MaxDNS {
+		p.errorf(elems[MaxDNS], "more than %d dns servers, the most an uplink lists", MaxDNS)
+	}
 	var out []netip.Addr
 	for _, e := range elems {
 		s, ok := p.str(e)
@@ -233,7 +236,8 @@ func (p *parser) checkNat6(cfg *Config, srcs []uplinkSrc, lan6 node, lan6Set boo
 				p.errorf(src.prefix6, "prefix6 %s overlaps lan_prefix6 %s", u.Prefix6, cfg.LANPrefix6)
 			}
 		}
-		if !u.Prefix6.IsValid() {
+		// Over the limit, the limit's message is enough: this is quadratic.
+		if !u.Prefix6.IsValid() || len(cfg.Uplinks) > MaxUplinks {
 			continue
 		}
 		for j := range i {
