@@ -7,6 +7,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -231,15 +232,18 @@ func readRegular(path string) ([]byte, error) {
 		return nil, &fs.PathError{Op: "read", Path: path, Err: ErrTooLarge}
 	}
 	// A regular file can still grow while it is read, or be a /proc file
-	// whose size says nothing: read one byte past the limit to know.
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
+	// whose size says nothing: read one byte past the limit to know. The
+	// buffer starts at the size stat gave, not grown by doubling from
+	// nothing.
+	var b bytes.Buffer
+	b.Grow(int(st.Size()) + bytes.MinRead)
+	if _, err := b.ReadFrom(io.LimitReader(f, MaxFileSize+1)); err != nil {
 		return nil, &fs.PathError{Op: "read", Path: path, Err: err}
 	}
-	if len(data) > MaxFileSize {
+	if b.Len() > MaxFileSize {
 		return nil, &fs.PathError{Op: "read", Path: path, Err: ErrTooLarge}
 	}
-	return data, nil
+	return b.Bytes(), nil
 }
 
 // regular refuses what is not a regular file, saying what it is.
