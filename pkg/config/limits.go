@@ -59,6 +59,11 @@ const (
 	// inside 30 nested inline tables took 357 MB and 2 s to parse; with 16
 	// and 128, 213 MB and 0.8 s, what the largest valid file costs.
 	MaxKeyPath = 128
+	// MaxLines is the most lines of a file: the largest valid file, one
+	// entry or key a line, has 262,000. Line breaks cost little to scan,
+	// but on a syntax error the library splits the whole text into lines,
+	// 16 bytes a line: 15 MB of them took 320 MB and 1.6 s.
+	MaxLines = 1000000
 )
 
 // Derived limits of the file's shape: the most a file within the limits

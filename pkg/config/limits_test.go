@@ -176,6 +176,8 @@ func bombs() []bomb {
 		{"keys", many("k%d = 1\n", maxKeys+1), maxKeys + 1, fmt.Sprintf("more than %d keys", maxKeys)},
 		{"dotted keys", many("k%d.a.b.c = 1\n", maxKeys/4+1), maxKeys/4 + 1, fmt.Sprintf("more than %d keys", maxKeys)},
 		{"array entries", "k = [\n" + strings.Repeat("1,\n", maxValues+1) + "]\n", maxValues + 2, fmt.Sprintf("more than %d array entries", maxValues)},
+		{"lines", strings.Repeat("\n", MaxLines) + "x", MaxLines + 1, fmt.Sprintf("more than %d lines", MaxLines)},
+		{"blank lines", strings.Repeat("\n", MaxFileSize-2) + "x\n", MaxLines + 1, fmt.Sprintf("more than %d lines", MaxLines)},
 		{"policies", "[[uplink]]\nname = \"a\"\ninterface = \"wan1\"\n" + many("[[policy]]\nname = \"p%d\"\nprotocol = \"tcp\"\n", 100001),
 			4 + 3*(maxTables-1), fmt.Sprintf("more than %d tables", maxTables)},
 	}
@@ -213,12 +215,14 @@ func TestShapeLimits(t *testing.T) {
 // semantic checks that say what is wrong with them.
 func TestShapeWithinLimits(t *testing.T) {
 	for name, text := range map[string]string{
-		"nested arrays":        "k = " + strings.Repeat("[", MaxDepth) + strings.Repeat("]", MaxDepth) + "\n",
-		"arrays of tables":     nestedArraysOfTables(MaxDepth / 2),
-		"nested inline tables": "k = " + strings.Repeat("{a=", MaxDepth-1) + "1" + strings.Repeat("}", MaxDepth-1) + "\n",
-		"dotted key":           strings.Repeat("k.", MaxDepth-1) + "k = 1\n",
-		"long key":             strings.Repeat("k", MaxKeyPath) + " = 1\n",
-		"array entries":        "k = [" + strings.Repeat("1,", maxValues) + "]\n",
+		"nested arrays":         "k = " + strings.Repeat("[", MaxDepth) + strings.Repeat("]", MaxDepth) + "\n",
+		"arrays of tables":      nestedArraysOfTables(MaxDepth / 2),
+		"nested inline tables":  "k = " + strings.Repeat("{a=", MaxDepth-1) + "1" + strings.Repeat("}", MaxDepth-1) + "\n",
+		"dotted key":            strings.Repeat("k.", MaxDepth-1) + "k = 1\n",
+		"long key":              strings.Repeat("k", MaxKeyPath) + " = 1\n",
+		"lines":                 strings.Repeat("\n", MaxLines-1) + "x = 1",
+		"lines, the last ended": strings.Repeat("\n", MaxLines-1) + "x = 1\n",
+		"array entries":         "k = [" + strings.Repeat("1,", maxValues) + "]\n",
 		// What looks like structure inside strings and comments is none.
 		"strings and comments": "# [[[[" + strings.Repeat("[{", 1000) + "\n" +
 			`a = "` + strings.Repeat(`[{\"`, 1000) + `"` + "\n" +
@@ -332,8 +336,9 @@ func TestLargestValidFile(t *testing.T) {
 	if err != nil {
 		t.Fatalf("scan: %v", err)
 	}
-	t.Logf("%d bytes (%.0f%% of MaxFileSize): depth %d, %d tables of %d, %d key parts of %d, %d array entries of %d",
-		len(text), 100*float64(len(text))/MaxFileSize, sc.depth, sc.tables, maxTables, sc.keyParts, maxKeys, sc.values, maxValues)
+	t.Logf("%d bytes (%.0f%% of MaxFileSize), %d lines: depth %d, %d tables of %d, %d key parts of %d, %d array entries of %d",
+		len(text), 100*float64(len(text))/MaxFileSize, strings.Count(text, "\n"),
+		sc.depth, sc.tables, maxTables, sc.keyParts, maxKeys, sc.values, maxValues)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	start := time.Now()

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"fmt"
 	"strconv"
 	"strings"
@@ -88,6 +89,16 @@ func scan(src []byte) (sc *scanner, err error) {
 			sc, err = nil, le
 		}
 	}()
+	// Counted apart from the scan, which may read a malformed line break as
+	// part of a string: on any syntax error the library splits the whole
+	// text into lines, 16 bytes a line.
+	lines := bytes.Count(src, []byte("\n"))
+	if !bytes.HasSuffix(src, []byte("\n")) {
+		lines++ // the last line has no line break
+	}
+	if lines > MaxLines {
+		sc.fail(MaxLines+1, "more than %d lines", MaxLines)
+	}
 	// Skip a byte order mark, as the library does (UTF-16 ones included,
 	// which some editors write in front of UTF-8 text).
 	for _, bom := range []string{"\xef\xbb\xbf", "\xff\xfe", "\xfe\xff"} {
