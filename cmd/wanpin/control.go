@@ -57,10 +57,10 @@ func (b backend) SetService(uplink string, inService bool) error {
 	return b.d.SetService(ctx, uplink, inService)
 }
 
-func (b backend) Exec(uplink string) (string, error) {
+func (b backend) Exec(uplink string, pid uint32) (string, error) {
 	ctx, cancel := b.ctx()
 	defer cancel()
-	return b.d.Exec(ctx, uplink)
+	return b.d.Exec(ctx, uplink, pid)
 }
 
 func (b backend) Event(kind, iface string, ea bus.EventArgs) error {

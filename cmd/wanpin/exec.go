@@ -15,9 +15,9 @@ import (
 )
 
 // cmdExec runs a command whose connections all leave through one uplink,
-// without LD_PRELOAD: the daemon makes a cgroup and pins its new
-// connections to the uplink (nftables matches `socket cgroupv2`), this
-// process moves into it and becomes the command. Children stay in the
+// without LD_PRELOAD: the daemon makes a cgroup, moves this process into
+// it and pins its new connections to the uplink (nftables matches
+// `socket cgroupv2`); this process then becomes the command. Children stay in the
 // cgroup; the daemon forgets it once the last process has ended.
 func cmdExec(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("wanpin exec", flag.ContinueOnError)
@@ -42,19 +42,14 @@ func cmdExec(args []string, stderr io.Writer) int {
 	if !ok {
 		return 1
 	}
-	// The daemon makes the cgroup (a fresh one, named by it) and pins it;
-	// this process then moves in and becomes the command.
-	rel, err := c.Exec(context.Background(), *uplink)
-	c.Close()
-	if err != nil {
+	// The daemon makes the cgroup (a fresh one, named by it), moves this
+	// process into it and pins it; this process then becomes the command.
+	if _, err := c.Exec(context.Background(), *uplink); err != nil {
+		c.Close()
 		fmt.Fprintf(stderr, "wanpin exec: %v\n", err)
 		return 1
 	}
-	dir := filepath.Join(res.Root, rel)
-	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
-		fmt.Fprintf(stderr, "wanpin exec: joining %s: %v\n", dir, err)
-		return 1
-	}
+	c.Close()
 	err = syscall.Exec(path, argv, os.Environ())
 	fmt.Fprintf(stderr, "wanpin exec: %v\n", err)
 	// Back to the root cgroup: the daemon reaps the empty one.

@@ -10,7 +10,7 @@
 //	  Event(s kind, s iface, a{sv} args) -> ()     root; kind up|down (PPP: args local, peer, dns)
 //	                                               or lease|lease-lost (DHCP: arg family)
 //	  SetService(s uplink, b in_service) -> ()     root; maintenance (wanpin up/down)
-//	  Exec(s uplink) -> (s cgroup)                 root; wanpin exec --uplink: a fresh cgroup, pinned
+//	  Exec(s uplink) -> (s cgroup)                 root; wanpin exec --uplink: the caller moved into a fresh cgroup, pinned
 //
 // The bus policy (dbus/org.wanpin.Wanpin1.conf) already restricts Reload
 // and Event to root; the daemon checks the caller's uid again, so a

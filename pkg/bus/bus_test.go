@@ -32,7 +32,7 @@ func (f *fake) Explain(fl policy.Flow) (core.Explanation, error) {
 	return core.Explanation{Outcome: core.Balanced, Choices: []core.Choice{{Uplink: "dsl", Mark: 0x10000, Share: 1}}}, nil
 }
 func (f *fake) Reload() error                    { return f.reload }
-func (f *fake) Exec(uplink string) (string, error) { return "/wanpin-exec/1", nil }
+func (f *fake) Exec(uplink string, pid uint32) (string, error) { return "/wanpin-exec/1", nil }
 func (f *fake) SetService(uplink string, in bool) error {
 	f.events = append(f.events, fmt.Sprintf("service %s %v", uplink, in))
 	return nil

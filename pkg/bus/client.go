@@ -108,8 +108,9 @@ func (c *Client) SetService(ctx context.Context, uplink string, inService bool) 
 	return explain(what, c.call(ctx, "SetService", uplink, inService).Err)
 }
 
-// Exec has the daemon make a fresh cgroup pinned to an uplink, and
-// returns its path (relative to the cgroup v2 root).
+// Exec has the daemon make a fresh cgroup pinned to an uplink and move
+// the calling process into it; it returns the cgroup's path (relative
+// to the cgroup v2 root).
 func (c *Client) Exec(ctx context.Context, uplink string) (string, error) {
 	var cg string
 	if err := c.call(ctx, "Exec", uplink).Store(&cg); err != nil {

@@ -26,7 +26,7 @@ type Backend interface {
 	Reload() error
 	Event(kind, iface string, args EventArgs) error
 	SetService(uplink string, inService bool) error
-	Exec(uplink string) (cgroup string, err error)
+	Exec(uplink string, pid uint32) (cgroup string, err error)
 }
 
 // Server exports the interface on one bus connection.
@@ -172,13 +172,20 @@ func (o object) SetService(sender dbus.Sender, uplink string, inService bool) *d
 	return nil
 }
 
-// Exec makes a fresh cgroup pinned to an uplink and returns its path,
-// for `wanpin exec` to move into. Root only.
+// Exec makes a fresh cgroup pinned to an uplink, moves the caller into
+// it, and returns its path; the caller then becomes the command. Root
+// only.
 func (o object) Exec(sender dbus.Sender, uplink string) (string, *dbus.Error) {
 	if derr := o.s.requireRoot(sender, "exec"); derr != nil {
 		return "", derr
 	}
-	cg, err := o.s.b.Exec(uplink)
+	// The caller (wanpin exec) is moved into the cgroup before it is
+	// pinned: its pid, as the bus knows it, not as it says.
+	var pid uint32
+	if err := o.s.conn.BusObject().Call("org.freedesktop.DBus.GetConnectionUnixProcessID", 0, string(sender)).Store(&pid); err != nil {
+		return "", dbus.NewError(ErrFailed, []any{"cannot tell which process is calling: " + err.Error()})
+	}
+	cg, err := o.s.b.Exec(uplink, pid)
 	if err != nil {
 		return "", dbus.NewError(ErrFailed, []any{err.Error()})
 	}

@@ -7,8 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
-	"time"
 
 	"github.com/wanpin/wanpin/pkg/bus"
 	"github.com/wanpin/wanpin/pkg/core"
@@ -112,18 +112,16 @@ func (d *Daemon) SetService(ctx context.Context, uplink string, inService bool) 
 	return d.doStep(ctx, core.SetService{Uplink: uplink, InService: inService})
 }
 
-// ExecGrace is how long a cgroup Exec made may stay empty before the
-// reaper takes it: `wanpin exec` moves into it right after the call.
-const ExecGrace = 10 * time.Second
-
-// Exec makes a fresh cgroup under ExecRoot, named by the daemon, pins the
-// new connections of its processes to one uplink, and returns its path
-// for `wanpin exec` to move into and run the command. Only cgroups the
-// daemon made itself are ever pinned: a name of another's choosing could
-// be no valid policy name (and break every apply), an existing cgroup
-// (/wanpin-exec/. is its parent) would pin processes nobody asked for.
-// The entry goes when the cgroup is empty.
-func (d *Daemon) Exec(ctx context.Context, uplink string) (string, error) {
+// Exec makes a fresh cgroup under ExecRoot, named by the daemon, moves
+// the calling process (pid, `wanpin exec`, which then becomes the
+// command) into it, pins the new connections of its processes to one
+// uplink, and returns its path. Only cgroups the daemon made itself are
+// ever pinned: a name of another's choosing could be no valid policy
+// name (and break every apply), an existing cgroup (/wanpin-exec/. is
+// its parent) would pin processes nobody asked for. The cgroup holds
+// its process before it is pinned, so an empty one is an ended one: the
+// entry goes, and the cgroup, when the last process has left.
+func (d *Daemon) Exec(ctx context.Context, uplink string, pid uint32) (string, error) {
 	var path string
 	var serr error
 	err := d.do(ctx, func() {
@@ -131,16 +129,22 @@ func (d *Daemon) Exec(ctx context.Context, uplink string) (string, error) {
 		if serr != nil {
 			return
 		}
+		dir := filepath.Join(d.cgroups.Root, path)
+		defer func() {
+			if serr != nil {
+				_ = os.Remove(dir)
+			}
+		}()
+		if serr = os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.FormatUint(uint64(pid), 10)), 0o644); serr != nil {
+			serr = fmt.Errorf("moving process %d into %s: %w", pid, path, serr)
+			return
+		}
 		m, err := d.cgroups.Resolve(path)
 		if err != nil || len(m) == 0 {
 			serr = fmt.Errorf("cgroup %s: not found after making it (%v)", path, err)
-		} else {
-			serr = d.step(core.ExecStarted{Path: path, Uplink: uplink, Cgroup: m[0]})
+			return
 		}
-		if serr != nil {
-			_ = os.Remove(filepath.Join(d.cgroups.Root, path))
-			delete(d.execMade, path)
-		}
+		serr = d.step(core.ExecStarted{Path: path, Uplink: uplink, Cgroup: m[0]})
 	})
 	if err != nil {
 		return "", err
@@ -165,7 +169,6 @@ func (d *Daemon) makeExecCgroup() (string, error) {
 			if err := core.CheckExecPath(path); err != nil {
 				return "", err
 			}
-			d.execMade[path] = time.Now()
 			return path, nil
 		}
 		if !errors.Is(err, fs.ErrExist) {
@@ -182,13 +185,8 @@ func (d *Daemon) reapExecs() {
 		dir := filepath.Join(d.cgroups.Root, path)
 		procs, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
 		if err == nil && len(strings.TrimSpace(string(procs))) > 0 {
-			delete(d.execMade, path) // joined: empty from now on means ended
 			continue
 		}
-		if made, ok := d.execMade[path]; ok && time.Since(made) < ExecGrace && err == nil {
-			continue // not joined yet
-		}
-		delete(d.execMade, path)
 		_ = os.Remove(dir)
 		_ = os.Remove(filepath.Dir(dir)) // /wanpin-exec itself, once empty
 		d.step(core.ExecEnded{Path: path})

@@ -118,10 +118,7 @@ type Daemon struct {
 	requests chan func()
 	stopped  chan struct{}
 	lock     *instanceLock // one daemon per network namespace
-	// execMade: the exec cgroups the daemon made and when, until their
-	// command has joined (the reaper leaves them alone until then).
-	execMade map[string]time.Time
-	execSeq  int
+	execSeq  int // the last exec cgroup's number
 }
 
 // New loads the configuration and connects to the kernel. Nothing is
@@ -147,7 +144,7 @@ func New(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{lock: lock, execMade: map[string]time.Time{}, opts: opts, log: opts.Log, state: core.NewState(cfg),
+	d := &Daemon{lock: lock, opts: opts, log: opts.Log, state: core.NewState(cfg),
 		requests: make(chan func()), stopped: make(chan struct{}),
 		hooks: newHookRunner(opts.HooksDir, opts.Log), notify: newNotifier(),
 		monitors: map[core.Key]*health.Monitor{}, verdicts: make(chan health.Event, 64),
