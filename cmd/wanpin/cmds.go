@@ -68,14 +68,21 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: &lv, ReplaceAttr: microseconds}))
+	// SIGTERM is caught from here on: one that comes while a large
+	// config is loaded stops the daemon before it applies anything,
+	// instead of killing it by the default action.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	d, err := daemon.New(daemon.Options{ConfigPath: *cfgPath, Log: log,
 		NewFlusher: func() (daemon.Flusher, error) { return flush.New(-1) }, HooksDir: *hooksDir, NoTableOwner: *noOwner, RuntimeDir: *runtimeDir})
 	if err != nil {
 		fmt.Fprintf(stderr, "wanpin run: %v\n", err)
 		return 1
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
+	if ctx.Err() != nil {
+		log.Info("stopped before starting", "reason", "SIGTERM while loading")
+		return 0
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	reload := make(chan struct{}, 1)
