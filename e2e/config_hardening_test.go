@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -19,7 +21,8 @@ import (
 // (issue 13) is refused with the reason, and the running daemon, its
 // kernel state and its reactions are untouched: a FIFO put at the config
 // path, /dev/zero linked there, nesting and dotted-key bombs and 100,001
-// policies. Then a cut uplink is still noticed at once.
+// policies. Then a cut uplink is still noticed at once. `wanpin run` on a
+// FIFO or /dev/zero exits at once.
 func TestConfigHardening(t *testing.T) {
 	l := newLab(t, 2)
 	good := fmt.Sprintf(twoUplinks, 1, 1) + `
@@ -30,6 +33,25 @@ ports = ["80", "443"]
 destinations = ["203.0.113.0/24", "2001:db8:ff::/64"]
 uplinks = ["isp2"]
 `
+	// `wanpin run` on a FIFO or /dev/zero exits at once, before it touches
+	// anything (coreutils' timeout only bounds a regression).
+	fifo := filepath.Join(t.TempDir(), "fifo.toml")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{fifo, "/dev/zero"} {
+		start := time.Now()
+		out, err := l.Exec(l.Router, "timeout", "20", wanpinBin, "run", "--config", path)
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(out, path+": not a regular file") {
+			t.Errorf("wanpin run --config %s: %v, %q; want exit 1 saying it is not a regular file", path, err, out)
+		}
+		t.Logf("wanpin run --config %s: %v in %v: %s", path, err, time.Since(start).Round(time.Millisecond), strings.TrimSpace(out))
+	}
+	if got := kernelState(t, l); got != "" {
+		t.Errorf("wanpin run left state behind:\n%s", got)
+	}
+
 	d := startWanpin(t, l, good)
 	pid := d.proc.Pid()
 	rssBefore := residentKB(t, pid)
