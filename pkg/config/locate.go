@@ -102,7 +102,7 @@ func scan(src []byte) (sc *scanner, err error) {
 	// Skip a byte order mark, as the library does (UTF-16 ones included,
 	// which some editors write in front of UTF-8 text).
 	for _, bom := range []string{"\xef\xbb\xbf", "\xff\xfe", "\xfe\xff"} {
-		if strings.HasPrefix(string(src), bom) {
+		if bytes.HasPrefix(src, []byte(bom)) {
 			sc.i = len(bom)
 			break
 		}
@@ -125,7 +125,8 @@ type scanner struct {
 	depth, tables, keyParts, values int
 }
 
-// fail stops the scan: a limit is exceeded at line.
+// fail stops the scan: a limit is exceeded at line. The scan recurses
+// into nested values; a panic, recovered by scan, leaves from any depth.
 func (sc *scanner) fail(line int, format string, args ...any) {
 	panic(&limitError{line: line, msg: fmt.Sprintf(format, args...)})
 }
