@@ -21,6 +21,7 @@
 package metrics
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -30,7 +31,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 
@@ -172,7 +172,7 @@ func (a Addr) String() string {
 
 // ErrNotLoopback is returned by CheckAddr for an address other machines
 // can reach, without public.
-var ErrNotLoopback = errors.New("not a loopback address")
+var ErrNotLoopback = errors.New("other machines could connect")
 
 // CheckAddr parses a listening address, host:port with a numeric host
 // (127.0.0.1:9469, [::1]:9469) and a numeric port. A host name is refused
@@ -200,9 +200,9 @@ func CheckAddr(s string, public bool) (Addr, error) {
 	case public || a.Loopback():
 		return a, nil
 	case a.Every():
-		return Addr{}, fmt.Errorf("%q binds every address, the uplinks' included: %w; use 127.0.0.1:%d, or add --metrics-public if the metrics are to be served to other machines", s, ErrNotLoopback, a.Port)
+		return Addr{}, fmt.Errorf("%q binds every address, the uplinks' included: %w; use 127.0.0.1:%d, or add --metrics-public if that is meant", s, ErrNotLoopback, a.Port)
 	default:
-		return Addr{}, fmt.Errorf("%q: %w, other machines could connect; use 127.0.0.1:%d, or add --metrics-public if that is meant", s, ErrNotLoopback, a.Port)
+		return Addr{}, fmt.Errorf("%q is not loopback: %w; use 127.0.0.1:%d, or add --metrics-public if that is meant", s, ErrNotLoopback, a.Port)
 	}
 }
 
@@ -318,28 +318,63 @@ func (l *pacedListener) Accept() (net.Conn, error) {
 	return c, err
 }
 
-// pace serves h one request per gap at most: each waits for its turn.
+// pace serves h one request per gap at most. A request waits for its
+// turn, first come first served, and gives it up when its client goes
+// (net/http cancels the request's context when it reads the end of the
+// connection): after an attack, the backlog's connections whose clients
+// have left are through at the accept pace, not at one a gap. The answer
+// is rendered into memory during the turn and written after it, so that
+// a client that does not read holds its own connection only.
 func pace(h http.Handler, gap time.Duration) http.Handler {
-	var mu sync.Mutex
-	var next time.Time
+	turn := make(chan struct{}, 1)
+	var last time.Time // of the last render; guarded by turn
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		now := time.Now()
-		at := now
-		if next.After(now) {
-			at = next
+		ctx := r.Context()
+		select {
+		case turn <- struct{}{}:
+		case <-ctx.Done():
+			return
 		}
-		next = at.Add(gap)
-		mu.Unlock()
-		if wait := at.Sub(now); wait > 0 {
+		if wait := gap - time.Since(last); wait > 0 {
 			t := time.NewTimer(wait)
 			select {
 			case <-t.C:
-			case <-r.Context().Done():
-				t.Stop()
-				return
+			case <-ctx.Done():
 			}
+			t.Stop()
 		}
-		h.ServeHTTP(w, r)
+		if ctx.Err() != nil {
+			<-turn
+			return
+		}
+		last = time.Now()
+		b := &bufferedWriter{header: w.Header(), code: http.StatusOK}
+		h.ServeHTTP(b, r)
+		<-turn
+		w.Header().Set("Content-Length", strconv.Itoa(b.buf.Len()))
+		w.WriteHeader(b.code)
+		w.Write(b.buf.Bytes())
 	})
+}
+
+// bufferedWriter keeps an answer for writing later. Its header is the
+// real writer's: nothing is sent before WriteHeader.
+type bufferedWriter struct {
+	header http.Header
+	code   int
+	wrote  bool
+	buf    bytes.Buffer
+}
+
+func (b *bufferedWriter) Header() http.Header { return b.header }
+
+func (b *bufferedWriter) WriteHeader(code int) {
+	if !b.wrote {
+		b.code, b.wrote = code, true
+	}
+}
+
+func (b *bufferedWriter) Write(p []byte) (int, error) {
+	b.wrote = true
+	return b.buf.Write(p)
 }

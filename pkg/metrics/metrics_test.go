@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -82,10 +83,10 @@ func TestCheckAddr(t *testing.T) {
 		{addr: "0.0.0.0:9469", public: true, want: "0.0.0.0:9469", every: true},
 		{addr: "[::]:9469", public: true, want: "[::]:9469", every: true},
 		// One address other machines can reach.
-		{addr: "192.0.2.1:9469", err: "not a loopback address"},
-		{addr: "[2001:db8::1]:9469", err: "not a loopback address"},
-		{addr: "[fe80::1%eth0]:9469", err: "not a loopback address"},
-		{addr: "[::ffff:192.0.2.1]:9469", err: "not a loopback address"},
+		{addr: "192.0.2.1:9469", err: "is not loopback: other machines could connect"},
+		{addr: "[2001:db8::1]:9469", err: "is not loopback: other machines could connect"},
+		{addr: "[fe80::1%eth0]:9469", err: "is not loopback: other machines could connect"},
+		{addr: "[::ffff:192.0.2.1]:9469", err: "is not loopback: other machines could connect"},
 		{addr: "192.0.2.1:9469", public: true, want: "192.0.2.1:9469"},
 		{addr: "[fe80::1%eth0]:9469", public: true, want: "[fe80::1%eth0]:9469"},
 		// Names are never resolved, public or not: "0" would be 0.0.0.0.
@@ -177,6 +178,11 @@ func testLimits() Limits {
 // and returns the address and the counting listener under the limits.
 func serveTest(t *testing.T, lim Limits) (string, *countingListener) {
 	t.Helper()
+	return serveSource(t, lim, func() (core.Status, error) { return core.Status{Applies: 1}, nil })
+}
+
+func serveSource(t *testing.T, lim Limits, src Source) (string, *countingListener) {
+	t.Helper()
 	a, err := CheckAddr("127.0.0.1:0", false)
 	if err != nil {
 		t.Fatal(err)
@@ -188,7 +194,6 @@ func serveTest(t *testing.T, lim Limits) (string, *countingListener) {
 	cl := &countingListener{Listener: ln}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	src := func() (core.Status, error) { return core.Status{Applies: 1}, nil }
 	go func() { done <- Serve(ctx, cl, src, lim, slog.New(slog.DiscardHandler)) }()
 	t.Cleanup(func() {
 		cancel()
@@ -430,5 +435,50 @@ func inNS(t *testing.T, ns *nstest.NS, f func()) {
 	f()
 	if err := netns.Set(orig); err != nil {
 		t.Fatalf("back to the test's namespace: %v", err)
+	}
+}
+
+// TestPacingSkipsGoneClients: requests whose clients have gone (as after
+// an attack, the backlog full of them) give up their turn: they neither
+// render nor hold up the requests after them by a gap each (reserved
+// turns would have made the scrape after 20 of them wait 10 s; it
+// waits one gap, asserted with a margin of ten).
+func TestPacingSkipsGoneClients(t *testing.T) {
+	lim := testLimits()
+	lim.MaxConns = 32
+	lim.ScrapeGap = 500 * time.Millisecond
+	var renders atomic.Int64
+	addr, cl := serveSource(t, lim, func() (core.Status, error) {
+		renders.Add(1)
+		return core.Status{Applies: 1}, nil
+	})
+	if code, _, err := scrape(addr); err != nil || code != 200 {
+		t.Fatalf("scrape: %d %v", code, err)
+	}
+	// The next turn is 500 ms away: every request below waits for it.
+	start := time.Now()
+	const gone = 20
+	for range gone {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+		c.Close()
+	}
+	waitFor(t, 5*time.Second, "the gone clients' connections taken and closed", func() (bool, string) {
+		open, _, n := cl.counts()
+		return n == 1+gone && open <= 1, fmt.Sprintf("%d taken, %d open", n, open)
+	})
+	if code, body, err := scrape(addr); err != nil || code != 200 || !strings.Contains(body, "wanpin_applies_total 1\n") {
+		t.Fatalf("scrape after the gone clients: %d %v", code, err)
+	}
+	took := time.Since(start)
+	t.Logf("scrape after %d gone clients answered in %v (gap %v)", gone, took.Round(time.Millisecond), lim.ScrapeGap)
+	if took > gone*lim.ScrapeGap/2 {
+		t.Errorf("scrape after %d gone clients took %v: their turns were kept", gone, took)
+	}
+	if n := renders.Load(); n > 3 {
+		t.Errorf("%d renders for 2 live scrapes and %d gone clients, want at most 3", n, gone)
 	}
 }
