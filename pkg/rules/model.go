@@ -331,14 +331,23 @@ func (b *builder) build() {
 	if used[policy.TCPOrUDP] {
 		b.addSet(fromPolicySet(policy.TCPOrUDP))
 	}
-	ends := make([]terminal, len(s.Policies))
-	for i, p := range s.Policies {
+	for i := range s.Policies {
 		for _, ps := range comps[i].Sets {
 			if used[ps] {
 				b.addSet(fromPolicySet(ps))
 			}
 		}
-		ends[i] = b.policyEnd(p)
+	}
+	// A policy's terminal (and the maps and chains it needs) is made when
+	// a rule or a map element first ends in it: a policy that matches
+	// nothing (a service not running) leaves nothing in the table.
+	made := make([]bool, len(s.Policies))
+	terms := make([]terminal, len(s.Policies))
+	end := func(i int) terminal {
+		if !made[i] {
+			made[i], terms[i] = true, b.policyEnd(s.Policies[i])
+		}
+		return terms[i]
 	}
 	for h, prog := range progs {
 		ch := pre
@@ -347,10 +356,10 @@ func (b *builder) build() {
 		}
 		for _, it := range prog {
 			if it.Map == nil {
-				ch.rules = append(ch.rules, policyRule(it.Rule, ends[it.Policy].frag))
+				ch.rules = append(ch.rules, policyRule(it.Rule, end(it.Policy).frag))
 				continue
 			}
-			ch.rules = append(ch.rules, b.programMap(it.Map, s.Policies, ends))
+			ch.rules = append(ch.rules, b.programMap(it.Map, s.Policies, end))
 		}
 	}
 	pre.rules = append(pre.rules, newRule(verdict(expr.VerdictGoto, chainBalDefault)))
@@ -569,13 +578,14 @@ func (b *builder) policyEnd(p desired.Policy) terminal {
 // policies. An element's verdict is the policy's own when it is a plain
 // verdict; otherwise (a numgen lookup, reject) a chain holds it, one per
 // distinct terminal, named after the first policy that has it.
-func (b *builder) programMap(m *policy.Map, pols []desired.Policy, ends []terminal) *rule {
+func (b *builder) programMap(m *policy.Map, pols []desired.Policy, end func(int) terminal) *rule {
 	st := b.addSet(&set{name: m.Name, key: setTypes[m.Type], typeText: m.Type.Name() + " : verdict",
 		isMap: true, interval: m.Interval, native: m.Type.Native()})
 	for _, e := range m.Elems {
-		v := ends[e.Policy].v
+		t := end(e.Policy)
+		v := t.v
 		if v == nil {
-			v = b.terminalChain(pols[e.Policy], ends[e.Policy].frag)
+			v = b.terminalChain(pols[e.Policy], t.frag)
 		}
 		st.elems = append(st.elems, vmapElem(element{key: e.Key, end: e.End, interv: m.Interval, text: e.Text}, v))
 	}
