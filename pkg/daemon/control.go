@@ -71,8 +71,9 @@ func (d *Daemon) Explain(ctx context.Context, f policy.Flow) (core.Explanation, 
 // Reload re-reads the configuration; a bad file is returned as the error
 // and changes nothing.
 func (d *Daemon) Reload(ctx context.Context) error {
+	l := d.load() // in the caller's goroutine, not the loop's
 	var rerr error
-	if err := d.do(ctx, func() { rerr = d.reload() }); err != nil {
+	if err := d.do(ctx, func() { rerr = d.reload(l) }); err != nil {
 		return err
 	}
 	return rerr

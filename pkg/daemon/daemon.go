@@ -226,6 +226,24 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 	d.runCtx = wctx
 	defer d.stopMonitors()
 	changed := watch.Watch(wctx, netns.None(), d.log)
+	// SIGHUP: the file is read here, off the loop, one reload at a time;
+	// the loop takes what was read.
+	loads := make(chan loaded)
+	go func() {
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-reload:
+			}
+			l := d.load()
+			select {
+			case loads <- l:
+			case <-wctx.Done():
+				return
+			}
+		}
+	}()
 	// Deletions of wanpin's nftables tables are heard at once (a firewall
 	// reload's flush ruleset on a kernel without the owner flag); the
 	// drift ticker still looks at everything twice a second.
@@ -268,8 +286,8 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 			} else {
 				d.step(core.Observed{Links: links, Trigger: "netlink"})
 			}
-		case <-reload:
-			_ = d.reload()
+		case l := <-loads:
+			_ = d.reload(l)
 		case f := <-d.requests:
 			f()
 		case ev := <-d.verdicts:
@@ -354,13 +372,26 @@ func (d *Daemon) step(in core.Input) error {
 	return res.Err
 }
 
-// reload re-reads the configuration. A bad file changes nothing: the
-// running configuration and the kernel state stay as they are.
-func (d *Daemon) reload() error {
+// loaded is a configuration read (or refused) off the loop, for the loop
+// to take: a file at the limits takes about a second to parse, which
+// the loop must not spend away from its links and probes.
+type loaded struct {
+	cfg *config.Config
+	err error
+}
+
+func (d *Daemon) load() loaded {
 	cfg, err := config.Load(d.opts.ConfigPath)
-	if err != nil {
-		return d.step(core.ReloadRejected{Err: err})
+	return loaded{cfg, err}
+}
+
+// reload takes a configuration load() read. A bad file changes nothing:
+// the running configuration and the kernel state stay as they are.
+func (d *Daemon) reload(l loaded) error {
+	if l.err != nil {
+		return d.step(core.ReloadRejected{Err: l.err})
 	}
+	cfg := l.cfg
 	tables, err := d.assignTables(cfg, d.state.Tables)
 	if err != nil {
 		return d.step(core.ReloadRejected{Err: err})
