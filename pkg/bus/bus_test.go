@@ -104,8 +104,9 @@ func TestInvalidEvents(t *testing.T) {
 	for _, tc := range []struct{ kind, iface string }{
 		{"sideways", "ppp0"}, {"up", ""}, {"up", "a/b"}, {"up", "averyveryverylongname"}, {"lease", "wan1"},
 	} {
+		// Refused, in the daemon's words only: the CLI names the command.
 		err := c.Event(ctx, tc.kind, tc.iface, EventArgs{})
-		if err == nil || !strings.HasPrefix(err.Error(), "event: ") {
+		if err == nil || strings.HasPrefix(err.Error(), "event: ") {
 			t.Errorf("%v: %v", tc, err)
 		}
 	}

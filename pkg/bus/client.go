@@ -138,7 +138,8 @@ func explain(what string, err error) error {
 		case ErrPermissionDenied:
 			return fmt.Errorf("permission denied: %s", msg)
 		case ErrInvalidArgs, ErrFailed:
-			return fmt.Errorf("%s: %s", what, msg)
+			// The daemon's own words; the CLI names the command.
+			return errors.New(msg)
 		}
 		if msg != "" {
 			return fmt.Errorf("%s: %s (%s)", what, msg, derr.Name)

@@ -137,7 +137,7 @@ func (o object) Reload(sender dbus.Sender) *dbus.Error {
 		return derr
 	}
 	if err := o.s.b.Reload(); err != nil {
-		return dbus.NewError(ErrFailed, []any{"reload rejected: " + err.Error()})
+		return dbus.NewError(ErrFailed, []any{"refused, the running configuration stays: " + err.Error()})
 	}
 	return nil
 }
