@@ -64,8 +64,8 @@ func (d *Daemon) Status(ctx context.Context) (core.Status, error) {
 // own desired state (its configuration, uplinks' states, resolved
 // services and running execs). It never waits for the loop.
 func (d *Daemon) Explain(ctx context.Context, f policy.Flow) (core.Explanation, error) {
-	st, local := d.pub.explainInputs()
-	return core.Explain(st, f, local), nil
+	x, local := d.pub.explain()
+	return x.Explain(f, local), nil
 }
 
 // Reload re-reads the configuration; a bad file is returned as the error

@@ -38,15 +38,16 @@ type publisher struct {
 	count      func(mask uint32) (map[uint32]int, error)
 	closeCount func() error
 
-	mu       sync.Mutex
-	status   core.Status
-	mask     uint32
-	monitors map[core.Key]*health.Monitor
-	desired  desired.State // as last built, for explain
-	local    []netip.Addr  // the uplinks' addresses (the router's own)
-	pinned   map[uint32]int
-	pinnedAt time.Time
-	lastTook time.Duration // how long the last count took
+	mu        sync.Mutex
+	status    core.Status
+	mask      uint32
+	monitors  map[core.Key]*health.Monitor
+	desired   desired.State   // as last built, for explain
+	explainer *core.Explainer // compiled from desired when first asked
+	local     []netip.Addr    // the uplinks' addresses (the router's own)
+	pinned    map[uint32]int
+	pinnedAt  time.Time
+	lastTook  time.Duration // how long the last count took
 	// next is closed when the count under way (or the next one) is done;
 	// kick asks for it.
 	next      chan struct{}
@@ -135,13 +136,21 @@ func (p *publisher) set(s core.Status, mask uint32, d desired.State) {
 	}
 	p.mu.Lock()
 	p.status, p.mask, p.desired, p.local = s, mask, d, local
+	p.explainer = nil
 	p.mu.Unlock()
 }
 
-func (p *publisher) explainInputs() (desired.State, []netip.Addr) {
+// explain is what Explain evaluates a flow with: the published state,
+// its policies compiled once (on the first Explain after a change), so
+// that what a call costs is one flow's evaluation whatever the number of
+// policies, and anyone may call it.
+func (p *publisher) explain() (*core.Explainer, []netip.Addr) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.desired, p.local
+	if p.explainer == nil {
+		p.explainer = core.NewExplainer(p.desired)
+	}
+	return p.explainer, p.local
 }
 
 // get is the status now: what the loop published, with the probes'
