@@ -31,9 +31,10 @@ type Backend interface {
 
 // Server exports the interface on one bus connection.
 type Server struct {
-	conn *dbus.Conn
-	b    Backend
-	log  *slog.Logger
+	conn    *dbus.Conn
+	b       Backend
+	log     *slog.Logger
+	callers *callers // who called, and the unprivileged users' budgets (limit.go)
 }
 
 // object is what godbus exports: its exported methods are the D-Bus
@@ -42,7 +43,7 @@ type object struct{ s *Server }
 
 // Serve exports the interface on conn and takes the well-known name.
 func Serve(conn *dbus.Conn, b Backend, log *slog.Logger) (*Server, error) {
-	s := &Server{conn: conn, b: b, log: log}
+	s := &Server{conn: conn, b: b, log: log, callers: newCallers()}
 	obj := object{s}
 	if err := conn.Export(obj, Path, Interface); err != nil {
 		return nil, fmt.Errorf("exporting %s: %w", Path, err)
@@ -90,8 +91,12 @@ const MaxFlowJSON = 4096
 
 // Explain says where a new connection described by flow (JSON, as
 // policy.Flow marshals) would go. Anyone may call it: it reads the
-// daemon's published state and costs a bounded evaluation.
-func (o object) Explain(flow string) (string, *dbus.Error) {
+// daemon's published state and costs a bounded evaluation, at most
+// ExplainRate a second for each user but root.
+func (o object) Explain(sender dbus.Sender, flow string) (string, *dbus.Error) {
+	if derr := o.s.limitExplain(sender); derr != nil {
+		return "", derr
+	}
 	f, err := checkFlow(flow)
 	if err != nil {
 		return "", dbus.NewError(ErrInvalidArgs, []any{err.Error()})
