@@ -26,7 +26,7 @@ func main() {
 	reps := flag.Int("reps", 5, "iperf3 runs per configuration")
 	secs := flag.Int("seconds", 3, "length of one iperf3 run")
 	verbose = flag.Bool("v", false, "print details (the daemon's memory by kind)")
-	only := flag.String("only", "", `run one part alone: "throughput" (the forwarding ratios) or "resources" (memory and idle CPU)`)
+	only := flag.String("only", "", `run one part alone: "throughput" (the forwarding ratios), "resources" (memory and idle CPU) or "apply" (the Go benchmarks of applies and flushes)`)
 	flag.Parse()
 	var err error
 	switch *only {
@@ -36,8 +36,11 @@ func main() {
 		err = run(*bin, *reps, *secs, true)
 	case "resources":
 		err = runResources(*bin)
+	case "apply":
+		fmt.Printf("%-44s %14s %10s %s\n", "figure", "value", "target", "")
+		err = runApply()
 	default:
-		err = fmt.Errorf("-only %q: want \"throughput\" or \"resources\"", *only)
+		err = fmt.Errorf("-only %q: want \"throughput\", \"resources\" or \"apply\"", *only)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -190,11 +193,25 @@ func run(bin string, reps, secs int, throughputOnly bool) error {
 	row("daemon resident memory, 4 dual-stack uplinks x 4 targets", fmt.Sprintf("%.1f MB", rss/1e6), "< 20 MB", rss < 20e6)
 	row("daemon idle CPU, same", fmt.Sprintf("%.2f%% of a core", cpu*100), "< 1%", cpu < 0.01)
 
+	return runApply()
+}
+
+// runApply runs the Go benchmarks of applies and flushes.
+func runApply() error {
+	row := func(name, value, target string, ok bool) {
+		verdict := "ok"
+		if !ok {
+			verdict = "MISSED"
+		}
+		fmt.Printf("%-44s %14s %10s %s\n", name, value, target, verdict)
+	}
 	for _, g := range []struct {
 		pkg, bench, metric, name, target string
 		ok                               func(float64) bool
 	}{
 		{"./pkg/daemon", "PlanApply", "ms/apply", "plan + apply, 64 uplinks, 10,000 entries (ms)", "< 200", func(v float64) bool { return v < 200 }},
+		{"./pkg/daemon", "ManyPolicies/one-key", "ms/apply", "build + apply, 10,000 one-key policies (ms)", "< 1000", func(v float64) bool { return v < 1000 }},
+		{"./pkg/daemon", "ManyPolicies/two-keys", "ms/apply", "build + apply, 10,000 two-key policies (ms)", "< 1000", func(v float64) bool { return v < 1000 }},
 		{"./pkg/flush", "FlushMark100k", "ms/flush", "conntrack flush, 100,000 entries of one uplink (ms)", "< 1000", func(v float64) bool { return v < 1000 }},
 		{"./pkg/flush", "FlushMark100k", "lost-entries", "entries of the other uplink lost in that flush", "0", func(v float64) bool { return v == 0 }},
 	} {
@@ -210,8 +227,11 @@ func run(bin string, reps, secs int, throughputOnly bool) error {
 // goBench runs one Go benchmark of the repository and returns a metric.
 func goBench(pkg, name, metric string) (float64, error) {
 	benchtime := "20x"
-	if strings.Contains(name, "Flush") {
+	switch {
+	case strings.Contains(name, "Flush"):
 		benchtime = "1x"
+	case strings.Contains(name, "ManyPolicies"):
+		benchtime = "5x"
 	}
 	out, err := exec.Command("go", "test", pkg, "-run", "XXX", "-bench", name, "-benchtime", benchtime).CombinedOutput()
 	if err != nil {

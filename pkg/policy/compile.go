@@ -132,9 +132,8 @@ func eqCond(key, value string, l Load, v []byte) Cond {
 // prefixCond matches one prefix of family f: a comparison of the masked
 // key, which nft lists as `ip daddr 192.0.2.0/24` (a whole address
 // compares all bits, `ip daddr 192.0.2.10`). ok is false when the
-// addresses of f in list do not make one prefix.
-func prefixCond(text string, l Load, list []netip.Prefix, f inet.Family) (Cond, bool) {
-	ivs := prefixIntervals(list, f)
+// merged ranges ivs of the family's addresses are not one prefix.
+func prefixCond(text string, l Load, ivs []interval, f inet.Family) (Cond, bool) {
 	if len(ivs) != 1 {
 		return Cond{}, false
 	}
@@ -224,6 +223,7 @@ func compile(m Match, local bool, set func(string, func() *Set) *Set) []Rule {
 	if len(sources) > 0 || len(m.Destinations) > 0 {
 		for _, f := range inet.Families {
 			src, dst := prefixIntervals(sources, f), prefixIntervals(m.Destinations, f)
+			merged := map[Addr][]interval{Source: src, Destination: dst}
 			// Every non-empty matcher must match: a family without any
 			// source (or destination) while others have some cannot match.
 			if (len(sources) > 0 && len(src) == 0) || (len(m.Destinations) > 0 && len(dst) == 0) {
@@ -243,9 +243,10 @@ func compile(m Match, local bool, set func(string, func() *Set) *Set) []Rule {
 					what = a.what + "6"
 				}
 				text, l := AddrLoad(f, a.addr)
-				c, one := prefixCond(text, l, a.list, f)
+				ivs := merged[a.addr]
+				c, one := prefixCond(text, l, ivs, f)
 				if !one {
-					s := set(what, func() *Set { return PrefixSet("", a.list, f) })
+					s := set(what, func() *Set { return intervalSet(ivs, f) })
 					c = lookupCond(text, s, l)
 				}
 				if len(fs) == 0 {

