@@ -5,7 +5,7 @@
 //	object    /org/wanpin/Wanpin1
 //	interface org.wanpin.Wanpin1
 //	  Status() -> (s json)                         anyone
-//	  Explain(s flow json) -> (s json)             anyone
+//	  Explain(s flow json) -> (s json)             anyone; 10 a second per user but root (limit.go)
 //	  Reload() -> ()                               root
 //	  Event(s kind, s iface, a{sv} args) -> ()     root; kind up|down (PPP: args local, peer, dns)
 //	                                               or lease|lease-lost (DHCP: arg family)
