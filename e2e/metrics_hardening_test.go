@@ -679,7 +679,8 @@ func TestMetricsIdleConnectionsFromUser(t *testing.T) {
 // (every address, the router's WAN address) or a name is a start error
 // without --metrics-public: `wanpin run` exits 2 at once saying why, and
 // has installed nothing. With the flag, the WAN address serves the
-// metrics to the ISP's side, and nothing else listens.
+// metrics to the ISP's side, and nothing else listens. A second daemon
+// on the same address hears of the first, not of the port.
 func TestMetricsPublicBindNeedsFlag(t *testing.T) {
 	l := newLab(t, 2)
 	cfg := fmt.Sprintf(twoUplinks, 1, 1)
@@ -742,6 +743,13 @@ func TestMetricsPublicBindNeedsFlag(t *testing.T) {
 	}
 	if ss := run(t, l, l.Router, "ss", "-Hltn", "sport = :9469"); strings.Count(ss, "LISTEN") != 1 || !strings.Contains(ss, wan1) {
 		t.Errorf("listening on 9469: %q, want %s alone", ss, wan1)
+	}
+	// A second daemon with the same address is told which process runs,
+	// not that the port is taken: the address is bound after the
+	// namespace's instance lock is held.
+	out, code, _ := runOnce("--metrics-listen", wan1, "--metrics-public")
+	if code == 0 || !strings.Contains(out, fmt.Sprintf("another wanpin (pid %d) already runs", p.proc.Pid())) {
+		t.Errorf("a second daemon on the same metrics address: exit %d, %q", code, out)
 	}
 }
 

@@ -49,20 +49,17 @@ func cmdRun(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "wanpin run: --log-level: %v\n", err)
 		return 2
 	}
-	// The metrics address is checked and bound before anything else: a
-	// refused or taken address is a start error, like a bad config.
-	var metricsLn net.Listener
+	// A refused metrics address is a start error, like a bad config; it
+	// is bound once the daemon holds the namespace (a second daemon is
+	// told which process runs, not that the port is taken), before Run
+	// changes anything.
+	var metricsAt metrics.Addr
 	if *metricsAddr != "" {
-		a, err := metrics.CheckAddr(*metricsAddr, *metricsPublic)
-		if err != nil {
+		var err error
+		if metricsAt, err = metrics.CheckAddr(*metricsAddr, *metricsPublic); err != nil {
 			fmt.Fprintf(stderr, "wanpin run: --metrics-listen %v\n", err)
 			return 2
 		}
-		if metricsLn, err = metrics.Listen(a); err != nil {
-			fmt.Fprintf(stderr, "wanpin run: %v\n", err)
-			return 1
-		}
-		defer metricsLn.Close()
 	} else if *metricsPublic {
 		fmt.Fprintln(stderr, "wanpin run: --metrics-public needs --metrics-listen")
 		return 2
@@ -82,6 +79,14 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if ctx.Err() != nil {
 		log.Info("stopped before starting", "reason", "SIGTERM while loading")
 		return 0
+	}
+	var metricsLn net.Listener
+	if *metricsAddr != "" {
+		if metricsLn, err = metrics.Listen(metricsAt); err != nil {
+			fmt.Fprintf(stderr, "wanpin run: %v\n", err)
+			return 1
+		}
+		defer metricsLn.Close()
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
