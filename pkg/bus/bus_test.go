@@ -31,7 +31,7 @@ func (f *fake) Explain(fl policy.Flow) (core.Explanation, error) {
 	f.events = append(f.events, "explain "+fl.Dst.String())
 	return core.Explanation{Outcome: core.Balanced, Choices: []core.Choice{{Uplink: "dsl", Mark: 0x10000, Share: 1}}}, nil
 }
-func (f *fake) Reload() error                    { return f.reload }
+func (f *fake) Reload() error                                  { return f.reload }
 func (f *fake) Exec(uplink string, pid uint32) (string, error) { return "/wanpin-exec/1", nil }
 func (f *fake) SetService(uplink string, in bool) error {
 	f.events = append(f.events, fmt.Sprintf("service %s %v", uplink, in))

@@ -118,7 +118,7 @@ type Daemon struct {
 	requests chan func()
 	stopped  chan struct{}
 	lock     *instanceLock // one daemon per network namespace
-	execSeq  int // the last exec cgroup's number
+	execSeq  int           // the last exec cgroup's number
 }
 
 // New loads the configuration and connects to the kernel. Nothing is
