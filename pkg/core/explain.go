@@ -78,7 +78,7 @@ func Explain(d desired.State, f policy.Flow, local []netip.Addr) Explanation {
 // state, so a caller cannot make it compile 10,000 policies a call).
 type Explainer struct {
 	d     desired.State
-	progs [2]policy.Program // forwarded, the router's own
+	progs policy.Hooks
 }
 
 // NewExplainer compiles d's policies the way pkg/rules lays them out.
@@ -87,8 +87,7 @@ func NewExplainer(d desired.State) *Explainer {
 	for i, p := range d.NFT.Policies {
 		comps[i] = policy.Compile(p.Name, p.Match)
 	}
-	return &Explainer{d: d, progs: [2]policy.Program{
-		policy.Build(comps, false, "f"), policy.Build(comps, true, "l")}}
+	return &Explainer{d: d, progs: policy.Build(comps)}
 }
 
 // Explain is the package's Explain for the Explainer's state.
@@ -132,9 +131,9 @@ func (x *Explainer) explainNFT(f policy.Flow, local []netip.Addr) Explanation {
 	if why := notRouted(f.Dst, local); why != "" {
 		return Explanation{Outcome: NotRouted, Why: why}
 	}
-	prog := x.progs[0]
+	prog := x.progs[policy.Forwarded]
 	if f.Local {
-		prog = x.progs[1]
+		prog = x.progs[policy.Local]
 	}
 	if i, ok := prog.Match(f); ok {
 		p := nft.Policies[i]

@@ -64,6 +64,9 @@ type Cond struct {
 	Set     *Set   // a named or anonymous set to look the key up in
 	Eq      []byte // or the value to compare with, when Set is nil
 	Mask    []byte // and, with Eq, the bits of the key compared (nil: all)
+	// Last makes the comparison a range: the key is from Eq to Last, both
+	// included, compared as big-endian numbers (ports).
+	Last []byte
 	// Key is the key as nft prints it ("ip daddr"), Value the compared
 	// value ("192.0.2.0/24") when Set is nil.
 	Key, Value string
@@ -156,17 +159,18 @@ func prefixCond(text string, l Load, ivs []interval, f inet.Family) (Cond, bool)
 	return c, true
 }
 
-// onePort is the single port of ranges, if they are one port.
-func onePort(ranges []PortRange) (uint16, bool) {
+// oneRange is the one range that ranges merge into, if they do: a
+// comparison (`tcp sport 1-1024`), not a set.
+func oneRange(ranges []PortRange) (PortRange, bool) {
 	in := make([]interval, 0, len(ranges))
 	for _, r := range ranges {
 		in = append(in, interval{u128{0, uint64(r.First)}, u128{0, uint64(r.Last)}})
 	}
 	m := mergeIntervals(in, 2)
-	if len(m) != 1 || m[0].first != m[0].last {
-		return 0, false
+	if len(m) != 1 {
+		return PortRange{}, false
 	}
-	return uint16(m[0].first.lo), true
+	return PortRange{First: uint16(m[0].first.lo), Last: uint16(m[0].last.lo)}, true
 }
 
 // Transport header fields.
@@ -292,6 +296,17 @@ func compile(m Match, local bool, set func(string, func() *Set) *Set) []Rule {
 		}
 		cgroups = nil
 		for _, lvl := range cgroupLevels(m.Cgroups) {
+			text, l := fmt.Sprintf("socket cgroupv2 level %d", lvl), Load{Kind: LoadCgroup, Level: uint32(lvl)}
+			var ids []uint64
+			for _, c := range m.Cgroups {
+				if c.Level == lvl {
+					ids = append(ids, c.ID)
+				}
+			}
+			if ids = uniq(ids); len(ids) == 1 {
+				cgroups = append(cgroups, []Cond{eqCond(text, fmt.Sprint(ids[0]), l, Native64(ids[0]))})
+				continue
+			}
 			s := set(fmt.Sprintf("cg%d", lvl), func() *Set {
 				s := &Set{Type: TypeCgroupV2}
 				seen := map[uint64]bool{}
@@ -304,8 +319,7 @@ func compile(m Match, local bool, set func(string, func() *Set) *Set) []Rule {
 				s.Sort()
 				return s
 			})
-			cgroups = append(cgroups, []Cond{lookupCond(fmt.Sprintf("socket cgroupv2 level %d", lvl), s,
-				Load{Kind: LoadCgroup, Level: uint32(lvl)})})
+			cgroups = append(cgroups, []Cond{lookupCond(text, s, l)})
 		}
 	}
 
@@ -329,8 +343,11 @@ func compile(m Match, local bool, set func(string, func() *Set) *Set) []Rule {
 				text = ProtoName(m.Protocol) + " " + pk.field
 			}
 			var c Cond
-			if port, one := onePort(pk.ranges); one {
-				c = eqCond(text, fmt.Sprint(port), pk.load, binary.BigEndian.AppendUint16(nil, port))
+			if r, one := oneRange(pk.ranges); one && r.First == r.Last {
+				c = eqCond(text, fmt.Sprint(r.First), pk.load, binary.BigEndian.AppendUint16(nil, r.First))
+			} else if one {
+				c = eqCond(text, fmt.Sprintf("%d-%d", r.First, r.Last), pk.load, binary.BigEndian.AppendUint16(nil, r.First))
+				c.Last = binary.BigEndian.AppendUint16(nil, r.Last)
 			} else {
 				s := set(pk.what, func() *Set { return &Set{Type: TypeInetService, Interval: true, Elems: portElems(pk.ranges)} })
 				c = lookupCond(text, s, pk.load)

@@ -127,6 +127,9 @@ func (c Cond) Matches(f Flow) bool {
 	if c.Set != nil {
 		return c.Set.Contains(key)
 	}
+	if c.Last != nil {
+		return bytes.Compare(key, c.Eq) >= 0 && bytes.Compare(key, c.Last) <= 0
+	}
 	if c.Mask != nil {
 		masked := make([]byte, len(key))
 		for i := range key {

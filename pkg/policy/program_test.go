@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -92,7 +93,7 @@ func TestProgramMatchesSequential(t *testing.T) {
 		for i := range n {
 			cs = append(cs, Compile(fmt.Sprintf("p%d", i), randomMatch(fav)))
 		}
-		progs := [2]Program{Build(cs, false, "f"), Build(cs, true, "l")}
+		progs := Build(cs)
 		for _, p := range progs {
 			for _, it := range p {
 				if it.Map != nil {
@@ -126,7 +127,11 @@ func TestProgramFoldsManyPolicies(t *testing.T) {
 		a := netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0})
 		cs = append(cs, Compile(fmt.Sprintf("p%d", i), Match{Destinations: []netip.Prefix{netip.PrefixFrom(a, 24)}}))
 	}
-	p := Build(cs, false, "f")
+	h := Build(cs)
+	p := h[Forwarded]
+	if h[Local][0].Map != p[0].Map {
+		t.Errorf("the hooks fold the same destinations into two maps")
+	}
 	if len(p) != 1 || p[0].Map == nil || len(p[0].Map.Elems) != 10000 {
 		t.Fatalf("program of %d items (first map %v elements)", len(p), len(p[0].Map.Elems))
 	}
@@ -134,4 +139,49 @@ func TestProgramFoldsManyPolicies(t *testing.T) {
 	if i, ok := p.Match(f); !ok || i != 0x102 {
 		t.Errorf("10.1.2.3 matched policy %d %v, want %d", i, ok, 0x102)
 	}
+}
+
+// The shortcut for disjoint sets makes the map the sweep makes.
+func TestDisjointSetsAsSwept(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	taken := 0
+	for round := range 500 {
+		var g group
+		for i := range 2 + rng.IntN(8) {
+			var m Match
+			for range 2 + rng.IntN(3) {
+				// 203.0.113.0/24 in /29s and smaller: disjoint often,
+				// touching and overlapping sometimes.
+				a := netip.AddrFrom4([4]byte{203, 0, 113, byte(rng.IntN(32) * 8)})
+				m.Destinations = append(m.Destinations, netip.PrefixFrom(a, 29+rng.IntN(3)).Masked())
+			}
+			c := Compile(fmt.Sprintf("p%d", i), m)
+			r := c.Forward[0]
+			if r.Conds[0].Set == nil {
+				continue // merged into one range: a comparison
+			}
+			k, _ := foldKey(r)
+			g.key = k
+			g.rules = append(g.rules, pending{policy: i, rule: r})
+		}
+		got, ok := disjointSets(&g)
+		if !ok {
+			continue
+		}
+		taken++
+		want := sweptElems(&g, 4)
+		if len(got) != len(want) {
+			t.Fatalf("round %d: %d elements, the sweep makes %d", round, len(got), len(want))
+		}
+		for i := range got {
+			if !bytes.Equal(got[i].Key, want[i].Key) || !bytes.Equal(got[i].End, want[i].End) ||
+				got[i].Policy != want[i].Policy || got[i].Text != want[i].Text {
+				t.Fatalf("round %d, element %d: %+v, the sweep makes %+v", round, i, got[i], want[i])
+			}
+		}
+	}
+	if taken < 20 {
+		t.Errorf("the shortcut was taken %d times of 500: the test does not exercise it", taken)
+	}
+	t.Logf("shortcut taken %d times of 500", taken)
 }

@@ -356,7 +356,11 @@ func (s *set) nftSet(nt *nftables.Table) *nftables.Set {
 }
 
 func (s *set) nftElements() []nftables.SetElement {
-	out := make([]nftables.SetElement, 0, len(s.elems))
+	n := len(s.elems)
+	if s.interval {
+		n *= 2 // an interval is two kernel elements: its start and its end
+	}
+	out := make([]nftables.SetElement, 0, n)
 	for _, e := range s.elems {
 		out = append(out, nftables.SetElement{Key: e.key, VerdictData: e.verdict})
 		if e.interv && e.end != nil {

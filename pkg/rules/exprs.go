@@ -361,6 +361,8 @@ func condFrag(c policy.Cond) frag {
 		ex = append(ex, lookup(""))
 	case c.Set != nil:
 		ex = append(ex, lookup(c.Set.Name))
+	case c.Last != nil:
+		ex = append(ex, &expr.Range{Op: expr.CmpOpEq, Register: reg, FromData: c.Eq, ToData: c.Last})
 	default:
 		if c.Mask != nil {
 			ex = append(ex, &expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: uint32(len(c.Mask)),

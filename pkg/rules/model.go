@@ -173,7 +173,7 @@ func gcd(a, b int) int {
 
 // build compiles s. It does not validate: Render must cope with anything.
 func build(s desired.NFT) *table {
-	b := &builder{s: s, t: &table{name: s.Table}, byMark: map[uint32]desired.Uplink{}}
+	b := &builder{s: s, t: &table{name: s.Table}, byMark: map[uint32]desired.Uplink{}, progMaps: map[*policy.Map]bool{}}
 	for _, u := range s.Uplinks {
 		b.byMark[u.Mark] = u
 	}
@@ -188,6 +188,8 @@ type builder struct {
 	// termChains: the chain holding each terminal a folded policy needs
 	// one for, by the terminal's text.
 	termChains map[string]string
+	// progMaps: the folded maps made so far (the hooks share some).
+	progMaps map[*policy.Map]bool
 	// balMaps: the numgen map already made for a choice of buckets, by
 	// their text: policies that balance alike share one (every set costs
 	// the kernel's by-name walks, see policy.eqCond).
@@ -316,7 +318,7 @@ func (b *builder) build() {
 	for i, p := range s.Policies {
 		comps[i] = policy.Compile(p.Name, p.Match)
 	}
-	progs := [2]policy.Program{policy.Build(comps, false, ProgramMapPrefix(false)), policy.Build(comps, true, ProgramMapPrefix(true))}
+	progs := policy.Build(comps)
 	// Only the sets the rules left after folding still look up.
 	used := map[*policy.Set]bool{}
 	for _, prog := range progs {
@@ -533,15 +535,6 @@ func nfprotoFrag(f inet.Family) frag {
 	return frag{text: "meta nfproto " + f.Label(), exprs: nfprotoIs(f)}
 }
 
-// ProgramMapPrefix names the maps a hook's folded policies are looked
-// up in: pm_f1, pm_f2... in prerouting, pm_l1... in output.
-func ProgramMapPrefix(local bool) string {
-	if local {
-		return "pm_l"
-	}
-	return "pm_f"
-}
-
 // terminal is how a policy's rules end: the balancer's verdict, inline.
 // v is that verdict alone when it is one (a goto, accept), which is what
 // a folded map's element can hold.
@@ -579,8 +572,22 @@ func (b *builder) policyEnd(p desired.Policy) terminal {
 // verdict; otherwise (a numgen lookup, reject) a chain holds it, one per
 // distinct terminal, named after the first policy that has it.
 func (b *builder) programMap(m *policy.Map, pols []desired.Policy, end func(int) terminal) *rule {
+	rule := func(name string) *rule {
+		var ex []expr.Any
+		if m.NFProto != 0 {
+			ex = append(ex, nfprotoIs(m.NFProto)...)
+		}
+		ex = append(ex, loadExpr(m.Load), vmapLookup(name))
+		return newRule(frag{text: m.Key + " vmap @" + name, exprs: ex})
+	}
+	// The hooks share a map where both fold a run alike: it is made once.
+	if b.progMaps[m] {
+		return rule(m.Name)
+	}
+	b.progMaps[m] = true
 	st := b.addSet(&set{name: m.Name, key: setTypes[m.Type], typeText: m.Type.Name() + " : verdict",
 		isMap: true, interval: m.Interval, native: m.Type.Native()})
+	st.elems = make([]element, 0, len(m.Elems))
 	for _, e := range m.Elems {
 		t := end(e.Policy)
 		v := t.v
@@ -589,12 +596,7 @@ func (b *builder) programMap(m *policy.Map, pols []desired.Policy, end func(int)
 		}
 		st.elems = append(st.elems, vmapElem(element{key: e.Key, end: e.End, interv: m.Interval, text: e.Text}, v))
 	}
-	var ex []expr.Any
-	if m.NFProto != 0 {
-		ex = append(ex, nfprotoIs(m.NFProto)...)
-	}
-	ex = append(ex, loadExpr(m.Load), vmapLookup(m.Name))
-	return newRule(frag{text: m.Key + " vmap @" + m.Name, exprs: ex})
+	return rule(m.Name)
 }
 
 // terminalChain is `goto` a chain ending in the terminal end, shared by

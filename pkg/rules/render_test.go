@@ -220,5 +220,12 @@ func foldedSpec() desired.NFT {
 	for i := range 9 {
 		s.Policies = append(s.Policies, desired.Policy{Name: fmt.Sprintf("user%d", i), Match: policy.Match{UIDs: []uint32{uint32(1000 + i)}}, Balancer: one(0x100)})
 	}
+	// Destinations apply to forwarded and local traffic alike: one map,
+	// looked up in prerouting and output; sets of two prefixes fold too.
+	for i := range 8 {
+		s.Policies = append(s.Policies, desired.Policy{Name: fmt.Sprintf("dst%d", i),
+			Match:    policy.Match{Destinations: pfx(fmt.Sprintf("203.0.113.%d/32", 2*i), fmt.Sprintf("198.51.100.%d/32", 128+2*i))},
+			Balancer: []desired.Balancer{one(0x100), one(0x200)}[i%2]})
+	}
 	return s
 }
