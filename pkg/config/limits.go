@@ -1,5 +1,11 @@
 package config
 
+import (
+	"slices"
+
+	"github.com/wanpin/wanpin/pkg/policy"
+)
+
 // Limits of the policy file, all in one place. Each one is checked with a
 // file:line error that names it, so that no file can make `wanpin check`,
 // `wanpin run` or a reload hang, run out of memory or take the daemon
@@ -28,10 +34,23 @@ const (
 	// MaxEntriesPerPolicy is the most entries of one policy: the items of
 	// all its lists together (users, groups, services, sources,
 	// in_interfaces, destinations, ports, source_ports, uplinks).
-	MaxEntriesPerPolicy = 100000
+	MaxEntriesPerPolicy = 50000
 	// MaxPolicyEntries is the most entries of all policies together,
-	// counted as for MaxEntriesPerPolicy.
-	MaxPolicyEntries = 200000
+	// counted as for MaxEntriesPerPolicy. 10,000 policies of 10
+	// destinations each, folded into one map of 100,000 ranges, apply in
+	// about 0.9 s (BenchmarkManyPolicies/limit-entries); an apply's cost
+	// grows with the entries, some 9 µs each, most of it building and
+	// sending the kernel's elements.
+	MaxPolicyEntries = 100000
+	// MaxPolicySets is the most kernel sets the policies may need: a list
+	// of several values in a policy that tests another key too (20
+	// destinations and a port) is a set of its own, looked up by its rule.
+	// (Policies of one key fold into shared maps and need none.) The
+	// kernel finds a set by name walking all of the table's sets, for
+	// every set, element batch and rule that names one: 10,000 such sets
+	// took 9.8 s to apply, 1,000 in 10,000 policies of two keys 0.8 s
+	// (BenchmarkManyPolicies/limit-sets).
+	MaxPolicySets = 1000
 	// MaxHealthTargets is the most targets an uplink's health checks
 	// probe: as many as the largest quorum. Every target costs a probe a
 	// round.
@@ -41,7 +60,7 @@ const (
 
 	// MaxFileSize is the largest policy file read. The file must be able to
 	// hold what the limits above allow: MaxPolicyEntries destinations in
-	// the longest IPv6 form take 9.6 MB, and a policy's header, name and
+	// the longest IPv6 form take 4.8 MB, and a policy's header, name and
 	// keys some 100 bytes more each. Reading, copying and decoding text
 	// costs a few bytes of memory per byte of it; the shape limits below
 	// bound the rest.
@@ -60,7 +79,7 @@ const (
 	// and 128, 213 MB and 0.8 s, what the largest valid file costs.
 	MaxKeyPath = 128
 	// MaxLines is the most lines of a file: the largest valid file, one
-	// entry or key a line, has 262,000. Line breaks cost little to scan,
+	// entry or key a line, has 162,000. Line breaks cost little to scan,
 	// but on a syntax error the library splits the whole text into lines,
 	// 16 bytes a line: 15 MB of them took 320 MB and 1.6 s.
 	MaxLines = 1000000
@@ -83,3 +102,52 @@ var (
 	// resolvers and targets, and tables written inline in an array.
 	maxValues = MaxPolicyEntries + MaxPolicies + MaxUplinks*(1+MaxDNS+MaxHealthTargets)
 )
+
+// checkPolicySets refuses policies that need more than MaxPolicySets
+// kernel sets of their own, at the policy whose set is one too many. It
+// counts as pkg/rules lays the policies out (policy.Compile and Build):
+// the sets that rules still look up once runs of one-key policies are
+// folded into maps. A service counts as running, resolved to a cgroup of
+// its own.
+func (p *parser) checkPolicySets(cfg *Config, elems []node) {
+	if len(cfg.Policies) == 0 || len(elems) < len(cfg.Policies) {
+		return
+	}
+	comps := make([]policy.Compiled, len(cfg.Policies))
+	for i, pol := range cfg.Policies {
+		m := pol.Match
+		m.Cgroups = nil
+		for j := range m.Services {
+			m.Cgroups = append(m.Cgroups, policy.CgroupMatch{Level: 2, ID: uint64(j + 1)})
+		}
+		comps[i] = policy.Compile(pol.Name, m)
+	}
+	first := map[*policy.Set]int{} // each set, by the policy that needs it
+	for _, prog := range policy.Build(comps) {
+		for _, it := range prog {
+			if it.Map != nil {
+				continue
+			}
+			for _, c := range it.Rule.Conds {
+				if c.Set != nil && c.Set.Name != "" {
+					if _, ok := first[c.Set]; !ok {
+						first[c.Set] = it.Policy
+					}
+				}
+			}
+		}
+	}
+	if len(first) <= MaxPolicySets {
+		return
+	}
+	at := make([]int, 0, len(first))
+	for _, i := range first {
+		at = append(at, i)
+	}
+	slices.Sort(at)
+	i := at[MaxPolicySets]
+	p.errorf(elems[i], "needs kernel set %d of %d; wanpin takes at most %d: "+
+		"a list of several values in a policy that tests another key too is a set of its own, "+
+		"while policies of one key each (a destination, a source, a user...) share maps and need none",
+		MaxPolicySets+1, len(first), MaxPolicySets)
+}

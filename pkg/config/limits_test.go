@@ -376,6 +376,14 @@ func TestLimits(t *testing.T) {
 		}
 		return b.String()
 	}
+	// setPolicies: n policies of a list and a protocol, a kernel set each.
+	setPolicies := func(n int) string {
+		var b strings.Builder
+		for i := range n {
+			fmt.Fprintf(&b, "[[policy]]\nname = \"p%d\"\nprotocol = \"tcp\"\ndestinations = [\"2001:db8::%x:1\", \"2001:db8::%x:3\"]\n", i, i, i)
+		}
+		return b.String()
+	}
 	// dests is a list of n addresses, one a line, counted from base.
 	dests := func(key string, base, n int) string {
 		var b strings.Builder
@@ -404,6 +412,8 @@ func TestLimits(t *testing.T) {
 				"[[policy]]\nname = \"r\"\nprotocol = \"udp\"\nsources = [\"192.0.2.1\"]\n",
 			3 + 4 + MaxEntriesPerPolicy + 4 + MaxPolicyEntries - MaxEntriesPerPolicy + 4, `policy "r".sources`,
 			fmt.Sprintf("more than %d entries in all policies", MaxPolicyEntries)},
+		{"kernel sets", one + setPolicies(MaxPolicySets+1), 3 + 4*MaxPolicySets + 1, fmt.Sprintf("policy[%d]", MaxPolicySets+1),
+			fmt.Sprintf("needs kernel set %d of %d; wanpin takes at most %d", MaxPolicySets+1, MaxPolicySets+1, MaxPolicySets)},
 		{"dns", uplinkText(0, MaxDNS+1, 1), 6, "uplink[1].dns", fmt.Sprintf("more than %d dns servers", MaxDNS)},
 		{"health targets", uplinkText(0, 1, MaxHealthTargets+1), 14, "uplink[1].health.targets", fmt.Sprintf("more than %d targets", MaxHealthTargets)},
 	} {

@@ -341,6 +341,7 @@ func (p *parser) config(tree map[string]any) *Config {
 			for i, e := range elems {
 				cfg.Policies = append(cfg.Policies, p.policy(p.table(e), i, cfg, names))
 			}
+			p.checkPolicySets(cfg, elems)
 		}
 	}
 	p.unknown(root, topKeys)

@@ -18,7 +18,7 @@ import (
 // recompiled for a state built anew (a step), and what it says follows
 // the state.
 func TestExplainerKept(t *testing.T) {
-	cfg := manyPolicies(20, true)
+	cfg := manyPolicies(20, 0, 0, true)
 	states := bigStates(cfg)
 	p := newPublisher(nil, slog.New(slog.DiscardHandler))
 	defer p.close()
@@ -38,9 +38,9 @@ func TestExplainerKept(t *testing.T) {
 		t.Error("not recompiled for a state built anew")
 	}
 	x = x2
-	// Policy p3 sends its destination's HTTPS to up1; with up1 gone, it
+	// Policy p3 sends its destination's (32.0.6.0/24) HTTPS to up1; with up1 gone, it
 	// falls back to the default balancing, over up0 alone.
-	f := policy.Flow{Dst: netip.MustParseAddr("100.0.3.1"), Proto: 6, DPort: 443}
+	f := policy.Flow{Dst: netip.MustParseAddr("32.0.6.1"), Proto: 6, DPort: 443}
 	before := x.Explain(f, nil)
 	if before.Policy != "p3" || len(before.Choices) != 1 || before.Choices[0].Uplink != "up1" {
 		t.Fatalf("explanation: %+v, want p3 to up1", before)
@@ -61,7 +61,7 @@ func TestExplainerKept(t *testing.T) {
 // scalar, another element of an array, a nil against an empty slice of
 // the same length are told apart or not as documented.
 func TestSameValue(t *testing.T) {
-	cfg := manyPolicies(3, true)
+	cfg := manyPolicies(3, 0, 0, true)
 	d := core.Build(core.Facts{Config: cfg, Uplinks: bigStates(cfg)})
 	same := func(a, b desired.State) bool { return sameValue(reflect.ValueOf(a), reflect.ValueOf(b)) }
 	if !same(d, d) {
@@ -95,7 +95,7 @@ func TestSameValue(t *testing.T) {
 // across equal states, took 17 ms here), and what compiling the
 // explainer costs the first Explain after a step.
 func BenchmarkPublish10k(b *testing.B) {
-	cfg := manyPolicies(10000, true)
+	cfg := manyPolicies(10000, 0, 0, true)
 	states := bigStates(cfg)
 	d1 := core.Build(core.Facts{Config: cfg, Uplinks: states})
 	d2 := core.Build(core.Facts{Config: cfg, Uplinks: states})
