@@ -15,7 +15,7 @@ _wanpin() {
 	--log-level) COMPREPLY=($(compgen -W "debug info warn error" -- "$cur")); return ;;
 	esac
 	case "${COMP_WORDS[1]}" in
-	run) COMPREPLY=($(compgen -W "--config --log-level --hooks-dir --no-table-owner" -- "$cur")) ;;
+	run) COMPREPLY=($(compgen -W "--config --log-level --hooks-dir --no-table-owner --metrics-listen --metrics-public" -- "$cur")) ;;
 	check) COMPREPLY=($(compgen -W "--config" -- "$cur")) ;;
 	plan) COMPREPLY=($(compgen -W "--config --all-up" -- "$cur")) ;;
 	status) COMPREPLY=($(compgen -W "--json" -- "$cur")) ;;
