@@ -872,7 +872,8 @@ func TestUnderDhclient(t *testing.T) {
 	needClient(t, "/sbin/dhclient", "/sbin/dhclient-script")
 	f := newFake(t, "")
 	l := newNetLab(t, f, "dhcl")
-	// The namespace's /etc/dhcp: a short timeout (for TIMEOUT), option
+	// The namespace's /etc/dhcp: a short timeout (for TIMEOUT; 3 s once
+	// ran out before a loaded CI machine's first lease), option
 	// 121 requested as Debian's dhclient.conf does, and only our exit
 	// hook. The enter hook turns off make_resolv_conf, as Debian's
 	// resolvconf does: dhclient-script would write its temporary file
@@ -881,7 +882,7 @@ func TestUnderDhclient(t *testing.T) {
 	for rel, content := range map[string]string{
 		"dhcp/dhclient.conf": `option rfc3442-classless-static-routes code 121 = array of unsigned integer 8;
 request subnet-mask, broadcast-address, routers, domain-name-servers, rfc3442-classless-static-routes, dhcp6.name-servers;
-timeout 3;
+timeout 6;
 reboot 3;
 initial-interval 1;
 retry 60;

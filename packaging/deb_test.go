@@ -42,6 +42,7 @@ func TestDebInstallAndPurge(t *testing.T) {
 		"/usr/share/man/man5/wanpin.toml.5.gz",
 		"/usr/share/bash-completion/completions/wanpin",
 		"/usr/share/doc/wanpin/copyright",
+		"/usr/share/doc/wanpin/NEWS.Debian.gz",
 	}
 	for _, f := range files {
 		if _, err := os.Stat(f); err == nil {

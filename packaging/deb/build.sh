@@ -5,7 +5,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
 . scripts/env.sh
-version=${1:-0.1.0}
+version=${1:-0.2.0}
 out=${2:-$top/dist}
 arch=$(dpkg --print-architecture)
 stage=$(mktemp -d)
@@ -29,6 +29,8 @@ install -d "$stage/etc/wanpin/hooks.d"
 install -D -m 644 packaging/completion/wanpin.bash "$stage/usr/share/bash-completion/completions/wanpin"
 install -D -m 644 examples/wanpin.toml "$stage/usr/share/doc/wanpin/examples/wanpin.toml"
 install -D -m 644 LICENSE "$stage/usr/share/doc/wanpin/copyright"
+# What an upgrade changes, where apt-listchanges and Debian users look.
+gzip -9n < packaging/deb/NEWS > "$stage/usr/share/doc/wanpin/NEWS.Debian.gz"
 for page in wanpin.8 wanpin.toml.5; do
 	section=${page##*.}
 	install -d "$stage/usr/share/man/man$section"

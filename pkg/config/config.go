@@ -23,9 +23,16 @@ import (
 
 // Defaults for the optional top-level keys.
 const (
-	// DefaultMarkMask leaves the low 16 bits and the top byte to other
-	// software (tc, firewalls, VPNs), which commonly use those.
-	DefaultMarkMask uint32 = 0x00ff0000
+	// DefaultMarkMask is bits 24-30, which none of the software a router
+	// is likely to run next to wanpin uses (docs/neighbours.md): Tailscale and OpenWrt's pbr use
+	// 0x00ff0000 (Tailscale's bypass mark 0x80000 lost its bit to a
+	// wanpin restore under that mask, and half its packets failed with
+	// EPERM), kube-proxy 0x4000 and 0x8000, mwan3 0x3f00, wg-quick and
+	// NetworkManager the exact value 51820, Istio 1337, Cilium 0x0f00
+	// and up to bit 23. Only Calico (0xff000000, Kubernetes nodes) and
+	// Mullvad's exact 0x6d6f6c65 meet it. 7 bits have room for 127
+	// uplinks, more than MaxUplinks. Bit 31 stays free too.
+	DefaultMarkMask uint32 = 0x7f000000
 	// DefaultRulePriority sits well clear of the kernel's own rules (0,
 	// 32766, 32767) and of the low priorities admins tend to pick by hand.
 	DefaultRulePriority = 10000
@@ -46,7 +53,7 @@ const (
 // Config is the validated content of the policy file.
 type Config struct {
 	Path         string
-	MarkMask     uint32 // the fwmark / ct mark bits wanpin may use; default 0x00ff0000
+	MarkMask     uint32 // the fwmark / ct mark bits wanpin may use; default 0x7f000000
 	RulePriority int    // first `ip rule` priority wanpin uses; default 10000
 	// RouterTraffic: how the router's own new connections that no policy
 	// takes leave. Default balance.

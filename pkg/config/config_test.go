@@ -31,23 +31,23 @@ func TestExampleParses(t *testing.T) {
 	}
 	want := &Config{
 		Path:         path,
-		MarkMask:     0x00ff0000,
+		MarkMask:     0x7f000000,
 		RulePriority: 10000, RouterTraffic: RouterBalance,
 		LANPrefix6: netip.MustParsePrefix("fd00:1::/64"),
 		Uplinks: []Uplink{
-			{Name: "dsl1", Interface: "ppp0", Weight: 2, Tier: 1, Masquerade: true, Line: 27,
+			{Name: "dsl1", Interface: "ppp0", Weight: 2, Tier: 1, Masquerade: true, Line: 29,
 				Nat6: Nat6None, Prefix6: netip.MustParsePrefix("2001:db8:d1::/56"),
 				Health: &HealthConfig{Method: "icmp", Targets: MustTargets("icmp", "198.51.100.53", "203.0.113.53", "2001:db8:53::53"), DNSName: ".",
 					Interval: DefaultHealthInterval, Timeout: DefaultHealthTimeout, DownAfter: DefaultHealthDownAfter,
 					UpAfter: DefaultHealthUpAfter, Quorum: 1, Window: DefaultHealthWindow, HoldDown: DefaultHealthHoldDown}},
-			{Name: "dsl2", Interface: "ppp1", Weight: 1, Tier: 1, Masquerade: true, Line: 42,
+			{Name: "dsl2", Interface: "ppp1", Weight: 1, Tier: 1, Masquerade: true, Line: 44,
 				Nat6: Nat6Prefix, Prefix6: netip.MustParsePrefix("2001:db8:d2:1::/64")},
 			{Name: "lte", Interface: "wwan0", Gateway4: netip.MustParseAddr("192.168.8.1"), Weight: 1, Tier: 2,
-				Table: 210, Masquerade: true, Nat6: Nat6Masquerade, Line: 49},
+				Table: 210, Masquerade: true, Nat6: Nat6Masquerade, Line: 51},
 		},
 		Policies: []Policy{
 			{Name: "p2p", Match: policy.Match{UIDs: []uint32{0}, Services: []string{"transmission-daemon.service"}},
-				Uplinks: []string{"dsl1", "dsl2"}, FallbackNone: true, Line: 65},
+				Uplinks: []string{"dsl1", "dsl2"}, FallbackNone: true, Line: 67},
 			{Name: "office-vpn", Match: policy.Match{
 				Sources:      []netip.Prefix{netip.MustParsePrefix("192.0.2.20/32")},
 				InInterfaces: []string{"lan1"},
@@ -55,7 +55,7 @@ func TestExampleParses(t *testing.T) {
 				Protocol:     policy.ProtoUDP,
 				Ports:        []policy.PortRange{{First: 1194, Last: 1194}, {First: 51820, Last: 51821}}},
 				Uplinks: []string{"dsl1"},
-				Line:    74},
+				Line:    76},
 		},
 	}
 	if !reflect.DeepEqual(cfg, want) {
@@ -78,11 +78,11 @@ func TestDefaults(t *testing.T) {
 	if cfg.Uplinks[0].Gateway4.IsValid() || cfg.Uplinks[0].Gateway6.IsValid() {
 		t.Errorf("gateway not configured but valid: %v", cfg.Uplinks[0].Gateway4)
 	}
-	if got := cfg.MarkShift(); got != 16 {
-		t.Errorf("MarkShift = %d, want 16", got)
+	if got := cfg.MarkShift(); got != 24 {
+		t.Errorf("MarkShift = %d, want 24", got)
 	}
-	if got := cfg.UplinkMark(0); got != 0x00010000 {
-		t.Errorf("UplinkMark(0) = %#x, want 0x10000", got)
+	if got := cfg.UplinkMark(0); got != 0x01000000 {
+		t.Errorf("UplinkMark(0) = %#x, want 0x1000000", got)
 	}
 }
 

@@ -1,6 +1,7 @@
 package core
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 
@@ -19,6 +20,11 @@ const (
 	// SocketMark: the socket carries a mark of its own (a health probe,
 	// `wanpin exec`, another program's SO_MARK): wanpin leaves it alone.
 	SocketMark Outcome = "socket mark"
+	// ForeignMark: the router's own packet carries mark bits outside
+	// wanpin's mask, another program's (tailscaled's bypass mark,
+	// wg-quick's 51820): its ip rules route it, and wanpin neither
+	// restores, balances nor pins it.
+	ForeignMark Outcome = "foreign mark"
 	// Inbound: a connection from the internet, pinned to the uplink it
 	// came in on.
 	Inbound Outcome = "inbound"
@@ -111,7 +117,12 @@ func (x *Explainer) explainNFT(f policy.Flow, local []netip.Addr) Explanation {
 		byMark[u.Mark] = u
 	}
 	if f.Local {
-		// chain output: a socket that chose an uplink keeps it.
+		// chain output: another program's mark is left to its rules.
+		if other := f.Mark &^ nft.Mask; other != 0 {
+			return Explanation{Outcome: ForeignMark,
+				Why: fmt.Sprintf("mark %#x has bits %#x outside wanpin's mask %#x: another program's, routed by its ip rules", f.Mark, other, nft.Mask)}
+		}
+		// A socket that chose an uplink keeps it.
 		if m := f.Mark & nft.Mask; m != 0 {
 			e := Explanation{Outcome: SocketMark, Why: "the socket's own mark"}
 			if u, ok := byMark[m]; ok {

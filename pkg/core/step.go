@@ -502,6 +502,7 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 			}
 		}
 		st, rs := Observe(u, l, s.hint(l), leases)
+		s.restartProbesAfterBlip(r, u.Name, st)
 		for _, f := range inet.Families {
 			if v, ok := s.verdict(u.Name, f); ok && !v.Healthy && st.Family(f).Up {
 				st.Of(f).Unhealthy = true
@@ -594,6 +595,35 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 		}
 	}
 	r.Effects = append(r.Effects, hooks...)
+}
+
+// restartProbesAfterBlip gives a fresh monitor to a family whose link
+// came back (carrier, address, gateway) while its probes still called it
+// healthy: the outage was shorter than they take to notice one, and the
+// rounds sent while it lasted are still in flight. Left to run out they
+// would take the family down just after it came back, and hold it down
+// for up_after rounds and hold_down (seen in CI: a 0.95 s carrier loss,
+// IPv6 down 0.18 s after the carrier returned). A family the probes
+// already called down keeps its monitor: it comes back by their rules.
+func (s *State) restartProbesAfterBlip(r *Result, uplink string, st UplinkState) {
+	prev, known := s.Uplinks[uplink]
+	if !known {
+		return
+	}
+	for _, f := range inet.Families {
+		k := Key{uplink, f}
+		spec, probed := s.Probes[k]
+		if !probed || prev.State.Family(f).Up || !st.Family(f).Up {
+			continue
+		}
+		if v, ok := s.Verdicts[k]; ok && !v.Healthy {
+			continue
+		}
+		r.add(StopProbes{Key: k}, StartProbes{Spec: spec})
+		delete(s.Verdicts, k)
+		r.log(slog.LevelInfo, "health probes restarted", "uplink", uplink, "family", f.String(),
+			"why", "the link came back before the probes noticed it was gone")
+	}
 }
 
 // execList is the plan's view of the running execs, in a stable order.

@@ -3,6 +3,7 @@ package rules
 import (
 	"bytes"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"slices"
 	"strings"
@@ -301,6 +302,26 @@ func (b *builder) build() {
 		returnRule(linkLocal6()),
 		returnRule(multicast6()),
 	)
+	// The router's own packets that another program marked (tailscaled's
+	// bypass mark 0x80000, wg-quick's 51820 by SO_MARK) belong to that
+	// program's routing: its ip rules match the mark, often exactly
+	// (`not fwmark 51820`), so adding wanpin's bits would send its
+	// tunnel's packets into the tunnel. wanpin neither restores, balances
+	// nor pins them.
+	foreign := func() frag {
+		f := maskedMark("meta mark", metaMarkLoad(), ^s.Mask)
+		f.text += " != " + hexMark(0)
+		if n := bits.LeadingZeros32(s.Mask); ^s.Mask == ^uint32(0)<<(32-n) {
+			// nft lists a comparison under a prefix mask as value/len
+			// (M = 0x000000ff: `meta mark != 0x00000000/24`).
+			f.text = fmt.Sprintf("meta mark != %s/%d", hexMark(0), n)
+		}
+		f.exprs = append(f.exprs, cmpReg(expr.CmpOpNeq, native32(0)))
+		return f
+	}
+	if s.Mask != ^uint32(0) { // a mask of every bit leaves none to others
+		out.rules = append(out.rules, returnRule(foreign()))
+	}
 	out.rules = append(out.rules,
 		b.restoreRule(),
 		returnRule(maskedMark("meta mark", metaMarkLoad(), s.Mask), frag{
@@ -375,6 +396,13 @@ func (b *builder) build() {
 	// killed the masquerade entry of a healthy connection) is dropped;
 	// TCP resends it a moment later through the right uplink. The ct
 	// mark lives in the conntrack entry and cannot miss.
+	// Such a packet leaves as its program routed it, unguarded and
+	// unpinned. (A forwarded packet that another program marks after
+	// wanpin did, Tailscale's subnet-route 0x40000 in its forward chain,
+	// carries wanpin's bits too and is pinned as usual.)
+	if s.Mask != ^uint32(0) {
+		post.rules = append(post.rules, returnRule(foreign(), maskedMark("meta mark", metaMarkLoad(), s.Mask), eqZero(s.Mask)))
+	}
 	post.rules = append(post.rules, newRule(maskedMark("ct mark", ctMarkLoad(), s.Mask), vmapFrag(mapGuard)))
 	// And on the packet's mark while the connection is new (its ct mark
 	// is saved below, from the interface it really leaves by): a health
