@@ -19,6 +19,9 @@ declare -A need=(
   # package dhcpcd would run dhcpcd on the machine's own interfaces.
   [dhclient]=isc-dhcp-client [dhcpcd]=dhcpcd-base [dnsmasq]=dnsmasq-base
   [dig]=bind9-dnsutils
+  # Neighbours simulated in the lab: Docker and kube-proxy write their
+  # rules with iptables-nft (Debian 12's default iptables).
+  [iptables]=iptables
 )
 missing=()
 for cmd in "${!need[@]}"; do
