@@ -21,6 +21,8 @@ import (
 	"github.com/wanpin/wanpin/pkg/inet"
 	"github.com/wanpin/wanpin/pkg/lease"
 	"github.com/wanpin/wanpin/pkg/metrics"
+	"github.com/wanpin/wanpin/pkg/neighbours"
+	"github.com/wanpin/wanpin/pkg/neighbours/observe"
 	"github.com/wanpin/wanpin/pkg/rules"
 	"github.com/wanpin/wanpin/pkg/tables"
 	"github.com/wanpin/wanpin/pkg/watch"
@@ -127,6 +129,7 @@ func microseconds(groups []string, a slog.Attr) slog.Attr {
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	fs, cfgPath := newFlags("check", stderr)
+	offline := fs.Bool("offline", false, "check the file only, not this router's other programs' rules")
 	if fs.Parse(args) != nil {
 		return 2
 	}
@@ -136,6 +139,42 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d uplinks, %d policies)\n", *cfgPath, len(cfg.Uplinks), len(cfg.Policies))
+	if *offline {
+		return 0
+	}
+	return checkRouter(cfg, stdout, stderr)
+}
+
+// checkRouter judges this router's other programs' rules against cfg as
+// the daemon does at start: a clash that would break traffic fails the
+// check. Without root the nftables rules cannot be read, and it says so.
+func checkRouter(cfg *config.Config, stdout, stderr io.Writer) int {
+	snap, err := observe.Read(netns.None(), rules.DefaultTable, rules.KeepTable(rules.DefaultTable))
+	if err != nil {
+		fmt.Fprintf(stderr, "this router: not checked: %v\n", err)
+		return 0
+	}
+	rep := neighbours.Analyze(snap, neighbours.Mine{Mask: cfg.MarkMask, Priority: cfg.RulePriority,
+		Block: config.RuleBlock, Uplinks: len(cfg.Uplinks), Allow: cfg.AllowConflicts})
+	for _, u := range rep.Unread {
+		fmt.Fprintf(stderr, "this router: not checked: %s\n", u)
+	}
+	if msg := rep.Error(); msg != "" {
+		fmt.Fprintf(stderr, "this router: %s\n", msg)
+	}
+	for _, f := range rep.Findings {
+		if f.Severity == neighbours.Breaking && !f.Allowed {
+			continue // in the message above
+		}
+		fmt.Fprintf(stdout, "this router: %s: %s\n", f.Level, f)
+	}
+	if len(rep.Breaking()) > 0 {
+		return 1
+	}
+	if len(rep.Findings) == 0 {
+		fmt.Fprintf(stdout, "this router: no other program's rule clashes with mark_mask %#08x and rules %d-%d (%d ip rules, %d mark rules of other programs read)\n",
+			cfg.MarkMask, cfg.RulePriority, cfg.RulePriority+config.RuleBlock-1, len(snap.Rules), len(snap.Marks))
+	}
 	return 0
 }
 

@@ -206,5 +206,15 @@ func FormatStatus(s core.Status, now time.Time) string {
 				weight, tier, pinned, rtt, loss, f.f.Reason)
 		}
 	}
+	if len(s.Conflicts) > 0 {
+		b.WriteString("\nclashes with other programs' rules:\n")
+		for _, f := range s.Conflicts {
+			level := f.Level
+			if f.Allowed {
+				level += " (allowed)"
+			}
+			fmt.Fprintf(&b, "  %s: %s\n", level, f)
+		}
+	}
 	return b.String()
 }

@@ -40,12 +40,12 @@ const (
 
 // Limits of the values, shared by validation and its messages.
 const (
-	// ruleBlock is the number of `ip rule` priorities wanpin may use,
+	// RuleBlock is the number of `ip rule` priorities wanpin may use,
 	// starting at rule_priority.
-	ruleBlock = 1000
+	RuleBlock = 1000
 	// MaxRulePriority keeps the whole block below 32766, the priority of
 	// the main table's rule, which wanpin's rules must come before.
-	MaxRulePriority = 32766 - ruleBlock - 1
+	MaxRulePriority = 32766 - RuleBlock - 1
 	MaxWeight       = 1000
 	MaxTier         = 100
 )
@@ -55,6 +55,10 @@ type Config struct {
 	Path         string
 	MarkMask     uint32 // the fwmark / ct mark bits wanpin may use; default 0x7f000000
 	RulePriority int    // first `ip rule` priority wanpin uses; default 10000
+	// AllowConflicts names programs ("tailscale") or findings ("ip rule
+	// 5210") whose clash with wanpin's marks or rules is accepted: they
+	// are warnings instead of refusing a start or reload.
+	AllowConflicts []string
 	// RouterTraffic: how the router's own new connections that no policy
 	// takes leave. Default balance.
 	RouterTraffic RouterTraffic

@@ -265,7 +265,7 @@ func describe(v any) string {
 
 // Keys of each table, in the order they are read (and documented).
 var (
-	topKeys    = []string{"mark_mask", "rule_priority", "router_traffic", "lan_prefix6", "uplink", "policy"}
+	topKeys    = []string{"mark_mask", "rule_priority", "router_traffic", "lan_prefix6", "allow_conflicts", "uplink", "policy"}
 	uplinkKeys = []string{"name", "interface", "gateway", "gateway6", "dns", "weight", "tier", "table",
 		"masquerade", "nat6", "prefix6", "health"}
 	policyKeys = []string{"name", "users", "groups", "services", "sources", "in_interfaces",
@@ -296,6 +296,17 @@ func (p *parser) config(tree map[string]any) *Config {
 				p.errorf(n, `router_traffic must be "balance" or "main", got %q`, s)
 			}
 		}
+	}
+
+	if n, ok := p.get(root, "allow_conflicts"); ok {
+		// Programs ("tailscale") or findings ("ip rule 5210") whose clash
+		// with wanpin's marks or rules the admin accepts (pkg/neighbours).
+		cfg.AllowConflicts = p.stringList(n, func(s string) error {
+			if s == "" || len(s) > 128 {
+				return fmt.Errorf("allow_conflicts entries are a program (\"tailscale\") or a finding's id (\"ip rule 5210\"), got %q", s)
+			}
+			return nil
+		})
 	}
 
 	lan6, lan6Set := p.get(root, "lan_prefix6")

@@ -45,7 +45,7 @@ func (p *parser) rulePriority(n node) (int, bool) {
 	}
 	if v < 1 || v > MaxRulePriority {
 		p.errorf(n, "rule_priority must be 1..%d, got %d: wanpin uses %d priorities from there, which must stay below 32766 (the main table's rule)",
-			MaxRulePriority, v, ruleBlock)
+			MaxRulePriority, v, RuleBlock)
 		return 0, false
 	}
 	return int(v), true

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/wanpin/wanpin/pkg/inet"
+	"github.com/wanpin/wanpin/pkg/neighbours"
 )
 
 // Status is the daemon's state as `wanpin status`, the D-Bus Status call
@@ -21,6 +22,9 @@ type Status struct {
 	// PinnedAge is how old the pinned-connection counts are (they are
 	// counted off the control loop, at a bounded rate).
 	PinnedAge Seconds `json:"pinned_age_s"`
+	// Conflicts: other programs' rules that clash with wanpin's marks or
+	// rule block, as the last check found them.
+	Conflicts []neighbours.Finding `json:"conflicts,omitempty"`
 }
 
 // UplinkReport is one uplink in a Status.
@@ -102,7 +106,7 @@ type Seconds float64
 
 // Report is the state's part of the status, uplinks in file order.
 func (s State) Report() Status {
-	st := Status{Config: s.Config.Path}
+	st := Status{Config: s.Config.Path, Conflicts: s.Conflicts}
 	for i, u := range s.Config.Uplinks {
 		ur := UplinkReport{Name: u.Name, Interface: u.Interface, State: "down", Weight: u.Weight, Tier: u.Tier,
 			Mark: Mark(s.Config.UplinkMark(i)), Loss: -1}

@@ -15,6 +15,7 @@ import (
 	"github.com/wanpin/wanpin/pkg/config"
 	"github.com/wanpin/wanpin/pkg/desired"
 	"github.com/wanpin/wanpin/pkg/inet"
+	"github.com/wanpin/wanpin/pkg/neighbours"
 	"github.com/wanpin/wanpin/pkg/policy"
 )
 
@@ -72,6 +73,9 @@ type State struct {
 	Leases      map[LeaseKey]Lease // what DHCP client hooks reported
 	Tables      Tables             // the routing tables in use (AssignTables)
 	Uplinks     map[string]UplinkStatus
+	// Conflicts: what other programs on the router do that clashes with
+	// wanpin's marks and rules, as last seen (pkg/neighbours).
+	Conflicts []neighbours.Finding
 	// Desired is the latest computed kernel state; Applied what the kernel
 	// holds as far as the machine knows (nil: unknown, apply all of it).
 	Desired desired.State
@@ -159,6 +163,8 @@ type (
 		Path, Uplink string
 		Cgroup       policy.CgroupMatch
 	}
+	// Neighbours: what the conflict check found on the router now.
+	Neighbours struct{ Findings []neighbours.Finding }
 	// ExecEnded: its processes are gone.
 	ExecEnded struct{ Path string }
 	// Drift: the kernel lacks objects that were applied (listed as ip and
@@ -182,6 +188,7 @@ type (
 
 func (Start) input()          {}
 func (Observed) input()       {}
+func (Neighbours) input()     {}
 func (HealthVerdict) input()  {}
 func (SetService) input()     {}
 func (PPPEvent) input()       {}
@@ -250,6 +257,8 @@ func Step(prev State, at time.Time, in Input) Result {
 	case Observed:
 		s.Links = in.Links
 		s.reconcile(r, at, in.Trigger)
+	case Neighbours:
+		s.noteConflicts(r, in.Findings)
 	case HealthVerdict:
 		if _, ok := s.Probes[in.Key]; !ok {
 			break // from a monitor stopped since: its verdict is void
@@ -595,6 +604,51 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 		}
 	}
 	r.Effects = append(r.Effects, hooks...)
+}
+
+// noteConflicts keeps the latest findings and logs the new ones in one
+// line when they appear (a VPN started after wanpin), and the ones gone.
+func (s *State) noteConflicts(r *Result, now []neighbours.Finding) {
+	key := func(f neighbours.Finding) string { return f.ID + "\x00" + f.Breaks }
+	had, seen := map[string]bool{}, map[string]bool{}
+	for _, f := range s.Conflicts {
+		had[key(f)] = true
+	}
+	var fresh, gone []neighbours.Finding
+	for _, f := range now {
+		seen[key(f)] = true
+		if !had[key(f)] {
+			fresh = append(fresh, f)
+		}
+	}
+	for _, f := range s.Conflicts {
+		if !seen[key(f)] {
+			gone = append(gone, f)
+		}
+	}
+	if len(fresh) > 0 {
+		level, ids, progs, details := slog.LevelWarn, []string{}, []string{}, []string{}
+		for _, f := range fresh {
+			if f.Severity == neighbours.Breaking && !f.Allowed {
+				level = slog.LevelError
+			}
+			ids = append(ids, f.ID)
+			if f.Program != "" && !slices.Contains(progs, f.Program) {
+				progs = append(progs, f.Program)
+			}
+			details = append(details, f.Level+": "+f.String())
+		}
+		r.log(level, "other programs' rules clash with wanpin's", "ids", strings.Join(ids, ", "),
+			"programs", strings.Join(progs, ", "), "findings", strings.Join(details, "; "))
+	}
+	if len(gone) > 0 {
+		var ids []string
+		for _, f := range gone {
+			ids = append(ids, f.ID)
+		}
+		r.log(slog.LevelInfo, "clash gone", "ids", strings.Join(ids, ", "))
+	}
+	s.Conflicts = slices.Clone(now)
 }
 
 // restartProbesAfterBlip gives a fresh monitor to a family whose link

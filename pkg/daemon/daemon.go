@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -24,6 +25,7 @@ import (
 	"github.com/wanpin/wanpin/pkg/health"
 	"github.com/wanpin/wanpin/pkg/inet"
 	"github.com/wanpin/wanpin/pkg/lease"
+	"github.com/wanpin/wanpin/pkg/neighbours"
 	"github.com/wanpin/wanpin/pkg/policy"
 	"github.com/wanpin/wanpin/pkg/rules"
 	"github.com/wanpin/wanpin/pkg/tables"
@@ -119,6 +121,10 @@ type Daemon struct {
 	stopped  chan struct{}
 	lock     *instanceLock // one daemon per network namespace
 	execSeq  int           // the last exec cgroup's number
+	// startConflicts: what the conflict check found at start; cfgNow the
+	// configuration the neighbours watch judges against.
+	startConflicts []neighbours.Finding
+	cfgNow         atomic.Pointer[config.Config]
 }
 
 // New loads the configuration and connects to the kernel. Nothing is
@@ -192,6 +198,22 @@ func New(opts Options) (*Daemon, error) {
 		d.close()
 		return nil, err
 	}
+	// Another program's rules that clash with wanpin's marks or rule
+	// block refuse the start, before anything is changed, unless the
+	// file allows them.
+	rep, err := checkNeighbours(cfg)
+	if len(rep.Breaking()) > 0 {
+		d.close()
+		return nil, err
+	}
+	if err != nil {
+		d.log.Warn("other programs' rules not checked", "err", err)
+	}
+	for _, u := range rep.Unread {
+		d.log.Warn("other programs' rules not checked", "what", u)
+	}
+	d.startConflicts = rep.Findings
+	d.cfgNow.Store(cfg)
 	return d, nil
 }
 
@@ -265,6 +287,9 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 		d.retry.Reset(core.RetryDelay)
 	}
 	d.step(core.Start{Links: links, Cgroups: d.resolveServices(d.state.Config), Leases: d.readLeases(), Tables: d.tables})
+	d.step(core.Neighbours{Findings: d.startConflicts})
+	conflicts := make(chan []neighbours.Finding)
+	go d.watchNeighbours(wctx, &d.cfgNow, conflicts)
 	var watchdog <-chan time.Time
 	if iv := d.notify.watchdogInterval(); iv > 0 {
 		t := time.NewTicker(iv)
@@ -290,6 +315,8 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 			_ = d.reload(l)
 		case f := <-d.requests:
 			f()
+		case found := <-conflicts:
+			d.step(core.Neighbours{Findings: found})
 		case ev := <-d.verdicts:
 			d.step(core.HealthVerdict{Key: core.Key{Uplink: ev.Uplink, Family: ev.Family},
 				Verdict: core.Verdict{Healthy: ev.Healthy, Reason: ev.Reason}})
@@ -396,7 +423,12 @@ func (d *Daemon) reload(l loaded) error {
 	if err != nil {
 		return d.step(core.ReloadRejected{Err: err})
 	}
-	return d.step(core.Reload{Config: cfg, Cgroups: d.resolveServices(cfg), Tables: tables})
+	if rep, err := checkNeighbours(cfg); len(rep.Breaking()) > 0 {
+		return d.step(core.ReloadRejected{Err: err})
+	}
+	err = d.step(core.Reload{Config: cfg, Cgroups: d.resolveServices(cfg), Tables: tables})
+	d.cfgNow.Store(d.state.Config)
+	return err
 }
 
 // resolveServices resolves the policies' services to cgroup ids (a unit
