@@ -16,7 +16,7 @@ _wanpin() {
 	esac
 	case "${COMP_WORDS[1]}" in
 	run) COMPREPLY=($(compgen -W "--config --log-level --hooks-dir --no-table-owner --metrics-listen --metrics-public" -- "$cur")) ;;
-	check) COMPREPLY=($(compgen -W "--config" -- "$cur")) ;;
+	check) COMPREPLY=($(compgen -W "--config --offline" -- "$cur")) ;;
 	plan) COMPREPLY=($(compgen -W "--config --all-up" -- "$cur")) ;;
 	status) COMPREPLY=($(compgen -W "--json" -- "$cur")) ;;
 	explain) COMPREPLY=($(compgen -W "--config --src --dst --proto --sport --dport --uid --gid --service --mark --iif --json" -- "$cur")) ;;
