@@ -208,11 +208,25 @@ func (b *builder) addChain(name string, h *baseHook) *chain {
 	return c
 }
 
+// Priorities just after the usual ones of other programs' chains: at
+// the same priority the kernel runs base chains in an order of its own,
+// and wanpin's must come last. In prerouting, wg-quick's premangle
+// (`meta mark set ct mark`) and iptables-nft's mangle PREROUTING (a
+// CONNMARK --restore-mark) otherwise wiped a new connection's uplink
+// choice: a LAN UDP flow policy-routed to uplink 2 went into wg0 instead
+// (TestNeighbourWgQuick). In postrouting's NAT, Docker's and
+// kube-proxy's MASQUERADE and an admin's SNAT bind first (their counters
+// count); wanpin masquerades what none of them translated.
+var (
+	priorityAfterMangle = nftables.ChainPriorityRef(*nftables.ChainPriorityMangle + 1)
+	priorityAfterSrcNAT = nftables.ChainPriorityRef(*nftables.ChainPriorityNATSource + 1)
+)
+
 func (b *builder) build() {
 	s := b.s
 	pre := b.addChain(chainPrerouting, &baseHook{typ: nftables.ChainTypeFilter,
 		hook: nftables.ChainHookPrerouting, hookName: "prerouting",
-		prio: nftables.ChainPriorityMangle, prioName: "mangle"})
+		prio: priorityAfterMangle, prioName: "mangle + 1"})
 	out := b.addChain(chainOutput, &baseHook{typ: nftables.ChainTypeRoute,
 		hook: nftables.ChainHookOutput, hookName: "output",
 		prio: nftables.ChainPriorityMangle, prioName: "mangle"})
@@ -221,7 +235,7 @@ func (b *builder) build() {
 		prio: nftables.ChainPriorityMangle, prioName: "mangle"})
 	nat := b.addChain(chainNAT, &baseHook{typ: nftables.ChainTypeNAT,
 		hook: nftables.ChainHookPostrouting, hookName: "postrouting",
-		prio: nftables.ChainPriorityNATSource, prioName: "srcnat"})
+		prio: priorityAfterSrcNAT, prioName: "srcnat + 1"})
 
 	restore := b.addSet(&set{name: mapRestore, key: typeMark, typeText: "mark : verdict", isMap: true, native: true})
 	inbound := b.addSet(&set{name: mapInbound, key: typeIfname, typeText: "ifname : verdict", isMap: true, native: true})
@@ -494,7 +508,7 @@ func buildKeep(s desired.NFT) *table {
 		prio: nftables.ChainPriorityRef(ahead), prioName: "mangle - 1"})
 	nat := b.addChain(chainNAT, &baseHook{typ: nftables.ChainTypeNAT,
 		hook: nftables.ChainHookPostrouting, hookName: "postrouting",
-		prio: nftables.ChainPriorityNATSource, prioName: "srcnat"})
+		prio: priorityAfterSrcNAT, prioName: "srcnat + 1"})
 	restore := b.addSet(&set{name: mapRestore, key: typeMark, typeText: "mark : verdict", isMap: true, native: true})
 	outbound := b.addSet(&set{name: mapOutbound, key: typeIfname, typeText: "ifname : verdict", isMap: true, native: true})
 	for _, u := range s.Uplinks {
