@@ -26,6 +26,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -471,10 +472,18 @@ func TestNeighbourTailscaleExitNode(t *testing.T) {
 // route in table 51820, `not fwmark 51820 table 51820`, `table main
 // suppress_prefixlength 0` (both at the kernel's default preferences:
 // just below the lowest rule there is), src_valid_mark and the table
-// wg-quick-wg0.
-func setupWgQuick(t *testing.T, l *netlab.Lab) {
+// wg-quick-wg0. It returns the sink's namespace.
+func setupWgQuick(t *testing.T, l *netlab.Lab) string {
 	t.Helper()
 	sink := nbNamespace(t, l, "wgsink")
+	wgQuickUp(t, l, sink)
+	nbWatch(t, l, "wg0")
+	return sink
+}
+
+// wgQuickUp is `wg-quick up wg0`, wg0's far end in sink.
+func wgQuickUp(t *testing.T, l *netlab.Lab, sink string) {
+	t.Helper()
 	nbVeth(t, l, "wg0", sink, "wg-sink")
 	nbIP(t, l.Router,
 		"addr add "+wgAddr+"/32 dev wg0",
@@ -485,7 +494,20 @@ func setupWgQuick(t *testing.T, l *netlab.Lab) {
 	)
 	run(t, l, l.Router, "sysctl", "-q", "-w", "net.ipv4.conf.all.src_valid_mark=1")
 	nbStdin(t, l.Router, wgQuickTable, "nft", "-f", "-")
-	nbWatch(t, l, "wg0")
+}
+
+// wgQuickDown is `wg-quick down wg0` (del_if): it deletes rules while
+// `ip rule show` lists "lookup 51820" or "from all lookup main
+// suppress_prefixlength 0", whoever's they are, then the link and its
+// table.
+func wgQuickDown(t *testing.T, l *netlab.Lab) {
+	t.Helper()
+	run(t, l, l.Router, "sh", "-c", `
+		n=0
+		while [ $n -lt 20 ] && ip -4 rule show | grep -q "lookup 51820"; do ip -4 rule delete table 51820; n=$((n+1)); done
+		while [ $n -lt 20 ] && ip -4 rule show | grep -q "from all lookup main suppress_prefixlength 0"; do ip -4 rule delete table main suppress_prefixlength 0; n=$((n+1)); done
+		ip link delete dev wg0
+		nft delete table ip wg-quick-wg0`)
 }
 
 // wgQuickTable is the table wg-quick adds (nft mode) for wg0 with
@@ -577,7 +599,7 @@ func (p pinnedUDP) check(t *testing.T, l *netlab.Lab, what string, since time.Ti
 // table are intact.
 func TestNeighbourWgQuick(t *testing.T) {
 	l := newLab(t, 2)
-	setupWgQuick(t, l)
+	sink := setupWgQuick(t, l)
 	want := wgState(t, l)
 	check := func(when string) {
 		t.Helper()
@@ -632,7 +654,8 @@ uplinks = ["isp2"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	stopFlow := sync.OnceFunc(f.Close)
+	defer stopFlow()
 	flow := pinnedUDP{f, 40031}
 	flow.check(t, l, "the pinned LAN UDP flow", started)
 	// Other traffic meanwhile: new LAN connections on both uplinks, and
@@ -660,11 +683,38 @@ uplinks = ["isp2"]
 		t.Errorf("the pinned LAN stream after the reload: %s %v", why, s.Err())
 	}
 	check("after the reload")
+	assertNoSpoofed(t, l)
+
+	// wg-quick restarted while wanpin runs: its rules now get the
+	// preferences just below wanpin's first (9999, 9998) and every
+	// packet without the exact mark 51820 goes into the tunnel, the
+	// LAN's too (wg-quick's full tunnel). The WireGuard socket's packets
+	// must still carry exactly 51820: a bit of wanpin's on them and
+	// `not fwmark 51820` would send them into wg0.
+	// `wg-quick down` also deletes wanpin's rule 10000 (it deletes every
+	// "from all lookup main suppress_prefixlength 0"): wanpin puts it
+	// back, as any rule of its another program deletes.
+	stopFlow()
+	s.Close()
+	wgQuickDown(t, l)
+	down := time.Now()
+	ok, seen, took := poll(2*time.Second, func() (bool, string) {
+		r := nbRules(t, l)
+		return strings.Contains(r, "10000:\tfrom all lookup main suppress_prefixlength 0 proto 119"), r
+	})
+	t.Logf("after wg-quick down: wanpin's rule 10000 back: %v after %v", ok, took.Round(time.Millisecond))
+	if !ok {
+		t.Errorf("wanpin's rule 10000 not back %v after wg-quick down deleted it:\n%s", time.Since(down).Round(time.Millisecond), seen)
+	}
+	wgQuickUp(t, l, sink)
+	t.Logf("ip rules after wg-quick's restart:\n%s", nbRules(t, l))
+	want = wgState(t, l)
+	check("after wg-quick's restart")
+	t.Logf("after wg-quick's restart: an unmarked router socket: %v", routerRound(t, l, 0, 5, "wg0"))
 	if t.Failed() {
 		out, _ := l.Exec(l.Router, "nft", "list", "ruleset")
 		t.Logf("the router's ruleset:\n%s", out)
 	}
-	assertNoSpoofed(t, l)
 }
 
 // setupDockerKube builds, in iptables-nft, what Docker (moby's bridge
