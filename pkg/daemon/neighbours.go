@@ -16,8 +16,10 @@ import (
 )
 
 // NeighboursInterval is how often the router is looked at for other
-// programs' rules that clash with wanpin's (a VPN started after it): a
-// dump of the ip rules and of the nftables rules, off the loop.
+// programs' rules that clash with wanpin's (a VPN started after it), off
+// the loop: a dump of the ip rules, and of the nftables rules when their
+// generation changed (observe.Reader: 0.17 ms a look when nothing did,
+// against 68 ms for a dump of 5,000 iptables rules).
 const NeighboursInterval = time.Second
 
 // mine is what a configuration makes wanpin use.
@@ -49,13 +51,14 @@ func (d *Daemon) watchNeighbours(ctx context.Context, cfg *atomic.Pointer[config
 	defer t.Stop()
 	var last []neighbours.Finding
 	first := true
+	rd := &observe.Reader{NS: netns.None(), Own: []string{rules.DefaultTable, rules.KeepTable(rules.DefaultTable)}}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		snap, err := observe.Read(netns.None(), rules.DefaultTable, rules.KeepTable(rules.DefaultTable))
+		snap, err := rd.Read()
 		if err != nil {
 			d.log.Debug("reading other programs' rules", "err", err)
 			continue

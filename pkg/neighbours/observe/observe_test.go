@@ -1,6 +1,7 @@
 package observe
 
 import (
+	"fmt"
 	"os/exec"
 	"slices"
 	"strings"
@@ -96,5 +97,67 @@ func TestReadAndAnalyzeNeighbours(t *testing.T) {
 	// Allowed by program name, the clash no longer stops wanpin.
 	if br := Analyze(s, Mine{Mask: 0x00ff0000, Priority: 10000, Uplinks: 2, Allow: []string{"tailscale"}}).Breaking(); len(br) != 0 {
 		t.Errorf("allowed, still breaking: %v", br)
+	}
+}
+
+// BenchmarkRead5000: what the once-a-second watch costs on a router with
+// a Kubernetes node's worth of iptables rules (5,000 in one chain).
+func BenchmarkRead5000(b *testing.B) {
+	ns := nstest.New(b, "wpnbb")
+	var rules strings.Builder
+	rules.WriteString("*mangle\n:KUBE-BENCH - [0:0]\n")
+	for i := range 5000 {
+		fmt.Fprintf(&rules, "-A KUBE-BENCH -s 10.%d.%d.0/24 -j MARK --or-mark 0x4000\n", i>>8, i&255)
+	}
+	rules.WriteString("COMMIT\n")
+	cmd := exec.Command("ip", "netns", "exec", ns.Name, "iptables-nft-restore")
+	cmd.Stdin = strings.NewReader(rules.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Skipf("iptables-nft-restore: %v %s", err, out)
+	}
+	for _, c := range []struct {
+		name string
+		rd   func() *Reader
+	}{
+		// A dump each time (start, reload, `wanpin check`).
+		{"dump", func() *Reader { return &Reader{NS: ns.Handle} }},
+		// The watch's Reader, nothing changed since its last dump.
+		{"unchanged", func() *Reader { rd := &Reader{NS: ns.Handle}; rd.Read(); return rd }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			rd := c.rd()
+			b.ResetTimer()
+			for range b.N {
+				if c.name == "dump" {
+					rd = c.rd()
+				}
+				s, err := rd.Read()
+				if err != nil || len(s.Marks) < 5000 {
+					b.Fatalf("%v, %d mark uses", err, len(s.Marks))
+				}
+			}
+		})
+	}
+}
+
+// The watch's Reader dumps the nftables rules again only after a change.
+func TestReaderDumpsOnChange(t *testing.T) {
+	ns := nstest.New(t, "wpnbr")
+	rd := &Reader{NS: ns.Handle}
+	for range 3 {
+		if _, err := rd.Read(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rd.Dumps != 1 {
+		t.Fatalf("%d dumps for 3 reads of an unchanged ruleset, want 1", rd.Dumps)
+	}
+	ns.Run(t, "nft", "add table ip other; add chain ip other c { type filter hook prerouting priority mangle; }; add rule ip other c meta mark set 0x1000000")
+	s, err := rd.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rd.Dumps != 2 || len(s.Marks) != 1 {
+		t.Fatalf("after a change: %d dumps, %d mark uses; want 2 and 1", rd.Dumps, len(s.Marks))
 	}
 }
