@@ -28,7 +28,10 @@ type Rule struct {
 	Mark, Mask uint32
 	Invert     bool
 	Table      int
-	Text       string // as `ip rule` prints it, for people
+	// Suppress is suppress_prefixlength (-1: none): such a rule takes
+	// only routes more specific than that, never the default route.
+	Suppress int
+	Text     string // as `ip rule` prints it, for people
 }
 
 // MarkUse is a rule of another nftables table (iptables-nft's among
@@ -52,7 +55,20 @@ type MarkUse struct {
 	Guarded  bool
 	OnlyMark uint32
 	Exact    bool // a test of the whole mark against one value
+	// The base chain's hook (NF_INET_*) and priority, when Hooked (a
+	// rule of a regular chain, jumped to, has none).
+	Hooked   bool
+	Hook     uint32
+	Priority int32
 }
+
+// Hook numbers and the priority wanpin's prerouting and output chains
+// run at (pkg/rules: mangle + 1, after the others' mangle chains).
+const (
+	hookPrerouting     = 0
+	hookOutput         = 3
+	wanpinMarkPriority = -149
+)
 
 // Snapshot is what the other programs have installed.
 type Snapshot struct {
@@ -238,7 +254,7 @@ func ruleFinding(ru Rule, m Mine, last int) (Finding, bool) {
 		return f, true
 	}
 	if !ru.HasMark {
-		if ru.Priority < m.Priority && ru.Table != 0 && ru.Table != 253 && ru.Table != 254 && ru.Table != 255 {
+		if ru.Priority < m.Priority && ru.Suppress < 0 && ru.Table != 0 && ru.Table != 253 && ru.Table != 254 && ru.Table != 255 {
 			// `lookup 52` for every packet (Tailscale's exit node):
 			// it decides before wanpin's rules do.
 			f.Severity = Warning
@@ -291,9 +307,14 @@ func markFinding(mu MarkUse, mask uint32) (Finding, bool) {
 	switch {
 	case mu.Sets && mu.FromCT && !mu.CT:
 		// The ct mark holds wanpin's pin: copied whole, the bits are the
-		// ones wanpin itself restores.
+		// ones wanpin itself restores. Before wanpin's own chain (wg-quick's
+		// premangle, iptables-nft's mangle) it is harmless; after it, a new
+		// connection's choice, not yet in the ct mark, is wiped.
+		if mu.Hooked && (mu.Hook == hookPrerouting || mu.Hook == hookOutput) && mu.Priority < wanpinMarkPriority {
+			return f, false
+		}
 		f.Severity = Warning
-		f.Breaks = "copies the whole ct mark into the packet mark: wanpin's pins survive it (they are in the ct mark too), but a new connection's uplink choice made before it runs is lost and the connection follows the main table"
+		f.Breaks = "copies the whole ct mark into the packet mark after wanpin's chain has run: wanpin's pins survive it (they are in the ct mark too), but a new connection's uplink choice, not yet saved there, is wiped and the connection follows the ip rules after wanpin's"
 		return f, true
 	case mu.Sets && mu.Whole:
 		f.Severity = Warning

@@ -210,7 +210,8 @@ func (b *builder) addChain(name string, h *baseHook) *chain {
 
 // Priorities just after the usual ones of other programs' chains: at
 // the same priority the kernel runs base chains in an order of its own,
-// and wanpin's must come last. In prerouting, wg-quick's premangle
+// and wanpin's must come last. In prerouting (and output, for the
+// router's own connections), wg-quick's premangle
 // (`meta mark set ct mark`) and iptables-nft's mangle PREROUTING (a
 // CONNMARK --restore-mark) otherwise wiped a new connection's uplink
 // choice: a LAN UDP flow policy-routed to uplink 2 went into wg0 instead
@@ -229,7 +230,7 @@ func (b *builder) build() {
 		prio: priorityAfterMangle, prioName: "mangle + 1"})
 	out := b.addChain(chainOutput, &baseHook{typ: nftables.ChainTypeRoute,
 		hook: nftables.ChainHookOutput, hookName: "output",
-		prio: nftables.ChainPriorityMangle, prioName: "mangle"})
+		prio: priorityAfterMangle, prioName: "mangle + 1"})
 	post := b.addChain(chainPostrouting, &baseHook{typ: nftables.ChainTypeFilter,
 		hook: nftables.ChainHookPostrouting, hookName: "postrouting",
 		prio: nftables.ChainPriorityMangle, prioName: "mangle"})

@@ -185,7 +185,8 @@ func fromNetlink(f inet.Family, r netlink.Rule) neighbours.Rule {
 		// no table and no goto is one of these.
 		b.WriteString(" unreachable/prohibit/blackhole")
 	}
-	if r.SuppressPrefixlen > 0 {
+	out.Suppress = r.SuppressPrefixlen
+	if r.SuppressPrefixlen >= 0 {
 		fmt.Fprintf(&b, " suppress_prefixlength %d", r.SuppressPrefixlen)
 	}
 	if r.Type == unix.RTN_UNREACHABLE || r.Type == unix.RTN_BLACKHOLE || r.Type == unix.RTN_PROHIBIT {
@@ -238,6 +239,9 @@ func readNFT(ns netns.NsHandle, own []string) ([]neighbours.MarkUse, error) {
 				for _, mu := range uses {
 					if mu.Sets && guard != nil {
 						mu.OnlyMark, mu.Guarded = *guard, true
+					}
+					if ch.Hooknum != nil && ch.Priority != nil {
+						mu.Hooked, mu.Hook, mu.Priority = true, uint32(*ch.Hooknum), int32(*ch.Priority)
 					}
 					mu.Table, mu.Chain, mu.Handle = tableName(t), ch.Name, r.Handle
 					out = append(out, mu)
