@@ -229,12 +229,11 @@ func Analyze(s Snapshot, m Mine) Report {
 	}
 	markClash, prioClash := false, false
 	for _, f := range r.Findings {
-		if f.Severity == Breaking {
-			if f.inBlock {
-				prioClash = true
-			} else {
-				markClash = true
-			}
+		switch {
+		case f.inBlock:
+			prioClash = true
+		case f.Severity == Breaking:
+			markClash = true
 		}
 	}
 	if markClash {
@@ -249,8 +248,11 @@ func Analyze(s Snapshot, m Mine) Report {
 func ruleFinding(ru Rule, m Mine, last int) (Finding, bool) {
 	f := Finding{ID: fmt.Sprintf("ip rule %d", ru.Priority), What: ru.Text, Program: ruleProgram(ru)}
 	if ru.Priority >= m.Priority && ru.Priority <= last {
-		f.Severity, f.inBlock = Breaking, true
-		f.Breaks = fmt.Sprintf("its rule sits in wanpin's block %d-%d: the order of the two programs' rules decides where packets go", m.Priority, last)
+		// Suspicious, not breaking: wanpin never touches it, and its place
+		// among wanpin's rules is fixed by its priority; but what it
+		// matches skips (or takes) wanpin's rules after it.
+		f.Severity, f.inBlock = Warning, true
+		f.Breaks = fmt.Sprintf("its rule sits in wanpin's block %d-%d, between wanpin's rules: what it matches skips wanpin's rules after it", m.Priority, last)
 		return f, true
 	}
 	if !ru.HasMark {
