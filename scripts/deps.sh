@@ -22,6 +22,8 @@ declare -A need=(
   # Neighbours simulated in the lab: Docker and kube-proxy write their
   # rules with iptables-nft (Debian 12's default iptables).
   [iptables]=iptables
+  # The datapath benchmark's small-packet generator (internal/bench).
+  [trafgen]=netsniff-ng
 )
 missing=()
 for cmd in "${!need[@]}"; do
