@@ -20,8 +20,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -84,7 +86,10 @@ const LANPrefix6 = "2001:db8:1::/64"
 
 // Options shape a lab.
 type Options struct {
-	ISPs int // default 2
+	// ISPs is the number of ISPs, default 2: at most 8 with resolvers
+	// or DHCP (their addresses follow the ISP links' in 203.0.113.0/24),
+	// else at most 16.
+	ISPs int
 
 	// DHCP lists the uplinks (1-based) whose IPv4 a DHCP client on the
 	// router configures: wan<i> gets no static IPv4 address and no IPv4
@@ -109,6 +114,7 @@ type Lab struct {
 	isps   []string
 
 	server *server
+	lock   *os.File // held while the lab lives (see Sweep)
 	mu     sync.Mutex
 	procs  []*Proc
 	closed bool
@@ -147,16 +153,25 @@ func New(opts Options) (*Lab, error) {
 	if opts.ISPs == 0 {
 		opts.ISPs = 2
 	}
-	if opts.ISPs < 1 || opts.ISPs > 8 {
-		return nil, fmt.Errorf("lab: %d ISPs, want 1..8", opts.ISPs)
+	max := 16
+	if opts.Resolvers || len(opts.DHCP) > 0 {
+		// ResolverAddr4 starts at 203.0.113.53: ISP 10's link would
+		// take it.
+		max = 8
 	}
-	b := make([]byte, 2)
-	_, _ = rand.Read(b)
-	p := "wpl" + hex.EncodeToString(b)
+	if opts.ISPs < 1 || opts.ISPs > max {
+		return nil, fmt.Errorf("lab: %d ISPs, want 1..%d", opts.ISPs, max)
+	}
 	if err := checkDHCPOptions(opts); err != nil {
 		return nil, err
 	}
-	l := &Lab{Prefix: p, Router: p + "-router", LAN: p + "-lan", Server: p + "-srv", opts: opts}
+	// The lock comes before any namespace: a lab whose namespaces exist
+	// and whose lock is free is a dead one (Sweep).
+	p, lock, err := newPrefix()
+	if err != nil {
+		return nil, err
+	}
+	l := &Lab{Prefix: p, Router: p + "-router", LAN: p + "-lan", Server: p + "-srv", opts: opts, lock: lock}
 	for i := 1; i <= opts.ISPs; i++ {
 		l.isps = append(l.isps, fmt.Sprintf("%s-isp%d", p, i))
 	}
@@ -422,29 +437,155 @@ func (l *Lab) Close() error {
 			}
 		}
 	}
+	if l.lock != nil {
+		// Removed while still held: a Sweep that opened it meanwhile
+		// finds, once it gets the lock, that the path is no longer
+		// this file, and leaves the name alone.
+		os.Remove(l.lock.Name())
+		l.lock.Close()
+	}
 	return errors.Join(errs...)
 }
 
-// Sweep deletes namespaces left by labs of crashed runs. A live lab
-// always has a process in its server namespace (iperf3), so a lab
-// namespace whose server has none is a leftover.
-func Sweep() {
-	sweepEtcNetns()
-	out, err := exec.Command("ip", "netns", "list").Output()
-	if err != nil {
-		return
+// LockDir holds a lock file per live lab, <prefix>.lock, which the
+// process that built the lab holds locked (flock) until Close: the
+// kernel drops the lock when that process dies, however it dies.
+var LockDir = "/run/wanpin-lab"
+
+func lockPath(prefix string) string { return filepath.Join(LockDir, prefix+".lock") }
+
+// newPrefix picks a lab prefix no other lab has and returns it with its
+// lock file, created and locked.
+func newPrefix() (string, *os.File, error) {
+	if err := os.MkdirAll(LockDir, 0o755); err != nil {
+		return "", nil, fmt.Errorf("lab: %w", err)
 	}
-	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || !strings.HasPrefix(f[0], "wpl") || !strings.Contains(f[0], "-") {
+	var last error
+	for try := 0; try < 100; try++ {
+		b := make([]byte, 2)
+		_, _ = rand.Read(b)
+		p := "wpl" + hex.EncodeToString(b)
+		if _, err := os.Stat("/run/netns/" + p + "-router"); err == nil {
+			continue // a lab of an older version, without lock file
+		}
+		path := lockPath(p)
+		// O_EXCL: a lock file that exists, held or not, is another
+		// lab's (or a dead one's that Sweep will take).
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+		if err != nil {
+			last = err
 			continue
 		}
-		prefix := f[0][:strings.Index(f[0], "-")]
-		pids, _ := exec.Command("ip", "netns", "pids", prefix+"-srv").Output()
-		if len(strings.TrimSpace(string(pids))) == 0 {
-			_ = exec.Command("ip", "netns", "del", f[0]).Run()
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil || !samePath(f, path) {
+			// A Sweep took the fresh file for a dead lab's between
+			// its creation and the flock (and may have removed it).
+			f.Close()
+			last = fmt.Errorf("lock of %s taken by a sweep", p)
+			continue
+		}
+		fmt.Fprintf(f, "%d\n", os.Getpid())
+		return p, f, nil
+	}
+	return "", nil, fmt.Errorf("lab: no free lab prefix: %v", last)
+}
+
+// samePath reports whether path still names the open file f.
+func samePath(f *os.File, path string) bool {
+	a, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	b, err := os.Stat(path)
+	return err == nil && os.SameFile(a, b)
+}
+
+// labState is what Sweep knows of a lab prefix.
+type labState int
+
+const (
+	labLive     labState = iota // its lock is held
+	labDead                     // its lock was free: now Sweep's
+	labLockless                 // no lock file
+)
+
+// probeLab tries to take prefix's lock. On labDead the returned file
+// holds the lock; the caller removes the lock file and closes it.
+func probeLab(prefix string) (labState, *os.File) {
+	path := lockPath(prefix)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return labLockless, nil
+		}
+		return labLive, nil // unreadable: leave it alone
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return labLive, nil
+	}
+	if !samePath(f, path) {
+		// Closed (or swept) meanwhile; a new lab may have the name.
+		f.Close()
+		return labLive, nil
+	}
+	return labDead, f
+}
+
+// Sweep deletes namespaces left by labs of crashed runs: those whose lock
+// file (in LockDir) no process holds. A live lab's lock is held by the
+// process that built it, so Sweep never deletes a lab another run is
+// using, even one whose server namespace has no process yet. Namespaces
+// without a lock file are from labs built before the locks: for those
+// the old rule stays, a lab whose server namespace has no process is a
+// leftover.
+func Sweep() {
+	prefixes := map[string][]string{} // prefix -> its namespaces
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err == nil {
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 0 || !strings.HasPrefix(f[0], "wpl") || !strings.Contains(f[0], "-") {
+				continue
+			}
+			p := f[0][:strings.Index(f[0], "-")]
+			prefixes[p] = append(prefixes[p], f[0])
 		}
 	}
+	// Lock files of labs that died before making any namespace.
+	if ents, err := os.ReadDir(LockDir); err == nil {
+		for _, e := range ents {
+			if p, ok := strings.CutSuffix(e.Name(), ".lock"); ok && strings.HasPrefix(p, "wpl") {
+				if _, seen := prefixes[p]; !seen {
+					prefixes[p] = nil
+				}
+			}
+		}
+	}
+	for p, names := range prefixes {
+		state, lock := probeLab(p)
+		switch state {
+		case labLive:
+			continue
+		case labLockless:
+			pids, _ := exec.Command("ip", "netns", "pids", p+"-srv").Output()
+			if len(strings.TrimSpace(string(pids))) != 0 {
+				continue
+			}
+			if _, err := os.Stat(lockPath(p)); err == nil {
+				continue // a lab took the name meanwhile
+			}
+		}
+		for _, ns := range names {
+			_ = exec.Command("ip", "netns", "del", ns).Run()
+		}
+		if lock != nil {
+			os.Remove(lock.Name())
+			lock.Close()
+		}
+	}
+	// After the namespaces: it removes the files of labs whose router
+	// namespace is gone.
+	sweepEtcNetns()
 }
 
 // custIPv6 is ISP i's IPv6 on the customer link: its global and

@@ -135,7 +135,7 @@ const (
 	chainNATIn       = "nat_in"
 )
 
-func markChain(u desired.Uplink) string  { return "mark_" + u.Name }
+func markChain(u desired.Uplink) string { return "mark_" + u.Name }
 
 // CountInChain and CountOutChain are the per-uplink chains whose counter
 // says how much traffic came in and went out through the uplink.
