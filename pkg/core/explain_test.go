@@ -34,6 +34,8 @@ func TestExplainPolicies(t *testing.T) {
 		{"users are for the router's own traffic", policy.Flow{Dst: a("203.0.113.10")}, "", Balanced},
 		{"from the internet", policy.Flow{Dst: a("198.51.100.2"), InIface: "wan2"}, "", Inbound},
 		{"a socket mark wins", policy.Flow{Local: true, Dst: a("203.0.113.10"), UID: 1001, Mark: 0x30000}, "", SocketMark},
+		// wg-quick's 51820: outside wanpin's mask, another program's.
+		{"another program's mark", policy.Flow{Local: true, Dst: a("203.0.113.10"), UID: 1001, Mark: 0xca6c}, "", ForeignMark},
 	}
 	for _, c := range cases {
 		e := Explain(nft, c.f, nil)
