@@ -1,7 +1,9 @@
 // Command bench measures wanpin in the lab and prints one table of
 // figures, each ratio measured side by side in one run (configurations
 // interleaved, medians compared), because the machines are shared and
-// noisy. Run as root: go run ./internal/bench [-wanpin PATH] [-reps N]
+// noisy. Run as root: go run ./internal/bench [-wanpin PATH] [-reps N];
+// go run ./internal/bench -only datapath [-cycles N] [-window D] for the
+// per-packet and per-connection figures (datapath.go).
 package main
 
 import (
@@ -26,7 +28,9 @@ func main() {
 	reps := flag.Int("reps", 5, "iperf3 runs per configuration")
 	secs := flag.Int("seconds", 3, "length of one iperf3 run")
 	verbose = flag.Bool("v", false, "print details (the daemon's memory by kind)")
-	only := flag.String("only", "", `run one part alone: "throughput" (the forwarding ratios), "resources" (memory and idle CPU) or "apply" (the Go benchmarks of applies and flushes)`)
+	only := flag.String("only", "", `run one part alone: "throughput" (the forwarding ratios), "resources" (memory and idle CPU), "apply" (the Go benchmarks of applies and flushes) or "datapath" (64-byte packets, new flows and connections per second; see -cycles and -window)`)
+	cycles := flag.Int("cycles", 10, "datapath: cycles, each measuring every configuration once")
+	window := flag.Duration("window", 2*time.Second, "datapath: how long each figure is counted, per configuration and cycle")
 	flag.Parse()
 	var err error
 	switch *only {
@@ -39,8 +43,10 @@ func main() {
 	case "apply":
 		fmt.Printf("%-44s %14s %10s %s\n", "figure", "value", "target", "")
 		err = runApply()
+	case "datapath":
+		err = runDatapath(*bin, *cycles, *window)
 	default:
-		err = fmt.Errorf("-only %q: want \"throughput\", \"resources\" or \"apply\"", *only)
+		err = fmt.Errorf("-only %q: want \"throughput\", \"resources\", \"apply\" or \"datapath\"", *only)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -145,7 +151,8 @@ func run(bin string, reps, secs int, throughputOnly bool) error {
 		fmt.Printf("%-44s %14s %10s %s\n", name, value, target, verdict)
 	}
 	for i, c := range configs {
-		fmt.Printf("%-44s %11.2f Gb/s %10s (median of %d: %s)\n", "throughput: "+c.name, med[i]/1e9, "", reps, gbps(results[i]))
+		lo, hi := minMax(results[i])
+		fmt.Printf("%-44s %11.2f Gb/s %10s (min..max %.2f..%.2f; median of %d: %s)\n", "throughput: "+c.name, med[i]/1e9, "", lo/1e9, hi/1e9, reps, gbps(results[i]))
 	}
 	r1 := med[1] / med[0]
 	row("ratio: wanpin / no rules", fmt.Sprintf("%.3f", r1), ">= 0.95", r1 >= 0.95)
@@ -643,6 +650,12 @@ func median(xs []float64) float64 {
 		return s[n/2]
 	}
 	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func minMax(xs []float64) (lo, hi float64) {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[0], s[len(s)-1]
 }
 
 func gbps(xs []float64) string {
