@@ -165,6 +165,11 @@ func TestRouterOwnTrafficFailsOver(t *testing.T) {
 				t.Fatal(err)
 			}
 			d.waitFor(`uplink up" uplink=isp1`, 2, 10*time.Second)
+			// The uplink is up while either family is; the routes below
+			// are IPv4's. After an outage the probes noticed, each family
+			// comes back after its own hold-down (a loaded CI machine once
+			// checked between the two).
+			d.waitFor(`uplink IPv4 up" uplink=isp1`, 1, 10*time.Second)
 			if got := routerCurls(t, l, false, 20); got[-1] > 0 || got[0] > 0 {
 				t.Errorf("after isp1 came back: %v", got)
 			}
