@@ -15,8 +15,8 @@ package main
 // within a cycle and the median of those per-cycle ratios is reported.
 //
 // WANPIN_BENCH_PERF=DIR records a profile of the machine (perf record -a
-// -g) over each trafgen counting window into DIR, to see where the CPU
-// goes; the figures of such a run are lower.
+// -g) over each established-flows counting window into DIR, to see where
+// the CPU goes; the figures of such a run are lower.
 
 import (
 	"bufio"
@@ -583,10 +583,12 @@ func (d *datapath) trafgen(name, cfg string, length time.Duration) (uint64, floa
 		return 0, 0, err
 	}
 	cpu0 := cpuTimes()
-	if d.perfDir != "" {
+	if d.perfDir != "" && name == "established" {
 		// A profile of every CPU over the window (it costs some of
-		// the rate): perf report -i DIR/<configuration>-<figure>.data
-		out := filepath.Join(d.perfDir, strings.ReplaceAll(d.current, " ", "")+"-"+name+".data")
+		// the rate): perf report -i DIR/<configuration>-established.data.
+		// Only there: perf takes seconds to start and stop, longer
+		// than the pieces of the new flows.
+		out := filepath.Join(d.perfDir, strings.ReplaceAll(d.current, " ", "")+"-established.data")
 		if b, err := exec.Command("perf", "record", "-q", "-B", "-e", "cpu-clock", "-F", "999", "-a", "-g", "-o", out, "--",
 			"sleep", fmt.Sprint(length.Seconds())).CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "  perf record: %v: %s\n", err, b)
@@ -633,6 +635,11 @@ func (d *datapath) established() (float64, error) {
 		cfg.WriteString(d.frame(fmt.Sprint(p), fmt.Sprint(netlab.PortUDP)))
 	}
 	n, secs, err := d.trafgen("established", cfg.String(), d.window)
+	if err == nil && d.verbose {
+		out, _ := d.l.Exec(d.l.Router, "conntrack", "-L", "-p", "udp", "--dport", fmt.Sprint(netlab.PortUDP))
+		fmt.Fprintf(os.Stderr, "  established flows: %d conntrack entries, %d of them unreplied\n",
+			strings.Count(out, "src="+netlab.LANHost4), strings.Count(out, "[UNREPLIED]"))
+	}
 	return float64(n) / secs, err
 }
 
