@@ -146,7 +146,7 @@ ip link set up0 up
 ip addr add 198.51.100.1/29 dev up0
 ip addr add 203.0.113.1/32 dev lo
 ip -6 addr add 2001:db8:1::1/64 dev up0 nodad
-ip -6 addr add 2001:db8:2::1/128 dev lo
+ip -6 addr add 2001:db8:2::1/128 dev lo nodad
 `)
 	l.serve(t)
 	return l
