@@ -442,8 +442,8 @@ func TestNeighbourTailscaleExitNode(t *testing.T) {
 
 	counts, err := l.CurlMany(40)
 	t.Logf("40 LAN connections: %v", counts)
-	if err != nil || counts[1] < 10 || counts[2] < 10 || counts[1]+counts[2] != 40 {
-		t.Errorf("40 LAN connections with Tailscale's rules: %v %v, want each ISP ≥ 10", counts, err)
+	if err != nil || counts[1] < 6 || counts[2] < 6 || counts[1]+counts[2] != 40 {
+		t.Errorf("40 LAN connections with Tailscale's rules: %v %v, want each ISP ≥ 6 (1:1 at random)", counts, err)
 	}
 
 	if err := l.SetCarrier(1, false); err != nil {
@@ -900,11 +900,13 @@ func TestNeighbourDockerKube(t *testing.T) {
 	d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1))
 	logClashes(t, d)
 	container, cluster, _ := round("with wanpin", 40)
-	if container[1] < 10 || container[2] < 10 {
-		t.Errorf("the container's 40 connections: %v, want each ISP ≥ 10", container)
+	// Balanced at random, 1:1: each ISP at least 6 of 40 fails by chance
+	// once in 700,000 checks; at least 10 failed once in 1,500 (CI: 31/9).
+	if container[1] < 6 || container[2] < 6 {
+		t.Errorf("the container's 40 connections: %v, want each ISP ≥ 6", container)
 	}
-	if cluster[1] < 10 || cluster[2] < 10 {
-		t.Errorf("the LAN's 40 connections to the ClusterIP: %v, want each ISP ≥ 10", cluster)
+	if cluster[1] < 6 || cluster[2] < 6 {
+		t.Errorf("the LAN's 40 connections to the ClusterIP: %v, want each ISP ≥ 6", cluster)
 	}
 	var pub map[int]int
 	pd := iptDeltas(t, l, []iptRule{dockerDNAT, dockerPublish}, func() { pub = published(t, l, 5) })
