@@ -6,14 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/wanpin/wanpin/internal/netlab"
 )
@@ -141,27 +138,12 @@ func TestHookOutputLeavesDaemonSmall(t *testing.T) {
 // switched there and back (a socket keeps the namespace it was made in).
 func hooksListenIn(t *testing.T, ns, addr string) net.Listener {
 	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
+	var ln net.Listener
+	if err := netlab.InNetNS(ns, func() (err error) {
+		ln, err = net.Listen("tcp4", addr)
+		return err
+	}); err != nil {
 		t.Fatal(err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		t.Fatal(err)
-	}
-	ln, lerr := net.Listen("tcp4", addr)
-	if err := netns.Set(orig); err != nil {
-		runtime.Goexit() // the thread is unusable: never give it back
-	}
-	if lerr != nil {
-		t.Fatal(lerr)
 	}
 	t.Cleanup(func() { ln.Close() })
 	return ln

@@ -23,7 +23,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,7 +30,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"github.com/wanpin/wanpin/internal/netlab"
 )
 
@@ -102,21 +100,6 @@ func nbVeth(t *testing.T, l *netlab.Lab, dev, peer, peerDev string) {
 // kernel socket are.
 func udpSocketIn(t *testing.T, ns string, mark int) net.PacketConn {
 	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		t.Fatal(err)
-	}
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		if mark == 0 {
 			return nil
@@ -129,12 +112,12 @@ func udpSocketIn(t *testing.T, ns string, mark int) net.PacketConn {
 		}
 		return serr
 	}}
-	pc, lerr := lc.ListenPacket(context.Background(), "udp4", "0.0.0.0:0")
-	if err := netns.Set(orig); err != nil {
-		runtime.Goexit() // the thread is unusable: never give it back
-	}
-	if lerr != nil {
-		t.Fatal(lerr)
+	var pc net.PacketConn
+	if err := netlab.InNetNS(ns, func() (err error) {
+		pc, err = lc.ListenPacket(context.Background(), "udp4", "0.0.0.0:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() { pc.Close() })
 	return pc

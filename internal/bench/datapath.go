@@ -30,15 +30,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/wanpin/wanpin/internal/netlab"
 )
@@ -427,7 +424,7 @@ func (d *datapath) start() error {
 	}
 	// /proc/thread-self/net/dev opened in the server's namespace keeps
 	// reading that namespace's counters from any thread.
-	err = inNS(l.Server, func() error {
+	err = netlab.InNetNS(l.Server, func() error {
 		var err error
 		if d.srvDev, err = os.Open("/proc/thread-self/net/dev"); err != nil {
 			return err
@@ -653,7 +650,7 @@ func (d *datapath) warmFlows() error {
 			c.Close()
 		}
 	}()
-	err := inNS(d.l.LAN, func() error {
+	err := netlab.InNetNS(d.l.LAN, func() error {
 		for _, p := range flowPorts {
 			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(netlab.LANHost4), Port: p})
 			if err != nil {
@@ -863,37 +860,6 @@ func connClient(spec string) int {
 	}
 	json.NewEncoder(os.Stdout).Encode(r)
 	return 0
-}
-
-// setNS switches the calling thread (locked) into the lab namespace ns.
-func setNS(ns string) error {
-	h, err := netns.GetFromName(ns)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	return netns.Set(h)
-}
-
-// inNS runs f on a thread switched into ns and back; sockets and files f
-// opens stay in ns.
-func inNS(ns string, f func() error) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer orig.Close()
-	if err := setNS(ns); err != nil {
-		return err
-	}
-	ferr := f()
-	if err := netns.Set(orig); err != nil {
-		// The thread is unusable; do not give it back to the runtime.
-		runtime.Goexit()
-	}
-	return ferr
 }
 
 // cpuTimes reads /proc/stat's per-CPU lines: user, nice, system, idle,

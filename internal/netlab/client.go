@@ -105,7 +105,7 @@ func (l *Lab) OpenStreamFrom(src, dst string) (*Stream, error) {
 	}
 	var conn net.Conn
 	before := l.Seen()
-	err := inNetNS(l.LAN, func() error {
+	err := InNetNS(l.LAN, func() error {
 		var err error
 		d := net.Dialer{Timeout: 5 * time.Second}
 		if src != "" {
@@ -202,7 +202,7 @@ func (l *Lab) StartUDPFlow(srcPort int, dst string, interval time.Duration) (*UD
 // StartUDPFlowFrom starts a flow from src:srcPort on the LAN host to dst.
 func (l *Lab) StartUDPFlowFrom(src string, srcPort int, dst string, interval time.Duration) (*UDPFlow, error) {
 	var conn net.PacketConn
-	err := inNetNS(l.LAN, func() error {
+	err := InNetNS(l.LAN, func() error {
 		var err error
 		conn, err = net.ListenPacket("udp", net.JoinHostPort(src, fmt.Sprint(srcPort)))
 		return err

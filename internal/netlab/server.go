@@ -23,9 +23,10 @@ type server struct {
 	wg        sync.WaitGroup
 }
 
-// inNetNS runs f on a thread switched into ns. The thread is switched
-// back before it is released, so no other goroutine ever runs in ns.
-func inNetNS(ns string, f func() error) error {
+// InNetNS runs f on a thread switched into the namespace ns (sockets
+// f opens stay there). The thread is switched back before it is
+// released, so no other goroutine ever runs in ns.
+func InNetNS(ns string, f func() error) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -51,7 +52,7 @@ func inNetNS(ns string, f func() error) error {
 
 func startServer(l *Lab) (*server, error) {
 	s := &server{seen: map[string]int{}}
-	err := inNetNS(l.Server, func() error {
+	err := InNetNS(l.Server, func() error {
 		for _, addr := range []string{"0.0.0.0", "::"} {
 			network := "tcp4"
 			if addr == "::" {
