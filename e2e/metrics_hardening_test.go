@@ -442,8 +442,12 @@ func TestStatusCheapWithBigConntrack(t *testing.T) {
 	t.Logf("%d unprivileged D-Bus Status calls (%d answered in %v): daemon CPU %v over %v (%v a call); peak resident %.1f MB",
 		direct, h.get("answered"), time.Duration(h.get("took_us"))*time.Microsecond, busCPU, busWall.Round(time.Millisecond),
 		busCPU/direct, hwm2)
-	if busCPU >= 2*time.Second {
-		t.Errorf("%d unprivileged D-Bus Status calls cost the daemon %v of CPU, want < 2s", direct, busCPU)
+	// The bound is 100 calls under 2 s (20 ms a call); 2 ms a
+	// call keeps ten times under it and above a loaded machine's 0.7 ms
+	// (CI once measured 2.02 s for 3,000 against a 2 s bound; 0.2 ms a
+	// call when idle).
+	if limit := time.Duration(direct) * 2 * time.Millisecond; busCPU >= limit {
+		t.Errorf("%d unprivileged D-Bus Status calls cost the daemon %v of CPU, want < %v", direct, busCPU, limit)
 	}
 
 	// Four callers at once, for rounds of every uplink and family.
