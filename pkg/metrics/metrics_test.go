@@ -312,8 +312,11 @@ func TestTimeouts(t *testing.T) {
 	case took := <-closed:
 		// Logged, not asserted to the millisecond: that it ends at all is the point.
 		t.Logf("slow header closed after %v (header timeout %v)", took.Round(time.Millisecond), lim.ReadHeaderTimeout)
-		if took < lim.ReadHeaderTimeout {
-			t.Errorf("slow header closed after %v, before the header timeout %v", took, lim.ReadHeaderTimeout)
+		// The server's clock starts at accept, before this side's: a
+		// close a little early (297.8 of 300 ms seen in CI) is that skew,
+		// one well before it would be no header timeout at all.
+		if took < lim.ReadHeaderTimeout*9/10 {
+			t.Errorf("slow header closed after %v, well before the header timeout %v", took, lim.ReadHeaderTimeout)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("a header that never ends kept its connection")
