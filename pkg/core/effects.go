@@ -29,6 +29,15 @@ type Log struct {
 // SetSysctl writes one sysctl (Key is the path under /proc/sys).
 type SetSysctl struct{ Key, Value string }
 
+// LoosenRPFilter makes an uplink's reverse-path filter loose (2) where
+// it is strict (1) in effect, the maximum of "all" and the interface's:
+// replies arrive on the uplink their connection is pinned to, which is
+// often not the one the main table would route back through. Off (0)
+// and loose stay as they are: raising 0 to 2 would cost every packet
+// arriving from the uplink a reverse FIB lookup through the whole rule
+// list.
+type LoosenRPFilter struct{ Interface string }
+
 // ApplyNFT replaces wanpin's nftables table.
 type ApplyNFT struct{ NFT desired.NFT }
 
@@ -77,18 +86,19 @@ type RetryAfter struct{ After time.Duration }
 // Teardown removes everything wanpin installed (SIGTERM).
 type Teardown struct{}
 
-func (Log) effect()          {}
-func (SetSysctl) effect()    {}
-func (ApplyNFT) effect()     {}
-func (ApplyRouting) effect() {}
-func (FlushMark) effect()    {}
-func (FlushAddr) effect()    {}
-func (RunHooks) effect()     {}
-func (Notify) effect()       {}
-func (StartProbes) effect()  {}
-func (StopProbes) effect()   {}
-func (RetryAfter) effect()   {}
-func (Teardown) effect()     {}
+func (Log) effect()            {}
+func (SetSysctl) effect()      {}
+func (LoosenRPFilter) effect() {}
+func (ApplyNFT) effect()       {}
+func (ApplyRouting) effect()   {}
+func (FlushMark) effect()      {}
+func (FlushAddr) effect()      {}
+func (RunHooks) effect()       {}
+func (Notify) effect()         {}
+func (StartProbes) effect()    {}
+func (StopProbes) effect()     {}
+func (RetryAfter) effect()     {}
+func (Teardown) effect()       {}
 
 func (e Log) String() string {
 	var b strings.Builder
@@ -99,6 +109,9 @@ func (e Log) String() string {
 	return b.String()
 }
 func (e SetSysctl) String() string { return fmt.Sprintf("sysctl %s=%s", e.Key, e.Value) }
+func (e LoosenRPFilter) String() string {
+	return fmt.Sprintf("loosen rp_filter of %s (to 2 where it is 1)", e.Interface)
+}
 
 // String shows what the table chooses, not the whole table: the step
 // tests pin decisions; the table's text is pinned by pkg/rules' goldens.

@@ -528,13 +528,8 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 		reason := oneReason(rs, st)
 		states[u.Name] = st
 		if l.Exists && s.Tuned[l.Name] != l.Index {
-			// Loose reverse-path filtering: replies arrive on the uplink
-			// their connection is pinned to, which is often not the one the
-			// main table would route back through. The effective value is
-			// the maximum of "all" and the interface's, so 2 here is loose
-			// whatever "all" says. Set again when the interface is
-			// re-created (new ifindex).
-			r.add(SetSysctl{Key: "net/ipv4/conf/" + l.Name + "/rp_filter", Value: "2"})
+			// Set again when the interface is re-created (new ifindex).
+			r.add(LoosenRPFilter{Interface: l.Name})
 			s.Tuned[l.Name] = l.Index
 		}
 		old, known := s.Uplinks[u.Name]

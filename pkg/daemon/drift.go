@@ -82,10 +82,12 @@ func (d *Daemon) checkDrift(scope driftScope, heard time.Time) {
 // sysctl.d file, an admin) changed back.
 func (d *Daemon) sysctlDrift() []string {
 	want := core.GlobalSysctls()
-	for iface := range d.state.Tuned {
-		want = append(want, core.SetSysctl{Key: "net/ipv4/conf/" + iface + "/rp_filter", Value: "2"})
-	}
 	var out []string
+	for iface := range d.state.Tuned {
+		if _, eff, err := d.rpFilter(iface); err == nil && eff == "1" {
+			out = append(out, fmt.Sprintf("sysctl net.ipv4.conf.%s.rp_filter is strict (1) in effect, want loose", iface))
+		}
+	}
 	for _, sc := range want {
 		cur, err := os.ReadFile(filepath.Join(d.opts.ProcSys, sc.Key))
 		if err != nil {
