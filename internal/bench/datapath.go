@@ -321,10 +321,11 @@ func (d *datapath) routerState() string {
 }
 
 // reset puts the router back as the lab built it after cfg's teardown.
-// wanpin leaves its uplinks' rp_filter at 2 (loose) when it stops;
-// without this, every configuration measured after the first wanpin one
-// would pay the reverse-path lookup on the replies it receives and the
-// ones before it would not. The rest is checked, not repaired.
+// The lab's uplinks have rp_filter 0, which wanpin leaves alone (it
+// only loosens a strict filter); setting it again costs nothing and
+// keeps every configuration measured under the same reverse-path
+// setting whatever a configuration did. The rest is checked, not
+// repaired.
 func (d *datapath) reset(cfg dpConfig) {
 	var sets []string
 	for i := 1; i <= d.l.ISPs(); i++ {
@@ -881,6 +882,19 @@ func cpuTimes() [][]uint64 {
 		out = append(out, v)
 	}
 	return out
+}
+
+// busyNanos is the CPU time the machine spent working between two
+// cpuTimes, on all CPUs: user, nice, system, irq and softirq, without
+// idle, iowait and steal (the time the hypervisor gave another guest).
+func busyNanos(a, b [][]uint64) float64 {
+	var ticks uint64
+	for c := range min(len(a), len(b)) {
+		for _, k := range []int{0, 1, 2, 5, 6} {
+			ticks += b[c][k] - a[c][k]
+		}
+	}
+	return float64(ticks) * 1e9 / 100 // USER_HZ
 }
 
 // cpuShares says where each CPU's time went between two cpuTimes.

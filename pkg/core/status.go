@@ -74,8 +74,9 @@ type FamilyReport struct {
 	Loss      float64      `json:"loss"`          // 0..1; -1: not probed
 }
 
-// Traffic is what went through an uplink's interface, from nftables
-// counters, kept across table replacements.
+// Traffic is what went through an uplink's interface since the daemon
+// started, from the interface's own counters (link-layer headers
+// included), kept across the interface's re-creation.
 type Traffic struct {
 	InBytes    uint64 `json:"in_bytes"`
 	InPackets  uint64 `json:"in_packets"`

@@ -71,7 +71,6 @@ type NFTables interface {
 	Remove() error
 	Missing() ([]string, error)
 	WatchDeletions(ctx context.Context, log *slog.Logger) <-chan time.Time
-	Counters() (map[string]rules.UplinkTraffic, error)
 	LastCommit() time.Duration
 	Close() error
 }
@@ -105,12 +104,11 @@ type Daemon struct {
 	retry    *time.Timer
 	runCtx   context.Context
 
-	// Figures only the executor sees. Traffic counters live in the
-	// nftables table, which every apply replaces: what they held is added
-	// to saved first.
+	// Figures only the executor sees.
 	flushed     map[string]uint64
-	saved       map[string]core.Traffic
-	traffic     map[string]core.Traffic // saved + the table's counters, refreshed on the loop
+	loosened    map[string]string // interface -> the rp_filter it had before wanpin loosened it
+	meter       trafficMeter
+	traffic     map[string]core.Traffic // by uplink, from its interface's counters, refreshed on the loop
 	applies     uint64
 	applyErrors uint64
 
@@ -154,7 +152,7 @@ func New(opts Options) (*Daemon, error) {
 		requests: make(chan func()), stopped: make(chan struct{}),
 		hooks: newHookRunner(opts.HooksDir, opts.Log), notify: newNotifier(),
 		monitors: map[core.Key]*health.Monitor{}, verdicts: make(chan health.Event, 64),
-		flushed: map[string]uint64{}, saved: map[string]core.Traffic{}, traffic: map[string]core.Traffic{}}
+		flushed: map[string]uint64{}, loosened: map[string]string{}, traffic: map[string]core.Traffic{}}
 	// The daemon manages the network namespace it runs in (the lab starts
 	// it inside the router's namespace).
 	var nftOpts []rules.Option
@@ -278,6 +276,7 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 	// pace: a scrape never reads the kernel.
 	counters := time.NewTicker(time.Second)
 	defer counters.Stop()
+	d.refreshTraffic() // the base: what the interfaces counted before the start is not wanpin's
 	d.retry = time.NewTimer(time.Hour)
 	d.retry.Stop()
 

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/wanpin/wanpin/pkg/core"
 	"github.com/wanpin/wanpin/pkg/health"
+	"github.com/wanpin/wanpin/pkg/watch"
 )
 
 // execute carries out effects in the order the machine gave them. When
@@ -23,6 +25,8 @@ func (d *Daemon) execute(effects []core.Effect) error {
 			d.log.Log(context.Background(), e.Level, e.Msg, e.Attrs...)
 		case core.SetSysctl:
 			d.sysctl(e.Key, e.Value)
+		case core.LoosenRPFilter:
+			d.loosenRPFilter(e.Interface)
 		case core.ApplyRouting:
 			applied = true
 			if applyErr != nil {
@@ -42,7 +46,6 @@ func (d *Daemon) execute(effects []core.Effect) error {
 			if applyErr != nil {
 				continue
 			}
-			d.saveTraffic()
 			if err := d.nft.Apply(e.NFT); err != nil {
 				applyErr = fmt.Errorf("applying nftables: %w", err)
 				continue
@@ -149,9 +152,56 @@ func (d *Daemon) teardown() {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("removing rules and routes: %w", err))
 	}
+	d.restoreRPFilters()
 	d.log.Info("stopped, state removed", "rules_deleted", res.RulesDeleted, "routes_deleted", res.RoutesDeleted)
 	if len(errs) > 0 {
 		d.teardownErr = fmt.Errorf("%v", errs)
+	}
+}
+
+// rpFilter reads the reverse-path filter of iface and "all": the kernel
+// applies the larger.
+func (d *Daemon) rpFilter(iface string) (own, effective string, err error) {
+	read := func(name string) (string, error) {
+		b, err := os.ReadFile(filepath.Join(d.opts.ProcSys, "net/ipv4/conf", name, "rp_filter"))
+		return strings.TrimSpace(string(b)), err
+	}
+	all, err := read("all")
+	if err != nil {
+		return "", "", err
+	}
+	if own, err = read(iface); err != nil {
+		return "", "", err
+	}
+	return own, max(all, own), nil // "0" < "1" < "2"
+}
+
+// loosenRPFilter makes iface's reverse-path filter loose where it is
+// strict in effect (see core.LoosenRPFilter), and remembers the value to
+// put back at stop.
+func (d *Daemon) loosenRPFilter(iface string) {
+	own, eff, err := d.rpFilter(iface)
+	if err != nil {
+		d.log.Warn("reading rp_filter", "interface", iface, "err", err)
+		return
+	}
+	if eff != "1" {
+		return
+	}
+	if d.sysctl("net/ipv4/conf/"+iface+"/rp_filter", "2") {
+		if _, kept := d.loosened[iface]; !kept {
+			d.loosened[iface] = own
+		}
+	}
+}
+
+// restoreRPFilters puts back the reverse-path filters wanpin loosened,
+// where they are still as it left them.
+func (d *Daemon) restoreRPFilters() {
+	for iface, was := range d.loosened {
+		if own, _, err := d.rpFilter(iface); err == nil && own == "2" && was != "2" {
+			d.sysctl("net/ipv4/conf/"+iface+"/rp_filter", was)
+		}
 	}
 }
 
@@ -177,29 +227,26 @@ func trimNL(b []byte) []byte {
 	return b
 }
 
-// saveTraffic adds what the table's counters hold to the running totals,
-// before an apply replaces the table (and zeroes them).
-func (d *Daemon) saveTraffic() {
-	cur, err := d.nft.Counters()
-	if err != nil {
-		d.log.Warn("reading traffic counters", "err", err)
-		return
-	}
-	for name, t := range cur {
-		d.saved[name] = d.saved[name].Add(trafficOf(t))
-	}
-}
-
-// refreshTraffic reads the counters for status and metrics, on the loop's
-// own cadence (never per request).
+// refreshTraffic reads the uplinks' interface counters for status and
+// metrics, on the loop's own cadence (never per request).
 func (d *Daemon) refreshTraffic() {
-	cur, err := d.nft.Counters()
+	if d.obs == nil {
+		return
+	}
+	byIface := map[string]string{}
+	var names []string
+	for _, u := range d.state.Config.Uplinks {
+		byIface[u.Interface] = u.Name
+		names = append(names, u.Interface)
+	}
+	cur, err := d.obs.Counters(names)
 	if err != nil {
 		d.log.Warn("reading traffic counters", "err", err)
 		return
 	}
-	d.traffic = map[string]core.Traffic{}
-	for _, u := range d.state.Config.Uplinks {
-		d.traffic[u.Name] = d.saved[u.Name].Add(trafficOf(cur[u.Name]))
+	now := make(map[string]watch.IfaceCounters, len(cur))
+	for iface, c := range cur {
+		now[byIface[iface]] = c
 	}
+	d.traffic = d.meter.update(now)
 }

@@ -12,7 +12,6 @@ import (
 	"github.com/wanpin/wanpin/pkg/core"
 	"github.com/wanpin/wanpin/pkg/desired"
 	"github.com/wanpin/wanpin/pkg/health"
-	"github.com/wanpin/wanpin/pkg/rules"
 )
 
 // PinnedInterval bounds how often the pinned-connection counts are taken:
@@ -285,8 +284,4 @@ func (d *Daemon) publish() {
 	}
 	s.Applies, s.ApplyErrors = d.applies, d.applyErrors
 	d.pub.set(s, d.state.Config.MarkMask, d.state.Desired)
-}
-
-func trafficOf(t rules.UplinkTraffic) core.Traffic {
-	return core.Traffic{InBytes: t.In.Bytes, InPackets: t.In.Packets, OutBytes: t.Out.Bytes, OutPackets: t.Out.Packets}
 }

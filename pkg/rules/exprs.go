@@ -25,6 +25,12 @@ type frag struct {
 
 const reg = 1 // NFT_REG_1: every expression here works in one register
 
+// regConcat2 is where the second field of a concatenated key goes, right
+// after a 32-bit first one: NFT_REG32_01. The kernel's 32-bit registers
+// overlay the 128-bit ones (NFT_REG_1 is NFT_REG32_00..03), so a lookup
+// from reg reads the whole key.
+const regConcat2 = 9
+
 func native32(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
 
 func hexMark(v uint32) string { return fmt.Sprintf("0x%08x", v) }
@@ -244,11 +250,6 @@ func numgenVmap(mod uint32, mapName string) frag {
 		&expr.Numgen{Register: reg, Modulus: mod, Type: unix.NFT_NG_RANDOM},
 		vmapLookup(mapName),
 	}}
-}
-
-// counterFrag is an anonymous counter, listed as nft prints a fresh one.
-func counterFrag() frag {
-	return frag{text: "counter packets 0 bytes 0", exprs: []expr.Any{&expr.Counter{}}}
 }
 
 // ip6PrefixCmp is `ip6 saddr|daddr [!=] <prefix>`, loaded as nft does: the

@@ -32,6 +32,9 @@ var (
 	typeIPv4    = nftables.TypeIPAddr
 	typeIPv6    = nftables.TypeIP6Addr
 	typeFibAddr = nftables.TypeFIBAddr
+	// typeMarkIfname: the guard's key, a connection's mark and the
+	// interface a packet leaves by.
+	typeMarkIfname = nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeIFName)
 )
 
 type set struct {
@@ -109,7 +112,13 @@ func (s *set) inlineText() string {
 	return "{ " + strings.Join(t, ", ") + " }"
 }
 
-func markElem(m uint32) element   { return element{key: native32(m), text: hexMark(m)} }
+func markElem(m uint32) element { return element{key: native32(m), text: hexMark(m)} }
+
+// markIfnameElem is a `mark . ifname` key: the fields are concatenated,
+// each padded to 32 bits (the ifname's 16 bytes are already).
+func markIfnameElem(m uint32, n string) element {
+	return element{key: append(native32(m), ifnameKey(n)...), text: fmt.Sprintf("%s . %q", hexMark(m), n)}
+}
 func ifnameElem(n string) element { return element{key: ifnameKey(n), text: fmt.Sprintf("%q", n)} }
 func vmapElem(e element, v *expr.Verdict) element {
 	e.verdict = v
@@ -128,8 +137,7 @@ const (
 	mapInbound       = "inbound"
 	mapOutbound      = "outbound"
 	setUplinkMarks   = "uplink_marks"
-	mapCountIn       = "count_in"
-	mapCountOut      = "count_out"
+	mapGuard         = "guard"
 	mapBalDefault    = "bal_default"
 	mapSource6       = "src6"
 	chainNATIn       = "nat_in"
@@ -137,12 +145,9 @@ const (
 
 func markChain(u desired.Uplink) string { return "mark_" + u.Name }
 
-// CountInChain and CountOutChain are the per-uplink chains whose counter
-// says how much traffic came in and went out through the uplink.
-func CountInChain(uplink string) string  { return "count_in_" + uplink }
-func CountOutChain(uplink string) string { return "count_out_" + uplink }
 func pinChain(u desired.Uplink) string   { return "pin_" + u.Name }
 func saveChain(u desired.Uplink) string  { return "save_" + u.Name }
+func leaveChain(u desired.Uplink) string { return "leave_" + u.Name }
 func polChain(p desired.Policy) string   { return "pol_" + p.Name }
 func balMap(p desired.Policy) string     { return "bal_" + p.Name }
 
@@ -239,9 +244,7 @@ func (b *builder) build() {
 
 	restore := b.addSet(&set{name: mapRestore, key: typeMark, typeText: "mark : verdict", isMap: true, native: true})
 	inbound := b.addSet(&set{name: mapInbound, key: typeIfname, typeText: "ifname : verdict", isMap: true, native: true})
-	outbound := b.addSet(&set{name: mapOutbound, key: typeIfname, typeText: "ifname : verdict", isMap: true, native: true})
-	countIn := b.addSet(&set{name: mapCountIn, key: typeIfname, typeText: "ifname : verdict", isMap: true, native: true})
-	countOut := b.addSet(&set{name: mapCountOut, key: typeIfname, typeText: "ifname : verdict", isMap: true, native: true})
+	guard := b.addSet(&set{name: mapGuard, key: typeMarkIfname, typeText: "mark . ifname : verdict", isMap: true, native: true})
 	marks := b.addSet(&set{name: setUplinkMarks, key: typeMark, typeText: "mark", native: true})
 	for _, u := range s.Uplinks {
 		b.addChain(markChain(u), nil).rules = []*rule{newRule(setMark(false, s.Mask, u.Mark))}
@@ -249,31 +252,36 @@ func (b *builder) build() {
 			newRule(setMark(false, s.Mask, u.Mark)),
 			newRule(setMark(true, s.Mask, u.Mark)),
 		}
-		b.addChain(saveChain(u), nil).rules = []*rule{newRule(setMark(true, s.Mask, u.Mark))}
-		// Counting chains are jumped to (not gone to): the base chain
-		// goes on after the counter.
-		b.addChain(CountInChain(u.Name), nil).rules = []*rule{newRule(counterFrag())}
-		// The guard, in the chain a packet leaving this uplink's interface
-		// jumps to anyway (its counter): a packet pinned to another
-		// uplink, by its connection's mark or, while the connection is
-		// new, by its own, never leaves here. If it did (a rule of ours
-		// deleted by hand, a race with another program), the kernel would
-		// kill the connection's masquerade entry for the changed
-		// interface; dropped here, before NAT, the packet is merely lost
-		// and the connection lives on until the rule is back. Two
-		// comparisons and a hash lookup whatever the number of uplinks: a
-		// guard chain per mark listing every other uplink's interface cost
-		// 16 uplinks 16% of the small-packet rate (issue 15).
-		b.addChain(CountOutChain(u.Name), nil).rules = []*rule{
-			newRule(pinnedElsewhere("ct mark", ctMarkLoad, s.Mask, u.Mark)...),
-			newRule(append([]frag{ctStateNew()}, pinnedElsewhere("meta mark", metaMarkLoad, s.Mask, u.Mark)...)...),
-			newRule(counterFrag()),
+		// A packet leaving this uplink's interface whose connection no
+		// uplink holds yet: another program's alone (see foreign), else
+		// refused if its own mark names another uplink (a balanced first
+		// packet or a health probe the routing sent elsewhere: a rule of
+		// ours deleted by hand, a race with another program), else the
+		// connection is pinned to where it really leaves.
+		leave := b.addChain(leaveChain(u), nil)
+		if s.Mask != ^uint32(0) {
+			leave.rules = append(leave.rules, newRule(b.foreign(), maskedMark("meta mark", metaMarkLoad(), s.Mask), eqZero(s.Mask), verdict(expr.VerdictReturn, "")))
 		}
+		leave.rules = append(leave.rules,
+			newRule(pinnedElsewhere("meta mark", metaMarkLoad, s.Mask, u.Mark)...),
+			newRule(setMark(true, s.Mask, u.Mark)),
+		)
 		marks.elems = append(marks.elems, markElem(u.Mark))
-		countIn.elems = append(countIn.elems, vmapElem(ifnameElem(u.Interface),
-			&expr.Verdict{Kind: expr.VerdictJump, Chain: CountInChain(u.Name)}))
-		countOut.elems = append(countOut.elems, vmapElem(ifnameElem(u.Interface),
-			&expr.Verdict{Kind: expr.VerdictJump, Chain: CountOutChain(u.Name)}))
+		// The guard: a packet of a connection pinned to another uplink
+		// never leaves here. If it did (a rule of ours deleted by hand, a
+		// race with another program), the kernel would kill the
+		// connection's masquerade entry for the changed interface; dropped
+		// here, before NAT, the packet is merely lost and the connection
+		// lives on until the rule is back. One lookup whatever the number
+		// of uplinks: a guard chain per mark listing every other uplink's
+		// interface cost 16 uplinks 16% of the small-packet rate (issue 15).
+		for _, o := range s.Uplinks {
+			if o.Mark != u.Mark {
+				guard.elems = append(guard.elems, vmapElem(markIfnameElem(o.Mark, u.Interface), &expr.Verdict{Kind: expr.VerdictDrop}))
+			}
+		}
+		guard.elems = append(guard.elems, vmapElem(markIfnameElem(0, u.Interface),
+			&expr.Verdict{Kind: expr.VerdictGoto, Chain: leaveChain(u)}))
 
 		// Pinned connections keep their uplink's mark even while it is
 		// down: its table then holds only `unreachable default` (link
@@ -286,10 +294,8 @@ func (b *builder) build() {
 			&expr.Verdict{Kind: expr.VerdictGoto, Chain: markChain(u)}))
 		inbound.elems = append(inbound.elems, vmapElem(ifnameElem(u.Interface),
 			&expr.Verdict{Kind: expr.VerdictGoto, Chain: pinChain(u)}))
-		outbound.elems = append(outbound.elems, vmapElem(ifnameElem(u.Interface),
-			&expr.Verdict{Kind: expr.VerdictGoto, Chain: saveChain(u)}))
 	}
-	for _, st := range []*set{restore, inbound, outbound, countIn, countOut, marks} {
+	for _, st := range []*set{restore, inbound, guard, marks} {
 		st.sortElems()
 	}
 
@@ -303,7 +309,6 @@ func (b *builder) build() {
 	returnRule := func(fs ...frag) *rule { return newRule(append(fs, verdict(expr.VerdictReturn, ""))...) }
 
 	pre.rules = append(pre.rules,
-		newRule(func() frag { t, l := ifnameMeta(true); return frag{text: t, exprs: []expr.Any{l}} }(), vmapFrag(mapCountIn)),
 		restoreRule,
 		returnRule(ctStateNotNew()),
 		newRule(func() frag { t, l := ifnameMeta(true); return frag{text: t, exprs: []expr.Any{l}} }(), vmapFrag(mapInbound)),
@@ -312,25 +317,8 @@ func (b *builder) build() {
 		returnRule(linkLocal6()),
 		returnRule(multicast6()),
 	)
-	// The router's own packets that another program marked (tailscaled's
-	// bypass mark 0x80000, wg-quick's 51820 by SO_MARK) belong to that
-	// program's routing: its ip rules match the mark, often exactly
-	// (`not fwmark 51820`), so adding wanpin's bits would send its
-	// tunnel's packets into the tunnel. wanpin neither restores, balances
-	// nor pins them.
-	foreign := func() frag {
-		f := maskedMark("meta mark", metaMarkLoad(), ^s.Mask)
-		f.text += " != " + hexMark(0)
-		if n := bits.LeadingZeros32(s.Mask); ^s.Mask == ^uint32(0)<<(32-n) {
-			// nft lists a comparison under a prefix mask as value/len
-			// (M = 0x000000ff: `meta mark != 0x00000000/24`).
-			f.text = fmt.Sprintf("meta mark != %s/%d", hexMark(0), n)
-		}
-		f.exprs = append(f.exprs, cmpReg(expr.CmpOpNeq, native32(0)))
-		return f
-	}
 	if s.Mask != ^uint32(0) { // a mask of every bit leaves none to others
-		out.rules = append(out.rules, returnRule(foreign()))
+		out.rules = append(out.rules, returnRule(b.foreign()))
 	}
 	out.rules = append(out.rules,
 		b.restoreRule(),
@@ -397,29 +385,25 @@ func (b *builder) build() {
 	}
 	pre.rules = append(pre.rules, newRule(verdict(expr.VerdictGoto, chainBalDefault)))
 
-	// The mask on the ct mark: a connection pinned by someone else's bits
-	// outside M still counts as unpinned for wanpin.
-	// The guard, on the connection's own mark: a packet of a pinned
-	// connection that reaches postrouting without its meta mark (seen
-	// under a storm of table replacements: the restore missed, the main
-	// table sent a client's ACK out of the other uplink, and the kernel
-	// killed the masquerade entry of a healthy connection) is dropped;
-	// TCP resends it a moment later through the right uplink. The ct
-	// mark lives in the conntrack entry and cannot miss.
-	// Such a packet leaves as its program routed it, unguarded and
-	// unpinned. (A forwarded packet that another program marks after
-	// wanpin did, Tailscale's subnet-route 0x40000 in its forward chain,
-	// carries wanpin's bits too and is pinned as usual.)
-	if s.Mask != ^uint32(0) {
-		post.rules = append(post.rules, returnRule(foreign(), maskedMark("meta mark", metaMarkLoad(), s.Mask), eqZero(s.Mask)))
-	}
-	// The guard is in the count_out chains (above): on the packet's mark
-	// too while the connection is new (its ct mark is saved below, from
-	// the interface it really leaves by), so a health probe or balanced
-	// first packet marked for one uplink never leaves another.
+	// postrouting: one lookup on the connection's mark and the interface
+	// the packet leaves by. The mask on the ct mark: a connection pinned
+	// by someone else's bits outside M still counts as unpinned for
+	// wanpin. The guard looks at the connection's mark, which lives in the
+	// conntrack entry and cannot miss: a packet of a pinned connection
+	// that reaches postrouting without its meta mark (seen under a storm
+	// of table replacements: the restore missed, the main table sent a
+	// client's ACK out of the other uplink, and the kernel killed the
+	// masquerade entry of a healthy connection) is dropped; TCP resends
+	// it a moment later through the right uplink. An unpinned
+	// connection's packets go on to the uplink's leave chain; packets
+	// that leave no uplink (to the LAN) find nothing and pass.
 	post.rules = append(post.rules, newRule(
-		func() frag { t, l := ifnameMeta(false); return frag{text: t, exprs: []expr.Any{l}} }(), vmapFrag(mapCountOut)))
-	post.rules = append(post.rules, b.saveRule())
+		maskedMark("ct mark", ctMarkLoad(), s.Mask),
+		func() frag {
+			return frag{text: ". oifname", exprs: []expr.Any{&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: regConcat2}}}
+		}(),
+		vmapFrag(mapGuard),
+	))
 
 	nat.rules = b.natRules()
 	if in := b.natInRules(); len(in) > 0 {
@@ -428,6 +412,24 @@ func (b *builder) build() {
 			prio: nftables.ChainPriorityNATDest, prioName: "dstnat"})
 		c.rules = in
 	}
+}
+
+// foreign: the packet carries another program's mark bits. The router's
+// own packets that another program marked (tailscaled's bypass mark
+// 0x80000, wg-quick's 51820 by SO_MARK) belong to that program's routing:
+// its ip rules match the mark, often exactly (`not fwmark 51820`), so
+// adding wanpin's bits would send its tunnel's packets into the tunnel.
+// wanpin neither restores, balances nor pins them.
+func (b *builder) foreign() frag {
+	f := maskedMark("meta mark", metaMarkLoad(), ^b.s.Mask)
+	f.text += " != " + hexMark(0)
+	if n := bits.LeadingZeros32(b.s.Mask); ^b.s.Mask == ^uint32(0)<<(32-n) {
+		// nft lists a comparison under a prefix mask as value/len
+		// (M = 0x000000ff: `meta mark != 0x00000000/24`).
+		f.text = fmt.Sprintf("meta mark != %s/%d", hexMark(0), n)
+	}
+	f.exprs = append(f.exprs, cmpReg(expr.CmpOpNeq, native32(0)))
+	return f
 }
 
 // pinnedElsewhere: the mark (ct or meta) says another uplink than the
