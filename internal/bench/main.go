@@ -45,6 +45,8 @@ func main() {
 		err = runApply()
 	case "datapath":
 		err = runDatapath(*bin, *cycles, *window)
+	case "accounting":
+		err = runAccounting(*bin, *cycles, *window)
 	default:
 		err = fmt.Errorf("-only %q: want \"throughput\", \"resources\", \"apply\" or \"datapath\"", *only)
 	}
