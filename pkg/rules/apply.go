@@ -343,6 +343,7 @@ func (s *set) nftSet(nt *nftables.Table) *nftables.Set {
 		Interval:  s.interval,
 		IsMap:     s.isMap,
 		KeyType:   s.key,
+		Size:      s.size(),
 	}
 	if s.isMap {
 		ns.DataType = nftables.TypeVerdict

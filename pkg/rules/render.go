@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/google/nftables"
@@ -47,6 +48,9 @@ func (s *set) render() string {
 	b.WriteString("\t\ttype " + s.typeText + "\n")
 	if s.interval {
 		b.WriteString("\t\tflags interval\n")
+	}
+	if n := s.size(); n > 0 {
+		fmt.Fprintf(&b, "\t\tsize %d\n", n)
 	}
 	if len(s.elems) > 0 {
 		b.WriteString("\t\telements = { ")
