@@ -15,8 +15,9 @@ package main
 // within a cycle and the median of those per-cycle ratios is reported.
 //
 // WANPIN_BENCH_PERF=DIR records a profile of the machine (perf record -a
-// -g) over each established-flows counting window into DIR, to see where
-// the CPU goes; the figures of such a run are lower.
+// -g) over each established-flows counting window and each new-flows
+// measurement into DIR, to see where the CPU goes; the figures of such a
+// run are lower.
 
 import (
 	"bufio"
@@ -696,6 +697,17 @@ func (d *datapath) newFlows() (float64, error) {
 	cfg := d.frame("drnd(1024, 65535)", fmt.Sprintf("drnd(%d, %d)", newFlowPort0, newFlowPort1))
 	ctMax := d.conntrackMax()
 	piece := 500 * time.Millisecond
+	if d.perfDir != "" {
+		// The whole of the pieces (trafgen's starts and the flushes
+		// between them included, a small part): perf report -i
+		// DIR/<configuration>-newflows.data.
+		out := filepath.Join(d.perfDir, strings.ReplaceAll(d.current, " ", "")+"-newflows.data")
+		perf := exec.Command("perf", "record", "-q", "-B", "-e", "cpu-clock", "-F", "999", "-a", "-g", "-o", out)
+		if err := perf.Start(); err == nil {
+			time.Sleep(time.Second) // perf takes a while to start
+			defer func() { perf.Process.Signal(os.Interrupt); perf.Wait() }()
+		}
+	}
 	var packets uint64
 	var secs float64
 	var worst int

@@ -3,7 +3,8 @@
 // interleaved, medians compared), because the machines are shared and
 // noisy. Run as root: go run ./internal/bench [-wanpin PATH] [-reps N];
 // go run ./internal/bench -only datapath [-cycles N] [-window D] for the
-// per-packet and per-connection figures (datapath.go).
+// per-packet and per-connection figures (datapath.go); -only accounting
+// for the cost of each lookup of a forwarded packet (accounting.go).
 package main
 
 import (
@@ -28,7 +29,7 @@ func main() {
 	reps := flag.Int("reps", 5, "iperf3 runs per configuration")
 	secs := flag.Int("seconds", 3, "length of one iperf3 run")
 	verbose = flag.Bool("v", false, "print details (the daemon's memory by kind)")
-	only := flag.String("only", "", `run one part alone: "throughput" (the forwarding ratios), "resources" (memory and idle CPU), "apply" (the Go benchmarks of applies and flushes) or "datapath" (64-byte packets, new flows and connections per second; see -cycles and -window)`)
+	only := flag.String("only", "", `run one part alone: "throughput" (the forwarding ratios), "resources" (memory and idle CPU), "apply" (the Go benchmarks of applies and flushes), "datapath" (64-byte packets, new flows and connections per second; see -cycles and -window) or "accounting" (the cost of each lookup of a forwarded packet; -cycles rounds of -window per variant)`)
 	cycles := flag.Int("cycles", 10, "datapath: cycles, each measuring every configuration once")
 	window := flag.Duration("window", 2*time.Second, "datapath: how long each figure is counted, per configuration and cycle")
 	flag.Parse()
@@ -48,7 +49,7 @@ func main() {
 	case "accounting":
 		err = runAccounting(*bin, *cycles, *window)
 	default:
-		err = fmt.Errorf("-only %q: want \"throughput\", \"resources\", \"apply\" or \"datapath\"", *only)
+		err = fmt.Errorf("-only %q: want \"throughput\", \"resources\", \"apply\", \"datapath\" or \"accounting\"", *only)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
