@@ -24,6 +24,9 @@ declare -A need=(
   [iptables]=iptables
   # The datapath benchmark's small-packet generator (internal/bench).
   [trafgen]=netsniff-ng
+  # The booted router (e2e/boot_test.go): a Debian root file system
+  # from Debian's packages, booted under systemd in the router namespace.
+  [debootstrap]=debootstrap [systemd-nspawn]=systemd-container
 )
 missing=()
 for cmd in "${!need[@]}"; do

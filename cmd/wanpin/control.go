@@ -13,6 +13,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/godbus/dbus/v5"
@@ -126,14 +127,33 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// cmdReload asks the daemon to reload its file over the bus and waits
+// for the answer: a refused file's error (file:line) is printed and the
+// exit status is 1. With --pid (the unit's ExecReload passes $MAINPID)
+// a daemon the bus cannot reach (no dbus-daemon) is sent SIGHUP instead,
+// which reloads the same way but answers only in the log. The unit used
+// to run /bin/kill, which comes from procps: a minimal Debian has none
+// (status 203/EXEC on the booted lab router).
 func cmdReload(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 {
-		fmt.Fprintln(stderr, "usage: wanpin reload")
+	fs := flag.NewFlagSet("wanpin reload", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	pid := fs.Int("pid", 0, "the daemon's process, sent SIGHUP when the bus cannot be reached")
+	if fs.Parse(args) != nil || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "usage: wanpin reload [--pid PID]")
 		return 2
 	}
-	c, ok := dial(stderr, "reload")
-	if !ok {
-		return 1
+	c, busErr := dialQuiet()
+	if busErr != nil {
+		if *pid <= 1 {
+			fmt.Fprintf(stderr, "wanpin reload: %v\n", busErr)
+			return 1
+		}
+		if err := syscall.Kill(*pid, syscall.SIGHUP); err != nil {
+			fmt.Fprintf(stderr, "wanpin reload: no bus (%v), and SIGHUP to %d: %v\n", busErr, *pid, err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "no bus (%v): sent SIGHUP to %d; the result is in the daemon's log\n", busErr, *pid)
+		return 0
 	}
 	defer c.Close()
 	if err := c.Reload(context.Background()); err != nil {

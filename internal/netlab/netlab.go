@@ -575,6 +575,9 @@ func Sweep() {
 				continue // a lab took the name meanwhile
 			}
 		}
+		// A booted router (boot.go) of a lab whose process died keeps
+		// running in its namespace, and its root stays mounted.
+		sweepBooted(p, names)
 		for _, ns := range names {
 			_ = exec.Command("ip", "netns", "del", ns).Run()
 		}

@@ -87,6 +87,9 @@ cat > "$stage/DEBIAN/postrm" <<'SH'
 set -e
 if [ "$1" = purge ]; then
 	rmdir /etc/wanpin/hooks.d /etc/wanpin 2>/dev/null || true
+	# `systemctl enable wanpin` made this link; nothing else removes it.
+	rm -f /etc/systemd/system/multi-user.target.wants/wanpin.service
+	rmdir /etc/systemd/system/multi-user.target.wants 2>/dev/null || true
 fi
 if [ -d /run/systemd/system ]; then
 	systemctl daemon-reload >/dev/null 2>&1 || true
