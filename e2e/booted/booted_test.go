@@ -74,7 +74,10 @@ func (r *router) write(path, content string) {
 // journal is wanpin.service's journal since the unit's latest start
 // (of this boot, in short-unix format).
 func (r *router) journal() string {
-	out, _ := r.b.Exec("journalctl", "-u", "wanpin", "-b", "--no-pager", "-o", "cat")
+	out, err := r.b.Exec("journalctl", "-u", "wanpin", "-b", "--no-pager", "-o", "cat")
+	if err != nil {
+		return fmt.Sprintf("journalctl: %v: %s", err, out)
+	}
 	return out
 }
 
@@ -155,6 +158,7 @@ func TestBootedRouter(t *testing.T) {
 		{"networkd lease", stepNetworkdLease},
 		{"enable --now", stepEnable},
 		{"status", stepStatus},
+		{"http and dns probes", stepProbes},
 		{"reload", stepReload},
 		{"bus", stepBus},
 		{"exec cleanup", stepExec},
@@ -443,6 +447,8 @@ func stepHooks(r *router) {
 	r.write("etc/wanpin/hooks.d/50-record", "#!/bin/sh\necho \"hook saw $WANPIN_UPLINK $WANPIN_STATE\"\n")
 	r.sh("chmod 0755 /etc/wanpin/hooks.d/50-record && wanpin down isp2")
 	r.waitJournal(`transition hook ran.*hook saw isp2 down`, 1, 10*time.Second)
+	// The conntrack flush works under the sandbox too.
+	r.waitJournal(`conntrack flushed.*uplink=isp2 family=IPv4.*reason="uplink down"`, 1, 5*time.Second)
 	r.sh("wanpin up isp2")
 	r.waitJournal(`transition hook ran.*hook saw isp2 up`, 1, 10*time.Second)
 }
@@ -520,4 +526,43 @@ func stepNetworkdRestart(r *router) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// The HTTP and DNS probes under the sandbox: isp1 probes the server's
+// web port, isp2 a resolver. Pointed where nothing answers (a closed
+// port; ISP 1's resolver, which answers only ISP 1's customers) both go
+// down with the probes' reason; pointed right, both come back.
+func stepProbes(r *router) {
+	probes := func(port int, resolver string) string {
+		return fmt.Sprintf(`[[uplink]]
+name = "isp1"
+interface = "wan1"
+weight = 3
+[uplink.health]
+method = "http"
+targets = ["http://%s:%d/"]
+
+[[uplink]]
+name = "isp2"
+interface = "wan2"
+weight = 1
+[uplink.health]
+method = "dns"
+targets = ["%s"]
+`, netlab.ServerAddr4, port, resolver)
+	}
+	r.write("etc/wanpin/wanpin.toml", probes(1, netlab.ResolverAddr4(1)))
+	r.sh("systemctl reload wanpin")
+	r.waitJournal(`uplink down.*uplink=isp1.*reason="health probes: .*http://`, 1, 10*time.Second)
+	r.waitJournal(`uplink down.*uplink=isp2.*reason="health probes: .*`+regexp.QuoteMeta(netlab.ResolverAddr4(1)), 1, 10*time.Second)
+	// Changed probes start afresh (the verdicts of the old ones are
+	// about other targets): the uplinks are back at the reload, and the
+	// new probes' answers give them an RTT again (the failed ones had
+	// none).
+	r.write("etc/wanpin/wanpin.toml", probes(netlab.PortWhoami, netlab.ResolverAddr4(2)))
+	r.sh("systemctl reload wanpin")
+	stepStatus(r)
+	r.write("etc/wanpin/wanpin.toml", fmt.Sprintf(config, 1, netlab.PortWhoami))
+	r.sh("systemctl reload wanpin")
+	stepStatus(r)
 }
