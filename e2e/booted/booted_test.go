@@ -38,6 +38,11 @@ weight = 1
 [uplink.health]
 method = "tcp"
 targets = ["203.0.113.10:%d"]
+
+[[uplink]]
+name = "isp3"
+interface = "wan3"
+weight = 1
 `
 
 type router struct {
@@ -129,9 +134,10 @@ func TestBootedRouter(t *testing.T) {
 	}
 	deb := strings.TrimSpace(string(out))
 	netlab.Sweep()
-	// Uplink 2 by DHCP: systemd-networkd in the booted system is its
-	// client, ISP 2's dnsmasq the server.
-	l, err := netlab.New(netlab.Options{ISPs: 2, DHCP: []int{2}})
+	// Uplinks 2 and 3 by DHCP from their ISP's dnsmasq: systemd-networkd
+	// in the booted system is uplink 2's client, isc-dhcp-client with
+	// Debian's dhclient-script uplink 3's.
+	l, err := netlab.New(netlab.Options{ISPs: 3, DHCP: []int{2, 3}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,6 +163,7 @@ func TestBootedRouter(t *testing.T) {
 		{"install", stepInstall},
 		{"networkd lease", stepNetworkdLease},
 		{"enable --now", stepEnable},
+		{"dhclient lease", stepDhclient},
 		{"status", stepStatus},
 		{"http and dns probes", stepProbes},
 		{"reload", stepReload},
@@ -407,15 +414,19 @@ func stepStatus(r *router) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		s := r.status()
-		ok := len(s.Uplinks) == 2
+		ok := len(s.Uplinks) == 3
 		for _, u := range s.Uplinks {
+			if u.Name == "isp3" {
+				ok = ok && u.State == "up" // not probed
+				continue
+			}
 			ok = ok && u.State == "up" && u.RTTms > 0 && u.Traffic.InBytes > 0 && u.Traffic.OutBytes > 0
 		}
 		if ok {
 			return
 		}
 		if time.Now().After(deadline) {
-			r.t.Fatalf("want both uplinks up with probe RTTs and traffic:\n%s", r.sh("wanpin status --json"))
+			r.t.Fatalf("want isp1 and isp2 up with probe RTTs and traffic, isp3 up:\n%s", r.sh("wanpin status --json"))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -549,6 +560,11 @@ weight = 1
 [uplink.health]
 method = "dns"
 targets = ["%s"]
+
+[[uplink]]
+name = "isp3"
+interface = "wan3"
+weight = 1
 `, netlab.ServerAddr4, port, resolver)
 	}
 	r.write("etc/wanpin/wanpin.toml", probes(1, netlab.ResolverAddr4(1)))
@@ -565,4 +581,14 @@ targets = ["%s"]
 	r.write("etc/wanpin/wanpin.toml", fmt.Sprintf(config, 1, netlab.PortWhoami))
 	r.sh("systemctl reload wanpin")
 	stepStatus(r)
+}
+
+// dhclient with Debian's dhclient-script and the package's exit hook:
+// the lease, with its router and DNS server, reaches the running daemon
+// over the system bus, and the uplink's IPv4 comes up.
+func stepDhclient(r *router) {
+	r.sh("dhclient -4 -pf /run/dhclient.wan3.pid -lf /var/lib/dhcp/dhclient.wan3.leases wan3 >/dev/null 2>&1")
+	r.waitJournal(`msg=lease interface=wan3 family=IPv4 .*gateways=\[`+regexp.QuoteMeta(netlab.UplinkGateway4(3))+`\] dns=\[`+
+		regexp.QuoteMeta(netlab.ResolverAddr4(3))+`\] client=dhclient`, 1, 20*time.Second)
+	r.waitJournal(`uplink IPv4 up.*uplink=isp3`, 1, 10*time.Second)
 }
