@@ -70,22 +70,68 @@ func (b backend) Event(kind, iface string, ea bus.EventArgs) error {
 	return b.d.Event(ctx, kind, iface, ea)
 }
 
-// serveBus exports the control interface. Without a system bus the
-// daemon still routes; only the control commands are unavailable.
+// serveBus exports the control interface, and keeps it exported: the
+// system bus may not be up yet when the daemon starts (the unit is only
+// ordered after dbus.service) and may restart while it runs, which closes
+// the connection (seen on the booted lab router: after dbus came back,
+// `wanpin status` said wanpin was not running until the daemon was
+// restarted). Without a bus the daemon still routes; only the control
+// commands are unavailable, and `systemctl reload` falls back to SIGHUP.
 func serveBus(d *daemon.Daemon, log *slog.Logger) func() {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		wait := busRetryMin
+		logged := false
+		for {
+			conn, srv, err := exportOnBus(d, log)
+			if err != nil {
+				if !logged {
+					log.Error("control interface unavailable, retrying", "err", err)
+					logged = true
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(wait):
+				}
+				wait = min(2*wait, busRetryMax)
+				continue
+			}
+			log.Info("control interface on the system bus", "name", bus.Name)
+			logged, wait = false, busRetryMin
+			select {
+			case <-stop:
+				srv.Close()
+				conn.Close()
+				return
+			case <-conn.Context().Done():
+				log.Warn("lost the system bus, reconnecting")
+				conn.Close()
+			}
+		}
+	}()
+	return func() { close(stop); <-done }
+}
+
+// How soon serveBus tries the bus again, doubling up to the maximum.
+const (
+	busRetryMin = 500 * time.Millisecond
+	busRetryMax = 10 * time.Second
+)
+
+func exportOnBus(d *daemon.Daemon, log *slog.Logger) (*dbus.Conn, *bus.Server, error) {
 	conn, err := dbus.ConnectSystemBus()
 	if err != nil {
-		log.Error("control interface unavailable: cannot reach the system bus", "err", err)
-		return func() {}
+		return nil, nil, fmt.Errorf("cannot reach the system bus: %w", err)
 	}
 	srv, err := bus.Serve(conn, backend{d}, log)
 	if err != nil {
-		log.Error("control interface unavailable", "err", err)
 		conn.Close()
-		return func() {}
+		return nil, nil, err
 	}
-	log.Info("control interface on the system bus", "name", bus.Name)
-	return func() { srv.Close(); conn.Close() }
+	return conn, srv, nil
 }
 
 func dial(stderr io.Writer, what string) (*bus.Client, bool) {
@@ -143,6 +189,14 @@ func cmdReload(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	c, busErr := dialQuiet()
+	if busErr == nil && *pid > 1 {
+		// A bus without the daemon's name (it is reconnecting after a
+		// bus restart) is no way to reach it either.
+		if _, err := c.Status(context.Background()); errors.Is(err, bus.ErrNotRunning) {
+			c.Close()
+			busErr = err
+		}
+	}
 	if busErr != nil {
 		if *pid <= 1 {
 			fmt.Fprintf(stderr, "wanpin reload: %v\n", busErr)

@@ -172,6 +172,7 @@ func TestBootedRouter(t *testing.T) {
 		{"hooks", stepHooks},
 		{"ppp hooks", stepPPP},
 		{"metrics", stepMetrics},
+		{"reload without the bus", stepReloadNoBus},
 		{"networkd restart", stepNetworkdRestart},
 		{"watchdog", stepWatchdog},
 		{"sigkill", stepKill},
@@ -591,4 +592,30 @@ func stepDhclient(r *router) {
 	r.waitJournal(`msg=lease interface=wan3 family=IPv4 .*gateways=\[`+regexp.QuoteMeta(netlab.UplinkGateway4(3))+`\] dns=\[`+
 		regexp.QuoteMeta(netlab.ResolverAddr4(3))+`\] client=dhclient`, 1, 20*time.Second)
 	r.waitJournal(`uplink IPv4 up.*uplink=isp3`, 1, 10*time.Second)
+}
+
+// With the system bus gone (dbus stopped), the daemon keeps routing and
+// systemctl reload still works: wanpin reload --pid falls back to SIGHUP.
+// Once the bus is back, the daemon takes its name again by itself.
+func stepReloadNoBus(r *router) {
+	exported := len(regexp.MustCompile(`control interface on the system bus`).FindAllString(r.journal(), -1))
+	r.sh("systemctl stop dbus.socket dbus.service")
+	r.waitJournal(`lost the system bus, reconnecting`, 1, 10*time.Second)
+	r.write("etc/wanpin/wanpin.toml", fmt.Sprintf(config, 2, netlab.PortWhoami))
+	reloads := len(regexp.MustCompile(`configuration reloaded`).FindAllString(r.journal(), -1))
+	out := r.sh("systemctl reload wanpin; systemctl is-active wanpin")
+	if !strings.Contains(out, "active") {
+		r.t.Errorf("after a reload without the bus: %s", out)
+	}
+	r.waitJournal(`no bus .*sent SIGHUP`, 1, 5*time.Second)
+	r.waitJournal(`configuration reloaded`, reloads+1, 5*time.Second)
+	r.sh("systemctl start dbus.socket dbus.service")
+	r.waitJournal(`control interface on the system bus`, exported+1, 20*time.Second)
+	if out, err := r.b.ExecAs("wptest", "wanpin", "status"); err != nil {
+		r.t.Errorf("wanpin status once the bus is back: %v\n%s", err, out)
+	}
+	r.write("etc/wanpin/wanpin.toml", fmt.Sprintf(config, 1, netlab.PortWhoami))
+	if out := r.sh("wanpin reload"); !strings.Contains(out, "reloaded") {
+		r.t.Errorf("wanpin reload over the bus again: %s", out)
+	}
 }
