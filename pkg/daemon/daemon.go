@@ -327,9 +327,9 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 			case at = <-deleted:
 			default:
 			}
-			d.checkDrift(driftAll, at)
+			d.checkDrift(driftAll, at, deleted)
 		case at := <-deleted:
-			d.checkDrift(driftNFT, at)
+			d.checkDrift(driftNFT, at, nil)
 		case <-services.C:
 			d.reapExecs()
 			if cg := d.resolveServices(d.state.Config); !cgroupsEqual(cg, d.state.Cgroups) {
