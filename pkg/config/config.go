@@ -82,8 +82,40 @@ type Uplink struct {
 	Nat6            Nat6Mode      // how LAN IPv6 traffic leaves here; default masquerade
 	Prefix6         netip.Prefix  // the IPv6 prefix the ISP routes to this router; needed by nat6 none and prefix
 	Health          *HealthConfig // nil: the link state alone says whether it is up
-	Line            int           // line of its [[uplink]] header
+	// Failback: what happens to its connections when an uplink of a
+	// better tier comes back: kept ("" or keep, the default) or moved.
+	Failback Failback
+	Line     int // line of its [[uplink]] header
 }
+
+// Failback says what becomes of a worse tier's connections when a better
+// tier's uplink comes back.
+type Failback string
+
+const (
+	// FailbackKeep: they stay where they are until they end (a second
+	// DSL line: nothing to gain by breaking them).
+	FailbackKeep Failback = "keep"
+	// FailbackMove: they are moved (a metered LTE backup): UDP flows on
+	// their next packet, TCP connections reset so that their
+	// applications reconnect, over the better uplink.
+	FailbackMove Failback = "move"
+)
+
+// Failback tells whether some uplink moves its connections on failback.
+func (c *Config) Failback() bool {
+	for _, u := range c.Uplinks {
+		if u.Failback == FailbackMove {
+			return true
+		}
+	}
+	return false
+}
+
+// EvictMark is the ct mark (within MarkMask) of connections failback
+// moves off an uplink: the mask's last value, which no uplink has while
+// some uplink moves its connections (checkMarkRoom).
+func (c *Config) EvictMark() uint32 { return c.MarkMask }
 
 // RouterTraffic says how the router's own traffic that no policy takes
 // leaves.

@@ -365,3 +365,29 @@ func TestRouterTrafficAndDNS(t *testing.T) {
 		t.Errorf("%+v", cfg)
 	}
 }
+
+// failback: "keep" or "move"; a move needs a mark value of its own.
+func TestFailbackKey(t *testing.T) {
+	cfg, err := Parse("f.toml", []byte("[[uplink]]\nname = \"a\"\ninterface = \"eth0\"\n\n[[uplink]]\nname = \"b\"\ninterface = \"wwan0\"\ntier = 2\nfailback = \"move\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Failback() || cfg.Uplinks[1].Failback != FailbackMove || cfg.Uplinks[0].Failback != "" || cfg.EvictMark() != DefaultMarkMask {
+		t.Errorf("parsed %+v", cfg.Uplinks)
+	}
+	_, err = Parse("f.toml", []byte("[[uplink]]\nname = \"a\"\ninterface = \"eth0\"\nfailback = \"sometimes\"\n"))
+	if want := `f.toml:4: uplink[1].failback: failback must be "keep" or "move", got "sometimes"`; err == nil || err.Error() != want {
+		t.Errorf("bad value: %v, want %s", err, want)
+	}
+	three := "mark_mask = 0x00030000\n"
+	for i, n := range []string{"a", "b", "c"} {
+		three += fmt.Sprintf("[[uplink]]\nname = %q\ninterface = \"eth%d\"\n", n, i)
+	}
+	if _, err := Parse("f.toml", []byte(three)); err != nil {
+		t.Fatalf("three uplinks in two bits: %v", err)
+	}
+	_, err = Parse("f.toml", []byte(three+"failback = \"move\"\n"))
+	if want := `f.toml:11: uplink[3].failback: failback = "move" needs a mark value of its own: mark_mask 0x00030000 has room for 2 uplinks besides it, 3 are configured; set a wider mark_mask`; err == nil || err.Error() != want {
+		t.Errorf("no room: %v, want %s", err, want)
+	}
+}

@@ -267,7 +267,7 @@ func describe(v any) string {
 var (
 	topKeys    = []string{"mark_mask", "rule_priority", "router_traffic", "lan_prefix6", "allow_conflicts", "uplink", "policy"}
 	uplinkKeys = []string{"name", "interface", "gateway", "gateway6", "dns", "weight", "tier", "table",
-		"masquerade", "nat6", "prefix6", "health"}
+		"masquerade", "nat6", "prefix6", "health", "failback"}
 	policyKeys = []string{"name", "users", "groups", "services", "sources", "in_interfaces",
 		"destinations", "protocol", "ports", "source_ports", "uplinks", "fallback"}
 )
@@ -362,6 +362,7 @@ func (p *parser) config(tree map[string]any) *Config {
 // uplinkSrc keeps where an uplink's keys are, for checks across uplinks.
 type uplinkSrc struct {
 	elem, name, iface, table node
+	failback                 node // set when failback = "move"
 	tableSet                 bool
 	nat6, prefix6            node
 	nat6Set, prefix6Set      bool
@@ -447,6 +448,17 @@ func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
 	}
 	if n, ok := p.get(t, "health"); ok {
 		u.Health = p.health(n)
+	}
+	if n, ok := p.get(t, "failback"); ok {
+		if s, ok := p.str(n); ok {
+			switch m := Failback(s); m {
+			case FailbackKeep:
+			case FailbackMove:
+				u.Failback, src.failback = m, n
+			default:
+				p.errorf(n, `failback must be "keep" or "move", got %q`, s)
+			}
+		}
 	}
 	p.unknown(t, uplinkKeys)
 	return u, src

@@ -55,6 +55,21 @@ func (p *parser) rulePriority(n node) (int, bool) {
 // 0 meaning "no uplink chosen".
 func (p *parser) checkMarkRoom(cfg *Config, mark node, markSet bool, uplinks []uplinkSrc) {
 	room := uint64(1)<<bits.OnesCount32(cfg.MarkMask) - 1
+	if cfg.Failback() {
+		// The mask's last value marks connections moved off by failback
+		// (EvictMark): an uplink cannot have it.
+		room--
+		if uint64(len(uplinks)) > room {
+			for _, u := range uplinks {
+				if u.failback.v != nil {
+					p.errorf(u.failback, "failback = \"move\" needs a mark value of its own: mark_mask %#08x has room for %d uplinks besides it, %d are configured; set a wider mark_mask",
+						cfg.MarkMask, room, len(uplinks))
+					return
+				}
+			}
+		}
+		return
+	}
 	if uint64(len(uplinks)) <= room {
 		return
 	}

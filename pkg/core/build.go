@@ -75,6 +75,9 @@ func Build(in Facts) desired.State {
 	}
 	var d desired.State
 	d.NFT = desired.NFT{Table: TableName, Mask: cfg.MarkMask, LANPrefix6: cfg.LANPrefix6}
+	if cfg.Failback() {
+		d.NFT.Evict = cfg.EvictMark()
+	}
 	prio := cfg.RulePriority
 
 	for _, fam := range inet.Families {

@@ -52,6 +52,17 @@ type FlushMark struct {
 	Mark, Mask uint32
 }
 
+// Failback moves a worse tier's connections of one family off its
+// uplink (failback = "move") now that To, of a better tier, is back:
+// UDP and other entries are deleted, so their next packet is balanced
+// afresh; TCP entries get the ct mark Evict, whose next packet the table
+// turns into a reset (the application reconnects at once, over To).
+type Failback struct {
+	Uplink, To        string
+	Family            inet.Family
+	Mark, Mask, Evict uint32
+}
+
 // FlushAddr deletes the conntrack entries source-NATed to an address the
 // uplink lost (a PPP re-dial, a new DHCP lease).
 type FlushAddr struct {
@@ -89,6 +100,7 @@ type Teardown struct{}
 func (Log) effect()            {}
 func (SetSysctl) effect()      {}
 func (LoosenRPFilter) effect() {}
+func (Failback) effect()       {}
 func (ApplyNFT) effect()       {}
 func (ApplyRouting) effect()   {}
 func (FlushMark) effect()      {}
@@ -109,6 +121,9 @@ func (e Log) String() string {
 	return b.String()
 }
 func (e SetSysctl) String() string { return fmt.Sprintf("sysctl %s=%s", e.Key, e.Value) }
+func (e Failback) String() string {
+	return fmt.Sprintf("failback %s %v to %s: mark %#x/%#x, TCP to %#x", e.Uplink, e.Family, e.To, e.Mark, e.Mask, e.Evict)
+}
 func (e LoosenRPFilter) String() string {
 	return fmt.Sprintf("loosen rp_filter of %s (to 2 where it is 1)", e.Interface)
 }

@@ -47,7 +47,9 @@ type UplinkReport struct {
 	Loss        float64 `json:"loss"`   // 0..1; -1: not probed
 	Transitions uint64  `json:"transitions"`
 	Flushed     uint64  `json:"conntrack_flushed"`
-	Traffic     Traffic `json:"traffic"`
+	// FailbackMoved: connections moved off it by failback = "move".
+	FailbackMoved uint64  `json:"failback_moved"`
+	Traffic       Traffic `json:"traffic"`
 	// Each address family on its own: one can be down while the other
 	// carries traffic.
 	IPv4 FamilyReport `json:"ipv4"`

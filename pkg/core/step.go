@@ -481,6 +481,44 @@ func (s *State) hint(l Link) Hint {
 	return h
 }
 
+// cameUpFamily is one family of an uplink that came up in this step.
+type cameUpFamily struct {
+	Uplink string
+	Tier   int
+	Family inet.Family
+}
+
+// failbacks lists what failback = "move" asks for: when a family of an
+// uplink comes back, the connections of that family pinned to an uplink
+// of a worse tier that moves its connections are moved off it (the
+// balancer no longer gives it new ones: only the best tier with an
+// uplink up carries traffic). An uplink that went down meanwhile was
+// flushed already.
+func failbacks(cfg *config.Config, cameUp []cameUpFamily, states map[string]UplinkState) []Effect {
+	var out []Effect
+	for i, u := range cfg.Uplinks {
+		if u.Failback != config.FailbackMove {
+			continue
+		}
+		for _, f := range inet.Families {
+			if !states[u.Name].Family(f).Usable() {
+				continue
+			}
+			to := ""
+			for _, c := range cameUp {
+				if c.Family == f && c.Tier < u.Tier && (to == "" || c.Uplink < to) {
+					to = c.Uplink
+				}
+			}
+			if to != "" {
+				out = append(out, Failback{Uplink: u.Name, To: to, Family: f,
+					Mark: cfg.UplinkMark(i), Mask: cfg.MarkMask, Evict: cfg.EvictMark()})
+			}
+		}
+	}
+	return out
+}
+
 func upDown(up bool) string {
 	if up {
 		return "up"
@@ -496,6 +534,7 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 	wentDown := false
 	var flushes []Effect
 	var hooks []Effect
+	var cameUp []cameUpFamily
 	oldAddrs := map[string][]netip.Addr{}
 	for name, st := range s.Uplinks {
 		oldAddrs[name] = st.State.Addrs()
@@ -546,6 +585,9 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 				wentDown = true
 				flushes = append(flushes, FlushMark{Uplink: u.Name, Family: f, Mark: cfg.UplinkMark(i), Mask: cfg.MarkMask})
 			}
+			if known && !fst.Up && up {
+				cameUp = append(cameUp, cameUpFamily{Uplink: u.Name, Tier: u.Tier, Family: f})
+			}
 			if known && fst.Up != up {
 				r.log(slog.LevelInfo, "uplink "+f.String()+" "+upDown(up), "uplink", u.Name, "interface", u.Interface,
 					"family", f.String(), "reason", rs.Get(f), "trigger", trigger)
@@ -590,6 +632,10 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 	// flow (a UDP stream with a fixed 5-tuple) then starts a new entry on
 	// a live uplink instead of finding the dead one again.
 	r.Effects = append(r.Effects, flushes...)
+	// Failback, after the apply that gives new connections to the better
+	// tier again: the connections of worse tiers' uplinks that move
+	// theirs go too.
+	r.Effects = append(r.Effects, failbacks(cfg, cameUp, states)...)
 	for _, u := range cfg.Uplinks {
 		now := s.Uplinks[u.Name].State.Addrs()
 		for _, a := range oldAddrs[u.Name] {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -431,6 +432,73 @@ func TestRandomWalkInvariants(t *testing.T) {
 					}
 				}
 			}
+		}
+	}
+}
+
+// Failback, step by step: dsl is a tier-2 backup. While fibre is out,
+// dsl carries everything; when fibre is back, dsl's connections are
+// moved there (failback = "move") after the apply that gives fibre the
+// new ones, family by family, or left alone (keep, the default). A start
+// and a backup's own return move nothing.
+func TestFailback(t *testing.T) {
+	cfgText := func(mode string) string {
+		return `
+[[uplink]]
+name = "fibre"
+interface = "wan1"
+
+[[uplink]]
+name = "dsl"
+interface = "ppp0"
+tier = 2
+failback = "` + mode + `"
+`
+	}
+	pppUp := ppp(7, "198.51.100.10", "198.51.100.9")
+	steps := []step{
+		{0, Start{Links: links(fibre(), pppUp)}},
+		{time.Second, Observed{Links: links(noCarrier(fibre()), pppUp), Trigger: "netlink"}},
+		{2 * time.Second, Observed{Links: links(fibre(), pppUp), Trigger: "netlink"}},
+		{3 * time.Second, Observed{Links: links(fibre(), noCarrier(pppUp)), Trigger: "netlink"}},
+		{4 * time.Second, Observed{Links: links(fibre(), pppUp), Trigger: "netlink"}},
+	}
+	kinds := func(r Result) []string {
+		var out []string
+		for _, e := range r.Effects {
+			switch e := e.(type) {
+			case ApplyNFT:
+				out = append(out, "nft")
+			case Failback:
+				out = append(out, fmt.Sprintf("failback %s %v to %s", e.Uplink, e.Family, e.To))
+				if e.Mark != 0x02000000 || e.Mask != 0x7f000000 || e.Evict != 0x7f000000 {
+					t.Errorf("failback marks %#x/%#x evict %#x", e.Mark, e.Mask, e.Evict)
+				}
+			}
+		}
+		return out
+	}
+	_, _, moved := run(mustConfig(t, cfgText("move")), steps)
+	// ppp0 has no IPv6: its IPv4 connections alone move. dsl's own
+	// flap, fibre being up, changes nothing in nftables.
+	want := [][]string{{"nft"}, {"nft"}, {"nft", "failback dsl IPv4 to fibre"}, nil, nil}
+	for i, r := range moved {
+		if got := kinds(r); !slices.Equal(got, want[i]) {
+			t.Errorf("move, step %d: %v, want %v", i, got, want[i])
+		}
+	}
+	if moved[2].State.Applied.NFT.Evict != 0x7f000000 {
+		t.Errorf("the table has no evict mark: %#x", moved[2].State.Applied.NFT.Evict)
+	}
+	_, _, kept := run(mustConfig(t, cfgText("keep")), steps)
+	for i, r := range kept {
+		for _, k := range kinds(r) {
+			if strings.HasPrefix(k, "failback") {
+				t.Errorf("keep, step %d: %s", i, k)
+			}
+		}
+		if r.State.Applied != nil && r.State.Applied.NFT.Evict != 0 {
+			t.Errorf("keep, step %d: an evict mark in the table", i)
 		}
 	}
 }

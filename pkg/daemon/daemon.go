@@ -61,6 +61,9 @@ type Flusher interface {
 	// mark.
 	FlushMark(mark, mask uint32, f inet.Family) (int, error)
 	FlushNATAddr(addr netip.Addr) (int, error)
+	// Evict moves one family's connections pinned to mark off for
+	// failback: TCP entries get the ct mark evict, the others go.
+	Evict(mark, mask, evict uint32, f inet.Family) (reset, deleted int, err error)
 	CountByMark(mask uint32) (map[uint32]int, error)
 	Close() error
 }
@@ -106,6 +109,7 @@ type Daemon struct {
 
 	// Figures only the executor sees.
 	flushed     map[string]uint64
+	failedBack  map[string]uint64 // connections moved off each uplink by failback
 	loosened    map[string]string // interface -> the rp_filter it had before wanpin loosened it
 	meter       trafficMeter
 	traffic     map[string]core.Traffic // by uplink, from its interface's counters, refreshed on the loop
@@ -152,7 +156,7 @@ func New(opts Options) (*Daemon, error) {
 		requests: make(chan func()), stopped: make(chan struct{}),
 		hooks: newHookRunner(opts.HooksDir, opts.Log), notify: newNotifier(),
 		monitors: map[core.Key]*health.Monitor{}, verdicts: make(chan health.Event, 64),
-		flushed: map[string]uint64{}, loosened: map[string]string{}, traffic: map[string]core.Traffic{}}
+		flushed: map[string]uint64{}, failedBack: map[string]uint64{}, loosened: map[string]string{}, traffic: map[string]core.Traffic{}}
 	// The daemon manages the network namespace it runs in (the lab starts
 	// it inside the router's namespace).
 	var nftOpts []rules.Option

@@ -61,6 +61,8 @@ func (d *Daemon) execute(effects []core.Effect) error {
 			d.flushMark(e)
 		case core.FlushAddr:
 			d.flushAddr(e)
+		case core.Failback:
+			d.failback(e)
 		case core.RunHooks:
 			d.hooks.transition(e.Uplink, e.Interface, e.State, e.Reason)
 		case core.Notify:
@@ -100,6 +102,19 @@ func (d *Daemon) flushMark(e core.FlushMark) {
 	d.flushed[e.Uplink] += uint64(n)
 	d.log.Info("conntrack flushed", "uplink", e.Uplink, "family", e.Family.String(), "mark", fmt.Sprintf("%#x", e.Mark),
 		"entries", n, "reason", "uplink down")
+}
+
+func (d *Daemon) failback(e core.Failback) {
+	if d.flusher == nil {
+		return
+	}
+	reset, deleted, err := d.flusher.Evict(e.Mark, e.Mask, e.Evict, e.Family)
+	if err != nil {
+		d.log.Error("failback", "uplink", e.Uplink, "to", e.To, "family", e.Family.String(), "err", err)
+	}
+	d.failedBack[e.Uplink] += uint64(reset + deleted)
+	d.log.Info("failback: connections moved", "uplink", e.Uplink, "to", e.To, "family", e.Family.String(),
+		"tcp_reset", reset, "flushed", deleted, "reason", e.To+" is back and "+e.Uplink+" has failback = move")
 }
 
 func (d *Daemon) flushAddr(e core.FlushAddr) {

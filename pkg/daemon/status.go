@@ -280,6 +280,7 @@ func (d *Daemon) publish() {
 	for i := range s.Uplinks {
 		u := &s.Uplinks[i]
 		u.Flushed = d.flushed[u.Name]
+		u.FailbackMoved = d.failedBack[u.Name]
 		u.Traffic = d.traffic[u.Name]
 	}
 	s.Applies, s.ApplyErrors = d.applies, d.applyErrors

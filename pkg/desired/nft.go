@@ -32,6 +32,10 @@ type NFT struct {
 	Source6 []SourcePrefix
 	// LANPrefix6 is what uplinks with NAT6Prefix translate from.
 	LANPrefix6 netip.Prefix
+	// Evict is the ct mark of TCP connections that failback moves off
+	// their uplink (0: no uplink moves its connections): the next packet
+	// of such a connection resets it.
+	Evict uint32
 }
 
 // SourcePrefix ties a source prefix to the uplink (by mark) that routes it.

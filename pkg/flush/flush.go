@@ -70,6 +70,46 @@ func (f *Flusher) flushMark(filter conntrack.Filter, mark, mask uint32) (int, er
 	return len(flows), nil
 }
 
+// Evict moves one family's connections off an uplink for failback: of
+// the entries whose ct mark & mask == mark, TCP ones get the mark evict
+// in place of mark (the other bits kept), which wanpin's table turns
+// into a reset on their next packet, and the others are deleted, so
+// their next packet is balanced afresh. An entry already gone is not an
+// error.
+func (f *Flusher) Evict(mark, mask, evict uint32, fam inet.Family) (reset, deleted int, err error) {
+	proto := netfilter.ProtoIPv4
+	if fam == inet.IPv6 {
+		proto = netfilter.ProtoIPv6
+	}
+	flows, err := f.c.DumpFilter(conntrack.NewFilter().Family(proto).Mark(mark).MarkMask(mask), nil)
+	if err != nil {
+		return 0, 0, fmt.Errorf("listing entries with mark %#x/%#x: %w", mark, mask, err)
+	}
+	for _, fl := range flows {
+		if fl.TupleOrig.Proto.Protocol == unix.IPPROTO_TCP {
+			// Only the tuple and the mark: an update with the status or
+			// the TCP state the dump reported could be refused.
+			upd := conntrack.Flow{TupleOrig: fl.TupleOrig, Zone: fl.Zone, Mark: fl.Mark&^mask | evict}
+			if err := f.c.Update(upd); err != nil {
+				if errors.Is(err, unix.ENOENT) {
+					continue
+				}
+				return reset, deleted, fmt.Errorf("marking a TCP entry for its reset: %w", err)
+			}
+			reset++
+			continue
+		}
+		if err := f.c.Delete(fl); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue
+			}
+			return reset, deleted, fmt.Errorf("deleting an entry: %w", err)
+		}
+		deleted++
+	}
+	return reset, deleted, nil
+}
+
 // FlushNATAddr deletes the entries source-NATed to addr: what a PPP
 // re-dial or a new DHCP lease leaves behind. The kernel cannot filter on
 // NAT addresses, so the table is dumped and matching entries deleted one

@@ -64,6 +64,7 @@ func Write(w io.Writer, s core.Status) {
 		counter("wanpin_uplink_transitions_total", l, float64(u.Transitions))
 		gauge("wanpin_uplink_pinned_connections", l, float64(u.Pinned))
 		counter("wanpin_uplink_conntrack_flushed_total", l, float64(u.Flushed))
+		counter("wanpin_uplink_failback_moved_total", l, float64(u.FailbackMoved))
 		counter("wanpin_uplink_bytes_total", `direction="in",`+l, float64(u.Traffic.InBytes))
 		counter("wanpin_uplink_bytes_total", `direction="out",`+l, float64(u.Traffic.OutBytes))
 		counter("wanpin_uplink_packets_total", `direction="in",`+l, float64(u.Traffic.InPackets))

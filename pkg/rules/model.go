@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 
 	"github.com/wanpin/wanpin/pkg/desired"
 	"github.com/wanpin/wanpin/pkg/inet"
@@ -143,19 +144,21 @@ func vmapElem(e element, v *expr.Verdict) element {
 
 // Chain names, fixed by layout.md.
 const (
-	chainPrerouting  = "prerouting"
-	chainOutput      = "output"
-	chainPostrouting = "postrouting"
-	chainNAT         = "nat"
-	chainBalDefault  = "bal_default_chain"
-	mapRestore       = "restore"
-	mapInbound       = "inbound"
-	mapOutbound      = "outbound"
-	setUplinkMarks   = "uplink_marks"
-	mapGuard         = "guard"
-	mapBalDefault    = "bal_default"
-	mapSource6       = "src6"
-	chainNATIn       = "nat_in"
+	chainPrerouting   = "prerouting"
+	chainOutput       = "output"
+	chainPostrouting  = "postrouting"
+	chainNAT          = "nat"
+	chainBalDefault   = "bal_default_chain"
+	mapRestore        = "restore"
+	mapInbound        = "inbound"
+	mapOutbound       = "outbound"
+	setUplinkMarks    = "uplink_marks"
+	mapGuard          = "guard"
+	chainEvict        = "evict"
+	chainEvictForward = "evict_forward"
+	mapBalDefault     = "bal_default"
+	mapSource6        = "src6"
+	chainNATIn        = "nat_in"
 )
 
 func markChain(u desired.Uplink) string { return "mark_" + u.Name }
@@ -310,6 +313,9 @@ func (b *builder) build() {
 		inbound.elems = append(inbound.elems, vmapElem(ifnameElem(u.Interface),
 			&expr.Verdict{Kind: expr.VerdictGoto, Chain: pinChain(u)}))
 	}
+	if s.Evict != 0 {
+		b.evict(restore, guard)
+	}
 	for _, st := range []*set{restore, inbound, guard, marks} {
 		st.sortElems()
 	}
@@ -427,6 +433,49 @@ func (b *builder) build() {
 			prio: nftables.ChainPriorityNATDest, prioName: "dstnat"})
 		c.rules = in
 	}
+}
+
+// evict adds what resets the TCP connections failback moved off their
+// uplink (ct mark Evict, set by the daemon on each entry): their next
+// packet from the far end, which carries the sequence number the LAN
+// host expects, reaches it as a reset (RST|ACK: the kernel's payload
+// write fixes the checksum), and their next packet from the LAN host is
+// answered with a reset in forward (reject is not allowed in
+// prerouting). Either way the application sees its connection reset at
+// once and reconnects, over the uplink that is back. The router's own
+// packets of such a connection are dropped in postrouting: the routing
+// would send them out of another uplink with the old one's address.
+func (b *builder) evict(restore, guard *set) {
+	e := b.s.Evict
+	b.addChain(chainEvict, nil).rules = []*rule{newRule(
+		frag{text: "ct direction reply", exprs: []expr.Any{
+			&expr.Ct{Key: expr.CtKeyDIRECTION, Register: reg}, cmpReg(expr.CmpOpEq, []byte{1})}},
+		frag{text: "tcp flags set rst | ack", exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg}, cmpReg(expr.CmpOpEq, []byte{unix.IPPROTO_TCP}),
+			&expr.Immediate{Register: reg, Data: []byte{0x14}},
+			&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: reg, Base: expr.PayloadBaseTransportHeader,
+				Offset: 13, Len: 1, CsumType: expr.CsumTypeInet, CsumOffset: 16, CsumFlags: unix.NFT_PAYLOAD_L4CSUM_PSEUDOHDR}}},
+	)}
+	restore.elems = append(restore.elems, vmapElem(markElem(e), &expr.Verdict{Kind: expr.VerdictGoto, Chain: chainEvict}))
+	for _, u := range b.s.Uplinks {
+		guard.elems = append(guard.elems, vmapElem(markIfnameElem(e, u.Interface), &expr.Verdict{Kind: expr.VerdictDrop}))
+	}
+	fwd := b.addChain(chainEvictForward, &baseHook{typ: nftables.ChainTypeFilter,
+		hook: nftables.ChainHookForward, hookName: "forward",
+		prio: nftables.ChainPriorityFilter, prioName: "filter"})
+	mark := maskedMark("ct mark", ctMarkLoad(), b.s.Mask)
+	mark.text += " " + hexMark(e)
+	if b.s.Mask != ^uint32(0) {
+		mark.text = "ct mark & " + hexMark(b.s.Mask) + " == " + hexMark(e)
+	}
+	mark.exprs = append(mark.exprs, cmpReg(expr.CmpOpEq, native32(e)))
+	fwd.rules = []*rule{newRule(mark,
+		frag{text: "ct direction original", exprs: []expr.Any{
+			&expr.Ct{Key: expr.CtKeyDIRECTION, Register: reg}, cmpReg(expr.CmpOpEq, []byte{0})}},
+		frag{text: "meta l4proto tcp", exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg}, cmpReg(expr.CmpOpEq, []byte{unix.IPPROTO_TCP})}},
+		frag{text: "reject with tcp reset", exprs: []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}}},
+	)}
 }
 
 // foreign: the packet carries another program's mark bits. The router's

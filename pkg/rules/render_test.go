@@ -62,6 +62,11 @@ func goldenSpecs() map[string]desired.NFT {
 			Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(),
 			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 4}, {Mark: 0x200, Weight: 2}}}),
 		},
+		// failback = "move" somewhere: the evict chains and elements.
+		"failback": {
+			Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(), Evict: 0xff00,
+			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}}}),
+		},
 		"one_down": {
 			Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(),
 			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}}}),
