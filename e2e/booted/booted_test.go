@@ -284,33 +284,19 @@ func stepBus(r *router) {
 // A daemon that stops answering (SIGSTOP) is killed and restarted by
 // systemd within WatchdogSec (10 s) + RestartSec (2 s), and the new one
 // adopts the kernel state without duplicates.
-func stepWatchdog(r *router) {
-	objs := r.wanpinObjects()
-	pid := r.mainPID()
-	r.sh("kill -STOP " + pid)
-	deadline := time.Now().Add(25 * time.Second)
-	for {
-		if now := r.mainPID(); now != pid && now != "0" {
-			if st, _ := r.try("systemctl is-active wanpin"); strings.TrimSpace(st) == "active" {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("not restarted within 25 s of SIGSTOP:\n%s", r.sh("systemctl status --no-pager wanpin || true"))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if got := r.wanpinObjects(); got != objs {
-		r.t.Errorf("after the watchdog restart, wanpin's objects\n%s\nwant\n%s", got, objs)
-	}
-}
+func stepWatchdog(r *router) { r.restartedAfter("STOP", 25*time.Second) }
 
 // SIGKILL: Restart=on-failure brings it back, with the state as it was.
-func stepKill(r *router) {
+func stepKill(r *router) { r.restartedAfter("KILL", 15*time.Second) }
+
+// restartedAfter sends the daemon sig and waits for systemd to have a new
+// one active within the time given, holding the same kernel objects.
+func (r *router) restartedAfter(sig string, within time.Duration) {
+	r.t.Helper()
 	objs := r.wanpinObjects()
 	pid := r.mainPID()
-	r.sh("kill -KILL " + pid)
-	deadline := time.Now().Add(15 * time.Second)
+	r.sh("kill -" + sig + " " + pid)
+	deadline := time.Now().Add(within)
 	for {
 		if now := r.mainPID(); now != pid && now != "0" {
 			if st, _ := r.try("systemctl is-active wanpin"); strings.TrimSpace(st) == "active" {
@@ -318,12 +304,12 @@ func stepKill(r *router) {
 			}
 		}
 		if time.Now().After(deadline) {
-			r.t.Fatalf("not restarted within 15 s of SIGKILL:\n%s", r.sh("systemctl status --no-pager wanpin || true"))
+			r.t.Fatalf("not restarted within %v of SIG%s:\n%s", within, sig, r.sh("systemctl status --no-pager wanpin || true"))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	if got := r.wanpinObjects(); got != objs {
-		r.t.Errorf("after the restart, wanpin's objects\n%s\nwant\n%s", got, objs)
+		r.t.Errorf("after the restart that SIG%s caused, wanpin's objects\n%s\nwant\n%s", sig, got, objs)
 	}
 }
 

@@ -56,7 +56,9 @@ func acUplinkTable() string {
 	return fmt.Sprintf("ip route add default via %s dev wan1 table %s\n", netlab.UplinkGateway4(1), acTable)
 }
 
-func acVariants(wanpinTable, wanpinRules string) []acVariant {
+// acVariants lists the variants; wanpinUp and wanpinDown are a
+// wanpinSnapshot's.
+func acVariants(wanpinUp, wanpinDown string) []acVariant {
 	mark := func(stmt string) string {
 		return fmt.Sprintf("nft add table ip mk\nnft add chain ip mk pre '{ type filter hook prerouting priority mangle; }'\nnft add rule ip mk pre %s\n", stmt)
 	}
@@ -127,9 +129,24 @@ EOF
 		{"restore map + postrouting guard: ct mark . oifname vmap", acBare + acUplinkTable() + fwmark + restore + guardConcat, acBareDown + fwmarkDown + markDown},
 		{"restore map + postrouting oifname vmap, jump to a counter", acBare + acUplinkTable() + fwmark + restore + countOut, acBareDown + fwmarkDown + markDown},
 		{"classic CONNMARK recipe", acBare + acUplinkTable() + fwmark + classic, acBareDown + fwmarkDown + "nft delete table ip classic\n"},
-		{"wanpin's table and rules as it loads them", wanpinTable + wanpinRules, ""},
+		{"wanpin's table and rules as it loads them", wanpinUp, wanpinDown},
+		// What the suppress rule's main-table lookup costs a marked
+		// packet in wanpin's own rule list.
+		{"wanpin's table and rules without the suppress rule",
+			dropLines(wanpinUp, "suppress_prefixlength"), dropLines(wanpinDown, "prio "+suppressPrio(wanpinUp)+"\n")},
 	}
 	return vs
+}
+
+// dropLines is script without the lines containing s.
+func dropLines(script, s string) string {
+	var keep []string
+	for _, line := range strings.SplitAfter(script, "\n") {
+		if !strings.Contains(line, s) {
+			keep = append(keep, line)
+		}
+	}
+	return strings.Join(keep, "")
 }
 
 // wanpinSnapshot runs wanpin once and returns shell that loads its table
@@ -201,17 +218,11 @@ func suppressPrio(up string) string {
 
 func runAccounting(bin string, rounds int, window time.Duration) error {
 	begin := time.Now()
-	dir, bin, err := prepare(bin)
+	dir, bin, l, done, err := benchLab(bin, 2)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	netlab.Sweep()
-	l, err := netlab.New(netlab.Options{ISPs: 2})
-	if err != nil {
-		return err
-	}
-	defer l.Close()
+	defer done()
 	d := &datapath{l: l, dir: dir, window: window, verbose: *verbose}
 	if err := d.start(); err != nil {
 		return err
@@ -221,27 +232,7 @@ func runAccounting(bin string, rounds int, window time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("wanpin's table: %w", err)
 	}
-	variants := acVariants(wup, "")
-	variants[len(variants)-1].down = wdown
-	// The same without the suppress rule: what its main-table lookup
-	// costs a marked packet in wanpin's own rule list.
-	var noSuppress []string
-	for _, line := range strings.Split(wup, "\n") {
-		if !strings.Contains(line, "suppress_prefixlength") {
-			noSuppress = append(noSuppress, line)
-		}
-	}
-	var downNoSuppress []string
-	for _, line := range strings.Split(wdown, "\n") {
-		if !strings.Contains(line, "prio "+suppressPrio(wup)) {
-			downNoSuppress = append(downNoSuppress, line)
-		}
-	}
-	variants = append(variants, acVariant{"wanpin's table and rules without the suppress rule",
-		strings.Join(noSuppress, "\n"), strings.Join(downNoSuppress, "\n")})
-	if os.Getenv("WANPIN_AC_NOISE") != "" {
-		variants = []acVariant{variants[0], variants[0]}
-	}
+	variants := acVariants(wup, wdown)
 	sh := func(script string) error {
 		if script == "" {
 			return nil

@@ -115,17 +115,11 @@ func runDatapath(bin string, cycles int, window time.Duration) error {
 		return fmt.Errorf("-cycles %d: want at least 1", cycles)
 	}
 	begin := time.Now()
-	dir, bin, err := prepare(bin)
+	dir, bin, l, done, err := benchLab(bin, datapathISPs)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	netlab.Sweep()
-	l, err := netlab.New(netlab.Options{ISPs: datapathISPs})
-	if err != nil {
-		return fmt.Errorf("a lab of %d ISPs: %w", datapathISPs, err)
-	}
-	defer l.Close()
+	defer done()
 	d := &datapath{l: l, dir: dir, window: window, verbose: *verbose, perfDir: os.Getenv("WANPIN_BENCH_PERF")}
 	if err := d.start(); err != nil {
 		return err

@@ -101,18 +101,27 @@ func runResources(bin string) error {
 	return nil
 }
 
-func run(bin string, reps, secs int, throughputOnly bool) error {
-	dir, bin, err := prepare(bin)
+// benchLab prepares the binary (prepare) and builds a lab of isps ISPs
+// after sweeping dead ones; done removes both.
+func benchLab(bin string, isps int) (dir, wanpin string, l *netlab.Lab, done func(), err error) {
+	dir, wanpin, err = prepare(bin)
 	if err != nil {
-		return err
+		return "", "", nil, nil, err
 	}
-	defer os.RemoveAll(dir)
 	netlab.Sweep()
-	l, err := netlab.New(netlab.Options{ISPs: 2})
+	if l, err = netlab.New(netlab.Options{ISPs: isps}); err != nil {
+		os.RemoveAll(dir)
+		return "", "", nil, nil, fmt.Errorf("a lab of %d ISPs: %w", isps, err)
+	}
+	return dir, wanpin, l, func() { l.Close(); os.RemoveAll(dir) }, nil
+}
+
+func run(bin string, reps, secs int, throughputOnly bool) error {
+	dir, bin, l, done, err := benchLab(bin, 2)
 	if err != nil {
 		return err
 	}
-	defer l.Close()
+	defer done()
 
 	wanpin := func(cfg string) func(l *netlab.Lab, dir string) (func(), error) {
 		return func(l *netlab.Lab, dir string) (func(), error) { return startWanpin(l, bin, dir, cfg) }
