@@ -206,6 +206,24 @@ func FormatStatus(s core.Status, now time.Time) string {
 				weight, tier, pinned, rtt, loss, f.f.Reason)
 		}
 	}
+	if s.StickyTotal > 0 {
+		fmt.Fprintf(&b, "\nsticky sources: %d", s.StickyTotal)
+		if len(s.Sticky) < s.StickyTotal {
+			fmt.Fprintf(&b, " (the %d remembered longest listed)", len(s.Sticky))
+		}
+		b.WriteString("\n")
+		for _, e := range s.Sticky {
+			who := e.Source.String()
+			if e.Destination.IsValid() {
+				who += " -> " + e.Destination.String()
+			}
+			pol := "default balancing"
+			if e.Policy != "" {
+				pol = "policy " + e.Policy
+			}
+			fmt.Fprintf(&b, "  %-40s %-10s %6.0fs left  (%s)\n", who, e.Uplink, float64(e.Left), pol)
+		}
+	}
 	if len(s.Conflicts) > 0 {
 		b.WriteString("\nclashes with other programs' rules:\n")
 		for _, f := range s.Conflicts {

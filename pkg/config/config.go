@@ -17,6 +17,7 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/wanpin/wanpin/pkg/policy"
 )
@@ -67,7 +68,27 @@ type Config struct {
 	LANPrefix6 netip.Prefix
 	Uplinks    []Uplink
 	Policies   []Policy
+	// Sticky: the default balancing's memory of each source's uplink.
+	Sticky Sticky
 }
+
+// Sticky is `sticky` and `sticky_by`, at the top level (the default
+// balancing) or in a policy: a new connection from a source that had one
+// within Timeout takes the uplink that one took, while that uplink is a
+// candidate; every new connection starts the timeout again.
+type Sticky struct {
+	Timeout time.Duration // 0: not sticky
+	// ByDestination (sticky_by = "source+destination"): remembered per
+	// source and destination, so one client spreads over sites but keeps
+	// its uplink per site.
+	ByDestination bool
+}
+
+// Limits of sticky.
+const (
+	MinSticky = time.Second
+	MaxSticky = 7 * 24 * time.Hour
+)
 
 // Uplink is one [[uplink]] element.
 type Uplink struct {
@@ -162,7 +183,8 @@ type Policy struct {
 	policy.Match
 	Uplinks      []string // names of the candidate uplinks; empty means all uplinks
 	FallbackNone bool     // fallback = "none": reject rather than use another uplink
-	Line         int      // line of its [[policy]] header
+	Sticky       Sticky
+	Line         int // line of its [[policy]] header
 }
 
 // MarkShift is the number of trailing zero bits of MarkMask: uplink marks are

@@ -391,3 +391,27 @@ func TestFailbackKey(t *testing.T) {
 		t.Errorf("no room: %v, want %s", err, want)
 	}
 }
+
+func TestStickyKeys(t *testing.T) {
+	up := "[[uplink]]\nname = \"a\"\ninterface = \"eth0\"\n\n[[uplink]]\nname = \"b\"\ninterface = \"eth1\"\n"
+	cfg, err := Parse("f.toml", []byte("sticky = \"10m\"\n"+up+"\n[[policy]]\nname = \"bank\"\nports = [443]\nsticky = \"1h\"\nsticky_by = \"source+destination\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Sticky != (Sticky{Timeout: 10 * time.Minute}) || cfg.Policies[0].Sticky != (Sticky{Timeout: time.Hour, ByDestination: true}) {
+		t.Errorf("parsed %+v and %+v", cfg.Sticky, cfg.Policies[0].Sticky)
+	}
+	for _, c := range []struct{ file, want string }{
+		{"sticky = \"1ms\"\n" + up, `f.toml:1: sticky: sticky must be between 1s and 168h (7 days), got 1ms`},
+		{"sticky = 600\n" + up, `f.toml:1: sticky: sticky must be a duration like "500ms", got integer 600`},
+		{"sticky = \"8d\"\n" + up, `f.toml:1: sticky: sticky: "8d" is not a duration like "500ms" or "2s"`},
+		{"sticky_by = \"source\"\n" + up, `f.toml:1: sticky_by: sticky_by needs sticky (a duration like "10m")`},
+		{up + "\n[[policy]]\nname = \"p\"\nports = [443]\nsticky = \"1m\"\nsticky_by = \"site\"\n", `f.toml:13: policy "p".sticky_by: sticky_by must be "source" or "source+destination", got "site"`},
+		{up + "\n[[policy]]\nname = \"default\"\nports = [443]\n", `f.toml:10: policy[1].name: name "default" is the default balancing's: choose another`},
+	} {
+		_, err := Parse("f.toml", []byte(c.file))
+		if err == nil || err.Error() != c.want {
+			t.Errorf("%q:\n got %v\nwant %s", c.file, err, c.want)
+		}
+	}
+}

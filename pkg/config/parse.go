@@ -265,11 +265,11 @@ func describe(v any) string {
 
 // Keys of each table, in the order they are read (and documented).
 var (
-	topKeys    = []string{"mark_mask", "rule_priority", "router_traffic", "lan_prefix6", "allow_conflicts", "uplink", "policy"}
+	topKeys    = []string{"mark_mask", "rule_priority", "router_traffic", "lan_prefix6", "allow_conflicts", "sticky", "sticky_by", "uplink", "policy"}
 	uplinkKeys = []string{"name", "interface", "gateway", "gateway6", "dns", "weight", "tier", "table",
 		"masquerade", "nat6", "prefix6", "health", "failback"}
 	policyKeys = []string{"name", "users", "groups", "services", "sources", "in_interfaces",
-		"destinations", "protocol", "ports", "source_ports", "uplinks", "fallback"}
+		"destinations", "protocol", "ports", "source_ports", "uplinks", "fallback", "sticky", "sticky_by"}
 )
 
 func (p *parser) config(tree map[string]any) *Config {
@@ -308,6 +308,8 @@ func (p *parser) config(tree map[string]any) *Config {
 			return nil
 		})
 	}
+
+	cfg.Sticky = p.sticky(root)
 
 	lan6, lan6Set := p.get(root, "lan_prefix6")
 	if lan6Set {
@@ -560,8 +562,35 @@ func (p *parser) policy(t *table, i int, cfg *Config, names map[string]int) Poli
 			}
 		}
 	}
+	pol.Sticky = p.sticky(t)
 	p.unknown(t, policyKeys)
 	return pol
+}
+
+// sticky reads `sticky` and `sticky_by` of the table t.
+func (p *parser) sticky(t *table) Sticky {
+	var st Sticky
+	if p.duration(t, "sticky", &st.Timeout, false) && st.Timeout != 0 {
+		if st.Timeout < MinSticky || st.Timeout > MaxSticky {
+			p.errorf(p.field(t, "sticky"), "sticky must be between 1s and 168h (7 days), got %s", st.Timeout)
+			st.Timeout = 0
+		}
+	}
+	if n, ok := p.get(t, "sticky_by"); ok {
+		if s, ok := p.str(n); ok {
+			switch s {
+			case "source":
+			case "source+destination":
+				st.ByDestination = true
+			default:
+				p.errorf(n, `sticky_by must be "source" or "source+destination", got %q`, s)
+			}
+			if _, set := p.get(t, "sticky"); !set {
+				p.errorf(n, "sticky_by needs sticky (a duration like \"10m\")")
+			}
+		}
+	}
+	return st
 }
 
 // countEntries counts the entries of a policy's list n towards the

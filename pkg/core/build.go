@@ -147,6 +147,7 @@ func Build(in Facts) desired.State {
 		all[i] = u.Name
 	}
 	d.NFT.Default = balancer(cfg, in.Uplinks, all)
+	d.NFT.Default.Sticky = desiredSticky(cfg.Sticky)
 	for _, e := range in.Execs {
 		b := balancer(cfg, in.Uplinks, []string{e.Uplink})
 		for _, f := range inet.Families {
@@ -177,9 +178,14 @@ func Build(in Facts) desired.State {
 				m.Cgroups = append(m.Cgroups, in.Cgroups[svc]...)
 			}
 		}
+		b.Sticky = desiredSticky(p.Sticky)
 		d.NFT.Policies = append(d.NFT.Policies, desired.Policy{Name: p.Name, Match: m, Balancer: b})
 	}
 	return d
+}
+
+func desiredSticky(s config.Sticky) desired.Sticky {
+	return desired.Sticky{Timeout: s.Timeout, ByDestination: s.ByDestination}
 }
 
 func setChoice(b *desired.Balancer, f inet.Family, c desired.Choice) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/wanpin/wanpin/pkg/desired"
 	"github.com/wanpin/wanpin/pkg/inet"
@@ -64,9 +65,24 @@ type Explanation struct {
 	// SourcePrefix: an IPv6 source in an uplink's prefix6 (nat6 none)
 	// chose that uplink, the only entry of Choices.
 	SourcePrefix netip.Prefix `json:"source_prefix,omitzero"`
+	// Sticky: the balancer remembered the source (sticky), and gave it
+	// the uplink it gave the source's last new connection.
+	Sticky *StickyHit `json:"sticky,omitempty"`
 	// Why: the rule that decided, as a person reads it.
 	Why string `json:"why"`
 }
+
+// StickyHit is a sticky balancer's memory of one source.
+type StickyHit struct {
+	Uplink string  `json:"uplink"`
+	Left   Seconds `json:"left_seconds"` // until it forgets, unless a new connection comes first
+}
+
+// StickyLookup answers whether the balancer of policy ("" for the default
+// balancing) remembers src (and dst, for sticky_by "source+destination")
+// for the uplink of mark, and for how long still. The kernel holds the
+// memory; the daemon reads it.
+type StickyLookup func(policy string, f inet.Family, mark uint32, src, dst netip.Addr) (time.Duration, bool)
 
 // Explain evaluates the desired state for a new connection: the nftables
 // table in the chain order pkg/rules lays out (layout.md), with the same
@@ -98,8 +114,15 @@ func NewExplainer(d desired.State) *Explainer {
 
 // Explain is the package's Explain for the Explainer's state.
 func (x *Explainer) Explain(f policy.Flow, local []netip.Addr) Explanation {
+	return x.ExplainSticky(f, local, nil)
+}
+
+// ExplainSticky is Explain with the sticky balancers' memory (nil: none
+// remembered).
+func (x *Explainer) ExplainSticky(f policy.Flow, local []netip.Addr, sticky StickyLookup) Explanation {
 	d := x.d
 	e := x.explainNFT(f, local)
+	e = stickyOutcome(d.NFT, f, e, sticky)
 	if f.Local && e.Outcome == MainTable {
 		// Unmarked: the ip rules decide.
 		r := explainRouting(d, f, e)
@@ -285,5 +308,53 @@ func explainRouting(d desired.State, f policy.Flow, e Explanation) Explanation {
 			return out
 		}
 	}
+	return e
+}
+
+// stickyOutcome applies a sticky balancer's memory to a balanced outcome,
+// as the balancer's chain does: the lookups come before the choice, one
+// per candidate in bucket order, the first that remembers the source
+// wins.
+func stickyOutcome(nft desired.NFT, f policy.Flow, e Explanation, sticky StickyLookup) Explanation {
+	if e.Outcome != Balanced || e.SourcePrefix.IsValid() {
+		// Not balanced; or the source prefix (nat6 none) decided
+		// before any memory.
+		return e
+	}
+	bal := nft.Default
+	if e.Policy != "" && !e.Fallback {
+		i := slices.IndexFunc(nft.Policies, func(p desired.Policy) bool { return p.Name == e.Policy })
+		if i < 0 {
+			return e
+		}
+		bal = nft.Policies[i].Balancer
+	}
+	st := bal.Sticky
+	if !st.On() {
+		return e
+	}
+	pol := e.Policy
+	if e.Fallback {
+		pol = ""
+	}
+	dst := netip.Addr{}
+	if st.ByDestination {
+		dst = f.Dst
+	}
+	by := "source"
+	if st.ByDestination {
+		by = "source and destination"
+	}
+	if sticky != nil {
+		for _, c := range e.Choices {
+			if left, ok := sticky(pol, f.Family(), c.Mark, f.Src, dst); ok {
+				e.Choices = []Choice{{Uplink: c.Uplink, Mark: c.Mark, Share: 1}}
+				e.Sticky = &StickyHit{Uplink: c.Uplink, Left: Seconds(left.Seconds())}
+				e.Why += fmt.Sprintf("; sticky: this %s's last new connection took %s (remembered %s more)", by, c.Uplink, left.Round(time.Second))
+				return e
+			}
+		}
+	}
+	e.Why += fmt.Sprintf("; sticky %s: the uplink it gets is remembered for this %s", st.Timeout, by)
 	return e
 }

@@ -2,9 +2,13 @@ package core
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/wanpin/wanpin/pkg/config"
+	"github.com/wanpin/wanpin/pkg/desired"
+	"github.com/wanpin/wanpin/pkg/inet"
 	"github.com/wanpin/wanpin/pkg/policy"
 )
 
@@ -72,5 +76,36 @@ func TestExplainShares(t *testing.T) {
 	if e := Explain(Build(Facts{Config: cfg, Uplinks: allUp()}), policy.Flow{Dst: a("198.51.100.2"), Src: a("192.0.2.10")},
 		[]netip.Addr{a("198.51.100.2")}); e.Outcome != NotRouted {
 		t.Errorf("to the router: %+v", e)
+	}
+}
+
+func TestExplainSticky(t *testing.T) {
+	d := desired.State{NFT: desired.NFT{Mask: 0xff00,
+		Uplinks: []desired.Uplink{{Name: "a", Interface: "eth1", Mark: 0x100}, {Name: "b", Interface: "eth2", Mark: 0x200}},
+		Default: desired.Balancer{
+			V4:     desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}, {Mark: 0x200, Weight: 1}}},
+			V6:     desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}, {Mark: 0x200, Weight: 1}}},
+			Sticky: desired.Sticky{Timeout: 10 * time.Minute},
+		}}}
+	x := NewExplainer(d)
+	f := policy.Flow{Src: netip.MustParseAddr("192.0.2.7"), Dst: netip.MustParseAddr("198.51.100.1"), Proto: 6, DPort: 443}
+	remembers := func(pol string, fam inet.Family, mark uint32, src, dst netip.Addr) (time.Duration, bool) {
+		if pol == "" && fam == inet.IPv4 && mark == 0x200 && src == f.Src && !dst.IsValid() {
+			return 61 * time.Second, true
+		}
+		return 0, false
+	}
+	e := x.ExplainSticky(f, nil, remembers)
+	if e.Outcome != Balanced || e.Sticky == nil || e.Sticky.Uplink != "b" || e.Sticky.Left != 61 || len(e.Choices) != 1 || e.Choices[0].Uplink != "b" {
+		t.Errorf("remembered source: %+v", e)
+	}
+	if !strings.Contains(e.Why, "sticky: this source's last new connection took b (remembered 1m1s more)") {
+		t.Errorf("why: %s", e.Why)
+	}
+	other := f
+	other.Src = netip.MustParseAddr("192.0.2.8")
+	e = x.ExplainSticky(other, nil, remembers)
+	if e.Sticky != nil || len(e.Choices) != 2 || !strings.Contains(e.Why, "sticky 10m0s: the uplink it gets is remembered for this source") {
+		t.Errorf("a new source: %+v", e)
 	}
 }

@@ -25,6 +25,19 @@ type Status struct {
 	// Conflicts: other programs' rules that clash with wanpin's marks or
 	// rule block, as the last check found them.
 	Conflicts []neighbours.Finding `json:"conflicts,omitempty"`
+	// Sticky: sources the sticky balancers remember (the most recent
+	// first, at most a hundred), of StickyTotal in all.
+	Sticky      []StickyReport `json:"sticky,omitempty"`
+	StickyTotal int            `json:"sticky_total,omitempty"`
+}
+
+// StickyReport is one source a sticky balancer remembers.
+type StickyReport struct {
+	Policy      string     `json:"policy,omitempty"` // "": the default balancing
+	Source      netip.Addr `json:"source"`
+	Destination netip.Addr `json:"destination,omitzero"` // sticky_by "source+destination"
+	Uplink      string     `json:"uplink"`
+	Left        Seconds    `json:"left_s"`
 }
 
 // UplinkReport is one uplink in a Status.
@@ -42,6 +55,8 @@ type UplinkReport struct {
 	Tier      int          `json:"tier"`
 	Mark      Mark         `json:"mark"`
 	Pinned    int          `json:"pinned"` // conntrack entries pinned to it
+	// Sticky: sources a sticky balancer remembers for it.
+	Sticky int `json:"sticky,omitempty"`
 	// The uplink's own probe figures: its IPv4 probes', else its IPv6 ones'.
 	RTTms       float64 `json:"rtt_ms"` // 0: not probed or no answer
 	Loss        float64 `json:"loss"`   // 0..1; -1: not probed

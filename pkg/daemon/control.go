@@ -65,7 +65,7 @@ func (d *Daemon) Status(ctx context.Context) (core.Status, error) {
 // services and running execs). It never waits for the loop.
 func (d *Daemon) Explain(ctx context.Context, f policy.Flow) (core.Explanation, error) {
 	x, local := d.pub.explain()
-	return x.Explain(f, local), nil
+	return x.ExplainSticky(f, local, d.pub.stickyLookup()), nil
 }
 
 // Reload re-reads the configuration; a bad file is returned as the error

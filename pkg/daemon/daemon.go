@@ -189,6 +189,8 @@ func New(opts Options) (*Daemon, error) {
 		}
 	}
 	d.pub = newPublisher(counter, d.log)
+	var sr stickyReader = nft
+	d.pub.sticky = &stickyView{read: sr.StickyEntries}
 	if d.cgroups, err = cgroups.NewResolver(); err != nil {
 		d.log.Warn("cgroup v2 not found: service policies match nothing", "err", err)
 		d.cgroups = &cgroups.Resolver{}

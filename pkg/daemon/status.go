@@ -58,6 +58,8 @@ type publisher struct {
 	kick      chan struct{}
 	done      chan struct{}
 	closeOnce sync.Once
+	// sticky reads the sticky sets (nil: not readable, as in tests).
+	sticky *stickyView
 }
 
 // newPublisher starts the pinned-connection counter when counter is set
@@ -271,7 +273,27 @@ func (p *publisher) get() core.Status {
 	if !p.pinnedAt.IsZero() {
 		s.PinnedAge = core.Seconds(time.Since(p.pinnedAt).Seconds())
 	}
+	if v, nft := p.sticky, &p.desired.NFT; v != nil {
+		p.mu.Unlock()
+		counts, list, total := stickyReports(v.snapshot(nft))
+		p.mu.Lock()
+		for i := range s.Uplinks {
+			s.Uplinks[i].Sticky = counts[s.Uplinks[i].Name]
+		}
+		s.Sticky, s.StickyTotal = list, total
+	}
 	return s
+}
+
+// stickyLookup is the sticky balancers' memory for explain (nil: none).
+func (p *publisher) stickyLookup() core.StickyLookup {
+	p.mu.Lock()
+	v, nft := p.sticky, &p.desired.NFT
+	p.mu.Unlock()
+	if v == nil {
+		return nil
+	}
+	return stickyLookup(v.snapshot(nft))
 }
 
 // publish hands the readers the state after a step.

@@ -3,6 +3,7 @@ package desired
 import (
 	"net/netip"
 	"reflect"
+	"time"
 
 	"github.com/wanpin/wanpin/pkg/inet"
 	"github.com/wanpin/wanpin/pkg/policy"
@@ -104,7 +105,24 @@ type Choice struct {
 // may be up (or healthy) in one family only.
 type Balancer struct {
 	V4, V6 Choice
+	// Sticky: a source that had a connection within Sticky.Timeout gets
+	// the uplink that one got, while that uplink is still a candidate.
+	Sticky Sticky
 }
+
+// Sticky is a balancer's memory of the uplink each source (or source and
+// destination) was given. The zero Sticky remembers nothing.
+type Sticky struct {
+	// Timeout: how long after its last new connection a source keeps its
+	// uplink; 0 means not sticky.
+	Timeout time.Duration
+	// ByDestination keys the memory by source and destination, so a
+	// source's connections spread over sites but stay put per site.
+	ByDestination bool
+}
+
+// On reports whether the balancer remembers its choices.
+func (s Sticky) On() bool { return s.Timeout > 0 }
 
 // Both is a balancer that chooses the same in both families.
 func Both(c Choice) Balancer { return Balancer{V4: c, V6: c} }

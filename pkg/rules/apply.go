@@ -154,8 +154,9 @@ func (m *Manager) Apply(s desired.NFT) error {
 		return err
 	}
 
+	carried := m.carry(t, old)
 	m.replace(nt, old)
-	if err := m.queue(t, nt); err != nil {
+	if err := m.queue(t, nt, carried); err != nil {
 		// queue fails only where the library recorded the error in the
 		// connection: Flush then discards the batch without sending it.
 		_ = c.Flush()
@@ -184,6 +185,78 @@ func (m *Manager) Apply(s desired.NFT) error {
 	m.table = t.name
 	m.staleChecked = true
 	return nil
+}
+
+// carry reads the elements the kernel's table old holds in t's keep sets
+// (sticky sources, learned by the datapath), so that the batch that
+// replaces the table re-creates them with the time each has left. A set
+// whose key changed (sticky_by) starts empty; so does the set of an
+// uplink no longer a candidate, which t has not: its sources are balanced
+// afresh. An entry the datapath adds between this dump and the commit is
+// lost (the source's next connection is balanced again): the window is
+// the dump and the commit, a few milliseconds per apply. A failed dump
+// loses the memory, not the apply.
+func (m *Manager) carry(t *table, old *nftables.Table) map[string][]nftables.SetElement {
+	if old == nil {
+		return nil
+	}
+	if !slices.ContainsFunc(t.sets, func(s *set) bool { return s.keep }) {
+		return nil
+	}
+	// Dumps on a connection of their own, never the lasting one the
+	// batch goes out on (see StickyEntries).
+	c, err := m.transient()
+	if err != nil {
+		return nil
+	}
+	defer c.CloseLasting()
+	have, err := c.GetSets(old)
+	if err != nil {
+		return nil
+	}
+	byName := map[string]*nftables.Set{}
+	for _, s := range have {
+		byName[s.Name] = s
+	}
+	out := map[string][]nftables.SetElement{}
+	for _, s := range t.sets {
+		if !s.keep {
+			continue
+		}
+		os, ok := byName[s.name]
+		if !ok || os.KeyType.Name != s.key.Name || os.KeyType.Bytes != s.key.Bytes || !os.HasTimeout {
+			continue
+		}
+		elems, err := c.GetSetElements(os)
+		if err != nil {
+			continue
+		}
+		kept := make([]nftables.SetElement, 0, len(elems))
+		for _, e := range elems {
+			if e.Expires <= 0 {
+				continue
+			}
+			// The element's own timeout is what it has left; the
+			// datapath's update sets a full one again (its dynset
+			// carries the timeout).
+			kept = append(kept, nftables.SetElement{Key: e.Key, Timeout: e.Expires})
+		}
+		out[s.name] = kept
+	}
+	return out
+}
+
+// transient opens a connection for one read, in the Manager's namespace.
+func (m *Manager) transient() (*nftables.Conn, error) {
+	var opts []nftables.ConnOption
+	if m.hasNS {
+		opts = append(opts, nftables.WithNetNSFd(m.nsFD))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("opening nftables netlink connection: %w", err)
+	}
+	return c, nil
 }
 
 // replace queues the claim, delete and add of nt; old is the table as the
@@ -240,7 +313,7 @@ func (m *Manager) queueCompanions(table string, kt *table) error {
 	}
 	nt := &nftables.Table{Name: kt.name, Family: nftables.TableFamilyINet, Flags: m.keeperFlags}
 	m.replace(nt, old)
-	if err := m.queue(kt, nt); err != nil {
+	if err := m.queue(kt, nt, nil); err != nil {
 		return fmt.Errorf("building table %s: %w", kt.name, err)
 	}
 	return nil
@@ -260,6 +333,9 @@ func (t *table) check() error {
 		for i, r := range ch.rules {
 			anon := 0
 			for _, e := range r.exprs {
+				if d, ok := e.(*expr.Dynset); ok && !named[d.SetName] {
+					return fmt.Errorf("chain %s rule %d: unknown set %s", ch.name, i, d.SetName)
+				}
 				l, ok := e.(*expr.Lookup)
 				switch {
 				case !ok:
@@ -280,7 +356,7 @@ func (t *table) check() error {
 // queue adds chains, then sets and maps (their elements name chains as
 // goto targets), then rules (they look sets up), all into the pending
 // batch.
-func (m *Manager) queue(t *table, nt *nftables.Table) error {
+func (m *Manager) queue(t *table, nt *nftables.Table, carried map[string][]nftables.SetElement) error {
 	c := m.conn
 	chains := map[string]*nftables.Chain{}
 	for _, ch := range t.chains {
@@ -294,7 +370,7 @@ func (m *Manager) queue(t *table, nt *nftables.Table) error {
 	sets := map[string]*nftables.Set{}
 	for _, s := range t.sets {
 		ns := s.nftSet(nt)
-		if err := c.AddSet(ns, s.nftElements()); err != nil {
+		if err := c.AddSet(ns, append(s.nftElements(), carried[s.name]...)); err != nil {
 			return fmt.Errorf("adding set %s: %w", s.name, err)
 		}
 		sets[s.name] = ns
@@ -304,6 +380,13 @@ func (m *Manager) queue(t *table, nt *nftables.Table) error {
 			anon := r.anon
 			exprs := slices.Clone(r.exprs)
 			for j, e := range exprs {
+				if d0, ok := e.(*expr.Dynset); ok {
+					d := new(expr.Dynset)
+					*d = *d0
+					d.SetID = sets[d.SetName].ID
+					exprs[j] = d
+					continue
+				}
 				l0, ok := e.(*expr.Lookup)
 				if !ok {
 					continue
@@ -347,6 +430,9 @@ func (s *set) nftSet(nt *nftables.Table) *nftables.Set {
 	}
 	if s.isMap {
 		ns.DataType = nftables.TypeVerdict
+	}
+	if s.dynamic {
+		ns.Dynamic, ns.HasTimeout, ns.Timeout = true, true, s.timeout
 	}
 	if s.native {
 		ns.KeyByteOrder = binaryutil.NativeEndian

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -25,6 +26,7 @@ type table struct {
 	name   string
 	sets   []*set // named sets and maps, in creation (= listing) order
 	chains []*chain
+	sticky []StickySet
 }
 
 var (
@@ -50,6 +52,12 @@ type set struct {
 	// garbage; the kernel matches them either way.
 	native bool
 	elems  []element
+	// dynamic: the datapath adds elements (flags dynamic,timeout), each
+	// expiring timeout after its last update. keep: Apply carries the
+	// elements the kernel holds over into the new table, with the time
+	// they have left.
+	dynamic, keep bool
+	timeout       time.Duration
 }
 
 type element struct {
@@ -111,6 +119,9 @@ func keyCmp(native bool) func(a, b element) int {
 // (perf, 64-byte forwarding): nft_rhash_lookup and its jhash were some
 // 1.5% of all the CPU time for the restore and guard lookups.
 func (s *set) size() uint32 {
+	if s.dynamic {
+		return StickySize
+	}
 	if s.anonymous || s.interval {
 		return 0
 	}
@@ -217,6 +228,9 @@ type builder struct {
 	// their text: policies that balance alike share one (every set costs
 	// the kernel's by-name walks, see policy.eqCond).
 	balMaps map[string]string
+	// stickyChains: per sticky balancer, the chain of each candidate's
+	// mark (sticky.go).
+	stickyChains map[string]map[uint32]string
 }
 
 func (b *builder) addSet(s *set) *set {
@@ -638,15 +652,26 @@ func multicast6() frag {
 // and the connection stays unmarked). When the families choose differently
 // (an uplink up in one family only), the IPv4 choice comes first, each of
 // its rules ending the chain for IPv4 packets, then the IPv6 one.
+//
+// A sticky balancer looks the connection's source up first, in one set per
+// family and candidate (see sticky.go).
 func (b *builder) balancerRules(bal desired.Balancer, mapName string, isDefault bool) []*rule {
-	if bal.Same() {
-		return b.choiceRules(bal.V4, mapName, isDefault, false)
+	base := strings.TrimPrefix(mapName, "bal_")
+	var sticky []*rule
+	if bal.Sticky.On() {
+		b.stickyBalancer(base, bal)
+		for _, f := range inet.Families {
+			sticky = append(sticky, b.stickyRules(base, bal.Sticky, bal.For(f), f)...)
+		}
 	}
-	rs := b.choiceRules(bal.V4, mapName, isDefault, true)
+	if bal.Same() {
+		return append(sticky, b.choiceRules(bal.V4, base, mapName, isDefault, false)...)
+	}
+	rs := b.choiceRules(bal.V4, base, mapName, isDefault, true)
 	if len(rs) == 0 {
 		rs = append(rs, newRule(nfprotoFrag(inet.IPv4), verdict(expr.VerdictReturn, "")))
 	}
-	return append(rs, b.choiceRules(bal.V6, v6Map(mapName), isDefault, false)...)
+	return append(append(sticky, rs...), b.choiceRules(bal.V6, base, v6Map(mapName), isDefault, false)...)
 }
 
 // nfprotoFrag is `meta nfproto ipv4|ipv6`.
@@ -759,7 +784,7 @@ func policyRule(r policy.Rule, end frag) *rule {
 // v6Map names the IPv6 map of a balancer whose families differ.
 func v6Map(mapName string) string { return "bal6" + strings.TrimPrefix(mapName, "bal") }
 
-func (b *builder) choiceRules(c desired.Choice, mapName string, isDefault, only4 bool) []*rule {
+func (b *builder) choiceRules(c desired.Choice, base, mapName string, isDefault, only4 bool) []*rule {
 	var head []frag
 	if only4 {
 		head = []frag{nfprotoFrag(inet.IPv4)}
@@ -769,9 +794,13 @@ func (b *builder) choiceRules(c desired.Choice, mapName string, isDefault, only4
 	case total == 1:
 		// One candidate: no numgen and no map, straight to its mark.
 		u := b.byMark[c.Buckets[slices.IndexFunc(weights, func(w int) bool { return w > 0 })].Mark]
-		return []*rule{newRule(append(head, verdict(expr.VerdictGoto, markChain(u)))...)}
+		return []*rule{newRule(append(head, verdict(expr.VerdictGoto, b.target(base, u)))...)}
 	case total > 0:
 		key := fmt.Sprint(weights, c.Buckets)
+		if _, sticky := b.stickyChains[base]; sticky {
+			// Its elements go to its own sticky chains.
+			key += " sticky " + base
+		}
 		if name, ok := b.balMaps[key]; ok {
 			return []*rule{newRule(append(head, numgenVmap(uint32(total), name))...)}
 		}
@@ -785,7 +814,7 @@ func (b *builder) choiceRules(c desired.Choice, mapName string, isDefault, only4
 			u := b.byMark[bk.Mark]
 			for range weights[i] {
 				m.elems = append(m.elems, vmapElem(markElem(n),
-					&expr.Verdict{Kind: expr.VerdictGoto, Chain: markChain(u)}))
+					&expr.Verdict{Kind: expr.VerdictGoto, Chain: b.target(base, u)}))
 				n++
 			}
 		}

@@ -46,11 +46,15 @@ func (s *set) render() string {
 	}
 	b.WriteString("\t" + kind + " " + s.name + " {\n")
 	b.WriteString("\t\ttype " + s.typeText + "\n")
-	if s.interval {
-		b.WriteString("\t\tflags interval\n")
-	}
 	if n := s.size(); n > 0 {
 		fmt.Fprintf(&b, "\t\tsize %d\n", n)
+	}
+	switch {
+	case s.interval:
+		b.WriteString("\t\tflags interval\n")
+	case s.dynamic:
+		b.WriteString("\t\tflags dynamic,timeout\n")
+		b.WriteString("\t\ttimeout " + nftDuration(s.timeout) + "\n")
 	}
 	if len(s.elems) > 0 {
 		b.WriteString("\t\telements = { ")

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -66,6 +67,31 @@ func goldenSpecs() map[string]desired.NFT {
 		"failback": {
 			Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(), Evict: 0xff00,
 			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}}}),
+		},
+		// sticky: the default balancing by source, a policy by source and
+		// destination whose families choose differently (uplink 2 has no
+		// IPv6), and a sticky policy with one candidate.
+		"sticky": {
+			Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(),
+			Default: desired.Balancer{
+				V4:     desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}, {Mark: 0x200, Weight: 1}}},
+				V6:     desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}, {Mark: 0x200, Weight: 1}}},
+				Sticky: desired.Sticky{Timeout: 10 * time.Minute},
+			},
+			Policies: []desired.Policy{
+				{Name: "bank", Match: policy.Match{Ports: []policy.PortRange{{First: 443, Last: 443}}},
+					Balancer: desired.Balancer{
+						V4:     desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 2}, {Mark: 0x200, Weight: 1}}},
+						V6:     desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}}},
+						Sticky: desired.Sticky{Timeout: 90 * time.Second, ByDestination: true},
+					}},
+				{Name: "one", Match: policy.Match{Protocol: policy.ProtoUDP},
+					Balancer: desired.Balancer{
+						V4:     desired.Choice{Buckets: []desired.Bucket{{Mark: 0x200, Weight: 1}}},
+						V6:     desired.Choice{Buckets: []desired.Bucket{{Mark: 0x200, Weight: 1}}},
+						Sticky: desired.Sticky{Timeout: time.Hour},
+					}},
+			},
 		},
 		"one_down": {
 			Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(),
