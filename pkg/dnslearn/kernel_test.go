@@ -279,12 +279,12 @@ func TestKernel(t *testing.T) {
 	// step checks what one query taught and how the counters moved.
 	step := func(t *testing.T, f func(), wantLearned []string, held uint64) {
 		t.Helper()
-		before, marked := ln.Stats(), l.reinjectCounter(t)
+		before, marked := settled(ln), l.reinjectCounter(t)
 		f()
 		if got := rec.take(); !slices.Equal(got, wantLearned) {
 			t.Errorf("learned %q, want %q", got, wantLearned)
 		}
-		s := ln.Stats()
+		s := settled(ln)
 		if s.Held-before.Held != held || s.Reinjected-before.Reinjected != held || s.Copied != before.Copied ||
 			s.ReinjectErrors != 0 || s.Learned-before.Learned != uint64(len(wantLearned)) {
 			t.Errorf("stats went from %+v to %+v; want %d held and re-injected, none copied, %d learned", before, s, held, len(wantLearned))
@@ -387,7 +387,7 @@ func TestKernel(t *testing.T) {
 	})
 
 	t.Run("TCP: copied and learned", func(t *testing.T) {
-		before := ln.Stats()
+		before := settled(ln)
 		if got := l.dig(t, serverAddr4, "tcp.example.com", "+tcp"); !slices.Equal(got, []string{"203.0.113.10"}) {
 			t.Errorf("dig: %q", got)
 		}
@@ -395,7 +395,7 @@ func TestKernel(t *testing.T) {
 			t.Errorf("learned %q, want %q", got, want)
 		}
 		// The SYN-ACK, the answer, the FIN...: copied, none held.
-		if s := ln.Stats(); s.Copied-before.Copied < 2 || s.Held != before.Held || s.Learned-before.Learned != 1 {
+		if s := settled(ln); s.Copied-before.Copied < 2 || s.Held != before.Held || s.Learned-before.Learned != 1 {
 			t.Errorf("stats went from %+v to %+v, want the answer and more segments copied, none held, one learned", before, s)
 		}
 	})
@@ -406,7 +406,7 @@ func TestKernel(t *testing.T) {
 			want = append(want, fmt.Sprintf("example.net big.example.net 203.0.113.%d", i))
 		}
 		slices.Sort(want)
-		before := ln.Stats()
+		before := settled(ln)
 		got := l.dig(t, serverAddr4, "big.example.net", "+bufsize=4096", "+ignore")
 		if len(got) != 120 {
 			t.Errorf("dig got %d addresses, want 120", len(got))
@@ -426,7 +426,7 @@ func TestKernel(t *testing.T) {
 		if g := rec.take(); !slices.Equal(g, want6) {
 			t.Errorf("learned %d IPv6 addresses, want 120", len(g))
 		}
-		if s := ln.Stats(); s.Reinjected-before.Reinjected != 2 || s.ReinjectErrors != 0 {
+		if s := settled(ln); s.Reinjected-before.Reinjected != 2 || s.ReinjectErrors != 0 {
 			t.Errorf("stats went from %+v to %+v, want 2 more re-injected", before, s)
 		}
 	})
@@ -439,7 +439,7 @@ func TestKernel(t *testing.T) {
 			}
 			// A response header announcing 65535 questions, then no question.
 			payload := []byte("\x00\x01\x80\x00\xff\xff\x00\x00\x00\x00\x00\x00not DNS at all \xff\xfe")
-			before := ln.Stats()
+			before := settled(ln)
 			var got []byte
 			step(t, func() {
 				got = l.udpExchange(t, src, dst, payload)
@@ -447,7 +447,7 @@ func TestKernel(t *testing.T) {
 			if !bytes.Equal(got, payload) {
 				t.Errorf("the client got %q, want %q", got, payload)
 			}
-			if s := ln.Stats(); s.ParseErrors-before.ParseErrors != 1 {
+			if s := settled(ln); s.ParseErrors-before.ParseErrors != 1 {
 				t.Errorf("parse errors went from %d to %d, want one more", before.ParseErrors, s.ParseErrors)
 			}
 		}
@@ -459,6 +459,18 @@ func TestKernel(t *testing.T) {
 		step(t, func() { l.dig(t, serverAddr4, "other.example.org") }, []string{"example.org other.example.org 203.0.113.30"}, 1)
 		step(t, func() { l.dig(t, serverAddr4, "example.com") }, nil, 1)
 	})
+}
+
+// settled returns ln's stats once every held packet is accounted for: the
+// client may have its answer a moment before the Listener counts it sent.
+func settled(ln *Listener) Stats {
+	for i := 0; ; i++ {
+		s := ln.Stats()
+		if s.Reinjected+s.ReinjectErrors == s.Held || i == 200 {
+			return s
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // udpExchange sends payload from src port 53 in the server's namespace to
@@ -581,7 +593,7 @@ func TestReinjectLatency(t *testing.T) {
 		rtt(unheld, uint16(i))
 	}
 	rec.take()
-	before := ln.Stats()
+	before := settled(ln)
 	var with, without []time.Duration
 	for i := 0; i < rounds; i++ {
 		id := uint16(1000 + i)
@@ -593,7 +605,7 @@ func TestReinjectLatency(t *testing.T) {
 			with = append(with, rtt(held, id))
 		}
 	}
-	s := ln.Stats()
+	s := settled(ln)
 	if got := s.Reinjected - before.Reinjected; got != uint64(rounds) {
 		t.Errorf("%d answers re-injected, want %d", got, rounds)
 	}
@@ -626,7 +638,7 @@ func TestKernelNeedsNotrack(t *testing.T) {
 	if err == nil {
 		t.Errorf("dig got an answer without the notrack rule: %s", out)
 	}
-	if s := ln.Stats(); s.Reinjected != 1 {
+	if s := settled(ln); s.Reinjected != 1 {
 		t.Errorf("stats %+v, want the answer re-injected", s)
 	}
 	if ct, err := l.router.Try("conntrack", "-L", "-p", "udp"); err == nil {
@@ -635,5 +647,61 @@ func TestKernelNeedsNotrack(t *testing.T) {
 	// IPv6, not masqueraded, is delivered all the same.
 	if got := l.dig(t, serverAddr6, "example.com", "A"); !slices.Equal(got, []string{"203.0.113.10"}) {
 		t.Errorf("dig over IPv6: %q", got)
+	}
+}
+
+// TestListenClose: one Listener per group, Close stops the handler and
+// frees the group, and a new Listener takes over.
+func TestListenClose(t *testing.T) {
+	l := newLab(t)
+	rec := &recorder{}
+	m, _ := NewMatcher([]string{"example.com"})
+	opts := Options{NetNSFD: int(l.router.Handle), Group: labGroup, Mark: labMark, Matcher: m, Handle: rec.handle}
+	ln, err := Listen(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ln2, err := Listen(opts); err == nil {
+		ln2.Close()
+		t.Error("a second Listener bound the same group")
+	}
+	if _, err := Listen(Options{Group: 0}); err == nil {
+		t.Error("Listen accepted group 0")
+	}
+	l.dig(t, serverAddr4, "example.com")
+	if got := rec.take(); len(got) != 1 {
+		t.Errorf("learned %q, want one address", got)
+	}
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ln.Done():
+	default:
+		t.Error("Done not closed by Close")
+	}
+	if err := ln.Err(); err != nil {
+		t.Errorf("Err after Close = %v, want nil", err)
+	}
+	if err := ln.Close(); err != nil {
+		t.Errorf("a second Close: %v", err)
+	}
+	// Held answers are now lost: the daemon removes its rules first.
+	if out, err := l.client.Try("dig", "+time=1", "+tries=1", "+short", "@"+serverAddr4, "example.com"); err == nil {
+		t.Errorf("an answer came with no Listener: %s", out)
+	}
+	if got := rec.take(); len(got) != 0 {
+		t.Errorf("learned %q after Close", got)
+	}
+	ln, err = Listen(opts)
+	if err != nil {
+		t.Fatalf("Listen after Close: %v", err)
+	}
+	defer ln.Close()
+	if got := l.dig(t, serverAddr4, "example.com"); !slices.Equal(got, []string{"203.0.113.10"}) {
+		t.Errorf("dig: %q", got)
+	}
+	if got := rec.take(); len(got) != 1 {
+		t.Errorf("learned %q, want one address", got)
 	}
 }

@@ -294,10 +294,15 @@ func (l *Listener) hook(a nflog.Attribute) int {
 	if l.closed {
 		return 1
 	}
-	if a.Payload == nil {
+	hold := a.Prefix != nil && *a.Prefix == PrefixHold
+	if a.Payload == nil { // a rule or group without the packet copy: nothing to learn or re-inject
+		if hold {
+			l.held.Add(1)
+			l.reinjectErrs.Add(1)
+			l.log.Warn("dnslearn: held packet without its copy: lost")
+		}
 		return 0
 	}
-	hold := a.Prefix != nil && *a.Prefix == PrefixHold
 	l.handle(*a.Payload, hold)
 	return 0
 }

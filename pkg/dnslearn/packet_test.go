@@ -142,3 +142,23 @@ func TestFragment(t *testing.T) {
 		t.Error("IPv6 fragments do not add up to the datagram")
 	}
 }
+
+func FuzzPacket(f *testing.F) {
+	f.Add(udp4("203.0.113.53", "198.51.100.2", 53, 40000, []byte("hello")))
+	f.Add(udp6("2001:db8:53::1", "2001:db8:1::2", 53, 40000, []byte("hello")))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := parseIP(b)
+		if err != nil {
+			return
+		}
+		p.udpPayload(b)
+		p.tcpPayload(b)
+		c := append([]byte(nil), b...)
+		fixChecksums(c, p)
+		if p.v6 {
+			fragment6(c, p, 1280, 1)
+		} else {
+			fragment4(c, p, 576)
+		}
+	})
+}
