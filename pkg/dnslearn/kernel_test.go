@@ -152,7 +152,7 @@ func (l *lab) dnsmasq(t *testing.T, ns *nstest.NS, name, addr string, extra ...s
 		"dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--user=root", "--group=root",
 		"--no-resolv", "--no-hosts", "--no-poll", "--port=53", "--bind-interfaces",
 		"--pid-file=" + filepath.Join(l.dir, name+".pid"),
-		"--log-queries", "--log-facility=-"}, extra...)
+		"--log-queries=extra", "--log-facility=-"}, extra...)
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -185,13 +185,17 @@ type recorder struct {
 	mu      sync.Mutex
 	learned []Learned
 	gate    chan chan struct{} // when set, Handle sends a release channel and waits on it
+	panics  bool               // when set, Handle panics
 }
 
 func (r *recorder) handle(ls []Learned) {
 	r.mu.Lock()
 	r.learned = append(r.learned, ls...)
-	gate := r.gate
+	gate, panics := r.gate, r.panics
 	r.mu.Unlock()
+	if panics {
+		panic("the handler failed")
+	}
 	if gate != nil {
 		release := make(chan struct{})
 		gate <- release
@@ -347,6 +351,8 @@ func TestKernel(t *testing.T) {
 		}, []string{"example.net www.example.org 203.0.113.20"}, 1)
 	})
 
+	// The answers come to the router itself (IPv4, and IPv6 for
+	// example.net): re-injected, they are delivered through lo.
 	t.Run("router's own resolver", func(t *testing.T) {
 		l.dnsmasq(t, l.router, "forwarder", routerLAN4, "--listen-address="+routerLAN4+","+routerLAN6,
 			"--server="+serverAddr4, "--server=/example.net/"+serverAddr6, "--cache-size=0")
@@ -451,6 +457,22 @@ func TestKernel(t *testing.T) {
 				t.Errorf("parse errors went from %d to %d, want one more", before.ParseErrors, s.ParseErrors)
 			}
 		}
+	})
+
+	t.Run("a panicking handler", func(t *testing.T) {
+		rec.mu.Lock()
+		rec.panics = true
+		rec.mu.Unlock()
+		defer func() {
+			rec.mu.Lock()
+			rec.panics = false
+			rec.mu.Unlock()
+		}()
+		step(t, func() {
+			if got := l.dig(t, serverAddr4, "example.com"); !slices.Equal(got, []string{"203.0.113.10"}) {
+				t.Errorf("dig: %q", got)
+			}
+		}, []string{"example.com example.com 203.0.113.10"}, 1)
 	})
 
 	t.Run("SetMatcher", func(t *testing.T) {

@@ -25,6 +25,17 @@
 // answers are only copied (PrefixCopy, no drop) and learned from when a
 // whole message is in one segment.
 //
+// Re-injection sends the packet as it came, except that the UDP checksum
+// (and the IPv4 header checksum) are recomputed: a packet that arrived
+// over veth or an offloading NIC may be CHECKSUM_PARTIAL, its checksum
+// field not final. A datagram that conntrack reassembled and that is
+// longer than the route's MTU is fragmented again (IPv4, and IPv6 without
+// extension headers). The TTL or hop limit is not decremented. The mark
+// also takes part in routing (ip rules on fwmark), so X must route as
+// unmarked traffic to the LAN does. Destinations the raw socket cannot
+// reach without a zone (IPv6 link-local) are not supported: such a packet
+// counts as a re-injection error, lost.
+//
 // The notrack rule matters: without it the re-injected packet (server:53 ->
 // LAN host) is a new conntrack entry whose reply tuple is the LAN host's
 // query, so the NAT null binding of a router that masquerades remaps its

@@ -35,8 +35,8 @@ type Options struct {
 	// /run/netns/NAME); the caller keeps it open until Close. 0 or less:
 	// the caller's namespace (fd 0 is stdin, never a namespace).
 	NetNSFD int
-	// Group is the NFLOG group of the rules (1..65535; group 0 is
-	// usually taken by the kernel's own logging).
+	// Group is the NFLOG group of the rules, 1..65535 (0 is refused,
+	// as a field left unset).
 	Group uint16
 	// Mark is the SO_MARK of the re-injection sockets, so the daemon's
 	// rules can recognise re-injected packets (0: none).
@@ -46,7 +46,9 @@ type Options struct {
 	Matcher *Matcher
 	// Handle is called with what a held or copied answer taught, from
 	// one goroutine, before the held packet is re-injected. It must not
-	// block for long: the LAN host's answer waits for it.
+	// block for long (the LAN host's answer waits for it, and so do the
+	// answers queued behind it) and must not call Close. A panic in it
+	// is logged, and the answer re-injected all the same.
 	Handle func([]Learned)
 	// Logger gets the Listener's errors (nil: slog.Default()).
 	Logger *slog.Logger
@@ -58,8 +60,8 @@ type Stats struct {
 	Copied         uint64 // packets of PrefixCopy (or another prefix) received
 	Reinjected     uint64 // held packets sent back (a fragmented one counts once)
 	ReinjectErrors uint64 // held packets that could not be sent back: lost
-	ParseErrors    uint64 // packets whose DNS message (or IP header) did not parse
-	Learned        uint64 // addresses handed to Handle
+	ParseErrors    uint64 // packets whose DNS message (or IP header) did not parse, or whose learning panicked
+	Learned        uint64 // addresses learned (and handed to Handle)
 	Overruns       uint64 // times the kernel's NFLOG queue overflowed: held packets lost
 }
 
@@ -79,14 +81,16 @@ type Listener struct {
 	closed bool
 	done   chan struct{}
 	once   sync.Once
-	err    error
+	err    atomic.Pointer[error]
 
 	held, copied, reinjected, reinjectErrs, parseErrs, learned, overruns atomic.Uint64
 }
 
 // Listen binds to NFLOG group opts.Group and starts handling its packets
-// in a goroutine of its own. Raw sockets are opened inside the namespace
-// opts.NetNSFD, as they route in the namespace they were created in.
+// in a goroutine of its own. Its raw sockets are opened inside the
+// namespace opts.NetNSFD, as a socket routes in the namespace it was
+// created in. It needs CAP_NET_ADMIN and CAP_NET_RAW. Only one Listener
+// (one process) may bind a group in a namespace.
 func Listen(opts Options) (*Listener, error) {
 	if opts.Group == 0 {
 		return nil, errors.New("dnslearn: NFLOG group 0 is the kernel's; choose another")
@@ -229,9 +233,10 @@ func (l *Listener) Done() <-chan struct{} { return l.done }
 
 // Err is why the Listener stopped by itself, or nil.
 func (l *Listener) Err() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.err
+	if p := l.err.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // Close stops the Listener: once it returns, Handle is not called again
@@ -282,7 +287,7 @@ func (l *Listener) errFunc(err error) int {
 
 func (l *Listener) stopLocked(err error) {
 	l.once.Do(func() {
-		l.err = err
+		l.err.Store(&err)
 		l.log.Error("dnslearn: stopped", "err", err)
 		close(l.done)
 	})
@@ -385,8 +390,11 @@ func (l *Listener) learn(b []byte, p packet) {
 		}
 		all = append(all, got...)
 	}
-	if len(all) > 0 && l.opts.Handle != nil {
-		l.learned.Add(uint64(len(all)))
+	if len(all) == 0 {
+		return
+	}
+	l.learned.Add(uint64(len(all)))
+	if l.opts.Handle != nil {
 		l.opts.Handle(all)
 	}
 }
