@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -155,6 +156,9 @@ func (l *lab) dnsmasq(t *testing.T, ns *nstest.NS, name, addr string, extra ...s
 		"--log-queries=extra", "--log-facility=-"}, extra...)
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// ip netns exec execs dnsmasq: it dies with the test even if the test
+	// process crashes before its cleanups.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

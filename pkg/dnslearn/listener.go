@@ -308,6 +308,15 @@ func (l *Listener) hook(a nflog.Attribute) int {
 		}
 		return 0
 	}
+	defer func() {
+		// A bug must not take the daemon down with it; the packet is lost.
+		if r := recover(); r != nil {
+			if hold {
+				l.reinjectErrs.Add(1)
+			}
+			l.log.Error("dnslearn: panic while handling a packet", "len", len(*a.Payload), "panic", r)
+		}
+	}()
 	l.handle(*a.Payload, hold)
 	return 0
 }
