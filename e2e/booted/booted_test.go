@@ -334,7 +334,7 @@ func stepPurge(r *router) {
 			r.t.Errorf("%s is still there after the purge", f)
 		}
 	}
-	for _, f := range []string{"etc/wanpin", "etc/systemd/system/multi-user.target.wants/wanpin.service"} {
+	for _, f := range []string{"etc/wanpin", "etc/systemd/system/multi-user.target.wants/wanpin.service", "var/lib/wanpin"} {
 		if _, err := os.Lstat(filepath.Join(r.b.Root(), f)); err == nil {
 			r.t.Errorf("/%s is still there after the purge", f)
 		}
