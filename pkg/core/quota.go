@@ -205,7 +205,7 @@ func (s *State) quotaCommand(r *Result, at time.Time, in QuotaCommand) {
 		}
 		fileLimit := s.Config.Uplinks[slices.IndexFunc(s.Config.Uplinks, func(u config.Uplink) bool { return u.Name == in.Uplink })].Quota.Limit
 		r.log(slog.LevelInfo, "quota set", "uplink", in.Uplink, "was", quota.FormatSize(q.Limit), "now", quota.FormatSize(in.Limit),
-			"until", "the next reload or period", "by", "admin")
+			"until", "the next reload, restart or period", "by", "admin")
 		q.Limit, q.Raised = in.Limit, in.Limit != fileLimit
 		why = "set to " + quota.FormatSize(in.Limit) + " by the admin (wanpin quota set)"
 	}
