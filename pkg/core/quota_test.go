@@ -1,6 +1,8 @@
 package core
 
 import (
+	"maps"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -199,6 +201,91 @@ uplinks = ["fibre"]
 		def, strict, loose := marks(c.st)
 		if !slices.Equal(def, c.def) || !slices.Equal(strict, c.strict) || !slices.Equal(loose, c.loose) {
 			t.Errorf("%s: default %#x strict %#x loose %#x; want %#x %#x %#x", c.name, def, strict, loose, c.def, c.strict, c.loose)
+		}
+	}
+}
+
+// A random walk of readings, carrier flaps, quota commands and reloads
+// of a two-quota configuration: after every step a quota is used up
+// exactly when its count reaches its limit, the count never goes back
+// but at a reset or a new period, and no balancer chooses a used-up
+// uplink while an uplink whose quota is not used up can carry the family.
+func TestQuotaRandomWalk(t *testing.T) {
+	cfg := mustConfig(t, `
+[[uplink]]
+name = "fibre"
+interface = "wan1"
+quota = "3MB"
+quota_period = "daily"
+failback = "move"
+
+[[uplink]]
+name = "dsl"
+interface = "ppp0"
+tier = 2
+quota = "2MB"
+quota_action = "off"
+
+[[policy]]
+name = "voip"
+ports = ["5060"]
+uplinks = ["dsl"]
+fallback = "none"
+`)
+	rng := rand.New(rand.NewPCG(5, 6))
+	pppUp := ppp(7, "198.51.100.10", "198.51.100.9")
+	s := Step(NewState(cfg), t0, Start{Links: links(fibre(), pppUp)}).State
+	totals := map[string]uint64{}
+	at := t0
+	for i := range 3000 {
+		at = at.Add(time.Duration(rng.IntN(600)) * time.Second)
+		var in Input
+		reset := false
+		switch rng.IntN(6) {
+		case 0, 1, 2:
+			for _, n := range []string{"fibre", "dsl"} {
+				totals[n] += uint64(rng.IntN(400_000))
+			}
+			in = TrafficReading{Bytes: maps.Clone(totals)}
+		case 3:
+			wan := []Link{fibre(), noCarrier(fibre())}[rng.IntN(2)]
+			p := []Link{pppUp, noCarrier(pppUp)}[rng.IntN(2)]
+			in = Observed{Links: links(wan, p), Trigger: "netlink"}
+		case 4:
+			reset = rng.IntN(2) == 0
+			in = QuotaCommand{Uplink: []string{"fibre", "dsl"}[rng.IntN(2)], Reset: reset, Limit: uint64(1 + rng.IntN(4_000_000))}
+		case 5:
+			in = Reload{Config: cfg}
+		}
+		prev := s
+		r := Step(prev, at, in)
+		s = r.State
+		for name, q := range s.Quotas {
+			if q.Exhausted != (q.Used >= q.Limit) {
+				t.Fatalf("step %d %T: %s used %d of %d, exhausted %v", i, in, name, q.Used, q.Limit, q.Exhausted)
+			}
+			p := prev.Quotas[name]
+			if q.Used < p.Used && !reset && !q.Start.After(p.Start) {
+				t.Fatalf("step %d %T: %s's count went back from %d to %d", i, in, name, p.Used, q.Used)
+			}
+			if st := s.Uplinks[name]; q.Exhausted && st.State.LinkUp() && st.State.Exhausted == (name == "dsl") {
+				t.Fatalf("step %d: %s used up: state %+v", i, name, st.State)
+			}
+		}
+		for _, f := range inet.Families {
+			spare := false
+			for _, u := range cfg.Uplinks {
+				if st := s.Uplinks[u.Name].State; st.Family(f).Usable() && !st.Exhausted {
+					spare = true
+				}
+			}
+			for _, b := range s.Desired.NFT.Default.For(f).Buckets {
+				for j, u := range cfg.Uplinks {
+					if st := s.Uplinks[u.Name].State; cfg.UplinkMark(j) == b.Mark && (!st.Family(f).Usable() || spare && st.Exhausted) {
+						t.Fatalf("step %d %T: %s %v balanced: usable %v, used up %v, another usable %v", i, in, u.Name, f, st.Family(f).Usable(), st.Exhausted, spare)
+					}
+				}
+			}
 		}
 	}
 }
