@@ -40,9 +40,10 @@ uplinks = ["isp1"]
 // the daemon says so and isp1 leaves the balancing: a new stream of the
 // policy falls back to isp2, new connections go to isp2. Status (text
 // and JSON) and metrics show it. The count survives a restart (SIGTERM
-// saves it; the new daemon starts with isp1 used up). A non-root reset
-// is refused; `wanpin quota set` lifts it and `wanpin quota reset`
-// starts the count from zero: isp1 is balanced again.
+// saves it; the new daemon starts with isp1 used up). A reload with a
+// larger quota applies it. A non-root reset is refused; `wanpin quota
+// set` lifts it and `wanpin quota reset` starts the count from zero:
+// isp1 is balanced again.
 func TestQuota(t *testing.T) {
 	l := newLab(t, 2)
 	stateDir := t.TempDir()
@@ -146,6 +147,21 @@ func TestQuota(t *testing.T) {
 	if out, code := d.cli(0, "quota", "reset", "isp2"); code != 1 || !strings.Contains(out, `uplink "isp2" has no quota`) {
 		t.Errorf("quota reset of isp2: exit %d, %q", code, out)
 	}
+	// A reload with a larger quota applies it; back to 10 MB, used up again.
+	d.writeConfig(strings.Replace(quotaE2E, `"10MB"`, `"2GB"`, 1))
+	if out, code := d.cli(0, "reload"); code != 0 {
+		t.Fatalf("reload: exit %d, %q", code, out)
+	}
+	if q := quotaStatus(t, d, "isp1"); q.Exhausted || q.Limit != 2e9 || q.Raised || q.Used < kept.Uplinks["isp1"].Used {
+		t.Errorf("after a reload with 2GB: %+v", q)
+	}
+	d.writeConfig(quotaE2E)
+	if out, code := d.cli(0, "reload"); code != 0 {
+		t.Fatalf("reload: exit %d, %q", code, out)
+	}
+	if q := quotaStatus(t, d, "isp1"); !q.Exhausted || q.Limit != 10e6 {
+		t.Errorf("after a reload with 10MB: %+v", q)
+	}
 	if out, code := d.cli(0, "quota", "set", "isp1", "1GB"); code != 0 {
 		t.Fatalf("quota set: exit %d, %q", code, out)
 	}
@@ -161,7 +177,7 @@ func TestQuota(t *testing.T) {
 	if out, code := d.cli(0, "quota", "reset", "isp1"); code != 0 {
 		t.Fatalf("quota reset: exit %d, %q", code, out)
 	}
-	d.waitFor(`msg="quota available again" uplink=isp1`, 2, time.Second)
+	d.waitFor(`msg="quota available again" uplink=isp1`, 3, time.Second)
 	if q := quotaStatus(t, d, "isp1"); q.Exhausted || q.Used > 1e6 {
 		t.Errorf("after the reset: %+v", q)
 	}

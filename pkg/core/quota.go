@@ -3,6 +3,7 @@ package core
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"time"
 
@@ -87,6 +88,11 @@ func (s *State) syncQuotas(r *Result, at time.Time, restored map[string]quota.Us
 		}
 		q.Limit, q.Raised, q.Start, q.NextReset = u.Quota.Limit, false, start, next
 		s.Quotas[u.Name] = q
+	}
+	for _, name := range slices.Sorted(maps.Keys(old)) {
+		if _, ok := s.Quotas[name]; !ok {
+			r.log(slog.LevelInfo, "quota removed by the reload", "uplink", name, "counted", quota.FormatSize(old[name].Used))
+		}
 	}
 	return save
 }

@@ -289,3 +289,38 @@ fallback = "none"
 		}
 	}
 }
+
+// A reload applies the file's quota: a larger one makes a used-up
+// uplink available again, a new period setting keeps the count and
+// moves the bounds, no quota at all forgets it (and the uplink is
+// balanced again).
+func TestQuotaReload(t *testing.T) {
+	pppUp := ppp(7, "198.51.100.10", "198.51.100.9")
+	today := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	steps := []step{
+		{0, Start{Links: links(fibre(), pppUp), Quotas: map[string]quota.Usage{"dsl": {PeriodStart: today, Used: 10_200_000}}}},
+		{time.Second, Reload{Config: mustConfig(t, strings.Replace(quotaConfig(""), `"10MB"`, `"20MB"`, 1))}},
+		{2 * time.Second, Reload{Config: mustConfig(t, strings.Replace(quotaConfig(""), `quota_period = "daily"`, `quota_reset_day = 15`, 1))}},
+		{3 * time.Second, Reload{Config: mustConfig(t, strings.Replace(quotaConfig(""), `quota = "10MB"
+quota_period = "daily"`, "", 1))}},
+	}
+	_, out, res := run(mustConfig(t, quotaConfig("")), steps)
+	balanced := func(r Result) int { return len(r.State.Desired.NFT.Default.V4.Buckets) }
+	if q := res[0].State.Quotas["dsl"]; !q.Exhausted || balanced(res[0]) != 1 {
+		t.Errorf("start: %+v, %d balanced", q, balanced(res[0]))
+	}
+	if q := res[1].State.Quotas["dsl"]; q.Exhausted || q.Limit != 20e6 || q.Used != 10_200_000 || balanced(res[1]) != 2 ||
+		!strings.Contains(out, `reason="the reloaded file's quota is 20 MB: 10.2 MB of 20 MB used`) {
+		t.Errorf("a larger quota: %+v, %d balanced\n%s", q, balanced(res[1]), out)
+	}
+	if q := res[2].State.Quotas["dsl"]; !q.Exhausted || q.Used != 10_200_000 || !q.Start.Equal(time.Date(2026, 11, 15, 0, 0, 0, 0, time.UTC)) ||
+		!q.NextReset.Equal(time.Date(2026, 12, 15, 0, 0, 0, 0, time.UTC)) {
+		t.Errorf("monthly from the 15th: %+v", q)
+	}
+	if _, ok := res[3].State.Quotas["dsl"]; ok || res[3].State.Uplinks["dsl"].State.Exhausted || balanced(res[3]) != 2 || res[3].State.Report().Uplinks[1].Quota != nil {
+		t.Errorf("no quota: %+v, %d balanced", res[3].State.Quotas, balanced(res[3]))
+	}
+	if !strings.Contains(out, `log info "quota removed by the reload" uplink="dsl" counted="10.2 MB"`) {
+		t.Errorf("the quota's end is not logged:\n%s", out)
+	}
+}
