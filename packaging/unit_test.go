@@ -49,3 +49,17 @@ func TestNetworkdDropIn(t *testing.T) {
 		}
 	}
 }
+
+// The quota counts are written under /var/lib/wanpin: ProtectSystem=strict
+// makes /var read-only, so the unit must give the daemon that directory.
+func TestUnitStateDirectory(t *testing.T) {
+	unit, err := os.ReadFile("wanpin.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"\nProtectSystem=strict\n", "\nStateDirectory=wanpin\n", "--state-dir /var/lib/wanpin"} {
+		if !strings.Contains(string(unit), want) {
+			t.Errorf("the unit lacks %q", strings.TrimSpace(want))
+		}
+	}
+}

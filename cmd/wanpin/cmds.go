@@ -23,6 +23,7 @@ import (
 	"github.com/wanpin/wanpin/pkg/metrics"
 	"github.com/wanpin/wanpin/pkg/neighbours"
 	"github.com/wanpin/wanpin/pkg/neighbours/observe"
+	"github.com/wanpin/wanpin/pkg/quota"
 	"github.com/wanpin/wanpin/pkg/rules"
 	"github.com/wanpin/wanpin/pkg/tables"
 	"github.com/wanpin/wanpin/pkg/watch"
@@ -43,6 +44,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	metricsAddr := fs.String("metrics-listen", "", "serve Prometheus metrics on this numeric address, e.g. 127.0.0.1:9469 (off when empty)")
 	metricsPublic := fs.Bool("metrics-public", false, "let --metrics-listen be an address other machines can reach (one not loopback, or every address)")
 	runtimeDir := fs.String("runtime-dir", envOr("WANPIN_RUNTIME_DIR", "/run/wanpin"), "where the DHCP hooks' lease files are")
+	stateDir := fs.String("state-dir", quota.DefaultDir, "where the data quotas' counts are kept across restarts and reboots")
 	if fs.Parse(args) != nil {
 		return 2
 	}
@@ -73,7 +75,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	d, err := daemon.New(daemon.Options{ConfigPath: *cfgPath, Log: log,
-		NewFlusher: func() (daemon.Flusher, error) { return flush.New(-1) }, HooksDir: *hooksDir, NoTableOwner: *noOwner, RuntimeDir: *runtimeDir})
+		NewFlusher: func() (daemon.Flusher, error) { return flush.New(-1) }, HooksDir: *hooksDir, NoTableOwner: *noOwner, RuntimeDir: *runtimeDir,
+		StateDir: *stateDir})
 	if err != nil {
 		fmt.Fprintf(stderr, "wanpin run: %v\n", err)
 		return 1

@@ -25,6 +25,7 @@ import (
 	"github.com/wanpin/wanpin/pkg/inet"
 	"github.com/wanpin/wanpin/pkg/lease"
 	"github.com/wanpin/wanpin/pkg/policy"
+	"github.com/wanpin/wanpin/pkg/quota"
 )
 
 // backend adapts the daemon to the bus: every call is bounded in time.
@@ -56,6 +57,12 @@ func (b backend) SetService(uplink string, inService bool) error {
 	ctx, cancel := b.ctx()
 	defer cancel()
 	return b.d.SetService(ctx, uplink, inService)
+}
+
+func (b backend) Quota(uplink string, reset bool, limit uint64) error {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	return b.d.Quota(ctx, uplink, reset, limit)
 }
 
 func (b backend) Exec(uplink string, pid uint32) (string, error) {
@@ -397,6 +404,47 @@ func cmdService(what string, args []string, stdout, stderr io.Writer) int {
 	if err := c.SetService(context.Background(), args[0], what == "up"); err != nil {
 		fmt.Fprintf(stderr, "wanpin %s: %v\n", what, err)
 		return 1
+	}
+	return 0
+}
+
+// cmdQuota is `wanpin quota reset UPLINK` and `wanpin quota set UPLINK
+// SIZE`: the count from zero, or another limit until the daemon's next
+// reload, restart or period.
+func cmdQuota(args []string, stdout, stderr io.Writer) int {
+	const usage = `usage: wanpin quota reset UPLINK
+       wanpin quota set UPLINK SIZE     (e.g. 30GB; until the next reload, restart or period)`
+	if len(args) < 2 || args[0] == "reset" && len(args) != 2 || args[0] == "set" && len(args) != 3 || args[0] != "reset" && args[0] != "set" {
+		fmt.Fprintln(stderr, usage)
+		return 2
+	}
+	var limit uint64
+	if args[0] == "set" {
+		var err error
+		if limit, err = quota.ParseSize(args[2]); err != nil {
+			fmt.Fprintf(stderr, "wanpin quota set: %v\n", err)
+			return 2
+		}
+	}
+	c, ok := dial(stderr, "quota")
+	if !ok {
+		return 1
+	}
+	defer c.Close()
+	var err error
+	if args[0] == "reset" {
+		err = c.ResetQuota(context.Background(), args[1])
+	} else {
+		err = c.SetQuota(context.Background(), args[1], limit)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "wanpin quota %s: %v\n", args[0], err)
+		return 1
+	}
+	if args[0] == "reset" {
+		fmt.Fprintf(stdout, "quota of %s reset\n", args[1])
+	} else {
+		fmt.Fprintf(stdout, "quota of %s set to %s until the next reload, restart or period\n", args[1], quota.FormatSize(limit))
 	}
 	return 0
 }

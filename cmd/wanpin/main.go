@@ -24,6 +24,9 @@ Usage:
   wanpin reload                  re-read the policy file (root)
   wanpin down UPLINK / up UPLINK  take an uplink out of service for maintenance,
                                  or put it back (root)
+  wanpin quota reset UPLINK / quota set UPLINK SIZE
+                                 start a data quota's count from zero, or set it
+                                 (e.g. 30GB) until the next reload, restart or period (root)
   wanpin event up|down IFACE [--local ADDR] [--peer ADDR]
                                  news from a PPP hook (root)
 
@@ -62,6 +65,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		return cmdEvent(rest, stderr)
 	case "up", "down":
 		return cmdService(cmd, rest, stdout, stderr)
+	case "quota":
+		return cmdQuota(rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -176,6 +176,7 @@ func TestBootedRouter(t *testing.T) {
 		{"networkd restart", stepNetworkdRestart},
 		{"watchdog", stepWatchdog},
 		{"sigkill", stepKill},
+		{"quota state", stepQuota},
 		{"stop", stepStop},
 		{"purge", stepPurge},
 	}
@@ -314,6 +315,34 @@ func (r *router) restartedAfter(sig string, within time.Duration) {
 }
 
 // stop removes every wanpin object from the kernel.
+// A data quota's counts are written under the unit's sandbox
+// (ProtectSystem=strict, StateDirectory=wanpin) to
+// /var/lib/wanpin/quota.json and read back by the next start; only root
+// may reset them.
+func stepQuota(r *router) {
+	r.write("etc/wanpin/wanpin.toml", fmt.Sprintf(config, 1, netlab.PortWhoami)+"quota = \"1TB\"\n")
+	r.sh("systemctl reload wanpin")
+	if out, err := r.b.ExecAs("wptest", "wanpin", "quota", "reset", "isp3"); err == nil || !strings.Contains(out, "permission denied") {
+		r.t.Errorf("wanpin quota reset as an unprivileged user: %v\n%s", err, out)
+	}
+	r.sh("wanpin quota reset isp3") // written at once
+	var kept struct {
+		Format  string                     `json:"format"`
+		Uplinks map[string]json.RawMessage `json:"uplinks"`
+	}
+	b, err := os.ReadFile(filepath.Join(r.b.Root(), "var/lib/wanpin/quota.json"))
+	if err != nil || json.Unmarshal(b, &kept) != nil || kept.Uplinks["isp3"] == nil {
+		r.t.Errorf("/var/lib/wanpin/quota.json after the reset: %v\n%s\n%s", err, b, r.journal())
+	}
+	r.sh("systemctl restart wanpin")
+	j := r.waitJournal(`msg=quota uplink=isp3 used=\d+ quota=1000000000000`, 1, 10*time.Second)
+	for _, bad := range []string{"saving the quota counts", "ignoring the quota state file"} {
+		if strings.Contains(j, bad) {
+			r.t.Errorf("the journal says %q:\n%s", bad, j)
+		}
+	}
+}
+
 func stepStop(r *router) {
 	r.sh("systemctl stop wanpin")
 	if objs := strings.TrimSpace(r.wanpinObjects()); objs != "" {
@@ -334,7 +363,7 @@ func stepPurge(r *router) {
 			r.t.Errorf("%s is still there after the purge", f)
 		}
 	}
-	for _, f := range []string{"etc/wanpin", "etc/systemd/system/multi-user.target.wants/wanpin.service"} {
+	for _, f := range []string{"etc/wanpin", "etc/systemd/system/multi-user.target.wants/wanpin.service", "var/lib/wanpin"} {
 		if _, err := os.Lstat(filepath.Join(r.b.Root(), f)); err == nil {
 			r.t.Errorf("/%s is still there after the purge", f)
 		}

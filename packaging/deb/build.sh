@@ -87,6 +87,8 @@ cat > "$stage/DEBIAN/postrm" <<'SH'
 set -e
 if [ "$1" = purge ]; then
 	rmdir /etc/wanpin/hooks.d /etc/wanpin 2>/dev/null || true
+	# The data quotas' counts (the unit's StateDirectory).
+	rm -rf /var/lib/wanpin
 	# `systemctl enable wanpin` made this link; nothing else removes it.
 	rm -f /etc/systemd/system/multi-user.target.wants/wanpin.service
 	rmdir /etc/systemd/system/multi-user.target.wants 2>/dev/null || true

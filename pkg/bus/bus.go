@@ -10,10 +10,12 @@
 //	  Event(s kind, s iface, a{sv} args) -> ()     root; kind up|down (PPP: args local, peer, dns)
 //	                                               or lease|lease-lost (DHCP: arg family)
 //	  SetService(s uplink, b in_service) -> ()     root; maintenance (wanpin up/down)
+//	  ResetQuota(s uplink) -> ()                   root; the quota's count from zero (wanpin quota reset)
+//	  SetQuota(s uplink, t bytes) -> ()            root; the quota until the next reload, restart or period (wanpin quota set)
 //	  Exec(s uplink) -> (s cgroup)                 root; wanpin exec --uplink: the caller moved into a fresh cgroup, pinned
 //
-// The bus policy (dbus/org.wanpin.Wanpin1.conf) already restricts Reload
-// and Event to root; the daemon checks the caller's uid again, so a
+// The bus policy (dbus/org.wanpin.Wanpin1.conf) already restricts
+// every method but Status and Explain to root; the daemon checks the caller's uid again, so a
 // loosened policy file does not open them up.
 package bus
 

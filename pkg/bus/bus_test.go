@@ -37,6 +37,13 @@ func (f *fake) SetService(uplink string, in bool) error {
 	f.events = append(f.events, fmt.Sprintf("service %s %v", uplink, in))
 	return nil
 }
+func (f *fake) Quota(uplink string, reset bool, limit uint64) error {
+	if uplink == "fibre" {
+		return errors.New(`uplink "fibre" has no quota`)
+	}
+	f.events = append(f.events, fmt.Sprintf("quota %s %v %d", uplink, reset, limit))
+	return nil
+}
 func (f *fake) Event(kind, iface string, ea EventArgs) error {
 	f.events = append(f.events, fmt.Sprintf("%s %s %v %v %v %v", kind, iface, ea.Local, ea.Peer, ea.DNS, ea.Family))
 	return nil
@@ -149,15 +156,40 @@ func TestFormatStatus(t *testing.T) {
 				Gateway: "fe80::1", RTTms: 0, Loss: 1, Reason: "IPv6 health probes: 2 rounds lost"}},
 		{Name: "lte", Interface: "wwan0", State: "down", Weight: 1, Tier: 2,
 			IPv4: core.FamilyReport{State: "down", Reason: "interface wwan0 does not exist", Loss: -1},
-			IPv6: core.FamilyReport{State: "down", Reason: "interface wwan0 does not exist", Loss: -1}},
+			IPv6: core.FamilyReport{State: "down", Reason: "interface wwan0 does not exist", Loss: -1},
+			Quota: &core.QuotaReport{Limit: 30e9, Used: 31_200_000_000, Period: "monthly", ResetDay: 15, Exhausted: true, Action: "last-resort",
+				PeriodStart: time.Date(2026, 11, 15, 0, 0, 0, 0, time.UTC), NextReset: time.Date(2026, 12, 15, 0, 0, 0, 0, time.UTC)}},
 	}}
 	got := FormatStatus(s, now)
 	want := `UPLINK     IFACE    FAM  STATE SINCE      ADDRESS          GATEWAY          WEIGHT TIER PINNED      RTT  LOSS  REASON
 dsl        ppp0     v4   up    3m12s      198.51.100.18    -                     2    1     17   12.3ms    5%  IPv4 198.51.100.18, point-to-point peer 198.51.100.17
                     v6   down  5s         2001:db8:102::2  fe80::1                                    -  100%  IPv6 health probes: 2 rounds lost
 lte        wwan0    v4   down  -          -                -                     1    2      0        -     -  interface wwan0 does not exist
+           quota 31.2 GB of 30 GB used (104%), monthly since 2026-11-15 00:00, next reset 2026-12-15 00:00: USED UP: a last resort
 `
 	if got != want {
 		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// ResetQuota and SetQuota reach the backend with their arguments; its
+// refusal comes back in its own words; a zero quota never reaches it.
+func TestQuotaCalls(t *testing.T) {
+	f, c := serve(t)
+	ctx := context.Background()
+	if err := c.ResetQuota(ctx, "lte"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetQuota(ctx, "lte", 30e9); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetQuota(ctx, "lte", 0); err == nil || !strings.Contains(err.Error(), "at least 1 byte") {
+		t.Errorf("zero: %v", err)
+	}
+	if err := c.ResetQuota(ctx, "fibre"); err == nil || err.Error() != `uplink "fibre" has no quota` {
+		t.Errorf("no quota: %v", err)
+	}
+	if want := []string{"quota lte true 0", "quota lte false 30000000000"}; strings.Join(f.events, "|") != strings.Join(want, "|") {
+		t.Errorf("calls: %q, want %q", f.events, want)
 	}
 }

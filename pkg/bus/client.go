@@ -13,6 +13,7 @@ import (
 
 	"github.com/wanpin/wanpin/pkg/core"
 	"github.com/wanpin/wanpin/pkg/policy"
+	"github.com/wanpin/wanpin/pkg/quota"
 )
 
 // Timeout bounds every call: a CLI must never hang on a stuck daemon.
@@ -108,6 +109,17 @@ func (c *Client) SetService(ctx context.Context, uplink string, inService bool) 
 	return explain(what, c.call(ctx, "SetService", uplink, inService).Err)
 }
 
+// ResetQuota starts an uplink's quota count from zero.
+func (c *Client) ResetQuota(ctx context.Context, uplink string) error {
+	return explain("quota reset", c.call(ctx, "ResetQuota", uplink).Err)
+}
+
+// SetQuota sets an uplink's quota to bytes, until the daemon's next
+// reload, restart or period.
+func (c *Client) SetQuota(ctx context.Context, uplink string, bytes uint64) error {
+	return explain("quota set", c.call(ctx, "SetQuota", uplink, bytes).Err)
+}
+
 // Exec has the daemon make a fresh cgroup pinned to an uplink and move
 // the calling process into it; it returns the cgroup's path (relative
 // to the cgroup v2 root).
@@ -149,6 +161,28 @@ func explain(what string, err error) error {
 		return fmt.Errorf("%s: wanpin did not answer within %v", what, Timeout)
 	}
 	return fmt.Errorf("%s: %w", what, err)
+}
+
+// quotaLine is an uplink's quota in one line of the status table.
+func quotaLine(q core.QuotaReport, now time.Time) string {
+	at := func(t time.Time) string { return t.In(now.Location()).Format("2006-01-02 15:04") }
+	state := "available"
+	if q.Exhausted {
+		state = "USED UP: a last resort"
+		if q.Action == "off" {
+			state = "USED UP: out of service"
+		}
+	}
+	limit := quota.FormatSize(q.Limit)
+	if q.Raised {
+		limit += " (set by the admin)"
+	}
+	pct := 0.0
+	if q.Limit > 0 {
+		pct = 100 * float64(q.Used) / float64(q.Limit)
+	}
+	return fmt.Sprintf("quota %s of %s used (%.0f%%), %s since %s, next reset %s: %s",
+		quota.FormatSize(q.Used), limit, pct, q.Period, at(q.PeriodStart), at(q.NextReset), state)
 }
 
 // FormatStatus renders a status as a table a person can read: a row per
@@ -204,6 +238,9 @@ func FormatStatus(s core.Status, now time.Time) string {
 			fmt.Fprintf(&b, "%-10s %-8s %-4s %-5s %-10s %-16s %-16s %6s %4s %6s %8s %5s  %s\n",
 				name, iface, strings.TrimPrefix(f.name, "ip"), dash(f.f.State), since, dash(addr), dash(f.f.Gateway),
 				weight, tier, pinned, rtt, loss, f.f.Reason)
+		}
+		if q := u.Quota; q != nil {
+			fmt.Fprintf(&b, "%-10s %s\n", "", quotaLine(*q, now))
 		}
 	}
 	if s.StickyTotal > 0 {

@@ -26,6 +26,8 @@ type Backend interface {
 	Reload() error
 	Event(kind, iface string, args EventArgs) error
 	SetService(uplink string, inService bool) error
+	// Quota resets an uplink's quota count (reset) or sets its limit.
+	Quota(uplink string, reset bool, limit uint64) error
 	Exec(uplink string, pid uint32) (cgroup string, err error)
 }
 
@@ -172,6 +174,33 @@ func (o object) SetService(sender dbus.Sender, uplink string, inService bool) *d
 		return derr
 	}
 	if err := o.s.b.SetService(uplink, inService); err != nil {
+		return dbus.NewError(ErrFailed, []any{err.Error()})
+	}
+	return nil
+}
+
+// ResetQuota starts an uplink's quota count from zero (wanpin quota
+// reset). Root only.
+func (o object) ResetQuota(sender dbus.Sender, uplink string) *dbus.Error {
+	if derr := o.s.requireRoot(sender, "quota reset"); derr != nil {
+		return derr
+	}
+	if err := o.s.b.Quota(uplink, true, 0); err != nil {
+		return dbus.NewError(ErrFailed, []any{err.Error()})
+	}
+	return nil
+}
+
+// SetQuota sets an uplink's quota to bytes until the next reload,
+// restart or period (wanpin quota set). Root only.
+func (o object) SetQuota(sender dbus.Sender, uplink string, bytes uint64) *dbus.Error {
+	if derr := o.s.requireRoot(sender, "quota set"); derr != nil {
+		return derr
+	}
+	if bytes == 0 {
+		return dbus.NewError(ErrInvalidArgs, []any{"a quota must be at least 1 byte"})
+	}
+	if err := o.s.b.Quota(uplink, false, bytes); err != nil {
 		return dbus.NewError(ErrFailed, []any{err.Error()})
 	}
 	return nil

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/wanpin/wanpin/pkg/policy"
+	"github.com/wanpin/wanpin/pkg/quota"
 )
 
 // Defaults for the optional top-level keys.
@@ -106,8 +107,31 @@ type Uplink struct {
 	// Failback: what happens to its connections when an uplink of a
 	// better tier comes back: kept ("" or keep, the default) or moved.
 	Failback Failback
-	Line     int // line of its [[uplink]] header
+	// Quota: a data quota (quota = "20GB"); nil: none.
+	Quota *Quota
+	Line  int // line of its [[uplink]] header
 }
+
+// Quota is an uplink's data quota: the bytes it may carry, both ways,
+// per period.
+type Quota struct {
+	Limit    uint64       // bytes, at least 1
+	Period   quota.Period // monthly (default) or daily
+	ResetDay int          // monthly: the day of the month it starts again, 1..31 (default 1), clamped to the month's length
+	Action   QuotaAction  // what an uplink whose quota is used up does
+}
+
+// QuotaAction says what becomes of an uplink whose quota is used up.
+type QuotaAction string
+
+const (
+	// QuotaLastResort (default): it leaves the balancing and carries new
+	// connections only while no other uplink can.
+	QuotaLastResort QuotaAction = "last-resort"
+	// QuotaOff: it carries none, as if it were down; its connections are
+	// flushed.
+	QuotaOff QuotaAction = "off"
+)
 
 // Failback says what becomes of a worse tier's connections when a better
 // tier's uplink comes back.

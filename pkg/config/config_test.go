@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/wanpin/wanpin/pkg/policy"
+	"github.com/wanpin/wanpin/pkg/quota"
 )
 
 func mustParse(t *testing.T, src string) *Config {
@@ -43,11 +44,12 @@ func TestExampleParses(t *testing.T) {
 			{Name: "dsl2", Interface: "ppp1", Weight: 1, Tier: 1, Masquerade: true, Line: 44,
 				Nat6: Nat6Prefix, Prefix6: netip.MustParsePrefix("2001:db8:d2:1::/64")},
 			{Name: "lte", Interface: "wwan0", Gateway4: netip.MustParseAddr("192.168.8.1"), Weight: 1, Tier: 2,
-				Table: 210, Masquerade: true, Nat6: Nat6Masquerade, Line: 51},
+				Table: 210, Masquerade: true, Nat6: Nat6Masquerade, Line: 51,
+				Quota: &Quota{Limit: 30e9, Period: quota.Monthly, ResetDay: 15, Action: QuotaLastResort}},
 		},
 		Policies: []Policy{
 			{Name: "p2p", Match: policy.Match{UIDs: []uint32{0}, Services: []string{"transmission-daemon.service"}},
-				Uplinks: []string{"dsl1", "dsl2"}, FallbackNone: true, Line: 67},
+				Uplinks: []string{"dsl1", "dsl2"}, FallbackNone: true, Line: 69},
 			{Name: "office-vpn", Match: policy.Match{
 				Sources:      []netip.Prefix{netip.MustParsePrefix("192.0.2.20/32")},
 				InInterfaces: []string{"lan1"},
@@ -55,7 +57,7 @@ func TestExampleParses(t *testing.T) {
 				Protocol:     policy.ProtoUDP,
 				Ports:        []policy.PortRange{{First: 1194, Last: 1194}, {First: 51820, Last: 51821}}},
 				Uplinks: []string{"dsl1"},
-				Line:    76},
+				Line:    78},
 		},
 	}
 	if !reflect.DeepEqual(cfg, want) {
@@ -412,6 +414,46 @@ func TestStickyKeys(t *testing.T) {
 		_, err := Parse("f.toml", []byte(c.file))
 		if err == nil || err.Error() != c.want {
 			t.Errorf("%q:\n got %v\nwant %s", c.file, err, c.want)
+		}
+	}
+}
+
+// The quota keys: a size with a unit, its period, reset day and action;
+// each bad value named with its file:line and key.
+func TestQuotaKeys(t *testing.T) {
+	base := "[[uplink]]\nname = \"a\"\ninterface = \"eth0\"\n\n[[uplink]]\nname = \"lte\"\ninterface = \"wwan0\"\n"
+	cfg := mustParse(t, base+"quota = \"20GB\"\n")
+	if q := cfg.Uplinks[1].Quota; cfg.Uplinks[0].Quota != nil || q == nil || *q != (Quota{Limit: 20e9, Period: quota.Monthly, ResetDay: 1, Action: QuotaLastResort}) {
+		t.Errorf("defaults: %+v", cfg.Uplinks[1].Quota)
+	}
+	cfg = mustParse(t, base+"quota = \"1.5 GiB\"\nquota_period = \"monthly\"\nquota_reset_day = 31\nquota_action = \"off\"\n")
+	if q := cfg.Uplinks[1].Quota; *q != (Quota{Limit: 3 << 29, Period: quota.Monthly, ResetDay: 31, Action: QuotaOff}) {
+		t.Errorf("monthly: %+v", q)
+	}
+	cfg = mustParse(t, base+"quota = \"500MB\"\nquota_period = \"daily\"\n")
+	if q := cfg.Uplinks[1].Quota; *q != (Quota{Limit: 500e6, Period: quota.Daily, ResetDay: 1, Action: QuotaLastResort}) {
+		t.Errorf("daily: %+v", q)
+	}
+	for _, c := range []struct{ text, want string }{
+		{"quota = \"20KB\"\n", `q.toml:8: uplink[2].quota: "20KB": unit "KB" is not one of B, kB, MB, GB, TB, KiB, MiB, GiB, TiB`},
+		{"quota = \"20\"\n", `q.toml:8: uplink[2].quota: "20" has no unit: want one of B, kB, MB, GB, TB, KiB, MiB, GiB, TiB`},
+		{"quota = 20000000000\n", `q.toml:8: uplink[2].quota: quota must be a size with a unit, e.g. "20GB" (units B, kB, MB, GB, TB, KiB, MiB, GiB, TiB), got integer 20000000000`},
+		{"quota = \"0GB\"\n", `q.toml:8: uplink[2].quota: "0GB": a quota must be at least 1 byte`},
+		{"quota = \"0.5B\"\n", `q.toml:8: uplink[2].quota: "0.5B" is not a whole number of bytes`},
+		{"quota = \"20GB\"\nquota_period = \"weekly\"\n", `q.toml:9: uplink[2].quota_period: quota_period must be "monthly" or "daily", got "weekly"`},
+		{"quota = \"20GB\"\nquota_reset_day = 32\n", `q.toml:9: uplink[2].quota_reset_day: quota_reset_day must be 1..31, got 32`},
+		{"quota = \"20GB\"\nquota_reset_day = 0\n", `q.toml:9: uplink[2].quota_reset_day: quota_reset_day must be 1..31, got 0`},
+		{"quota = \"20GB\"\nquota_reset_day = \"15\"\n", `q.toml:9: uplink[2].quota_reset_day: quota_reset_day must be an integer, got string "15"`},
+		{"quota = \"20GB\"\nquota_period = \"daily\"\nquota_reset_day = 15\n", `q.toml:10: uplink[2].quota_reset_day: quota_reset_day is for quota_period = "monthly": a daily quota starts again every midnight`},
+		{"quota = \"20GB\"\nquota_action = \"throttle\"\n", `q.toml:9: uplink[2].quota_action: quota_action must be "last-resort" or "off", got "throttle"`},
+		{"quota_period = \"daily\"\n", `q.toml:8: uplink[2].quota_period: quota_period needs quota (e.g. quota = "20GB")`},
+		{"quota_reset_day = 3\n", `q.toml:8: uplink[2].quota_reset_day: quota_reset_day needs quota (e.g. quota = "20GB")`},
+		{"quota_action = \"off\"\n", `q.toml:8: uplink[2].quota_action: quota_action needs quota (e.g. quota = "20GB")`},
+		{"quotas = \"20GB\"\n", `q.toml:8: uplink[2].quotas: unknown key (did you mean quota?)`},
+	} {
+		_, err := Parse("q.toml", []byte(base+c.text))
+		if err == nil || err.Error() != c.want {
+			t.Errorf("%q:\n got %v\nwant %s", c.text, err, c.want)
 		}
 	}
 }

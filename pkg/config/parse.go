@@ -11,6 +11,7 @@ import (
 
 	"github.com/wanpin/wanpin/pkg/ifname"
 	"github.com/wanpin/wanpin/pkg/inet"
+	"github.com/wanpin/wanpin/pkg/quota"
 
 	"github.com/BurntSushi/toml"
 )
@@ -267,7 +268,7 @@ func describe(v any) string {
 var (
 	topKeys    = []string{"mark_mask", "rule_priority", "router_traffic", "lan_prefix6", "allow_conflicts", "sticky", "sticky_by", "uplink", "policy"}
 	uplinkKeys = []string{"name", "interface", "gateway", "gateway6", "dns", "weight", "tier", "table",
-		"masquerade", "nat6", "prefix6", "health", "failback"}
+		"masquerade", "nat6", "prefix6", "health", "failback", "quota", "quota_period", "quota_reset_day", "quota_action"}
 	policyKeys = []string{"name", "users", "groups", "services", "sources", "in_interfaces",
 		"destinations", "protocol", "ports", "source_ports", "uplinks", "fallback", "sticky", "sticky_by"}
 )
@@ -462,8 +463,78 @@ func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
 			}
 		}
 	}
+	u.Quota = p.quota(t)
 	p.unknown(t, uplinkKeys)
 	return u, src
+}
+
+// quota reads an uplink's quota keys: quota = "20GB" and, with it, its
+// period, reset day and action.
+func (p *parser) quota(t *table) *Quota {
+	q := &Quota{Period: quota.Monthly, ResetDay: 1, Action: QuotaLastResort}
+	n, set := p.get(t, "quota")
+	ok := set
+	if set {
+		if s, isStr := n.v.(string); !isStr {
+			p.errorf(n, `quota must be a size with a unit, e.g. "20GB" (units %s), got %s`, quota.UnitNames, describe(n.v))
+			ok = false
+		} else if v, err := quota.ParseSize(s); p.check(n, err) {
+			q.Limit = v
+		} else {
+			ok = false
+		}
+	}
+	// The other keys mean nothing without a quota: say so rather than
+	// ignore them.
+	needs := func(name string) (node, bool) {
+		k, has := p.get(t, name)
+		if has && !set {
+			p.errorf(k, "%s needs quota (e.g. quota = \"20GB\")", name)
+			return k, false
+		}
+		return k, has
+	}
+	period, periodSet := needs("quota_period")
+	if periodSet {
+		if s, isStr := p.str(period); isStr {
+			switch m := quota.Period(s); m {
+			case quota.Monthly, quota.Daily:
+				q.Period = m
+			default:
+				p.errorf(period, `quota_period must be "monthly" or "daily", got %q`, s)
+				ok = false
+			}
+		} else {
+			ok = false
+		}
+	}
+	if k, has := needs("quota_reset_day"); has {
+		if v, isInt := p.integer(k, 1, 31); !isInt {
+			ok = false
+		} else if q.Period == quota.Daily {
+			p.errorf(k, `quota_reset_day is for quota_period = "monthly": a daily quota starts again every midnight`)
+			ok = false
+		} else {
+			q.ResetDay = int(v)
+		}
+	}
+	if k, has := needs("quota_action"); has {
+		if s, isStr := p.str(k); isStr {
+			switch a := QuotaAction(s); a {
+			case QuotaLastResort, QuotaOff:
+				q.Action = a
+			default:
+				p.errorf(k, `quota_action must be "last-resort" or "off", got %q`, s)
+				ok = false
+			}
+		} else {
+			ok = false
+		}
+	}
+	if !ok {
+		return nil
+	}
+	return q
 }
 
 // check reports err, if any, at n, and tells whether there was none.

@@ -2,6 +2,7 @@ package core
 
 import (
 	"net/netip"
+	"slices"
 	"sort"
 
 	"github.com/wanpin/wanpin/pkg/config"
@@ -146,10 +147,10 @@ func Build(in Facts) desired.State {
 	for i, u := range cfg.Uplinks {
 		all[i] = u.Name
 	}
-	d.NFT.Default = balancer(cfg, in.Uplinks, all)
+	d.NFT.Default = balancer(cfg, in.Uplinks, all, all)
 	d.NFT.Default.Sticky = desiredSticky(cfg.Sticky)
 	for _, e := range in.Execs {
-		b := balancer(cfg, in.Uplinks, []string{e.Uplink})
+		b := balancer(cfg, in.Uplinks, []string{e.Uplink}, []string{e.Uplink})
 		for _, f := range inet.Families {
 			c := b.For(f)
 			c.Reject = len(c.Buckets) == 0
@@ -164,7 +165,13 @@ func Build(in Facts) desired.State {
 		if len(cands) == 0 {
 			cands = all
 		}
-		b := balancer(cfg, in.Uplinks, cands)
+		// With fallback = "any" the policy may use every uplink: one
+		// whose quota is used up is its last resort after all of them.
+		reach := all
+		if p.FallbackNone {
+			reach = cands
+		}
+		b := balancer(cfg, in.Uplinks, cands, reach)
 		for _, f := range inet.Families {
 			if c := b.For(f); len(c.Buckets) == 0 {
 				c.Reject, c.FallbackDefault = p.FallbackNone, !p.FallbackNone
@@ -200,16 +207,28 @@ func setChoice(b *desired.Balancer, f inet.Family, c desired.Choice) {
 // usable, those of the best (lowest) tier, with their weights. Tiers are
 // per family too: a backup uplink carries IPv6 while no better uplink has
 // working IPv6, even if they all have IPv4.
-func balancer(cfg *config.Config, states map[string]UplinkState, names []string) desired.Balancer {
-	return desired.Balancer{V4: choose(cfg, states, names, inet.IPv4), V6: choose(cfg, states, names, inet.IPv6)}
+//
+// An uplink whose data quota is used up (Exhausted) is worse than every
+// tier: it is a candidate only while no uplink of reach (the uplinks the
+// choice may end up on: all of them, or a policy's own candidates when
+// it has no fallback) whose quota is not used up can carry the family.
+func balancer(cfg *config.Config, states map[string]UplinkState, names, reach []string) desired.Balancer {
+	return desired.Balancer{V4: choose(cfg, states, names, reach, inet.IPv4), V6: choose(cfg, states, names, reach, inet.IPv6)}
 }
 
-func choose(cfg *config.Config, states map[string]UplinkState, names []string, f inet.Family) desired.Choice {
+func choose(cfg *config.Config, states map[string]UplinkState, names, reach []string, f inet.Family) desired.Choice {
 	want := map[string]bool{}
 	for _, n := range names {
 		want[n] = true
 	}
-	usable := func(u config.Uplink) bool { return want[u.Name] && states[u.Name].Family(f).Usable() }
+	spare := slices.ContainsFunc(reach, func(n string) bool {
+		st := states[n]
+		return st.Family(f).Usable() && !st.Exhausted
+	})
+	usable := func(u config.Uplink) bool {
+		st := states[u.Name]
+		return want[u.Name] && st.Family(f).Usable() && (!st.Exhausted || !spare)
+	}
 	best := 0
 	for _, u := range cfg.Uplinks {
 		if usable(u) && (best == 0 || u.Tier < best) {
@@ -235,7 +254,7 @@ func routerRoute(cfg *config.Config, states map[string]UplinkState, tables Table
 	for i, u := range cfg.Uplinks {
 		all[i] = u.Name
 	}
-	c := choose(cfg, states, all, f)
+	c := choose(cfg, states, all, all, f)
 	if len(c.Buckets) == 0 {
 		return desired.Route{}, false
 	}

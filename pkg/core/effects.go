@@ -3,13 +3,16 @@ package core
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/wanpin/wanpin/pkg/config"
 	"github.com/wanpin/wanpin/pkg/desired"
 	"github.com/wanpin/wanpin/pkg/inet"
+	"github.com/wanpin/wanpin/pkg/quota"
 )
 
 // Effect is one thing the executor must do, in the order Step lists them.
@@ -61,7 +64,11 @@ type Failback struct {
 	Uplink, To        string
 	Family            inet.Family
 	Mark, Mask, Evict uint32
+	Reason            string // for the log: why they move
 }
+
+// SaveQuota writes the quotas' counts to the state file (pkg/quota).
+type SaveQuota struct{ Usage map[string]quota.Usage }
 
 // FlushAddr deletes the conntrack entries source-NATed to an address the
 // uplink lost (a PPP re-dial, a new DHCP lease).
@@ -101,6 +108,7 @@ func (Log) effect()            {}
 func (SetSysctl) effect()      {}
 func (LoosenRPFilter) effect() {}
 func (Failback) effect()       {}
+func (SaveQuota) effect()      {}
 func (ApplyNFT) effect()       {}
 func (ApplyRouting) effect()   {}
 func (FlushMark) effect()      {}
@@ -122,7 +130,15 @@ func (e Log) String() string {
 }
 func (e SetSysctl) String() string { return fmt.Sprintf("sysctl %s=%s", e.Key, e.Value) }
 func (e Failback) String() string {
-	return fmt.Sprintf("failback %s %v to %s: mark %#x/%#x, TCP to %#x", e.Uplink, e.Family, e.To, e.Mark, e.Mask, e.Evict)
+	return fmt.Sprintf("failback %s %v to %s: mark %#x/%#x, TCP to %#x (%s)", e.Uplink, e.Family, e.To, e.Mark, e.Mask, e.Evict, e.Reason)
+}
+func (e SaveQuota) String() string {
+	var parts []string
+	for _, name := range slices.Sorted(maps.Keys(e.Usage)) {
+		u := e.Usage[name]
+		parts = append(parts, fmt.Sprintf("%s %d bytes since %s", name, u.Used, u.PeriodStart.Format(time.RFC3339)))
+	}
+	return "save quota: " + strings.Join(parts, ", ")
 }
 func (e LoosenRPFilter) String() string {
 	return fmt.Sprintf("loosen rp_filter of %s (to 2 where it is 1)", e.Interface)

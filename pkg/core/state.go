@@ -40,6 +40,10 @@ func (f FamilyState) Usable() bool { return f.Up && !f.Unhealthy }
 // up or down on its own.
 type UplinkState struct {
 	Families inet.PerFamily[FamilyState]
+	// Exhausted: its data quota is used up (quota_action =
+	// "last-resort"): it carries new connections only while no other
+	// uplink can.
+	Exhausted bool
 }
 
 // Family returns the state of one family.

@@ -65,6 +65,8 @@ type UplinkReport struct {
 	// FailbackMoved: connections moved off it by failback = "move".
 	FailbackMoved uint64  `json:"failback_moved"`
 	Traffic       Traffic `json:"traffic"`
+	// Quota: its data quota, when it has one.
+	Quota *QuotaReport `json:"quota,omitempty"`
 	// Each address family on its own: one can be down while the other
 	// carries traffic.
 	IPv4 FamilyReport `json:"ipv4"`
@@ -129,6 +131,7 @@ func (s State) Report() Status {
 		ur := UplinkReport{Name: u.Name, Interface: u.Interface, State: "down", Weight: u.Weight, Tier: u.Tier,
 			Mark: Mark(s.Config.UplinkMark(i)), Loss: -1}
 		ur.IPv4.Loss, ur.IPv6.Loss = -1, -1
+		ur.Quota = s.quotaReport(u)
 		if us, ok := s.Uplinks[u.Name]; ok {
 			ur.State, ur.Reason, ur.Since, ur.Transitions = upDown(us.Up), us.Reason, us.Since, us.Transitions
 			ur.Addresses = us.State.Addrs()

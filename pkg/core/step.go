@@ -17,6 +17,7 @@ import (
 	"github.com/wanpin/wanpin/pkg/inet"
 	"github.com/wanpin/wanpin/pkg/neighbours"
 	"github.com/wanpin/wanpin/pkg/policy"
+	"github.com/wanpin/wanpin/pkg/quota"
 )
 
 // Key names one address family of one uplink: health is probed and
@@ -76,6 +77,12 @@ type State struct {
 	// Conflicts: what other programs on the router do that clashes with
 	// wanpin's marks and rules, as last seen (pkg/neighbours).
 	Conflicts []neighbours.Finding
+	// Quotas: the data quotas of the uplinks that have one, by uplink;
+	// QuotaSaved is when their counts were last written, QuotaDirty
+	// whether they grew since.
+	Quotas     map[string]QuotaState
+	QuotaSaved time.Time
+	QuotaDirty bool
 	// Desired is the latest computed kernel state; Applied what the kernel
 	// holds as far as the machine knows (nil: unknown, apply all of it).
 	Desired desired.State
@@ -86,7 +93,8 @@ type State struct {
 func NewState(cfg *config.Config) State {
 	return State{Config: cfg, Links: map[string]Link{}, Hints: map[string]Hint{}, Probes: map[Key]ProbeSpec{},
 		Verdicts: map[Key]Verdict{}, Maintenance: map[string]bool{}, Cgroups: map[string][]policy.CgroupMatch{},
-		Execs: map[string]ExecPin{}, Tuned: map[string]int{}, Leases: map[LeaseKey]Lease{}, Uplinks: map[string]UplinkStatus{}}
+		Execs: map[string]ExecPin{}, Tuned: map[string]int{}, Leases: map[LeaseKey]Lease{}, Uplinks: map[string]UplinkStatus{},
+		Quotas: map[string]QuotaState{}}
 }
 
 func (s State) clone() State {
@@ -100,6 +108,7 @@ func (s State) clone() State {
 	s.Tuned = maps.Clone(s.Tuned)
 	s.Leases = maps.Clone(s.Leases)
 	s.Uplinks = maps.Clone(s.Uplinks)
+	s.Quotas = maps.Clone(s.Quotas)
 	return s
 }
 
@@ -109,12 +118,28 @@ type Input interface{ input() }
 type (
 	// Start: the daemon starts, with a first snapshot of the interfaces,
 	// the policies' services resolved, the leases the DHCP hooks left and
-	// the routing tables chosen.
+	// the routing tables chosen, and the quotas' counts the state file
+	// kept.
 	Start struct {
 		Links   map[string]Link
 		Cgroups map[string][]policy.CgroupMatch
 		Leases  map[LeaseKey]Lease
 		Tables  Tables
+		Quotas  map[string]quota.Usage
+	}
+	// TrafficReading: a reading of the uplinks' interface counters, bytes both
+	// ways since the daemon started, by uplink (the traffic meter's; an
+	// uplink whose interface does not exist is missing).
+	TrafficReading struct {
+		Bytes map[string]uint64
+	}
+	// QuotaCommand: `wanpin quota reset UPLINK` (Reset: the count starts
+	// from zero) or `wanpin quota set UPLINK SIZE` (Limit, until the
+	// next reload, restart or period).
+	QuotaCommand struct {
+		Uplink string
+		Reset  bool
+		Limit  uint64
 	}
 	// Observed: netlink said something changed; a fresh snapshot.
 	Observed struct {
@@ -188,6 +213,8 @@ type (
 
 func (Start) input()          {}
 func (Observed) input()       {}
+func (TrafficReading) input() {}
+func (QuotaCommand) input()   {}
 func (Neighbours) input()     {}
 func (HealthVerdict) input()  {}
 func (SetService) input()     {}
@@ -250,6 +277,19 @@ func Step(prev State, at time.Time, in Input) Result {
 		}
 		r.log(slog.LevelInfo, "starting", "config", s.Config.Path, "uplinks", len(s.Config.Uplinks), "policies", len(s.Config.Policies))
 		logCgroups(r, nil, in.Cgroups)
+		s.QuotaSaved = at
+		if s.syncQuotas(r, at, in.Quotas, true) {
+			s.saveQuotas(r, at)
+		}
+		why := map[string]string{}
+		for _, u := range s.Config.Uplinks {
+			if q, ok := s.Quotas[u.Name]; ok {
+				why[u.Name] = "counted before wanpin started (the state file)"
+				r.log(slog.LevelInfo, "quota", "uplink", u.Name, "used", q.Used, "quota", q.Limit, "action", string(u.Quota.Action),
+					"state", q.describe(u.Quota))
+			}
+		}
+		s.noteQuotas(r, why)
 		r.add(globalSysctls...)
 		s.syncProbes(r)
 		s.reconcile(r, at, "start")
@@ -259,6 +299,10 @@ func Step(prev State, at time.Time, in Input) Result {
 		s.reconcile(r, at, in.Trigger)
 	case Neighbours:
 		s.noteConflicts(r, in.Findings)
+	case TrafficReading:
+		s.countTraffic(r, at, in.Bytes)
+	case QuotaCommand:
+		s.quotaCommand(r, at, in)
 	case HealthVerdict:
 		if _, ok := s.Probes[in.Key]; !ok {
 			break // from a monitor stopped since: its verdict is void
@@ -321,6 +365,16 @@ func Step(prev State, at time.Time, in Input) Result {
 		// probing did not change are kept.
 		s.syncProbes(r)
 		r.log(slog.LevelInfo, "configuration reloaded", "uplinks", len(s.Config.Uplinks), "policies", len(s.Config.Policies))
+		saveQuota := s.syncQuotas(r, at, nil, false)
+		why := map[string]string{}
+		for _, u := range s.Config.Uplinks {
+			if u.Quota != nil {
+				why[u.Name] = "the reloaded file's quota is " + quota.FormatSize(u.Quota.Limit)
+			}
+		}
+		if s.noteQuotas(r, why) || saveQuota {
+			s.saveQuotas(r, at)
+		}
 		s.Applied = nil
 		s.reconcile(r, at, "reload")
 		r.add(Notify{State: "READY=1"})
@@ -389,6 +443,7 @@ func Step(prev State, at time.Time, in Input) Result {
 			r.add(StopProbes{Key: k})
 		}
 		s.Probes = map[Key]ProbeSpec{}
+		s.saveQuotas(r, at)
 		r.add(Teardown{})
 	default:
 		panic(fmt.Sprintf("core: unknown input %T", in))
@@ -492,9 +547,18 @@ type cameUpFamily struct {
 // uplink comes back, the connections of that family pinned to an uplink
 // of a worse tier that moves its connections are moved off it (the
 // balancer no longer gives it new ones: only the best tier with an
-// uplink up carries traffic). An uplink that went down meanwhile was
+// uplink up carries traffic). An uplink whose data quota is used up is
+// worse than every uplink whose quota is not: its connections move when
+// the quota is used up (spent) and another uplink can take them, and
+// when another uplink comes back. An uplink that went down meanwhile was
 // flushed already.
-func failbacks(cfg *config.Config, cameUp []cameUpFamily, states map[string]UplinkState) []Effect {
+func failbacks(cfg *config.Config, cameUp []cameUpFamily, spent map[string]bool, states map[string]UplinkState) []Effect {
+	better := func(c string, ct int, u config.Uplink) bool {
+		if ce, ue := states[c].Exhausted, states[u.Name].Exhausted; ce != ue {
+			return ue
+		}
+		return ct < u.Tier
+	}
 	var out []Effect
 	for i, u := range cfg.Uplinks {
 		if u.Failback != config.FailbackMove {
@@ -504,15 +568,25 @@ func failbacks(cfg *config.Config, cameUp []cameUpFamily, states map[string]Upli
 			if !states[u.Name].Family(f).Usable() {
 				continue
 			}
-			to := ""
+			to, why := "", ""
 			for _, c := range cameUp {
-				if c.Family == f && c.Tier < u.Tier && (to == "" || c.Uplink < to) {
-					to = c.Uplink
+				if c.Family == f && better(c.Uplink, c.Tier, u) && (to == "" || c.Uplink < to) {
+					to, why = c.Uplink, c.Uplink+" is back and "+u.Name+" has failback = move"
 				}
+			}
+			if to == "" && spent[u.Name] {
+				// The best uplink of this family whose quota is not used up.
+				tier := 0
+				for _, v := range cfg.Uplinks {
+					if st := states[v.Name]; v.Name != u.Name && st.Family(f).Usable() && !st.Exhausted && (tier == 0 || v.Tier < tier) {
+						to, tier = v.Name, v.Tier
+					}
+				}
+				why = u.Name + "'s data quota is used up and it has failback = move"
 			}
 			if to != "" {
 				out = append(out, Failback{Uplink: u.Name, To: to, Family: f,
-					Mark: cfg.UplinkMark(i), Mask: cfg.MarkMask, Evict: cfg.EvictMark()})
+					Mark: cfg.UplinkMark(i), Mask: cfg.MarkMask, Evict: cfg.EvictMark(), Reason: why})
 			}
 		}
 	}
@@ -535,6 +609,7 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 	var flushes []Effect
 	var hooks []Effect
 	var cameUp []cameUpFamily
+	spent := map[string]bool{} // quotas used up in this step
 	oldAddrs := map[string][]netip.Addr{}
 	for name, st := range s.Uplinks {
 		oldAddrs[name] = st.State.Addrs()
@@ -563,6 +638,12 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 			st.SetUnhealthy()
 			why := "taken out of service by the admin (wanpin down " + u.Name + ")"
 			rs = Reasons{why, why}
+		}
+		if !s.Maintenance[u.Name] {
+			s.quotaSpent(u, &st, &rs)
+		}
+		if prev, ok := s.Uplinks[u.Name]; ok && st.Exhausted && !prev.State.Exhausted {
+			spent[u.Name] = true
 		}
 		reason := oneReason(rs, st)
 		states[u.Name] = st
@@ -635,7 +716,7 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 	// Failback, after the apply that gives new connections to the better
 	// tier again: the connections of worse tiers' uplinks that move
 	// theirs go too.
-	r.Effects = append(r.Effects, failbacks(cfg, cameUp, states)...)
+	r.Effects = append(r.Effects, failbacks(cfg, cameUp, spent, states)...)
 	for _, u := range cfg.Uplinks {
 		now := s.Uplinks[u.Name].State.Addrs()
 		for _, a := range oldAddrs[u.Name] {

@@ -243,20 +243,27 @@ func TestStepGolden(t *testing.T) {
 	for name, steps := range scenarios(t) {
 		t.Run(name, func(t *testing.T) {
 			_, got, _ := run(mustConfig(t, stepConfig), steps)
-			path := filepath.Join("testdata", "step", name+".golden")
-			if *update {
-				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (go test ./pkg/core -run TestStepGolden -update, then review git diff)", err)
-			}
-			if d := cmp.Diff(string(want), got); d != "" {
-				t.Errorf("effects differ from %s (-golden +got):\n%s", path, d)
-			}
+			checkGolden(t, name, got)
 		})
+	}
+}
+
+// checkGolden compares a scenario's rendering with its golden file (or
+// rewrites it, with -update).
+func checkGolden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", "step", name+".golden")
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (go test ./pkg/core -run TestStepGolden -update, then review git diff)", err)
+	}
+	if d := cmp.Diff(string(want), got); d != "" {
+		t.Errorf("effects differ from %s (-golden +got):\n%s", path, d)
 	}
 }
 

@@ -113,6 +113,12 @@ func (d *Daemon) SetService(ctx context.Context, uplink string, inService bool) 
 	return d.doStep(ctx, core.SetService{Uplink: uplink, InService: inService})
 }
 
+// Quota resets an uplink's quota count to zero (reset) or sets its
+// limit (limit bytes) until the next reload, restart or period.
+func (d *Daemon) Quota(ctx context.Context, uplink string, reset bool, limit uint64) error {
+	return d.doStep(ctx, core.QuotaCommand{Uplink: uplink, Reset: reset, Limit: limit})
+}
+
 // Exec makes a fresh cgroup under ExecRoot, named by the daemon, moves
 // the calling process (pid, `wanpin exec`, which then becomes the
 // command) into it, pins the new connections of its processes to one

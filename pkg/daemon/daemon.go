@@ -27,6 +27,7 @@ import (
 	"github.com/wanpin/wanpin/pkg/lease"
 	"github.com/wanpin/wanpin/pkg/neighbours"
 	"github.com/wanpin/wanpin/pkg/policy"
+	"github.com/wanpin/wanpin/pkg/quota"
 	"github.com/wanpin/wanpin/pkg/rules"
 	"github.com/wanpin/wanpin/pkg/tables"
 	"github.com/wanpin/wanpin/pkg/watch"
@@ -49,6 +50,9 @@ type Options struct {
 	// RuntimeDir holds the lease files the DHCP hooks write (default
 	// /run/wanpin).
 	RuntimeDir string
+	// StateDir keeps what outlives the daemon: the data quotas' counts
+	// (default /var/lib/wanpin).
+	StateDir string
 	// RTTables are the files that name routing tables (default
 	// /etc/iproute2/rt_tables, rt_tables.d/*.conf and the same under
 	// /usr/share/iproute2): a named id is never chosen for an uplink.
@@ -143,6 +147,9 @@ func New(opts Options) (*Daemon, error) {
 	}
 	if opts.RTTables == nil {
 		opts.RTTables = DefaultRTTables
+	}
+	if opts.StateDir == "" {
+		opts.StateDir = quota.DefaultDir
 	}
 	cfg, err := config.Load(opts.ConfigPath)
 	if err != nil {
@@ -291,7 +298,8 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 		d.log.Error("reading interfaces", "err", err)
 		d.retry.Reset(core.RetryDelay)
 	}
-	d.step(core.Start{Links: links, Cgroups: d.resolveServices(d.state.Config), Leases: d.readLeases(), Tables: d.tables})
+	d.step(core.Start{Links: links, Cgroups: d.resolveServices(d.state.Config), Leases: d.readLeases(), Tables: d.tables,
+		Quotas: d.loadQuotas()})
 	d.step(core.Neighbours{Findings: d.startConflicts})
 	conflicts := make(chan []neighbours.Finding)
 	go d.watchNeighbours(wctx, &d.cfgNow, conflicts)
@@ -304,6 +312,9 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 	for {
 		select {
 		case <-ctx.Done():
+			// What was counted since the last reading is saved too.
+			d.refreshTraffic()
+			d.countQuotas()
 			d.step(core.Stop{})
 			return d.teardownErr
 		case <-watchdog:
@@ -343,6 +354,7 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 			}
 		case <-counters.C:
 			d.refreshTraffic()
+			d.countQuotas()
 			d.publish()
 		case <-d.retry.C:
 			links, err := d.snapshot()
@@ -463,6 +475,32 @@ func (d *Daemon) readLeases() map[core.LeaseKey]core.Lease {
 		d.log.Warn("ignoring a lease file", "err", err)
 	}
 	return leases
+}
+
+// loadQuotas reads the quotas' counts the state directory kept. A file
+// that is corrupt or not wanpin's is logged and ignored: the quotas
+// count from zero, and the next save replaces it.
+func (d *Daemon) loadQuotas() map[string]quota.Usage {
+	u, err := quota.Load(d.opts.StateDir)
+	if err != nil {
+		d.log.Warn("ignoring the quota state file: counting from zero", "err", err)
+		return nil
+	}
+	return u
+}
+
+// countQuotas hands the machine the latest traffic reading, when some
+// uplink has a quota (a reading changes nothing else: without quotas
+// the loop does not step for it).
+func (d *Daemon) countQuotas() {
+	if len(d.state.Quotas) == 0 {
+		return
+	}
+	bytes := make(map[string]uint64, len(d.traffic))
+	for name, t := range d.traffic {
+		bytes[name] = t.InBytes + t.OutBytes
+	}
+	d.step(core.TrafficReading{Bytes: bytes})
 }
 
 func cgroupsEqual(a, b map[string][]policy.CgroupMatch) bool {

@@ -6,9 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/wanpin/wanpin/pkg/core"
 	"github.com/wanpin/wanpin/pkg/health"
+	"github.com/wanpin/wanpin/pkg/quota"
 	"github.com/wanpin/wanpin/pkg/watch"
 )
 
@@ -63,6 +65,8 @@ func (d *Daemon) execute(effects []core.Effect) error {
 			d.flushAddr(e)
 		case core.Failback:
 			d.failback(e)
+		case core.SaveQuota:
+			d.saveQuota(e)
 		case core.RunHooks:
 			d.hooks.transition(e.Uplink, e.Interface, e.State, e.Reason)
 		case core.Notify:
@@ -114,7 +118,19 @@ func (d *Daemon) failback(e core.Failback) {
 	}
 	d.failedBack[e.Uplink] += uint64(reset + deleted)
 	d.log.Info("failback: connections moved", "uplink", e.Uplink, "to", e.To, "family", e.Family.String(),
-		"tcp_reset", reset, "flushed", deleted, "reason", e.To+" is back and "+e.Uplink+" has failback = move")
+		"tcp_reset", reset, "flushed", deleted, "reason", e.Reason)
+}
+
+// saveQuota writes the quotas' counts (pkg/quota.Save: a whole file or
+// the old one, whatever happens meanwhile). A failure is logged; the
+// counting goes on, and the next save tries again.
+func (d *Daemon) saveQuota(e core.SaveQuota) {
+	start := time.Now()
+	if err := quota.Save(d.opts.StateDir, e.Usage, start); err != nil {
+		d.log.Error("saving the quota counts", "dir", d.opts.StateDir, "err", err)
+		return
+	}
+	d.log.Debug("quota counts saved", "file", filepath.Join(d.opts.StateDir, quota.FileName), "took", time.Since(start))
 }
 
 func (d *Daemon) flushAddr(e core.FlushAddr) {

@@ -69,6 +69,12 @@ func Write(w io.Writer, s core.Status) {
 		counter("wanpin_uplink_bytes_total", `direction="out",`+l, float64(u.Traffic.OutBytes))
 		counter("wanpin_uplink_packets_total", `direction="in",`+l, float64(u.Traffic.InPackets))
 		counter("wanpin_uplink_packets_total", `direction="out",`+l, float64(u.Traffic.OutPackets))
+		if q := u.Quota; q != nil {
+			gauge("wanpin_uplink_quota_bytes", l, float64(q.Limit))
+			gauge("wanpin_uplink_quota_used_bytes", l, float64(q.Used))
+			gauge("wanpin_uplink_quota_exhausted", l, b2f(q.Exhausted))
+			gauge("wanpin_uplink_quota_next_reset_timestamp_seconds", l, float64(q.NextReset.Unix()))
+		}
 		for _, f := range []struct {
 			name string
 			r    core.FamilyReport

@@ -30,7 +30,8 @@ func TestWrite(t *testing.T) {
 		Traffic: core.Traffic{InBytes: 1000, OutBytes: 200, InPackets: 10, OutPackets: 4},
 		IPv4:    core.FamilyReport{State: "up", RTTms: 12.5, Loss: 0.1},
 		IPv6:    core.FamilyReport{State: "down", Loss: -1},
-	}}}
+		Quota:   &core.QuotaReport{Limit: 10e6, Used: 10_500_000, Exhausted: true, NextReset: time.Unix(1796083200, 0)},
+	}, {Name: "fibre", Interface: "wan1", IPv4: core.FamilyReport{Loss: -1}, IPv6: core.FamilyReport{Loss: -1}}}}
 	var b bytes.Buffer
 	Write(&b, s)
 	out := b.String()
@@ -47,12 +48,20 @@ func TestWrite(t *testing.T) {
 		`wanpin_uplink_family_up{family="ipv6",interface="pp\\p0",uplink="dsl"} 0` + "\n",
 		`wanpin_uplink_rtt_seconds{family="ipv4",interface="pp\\p0",uplink="dsl"} 0.0125` + "\n",
 		`wanpin_uplink_loss_ratio{family="ipv4",interface="pp\\p0",uplink="dsl"} 0.1` + "\n",
+		`wanpin_uplink_quota_bytes{interface="pp\\p0",uplink="dsl"} 10000000` + "\n",
+		`wanpin_uplink_quota_used_bytes{interface="pp\\p0",uplink="dsl"} 10500000` + "\n",
+		`wanpin_uplink_quota_exhausted{interface="pp\\p0",uplink="dsl"} 1` + "\n",
+		`wanpin_uplink_quota_next_reset_timestamp_seconds{interface="pp\\p0",uplink="dsl"} 1796083200` + "\n",
 		"wanpin_applies_total 7\n", "wanpin_apply_errors_total 1\n",
 		"go_goroutines ", "process_resident_memory_bytes ", "process_cpu_seconds_total ",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in:\n%s", want, out)
 		}
+	}
+	// No quota: no quota series.
+	if strings.Contains(out, `wanpin_uplink_quota_bytes{interface="wan1"`) {
+		t.Errorf("fibre has no quota but quota series:\n%s", out)
 	}
 	// Not probed, or no answer: no series rather than a false zero.
 	if strings.Contains(out, `wanpin_uplink_loss_ratio{family="ipv6"`) || strings.Contains(out, `wanpin_uplink_rtt_seconds{family="ipv6"`) {
