@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/wanpin/wanpin/pkg/ifname"
@@ -117,6 +118,28 @@ func (p *parser) field(t *table, name string) node {
 		n.line = l
 	}
 	return n
+}
+
+// oneOf reads n, a string that must be one of opts; anything else is
+// reported, naming them all, and gives false.
+func (p *parser) oneOf(n node, opts ...string) (string, bool) {
+	s, ok := p.str(n)
+	if !ok {
+		return "", false
+	}
+	if slices.Contains(opts, s) {
+		return s, true
+	}
+	quoted := make([]string, len(opts))
+	for i, o := range opts {
+		quoted[i] = strconv.Quote(o)
+	}
+	list := quoted[len(quoted)-1]
+	if len(quoted) > 1 {
+		list = strings.Join(quoted[:len(quoted)-1], ", ") + " or " + list
+	}
+	p.errorf(n, "%s must be %s, got %q", n.name, list, s)
+	return "", false
 }
 
 // get returns the field name of t and whether the file sets it.
@@ -289,13 +312,8 @@ func (p *parser) config(tree map[string]any) *Config {
 	}
 
 	if n, ok := p.get(root, "router_traffic"); ok {
-		if s, ok := p.str(n); ok {
-			switch m := RouterTraffic(s); m {
-			case RouterBalance, RouterMain:
-				cfg.RouterTraffic = m
-			default:
-				p.errorf(n, `router_traffic must be "balance" or "main", got %q`, s)
-			}
+		if s, ok := p.oneOf(n, string(RouterBalance), string(RouterMain)); ok {
+			cfg.RouterTraffic = RouterTraffic(s)
 		}
 	}
 
@@ -432,13 +450,8 @@ func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
 		}
 	}
 	if src.nat6, src.nat6Set = p.get(t, "nat6"); src.nat6Set {
-		if s, ok := p.str(src.nat6); ok {
-			switch m := Nat6Mode(s); m {
-			case Nat6Masquerade, Nat6None, Nat6Prefix:
-				u.Nat6 = m
-			default:
-				p.errorf(src.nat6, `nat6 must be "masquerade", "none" or "prefix", got %q`, s)
-			}
+		if s, ok := p.oneOf(src.nat6, string(Nat6Masquerade), string(Nat6None), string(Nat6Prefix)); ok {
+			u.Nat6 = Nat6Mode(s)
 		}
 	}
 	if src.prefix6, src.prefix6Set = p.get(t, "prefix6"); src.prefix6Set {
@@ -453,14 +466,8 @@ func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
 		u.Health = p.health(n)
 	}
 	if n, ok := p.get(t, "failback"); ok {
-		if s, ok := p.str(n); ok {
-			switch m := Failback(s); m {
-			case FailbackKeep:
-			case FailbackMove:
-				u.Failback, src.failback = m, n
-			default:
-				p.errorf(n, `failback must be "keep" or "move", got %q`, s)
-			}
+		if s, ok := p.oneOf(n, string(FailbackKeep), string(FailbackMove)); ok && Failback(s) == FailbackMove {
+			u.Failback, src.failback = FailbackMove, n
 		}
 	}
 	u.Quota = p.quota(t)
@@ -496,14 +503,8 @@ func (p *parser) quota(t *table) *Quota {
 	}
 	period, periodSet := needs("quota_period")
 	if periodSet {
-		if s, isStr := p.str(period); isStr {
-			switch m := quota.Period(s); m {
-			case quota.Monthly, quota.Daily:
-				q.Period = m
-			default:
-				p.errorf(period, `quota_period must be "monthly" or "daily", got %q`, s)
-				ok = false
-			}
+		if s, valid := p.oneOf(period, string(quota.Monthly), string(quota.Daily)); valid {
+			q.Period = quota.Period(s)
 		} else {
 			ok = false
 		}
@@ -519,14 +520,8 @@ func (p *parser) quota(t *table) *Quota {
 		}
 	}
 	if k, has := needs("quota_action"); has {
-		if s, isStr := p.str(k); isStr {
-			switch a := QuotaAction(s); a {
-			case QuotaLastResort, QuotaOff:
-				q.Action = a
-			default:
-				p.errorf(k, `quota_action must be "last-resort" or "off", got %q`, s)
-				ok = false
-			}
+		if s, valid := p.oneOf(k, string(QuotaLastResort), string(QuotaOff)); valid {
+			q.Action = QuotaAction(s)
 		} else {
 			ok = false
 		}
@@ -623,14 +618,8 @@ func (p *parser) policy(t *table, i int, cfg *Config, names map[string]int) Poli
 		pol.Uplinks = p.policyUplinks(n, cfg)
 	}
 	if n, ok := p.get(t, "fallback"); ok {
-		if s, ok := p.str(n); ok {
-			switch s {
-			case "any":
-			case "none":
-				pol.FallbackNone = true
-			default:
-				p.errorf(n, `fallback must be "any" or "none", got %q`, s)
-			}
+		if s, ok := p.oneOf(n, "any", "none"); ok {
+			pol.FallbackNone = s == "none"
 		}
 	}
 	pol.Sticky = p.sticky(t)
@@ -648,14 +637,8 @@ func (p *parser) sticky(t *table) Sticky {
 		}
 	}
 	if n, ok := p.get(t, "sticky_by"); ok {
-		if s, ok := p.str(n); ok {
-			switch s {
-			case "source":
-			case "source+destination":
-				st.ByDestination = true
-			default:
-				p.errorf(n, `sticky_by must be "source" or "source+destination", got %q`, s)
-			}
+		if s, ok := p.oneOf(n, "source", "source+destination"); ok {
+			st.ByDestination = s == "source+destination"
 			if _, set := p.get(t, "sticky"); !set {
 				p.errorf(n, "sticky_by needs sticky (a duration like \"10m\")")
 			}
