@@ -273,9 +273,9 @@ func (p *publisher) get() core.Status {
 	if !p.pinnedAt.IsZero() {
 		s.PinnedAge = core.Seconds(time.Since(p.pinnedAt).Seconds())
 	}
-	if v, nft := p.sticky, &p.desired.NFT; v != nil {
+	if v, nft, gen := p.sticky, p.desired.NFT, p.explainerGen; v != nil {
 		p.mu.Unlock()
-		counts, list, total := stickyReports(v.snapshot(nft))
+		counts, list, total := stickyReports(v.snapshot(nft, gen))
 		p.mu.Lock()
 		for i := range s.Uplinks {
 			s.Uplinks[i].Sticky = counts[s.Uplinks[i].Name]
@@ -288,12 +288,12 @@ func (p *publisher) get() core.Status {
 // stickyLookup is the sticky balancers' memory for explain (nil: none).
 func (p *publisher) stickyLookup() core.StickyLookup {
 	p.mu.Lock()
-	v, nft := p.sticky, &p.desired.NFT
+	v, nft, gen := p.sticky, p.desired.NFT, p.explainerGen
 	p.mu.Unlock()
 	if v == nil {
 		return nil
 	}
-	return stickyLookup(v.snapshot(nft))
+	return stickyLookup(v.snapshot(nft, gen))
 }
 
 // publish hands the readers the state after a step.

@@ -34,21 +34,22 @@ type stickyView struct {
 	read func([]rules.StickySet) (map[string][]rules.StickyEntry, error)
 
 	mu      sync.Mutex
-	nft     *desired.NFT // the state the sets were listed for
+	gen     uint64 // the published state the sets were listed for
+	listed  bool
 	sets    []rules.StickySet
 	entries map[string][]rules.StickyEntry
 	at      time.Time
 	took    time.Duration
 }
 
-// snapshot returns the sets of nft and what they held at the moment
-// returned.
-func (v *stickyView) snapshot(nft *desired.NFT) ([]rules.StickySet, map[string][]rules.StickyEntry, time.Time) {
+// snapshot returns the sets of nft, the state published as gen, and
+// what they held at the moment returned.
+func (v *stickyView) snapshot(nft desired.NFT, gen uint64) ([]rules.StickySet, map[string][]rules.StickyEntry, time.Time) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.nft != nft {
+	if !v.listed || v.gen != gen {
 		// rules.StickySets builds the table: once per published state.
-		v.nft, v.sets, v.at = nft, rules.StickySets(*nft), time.Time{}
+		v.gen, v.listed, v.sets, v.at = gen, true, rules.StickySets(nft), time.Time{}
 	}
 	if len(v.sets) == 0 {
 		return nil, nil, time.Time{}
