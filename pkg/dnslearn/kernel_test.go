@@ -2,6 +2,7 @@ package dnslearn
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -541,6 +542,9 @@ func (l *lab) udpExchange(t *testing.T, src, dst string, payload []byte) []byte 
 	}
 	buf := make([]byte, 2048)
 	n, from, err := unix.Recvfrom(rx, buf, 0)
+	for errors.Is(err, unix.EINTR) {
+		n, from, err = unix.Recvfrom(rx, buf, 0)
+	}
 	if err != nil {
 		t.Fatalf("the client got nothing: %v", err)
 	}
@@ -604,7 +608,12 @@ func TestReinjectLatency(t *testing.T) {
 			t.Fatal(err)
 		}
 		for {
+			// A socket with SO_RCVTIMEO is never restarted after a signal
+			// (signal(7)), and the Go runtime preempts with SIGURG: retry.
 			n, err := unix.Read(fd, buf)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
 			if err != nil {
 				t.Fatalf("no answer: %v", err)
 			}
