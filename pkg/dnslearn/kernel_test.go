@@ -46,17 +46,33 @@ const (
 	unheldPort = 31000
 )
 
-// The router's table: the hold rules the daemon would write, the notrack
-// of re-injected packets, and IPv4 masquerade.
+// The router's table: the hold rules the daemon would write, a counter of
+// re-injected packets, a stateful firewall of the kind most routers have
+// (what is not established is dropped, unless from the LAN), and IPv4
+// masquerade.
 var labRules = fmt.Sprintf(`table inet wpdl {
 	chain dns_hold {
-		type filter hook prerouting priority -90; policy accept;
+		type filter hook prerouting priority raw; policy accept;
 		iifname "wan" udp sport 53 udp dport != %[3]d log prefix "%[1]s" group %[4]d snaplen 65535 drop
 		iifname "wan" tcp sport 53 log prefix "%[2]s" group %[4]d snaplen 65535
 	}
 	chain reinject {
 		type filter hook output priority raw; policy accept;
-		meta mark %[5]d counter notrack
+		meta mark %[5]d counter
+	}
+	chain fw_in {
+		type filter hook input priority filter; policy drop;
+		ct state established,related accept
+		iifname "lan" accept
+		meta l4proto ipv6-icmp accept
+		counter
+	}
+	chain fw_fwd {
+		type filter hook forward priority filter; policy drop;
+		ct state established,related accept
+		iifname "lan" accept
+		meta l4proto ipv6-icmp accept
+		counter
 	}
 	chain nat {
 		type nat hook postrouting priority srcnat; policy accept;
@@ -657,32 +673,6 @@ func TestReinjectLatency(t *testing.T) {
 		t.Logf("p%d: held+re-injected %v, passed through %v: +%v, ratio %.2f", p, w, wo, w-wo, float64(w)/float64(wo))
 	}
 	t.Logf("%d interleaved round trips each way, client -> router (masquerade) -> dnsmasq", rounds)
-}
-
-// TestKernelNeedsNotrack shows why the daemon must notrack re-injected
-// packets: tracked, the re-injected answer to a masqueraded query is a
-// new connection whose reply tuple is the LAN host's query, so the NAT
-// null binding gives it another source port and the LAN host discards it.
-// (If a kernel ever stops doing this, the rule is merely redundant.)
-func TestKernelNeedsNotrack(t *testing.T) {
-	l := newLab(t)
-	rec := &recorder{}
-	ln := l.listen(t, rec, "example.com")
-	l.router.Run(t, "nft", "flush", "chain", "inet", "wpdl", "reinject")
-	out, err := l.client.Try("dig", "+time=1", "+tries=1", "+short", "@"+serverAddr4, "example.com")
-	if err == nil {
-		t.Errorf("dig got an answer without the notrack rule: %s", out)
-	}
-	if s := settled(ln); s.Reinjected != 1 {
-		t.Errorf("stats %+v, want the answer re-injected", s)
-	}
-	if ct, err := l.router.Try("conntrack", "-L", "-p", "udp"); err == nil {
-		t.Logf("the router's conntrack table:\n%s", ct)
-	}
-	// IPv6, not masqueraded, is delivered all the same.
-	if got := l.dig(t, serverAddr6, "example.com", "A"); !slices.Equal(got, []string{"203.0.113.10"}) {
-		t.Errorf("dig over IPv6: %q", got)
-	}
 }
 
 // TestListenClose: one Listener per group, Close stops the handler and

@@ -5,15 +5,11 @@
 // them.
 //
 // The daemon holds every DNS answer arriving from an uplink with an
-// nftables rule after dstnat (so that the reply to a masqueraded LAN query
-// already has the LAN host as its destination):
+// nftables rule before conntrack sees it (after defragmentation):
 //
-//	chain dns_hold { type filter hook prerouting priority -90; policy accept;
+//	chain dns_hold { type filter hook prerouting priority raw; policy accept;
 //	  iifname "<uplink>" udp sport 53 log prefix "wanpin-dns-hold" group G snaplen 65535 drop
 //	  iifname "<uplink>" tcp sport 53 log prefix "wanpin-dns-copy" group G snaplen 65535
-//	}
-//	chain dns_reinject { type filter hook output priority raw; policy accept;
-//	  meta mark & M == X notrack
 //	}
 //
 // A Listener receives the held packet through NFLOG, parses the DNS message
@@ -36,12 +32,17 @@
 // reach without a zone (IPv6 link-local) are not supported: such a packet
 // counts as a re-injection error, lost.
 //
-// The notrack rule matters: without it the re-injected packet (server:53 ->
-// LAN host) is a new conntrack entry whose reply tuple is the LAN host's
-// query, so the NAT null binding of a router that masquerades remaps its
-// source port and the LAN host ignores the answer. Untracked, it is no
-// connection at all (a router's input filter must then accept ct state
-// untracked for marked packets, for the local case).
+// Holding before conntrack matters. The re-injected packet is then, to
+// conntrack in the output hook, the very reply it would have seen in
+// prerouting: it matches the query's entry, NAT undoes the masquerade there
+// (LOCAL_OUT is a destination-NAT hook) and reroutes it to the LAN host,
+// and the router's own firewall sees it as ct state established, in input
+// for the router's own resolver as in a router's stateful rules. Held
+// after conntrack (priority -90, after the reply was un-NATed), the
+// re-injected packet server:53 -> LAN host matched no entry: a new one,
+// whose NAT null binding remapped the source port, so it had to be
+// notracked, and a firewall that drops what is not established (most do)
+// then dropped the router's own resolver's answers.
 package dnslearn
 
 import (
