@@ -71,7 +71,43 @@ type Config struct {
 	Policies   []Policy
 	// Sticky: the default balancing's memory of each source's uplink.
 	Sticky Sticky
+	// DomainTTLFloor: a learned address of a domain policy steers new
+	// connections for its record's TTL, but at least this long (default
+	// DefaultDomainTTLFloor) and at most MaxDomainTTL.
+	DomainTTLFloor time.Duration
+	// DomainNFLOGGroup is the NFLOG group the DNS answers of domain
+	// policies are held in (default DefaultDomainNFLOGGroup).
+	DomainNFLOGGroup uint16
 }
+
+// Domains tells whether some policy names domains (and so the daemon
+// learns from DNS answers).
+func (c *Config) Domains() bool {
+	for _, p := range c.Policies {
+		if len(p.Domains) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Limits and defaults of the domain policies' keys.
+const (
+	// DefaultDomainTTLFloor: resolvers and browsers keep answers longer
+	// than short TTLs say (Chrome and Firefox cache for a minute), and a
+	// connection they open to an address learned a minute ago must still
+	// be steered.
+	DefaultDomainTTLFloor = time.Minute
+	MinDomainTTLFloor     = time.Second
+	MaxDomainTTLFloor     = time.Hour
+	// MaxDomainTTL caps a record's TTL (which may say a week): an
+	// address that moved to another site stops being steered a day after
+	// the answer at the latest.
+	MaxDomainTTL = 24 * time.Hour
+	// DefaultDomainNFLOGGroup: ulogd2's examples use groups 0 to 2 and
+	// Suricata's nflog 2; 5353 is clear of them (and spells DNS twice).
+	DefaultDomainNFLOGGroup = 5353
+)
 
 // Sticky is `sticky` and `sticky_by`, at the top level (the default
 // balancing) or in a policy: a new connection from a source that had one

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -33,7 +34,7 @@ func TestExampleParses(t *testing.T) {
 	want := &Config{
 		Path:         path,
 		MarkMask:     0x7f000000,
-		RulePriority: 10000, RouterTraffic: RouterBalance,
+		RulePriority: 10000, RouterTraffic: RouterBalance, DomainTTLFloor: DefaultDomainTTLFloor, DomainNFLOGGroup: DefaultDomainNFLOGGroup,
 		LANPrefix6: netip.MustParsePrefix("fd00:1::/64"),
 		Uplinks: []Uplink{
 			{Name: "dsl1", Interface: "ppp0", Weight: 2, Tier: 1, Masquerade: true, Line: 29,
@@ -70,7 +71,7 @@ func TestDefaults(t *testing.T) {
 	want := &Config{
 		Path:         "test.toml",
 		MarkMask:     DefaultMarkMask,
-		RulePriority: DefaultRulePriority, RouterTraffic: RouterBalance,
+		RulePriority: DefaultRulePriority, RouterTraffic: RouterBalance, DomainTTLFloor: DefaultDomainTTLFloor, DomainNFLOGGroup: DefaultDomainNFLOGGroup,
 		Uplinks:  []Uplink{{Name: "dsl1", Interface: "ppp0", Weight: 1, Tier: 1, Masquerade: true, Nat6: Nat6Masquerade, Line: 1}},
 		Policies: []Policy{{Name: "all", Match: policy.Match{Protocol: policy.ProtoAny}, Line: 5}},
 	}
@@ -454,6 +455,38 @@ func TestQuotaKeys(t *testing.T) {
 		_, err := Parse("q.toml", []byte(base+c.text))
 		if err == nil || err.Error() != c.want {
 			t.Errorf("%q:\n got %v\nwant %s", c.text, err, c.want)
+		}
+	}
+}
+
+// The domain keys: names normalised and checked, the floor and group
+// bounded, a domain policy without destinations.
+func TestDomainKeys(t *testing.T) {
+	up := "[[uplink]]\nname = \"a\"\ninterface = \"eth0\"\n\n[[uplink]]\nname = \"b\"\ninterface = \"eth1\"\n"
+	cfg, err := Parse("f.toml", []byte("domain_ttl_floor = \"30s\"\ndomain_nflog_group = 77\n"+up+
+		"\n[[policy]]\nname = \"tv\"\ndomains = [\"Example.COM.\", \"video.example.net\"]\nuplinks = [\"b\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.DomainTTLFloor != 30*time.Second || cfg.DomainNFLOGGroup != 77 || !cfg.Domains() ||
+		!slices.Equal(cfg.Policies[0].Domains, []string{"example.com", "video.example.net"}) {
+		t.Errorf("parsed floor %s, group %d, domains %q", cfg.DomainTTLFloor, cfg.DomainNFLOGGroup, cfg.Policies[0].Domains)
+	}
+	pol := "\n[[policy]]\nname = \"tv\"\n"
+	for _, c := range []struct{ file, want string }{
+		{"domain_ttl_floor = \"2h\"\n" + up, `f.toml:1: domain_ttl_floor: domain_ttl_floor must be between 1s and 1h, got 2h0m0s`},
+		{"domain_ttl_floor = 60\n" + up, `f.toml:1: domain_ttl_floor: domain_ttl_floor must be a duration like "500ms", got integer 60`},
+		{"domain_nflog_group = 0\n" + up, `f.toml:1: domain_nflog_group: domain_nflog_group must be 1..65535, got 0`},
+		{up + pol + "domains = [\"*.example.com\"]\n", `f.toml:11: policy "tv".domains: "*.example.com" is not a domain name: no wildcards: a domain matches its subdomains already`},
+		{up + pol + "domains = [\"example.com\", \"EXAMPLE.com\"]\n", `f.toml:11: policy "tv".domains: domain "example.com" is listed twice`},
+		{up + pol + "domains = [\"bad..name\"]\n", `f.toml:11: policy "tv".domains: "bad..name" is not a domain name: empty label`},
+		{up + pol + "domains = [42]\n", `f.toml:11: policy "tv".domains: domains entries must be domain names, got integer 42`},
+		{up + pol + "domains = []\n", `f.toml:11: policy "tv".domains: domains must not be empty: leave it out to match anything`},
+		{up + pol + "destinations = [\"203.0.113.0/24\"]\ndomains = [\"example.com\"]\n", `f.toml:12: policy "tv".domains: domains and destinations in one policy would match only addresses both listed and learned: give each its own policy`},
+	} {
+		_, err := Parse("f.toml", []byte(c.file))
+		if err == nil || err.Error() != c.want {
+			t.Errorf("%q:\n got %v\nwant %s", c.file, err, c.want)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wanpin/wanpin/pkg/dnslearn"
 	"github.com/wanpin/wanpin/pkg/ifname"
 	"github.com/wanpin/wanpin/pkg/inet"
 	"github.com/wanpin/wanpin/pkg/quota"
@@ -289,15 +290,17 @@ func describe(v any) string {
 
 // Keys of each table, in the order they are read (and documented).
 var (
-	topKeys    = []string{"mark_mask", "rule_priority", "router_traffic", "lan_prefix6", "allow_conflicts", "sticky", "sticky_by", "uplink", "policy"}
+	topKeys = []string{"mark_mask", "rule_priority", "router_traffic", "lan_prefix6", "allow_conflicts", "sticky", "sticky_by",
+		"domain_ttl_floor", "domain_nflog_group", "uplink", "policy"}
 	uplinkKeys = []string{"name", "interface", "gateway", "gateway6", "dns", "weight", "tier", "table",
 		"masquerade", "nat6", "prefix6", "health", "failback", "quota", "quota_period", "quota_reset_day", "quota_action"}
 	policyKeys = []string{"name", "users", "groups", "services", "sources", "in_interfaces",
-		"destinations", "protocol", "ports", "source_ports", "uplinks", "fallback", "sticky", "sticky_by"}
+		"destinations", "domains", "protocol", "ports", "source_ports", "uplinks", "fallback", "sticky", "sticky_by"}
 )
 
 func (p *parser) config(tree map[string]any) *Config {
-	cfg := &Config{Path: p.file, MarkMask: DefaultMarkMask, RulePriority: DefaultRulePriority, RouterTraffic: RouterBalance}
+	cfg := &Config{Path: p.file, MarkMask: DefaultMarkMask, RulePriority: DefaultRulePriority, RouterTraffic: RouterBalance,
+		DomainTTLFloor: DefaultDomainTTLFloor, DomainNFLOGGroup: DefaultDomainNFLOGGroup}
 	root := p.table(node{v: tree})
 
 	mark, markSet := p.get(root, "mark_mask")
@@ -329,6 +332,17 @@ func (p *parser) config(tree map[string]any) *Config {
 	}
 
 	cfg.Sticky = p.sticky(root)
+
+	if p.duration(root, "domain_ttl_floor", &cfg.DomainTTLFloor, false) &&
+		(cfg.DomainTTLFloor < MinDomainTTLFloor || cfg.DomainTTLFloor > MaxDomainTTLFloor) {
+		p.errorf(p.field(root, "domain_ttl_floor"), "domain_ttl_floor must be between 1s and 1h, got %s", cfg.DomainTTLFloor)
+		cfg.DomainTTLFloor = DefaultDomainTTLFloor
+	}
+	if n, ok := p.get(root, "domain_nflog_group"); ok {
+		if v, ok := p.integer(n, 1, 65535); ok {
+			cfg.DomainNFLOGGroup = uint16(v)
+		}
+	}
 
 	lan6, lan6Set := p.get(root, "lan_prefix6")
 	if lan6Set {
@@ -597,6 +611,12 @@ func (p *parser) policy(t *table, i int, cfg *Config, names map[string]int) Poli
 	if n, ok := matcher("destinations"); ok {
 		pol.Destinations = p.prefixes(n)
 	}
+	if n, ok := matcher("domains"); ok {
+		pol.Domains = p.domains(n)
+		if _, both := set["destinations"]; both {
+			p.errorf(n, "domains and destinations in one policy would match only addresses both listed and learned: give each its own policy")
+		}
+	}
 	if n, ok := matcher("protocol"); ok {
 		if s, ok := p.str(n); ok {
 			proto, err := parseProtocol(s)
@@ -625,6 +645,36 @@ func (p *parser) policy(t *table, i int, cfg *Config, names map[string]int) Poli
 	pol.Sticky = p.sticky(t)
 	p.unknown(t, policyKeys)
 	return pol
+}
+
+// domains reads a policy's domains, normalised (Example.COM. and
+// example.com are one domain).
+func (p *parser) domains(n node) []string {
+	elems, ok := p.list(n)
+	if !ok {
+		return nil
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, e := range elems {
+		s, ok := e.v.(string)
+		if !ok {
+			p.errorf(e, "domains entries must be domain names, got %s", describe(e.v))
+			continue
+		}
+		d, err := dnslearn.NormaliseDomain(s)
+		if err != nil {
+			p.errorf(e, "%q is not a domain name: %v", s, err)
+			continue
+		}
+		if seen[d] {
+			p.errorf(e, "domain %q is listed twice", d)
+			continue
+		}
+		seen[d] = true
+		out = append(out, d)
+	}
+	return out
 }
 
 // sticky reads `sticky` and `sticky_by` of the table t.
@@ -661,7 +711,7 @@ func (p *parser) countEntries(n node, inPolicy *int) {
 	if before <= MaxEntriesPerPolicy && *inPolicy > MaxEntriesPerPolicy {
 		i := MaxEntriesPerPolicy - before
 		p.errorf(p.element(n, i, vs[i]),
-			"more than %d entries in one policy (its users, groups, services, sources, in_interfaces, destinations, ports, source_ports and uplinks together), the most wanpin takes",
+			"more than %d entries in one policy (its users, groups, services, sources, in_interfaces, destinations, domains, ports, source_ports and uplinks together), the most wanpin takes",
 			MaxEntriesPerPolicy)
 	}
 	if allBefore <= MaxPolicyEntries && p.entries > MaxPolicyEntries {

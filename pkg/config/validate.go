@@ -582,7 +582,7 @@ func parsePort(s string) (uint16, error) {
 // match something. set holds the matcher keys the file sets.
 func (p *parser) checkMatchers(t *table, set map[string]node) {
 	if len(set) == 0 {
-		p.errorf(t.node, "no matcher: give at least one of users, groups, services, sources, in_interfaces, destinations, protocol, ports, source_ports (protocol = \"any\" matches all traffic)")
+		p.errorf(t.node, "no matcher: give at least one of users, groups, services, sources, in_interfaces, destinations, domains, protocol, ports, source_ports (protocol = \"any\" matches all traffic)")
 		return
 	}
 	_, local := set["users"]

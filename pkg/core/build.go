@@ -76,6 +76,9 @@ func Build(in Facts) desired.State {
 	}
 	var d desired.State
 	d.NFT = desired.NFT{Table: TableName, Mask: cfg.MarkMask, LANPrefix6: cfg.LANPrefix6}
+	if cfg.Domains() {
+		d.NFT.DNSHold.Group = cfg.DomainNFLOGGroup
+	}
 	if cfg.Failback() {
 		d.NFT.Evict = cfg.EvictMark()
 	}

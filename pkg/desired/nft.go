@@ -37,6 +37,14 @@ type NFT struct {
 	// their uplink (0: no uplink moves its connections): the next packet
 	// of such a connection resets it.
 	Evict uint32
+	// DNSHold: DNS answers arriving from the uplinks are held for the
+	// daemon's learner (some policy has domains); 0: none are.
+	DNSHold DNSHold
+}
+
+// DNSHold is the NFLOG group DNS answers are held in (0: none held).
+type DNSHold struct {
+	Group uint16
 }
 
 // SourcePrefix ties a source prefix to the uplink (by mark) that routes it.

@@ -69,7 +69,7 @@ type Matcher struct {
 func NewMatcher(domains []string) (*Matcher, error) {
 	m := &Matcher{domains: make(map[string]struct{}, len(domains))}
 	for i, d := range domains {
-		n, err := normaliseDomain(d)
+		n, err := NormaliseDomain(d)
 		if err != nil {
 			return nil, fmt.Errorf("dnslearn: domain %d %q: %w", i+1, d, err)
 		}
@@ -78,7 +78,9 @@ func NewMatcher(domains []string) (*Matcher, error) {
 	return m, nil
 }
 
-func normaliseDomain(d string) (string, error) {
+// NormaliseDomain is d as a Matcher keeps it (lower case, no trailing
+// dot), or why it is not a domain name a policy can take.
+func NormaliseDomain(d string) (string, error) {
 	d = strings.ToLower(strings.TrimSuffix(d, "."))
 	switch {
 	case d == "":

@@ -224,7 +224,7 @@ func compile(m Match, local bool, set func(string, func() *Set) *Set) []Rule {
 		sources = nil
 	}
 	var fams [][]Cond // per family: its address matchers
-	if len(sources) > 0 || len(m.Destinations) > 0 {
+	if len(sources) > 0 || len(m.Destinations) > 0 || len(m.Domains) > 0 {
 		for _, f := range inet.Families {
 			src, dst := prefixIntervals(sources, f), prefixIntervals(m.Destinations, f)
 			merged := map[Addr][]interval{Source: src, Destination: dst}
@@ -255,6 +255,19 @@ func compile(m Match, local bool, set func(string, func() *Set) *Set) []Rule {
 				}
 				if len(fs) == 0 {
 					// nft lists the nfproto dependency implicitly, once.
+					c.NFProto = f
+				}
+				fs = append(fs, c)
+			}
+			if len(m.Domains) > 0 {
+				// Both families: a name has A and AAAA records.
+				what := "dom4"
+				if f == inet.IPv6 {
+					what = "dom6"
+				}
+				text, l := AddrLoad(f, Destination)
+				c := lookupCond(text, set(what, func() *Set { return &Set{Type: addrSetType(f), Learned: true} }), l)
+				if len(fs) == 0 {
 					c.NFProto = f
 				}
 				fs = append(fs, c)

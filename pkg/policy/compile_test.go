@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 )
@@ -60,6 +61,57 @@ func TestMatches(t *testing.T) {
 		for _, f := range c.no {
 			if comp.Matches(f) {
 				t.Errorf("%s: %+v matches", c.name, f)
+			}
+		}
+	}
+}
+
+// A domain policy looks its destination up in a learned set per family,
+// which Flow.Learned stands for in explain, and is never folded into a
+// map (its elements are not known when the table is built).
+func TestDomains(t *testing.T) {
+	a := netip.MustParseAddr
+	c := Compile("tv", Match{Domains: []string{"example.com"}, Sources: pfx("192.0.2.0/24")})
+	var names []string
+	for _, s := range c.Sets {
+		if !s.Learned || len(s.Elems) != 0 {
+			t.Errorf("set %s: learned %v, %d elements", s.Name, s.Learned, len(s.Elems))
+		}
+		names = append(names, s.Name)
+	}
+	// The source prefix is one comparison; only the learned sets remain.
+	if got := fmt.Sprint(names); got != "[p_tv_dom4]" {
+		t.Errorf("sets %s, want [p_tv_dom4] (sources are IPv4 only)", got)
+	}
+	if got := c.Forward[0].Conds[1].Text; got != "ip daddr @p_tv_dom4" {
+		t.Errorf("condition %q", got)
+	}
+	learned := func(set string, key []byte) bool {
+		return set == "p_tv_dom4" && netip.AddrFrom4([4]byte(key)) == a("203.0.113.10")
+	}
+	f := Flow{Src: a("192.0.2.10"), Dst: a("203.0.113.10"), Proto: ProtoTCP, DPort: 443, InIface: "lan0", Learned: learned}
+	if !c.Matches(f) {
+		t.Error("a learned destination does not match")
+	}
+	if other := (Flow{Src: a("192.0.2.10"), Dst: a("203.0.113.11"), Proto: ProtoTCP, Learned: learned}); c.Matches(other) {
+		t.Error("an address not learned matches")
+	}
+	f.Learned = nil
+	if c.Matches(f) {
+		t.Error("matched with nothing learned")
+	}
+	local := Compile("tv", Match{Domains: []string{"example.com"}})
+	if len(local.Local) != 2 || len(local.Forward) != 2 {
+		t.Errorf("%d local and %d forwarded rules, want 2 each (one per family)", len(local.Local), len(local.Forward))
+	}
+	var cs []Compiled
+	for i := range 2 * FoldMin {
+		cs = append(cs, Compile(fmt.Sprintf("d%d", i), Match{Domains: []string{fmt.Sprintf("d%d.example", i)}}))
+	}
+	for _, prog := range Build(cs) {
+		for _, it := range prog {
+			if it.Map != nil {
+				t.Fatalf("domain policies folded into map %s", it.Map.Name)
 			}
 		}
 	}

@@ -26,6 +26,9 @@ type Flow struct {
 	InIface string   `json:"iif,omitempty"`
 	// Mark is the packet's fwmark when the socket set one (SO_MARK).
 	Mark uint32 `json:"mark,omitempty"`
+	// Learned tells whether the kernel's learned set (Set.Learned) of
+	// that name holds key now (nil: none holds anything).
+	Learned func(set string, key []byte) bool `json:"-"`
 }
 
 // Family is the flow's address family: its destination's, else its
@@ -123,6 +126,9 @@ func (c Cond) Matches(f Flow) bool {
 	key, ok := f.load(c.Load)
 	if !ok {
 		return false
+	}
+	if c.Set != nil && c.Set.Learned {
+		return f.Learned != nil && f.Learned(c.Set.Name, key)
 	}
 	if c.Set != nil {
 		return c.Set.Contains(key)

@@ -34,6 +34,12 @@ type Match struct {
 
 	// Both.
 	Destinations []netip.Prefix // both families mixed
+	// Domains are DNS names, normalised (lower case, no trailing dot),
+	// each with its subdomains: a destination matches when the daemon
+	// learned it from a DNS answer for one of them. Its addresses are not
+	// in the policy file: they are the elements of a Learned set, which
+	// the daemon fills and the kernel expires.
+	Domains []string
 	Protocol     uint8          // 0 any, 6 tcp, 17 udp
 	Ports        []PortRange    // destination ports; tcp and udp only
 	SourcePorts  []PortRange    // source ports; tcp and udp only

@@ -199,6 +199,9 @@ func foldKey(r Rule) (groupKey, bool) {
 	if c.Set != nil && c.Set.Name == "" {
 		return groupKey{}, false // anonymous: a shared set like tcp_udp is never alone
 	}
+	if c.Set != nil && c.Set.Learned {
+		return groupKey{}, false // its elements come and go at run time: no map can hold them
+	}
 	return groupKey{c.NFProto, c.Load}, true
 }
 

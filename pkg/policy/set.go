@@ -85,6 +85,10 @@ type Set struct {
 	Type     SetType
 	Interval bool
 	Elems    []Elem
+	// Learned: the elements are added at run time (addresses learned
+	// from DNS answers, each with its own timeout), never from the
+	// policy file: Elems is empty, and Cond.Matches asks Flow.Learned.
+	Learned bool
 }
 
 // Elem is one element: a key, or for interval sets a range from Key to
@@ -325,11 +329,16 @@ func PrefixSet(name string, ps []netip.Prefix, f inet.Family) *Set {
 }
 
 // intervalSet is the interval set of merged address ranges of family f.
-func intervalSet(ivs []interval, f inet.Family) *Set {
-	t := TypeIPv4
+// addrSetType is the set type of family f's addresses.
+func addrSetType(f inet.Family) SetType {
 	if f == inet.IPv6 {
-		t = TypeIPv6
+		return TypeIPv6
 	}
+	return TypeIPv4
+}
+
+func intervalSet(ivs []interval, f inet.Family) *Set {
+	t := addrSetType(f)
 	w := f.Bytes()
 	return &Set{Type: t, Interval: true, Elems: intervalElems(ivs, w, func(iv interval) string { return addrIntervalText(iv, w) })}
 }

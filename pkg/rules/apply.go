@@ -188,7 +188,8 @@ func (m *Manager) Apply(s desired.NFT) error {
 }
 
 // carry reads the elements the kernel's table old holds in t's keep sets
-// (sticky sources, learned by the datapath), so that the batch that
+// (sticky sources, learned by the datapath; a domain policy's addresses,
+// learned by the daemon from DNS answers), so that the batch that
 // replaces the table re-creates them with the time each has left. A set
 // whose key changed (sticky_by) starts empty; so does the set of an
 // uplink no longer a candidate, which t has not: its sources are balanced
@@ -239,7 +240,7 @@ func (m *Manager) carry(t *table, old *nftables.Table) map[string][]nftables.Set
 			// The element's own timeout is what it has left; the
 			// datapath's update sets a full one again (its dynset
 			// carries the timeout).
-			kept = append(kept, nftables.SetElement{Key: e.Key, Timeout: e.Expires})
+			kept = append(kept, nftables.SetElement{Key: e.Key, Timeout: e.Expires, Comment: e.Comment})
 		}
 		out[s.name] = kept
 	}
@@ -433,6 +434,9 @@ func (s *set) nftSet(nt *nftables.Table) *nftables.Set {
 	}
 	if s.dynamic {
 		ns.Dynamic, ns.HasTimeout, ns.Timeout = true, true, s.timeout
+	}
+	if s.learned {
+		ns.HasTimeout = true
 	}
 	if s.native {
 		ns.KeyByteOrder = binaryutil.NativeEndian

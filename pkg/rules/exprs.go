@@ -390,7 +390,7 @@ var setTypes = map[policy.SetType]nftables.SetDatatype{
 // fromPolicySet is a policy set as this package builds sets.
 func fromPolicySet(ps *policy.Set) *set {
 	s := &set{name: ps.Name, anonymous: ps.Name == "", key: setTypes[ps.Type], typeText: ps.Type.Name(),
-		interval: ps.Interval, native: ps.Type.Native()}
+		interval: ps.Interval, native: ps.Type.Native(), learned: ps.Learned, keep: ps.Learned}
 	for _, e := range ps.Elems {
 		s.elems = append(s.elems, element{key: e.Key, end: e.End, interv: ps.Interval, text: e.Text})
 	}

@@ -27,6 +27,8 @@ type table struct {
 	sets   []*set // named sets and maps, in creation (= listing) order
 	chains []*chain
 	sticky []StickySet
+	// domains: the learned sets of domain policies.
+	domains []DomainSet
 }
 
 var (
@@ -58,6 +60,10 @@ type set struct {
 	// they have left.
 	dynamic, keep bool
 	timeout       time.Duration
+	// learned: the daemon adds elements, each with a timeout of its own
+	// (flags timeout, no default); capacity is its size (0: LearnedSize).
+	learned  bool
+	capacity uint32
 }
 
 type element struct {
@@ -121,6 +127,12 @@ func keyCmp(native bool) func(a, b element) int {
 func (s *set) size() uint32 {
 	if s.dynamic {
 		return StickySize
+	}
+	if s.learned && s.capacity > 0 {
+		return s.capacity
+	}
+	if s.learned {
+		return LearnedSize
 	}
 	if s.anonymous || s.interval {
 		return 0
@@ -391,6 +403,13 @@ func (b *builder) build() {
 		for _, ps := range comps[i].Sets {
 			if used[ps] {
 				b.addSet(fromPolicySet(ps))
+				if ps.Learned {
+					f := inet.IPv4
+					if ps.Type == policy.TypeIPv6 {
+						f = inet.IPv6
+					}
+					b.learnedSet(ps.Name, s.Policies[i], f)
+				}
 			}
 		}
 	}
@@ -447,6 +466,7 @@ func (b *builder) build() {
 			prio: nftables.ChainPriorityNATDest, prioName: "dstnat"})
 		c.rules = in
 	}
+	b.dnsHold()
 }
 
 // evict adds what resets the TCP connections failback moved off their

@@ -55,6 +55,8 @@ func (s *set) render() string {
 	case s.dynamic:
 		b.WriteString("\t\tflags dynamic,timeout\n")
 		b.WriteString("\t\ttimeout " + nftDuration(s.timeout) + "\n")
+	case s.learned:
+		b.WriteString("\t\tflags timeout\n")
 	}
 	if len(s.elems) > 0 {
 		b.WriteString("\t\telements = { ")

@@ -93,6 +93,19 @@ func goldenSpecs() map[string]desired.NFT {
 					}},
 			},
 		},
+		// domains: a policy of domains for forwarded and local traffic,
+		// one of domains from one source, and the hold rules for the
+		// DNS answers of both uplinks.
+		"domains": {
+			Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(), DNSHold: desired.DNSHold{Group: 5353},
+			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}, {Mark: 0x200, Weight: 1}}}),
+			Policies: []desired.Policy{
+				{Name: "tv", Match: policy.Match{Domains: []string{"example.com", "video.example.net"}},
+					Balancer: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x200, Weight: 1}}})},
+				{Name: "kids", Match: policy.Match{Sources: pfx("192.0.2.128/25"), Domains: []string{"example.org"}},
+					Balancer: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}}})},
+			},
+		},
 		"one_down": {
 			Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(),
 			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}}}),
