@@ -39,10 +39,10 @@ type Match struct {
 	// learned it from a DNS answer for one of them. Its addresses are not
 	// in the policy file: they are the elements of a Learned set, which
 	// the daemon fills and the kernel expires.
-	Domains []string
-	Protocol     uint8          // 0 any, 6 tcp, 17 udp
-	Ports        []PortRange    // destination ports; tcp and udp only
-	SourcePorts  []PortRange    // source ports; tcp and udp only
+	Domains     []string
+	Protocol    uint8       // 0 any, 6 tcp, 17 udp
+	Ports       []PortRange // destination ports; tcp and udp only
+	SourcePorts []PortRange // source ports; tcp and udp only
 }
 
 // PortRange is an inclusive destination port range; First == Last for a
