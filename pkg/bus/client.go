@@ -261,6 +261,14 @@ func FormatStatus(s core.Status, now time.Time) string {
 			fmt.Fprintf(&b, "  %-40s %-10s %6.0fs left  (%s)\n", who, e.Uplink, float64(e.Left), pol)
 		}
 	}
+	if d := s.Domains; d != nil {
+		state := "learning"
+		if !d.Learning {
+			state = "NOT learning (answers pass unlearned)"
+		}
+		fmt.Fprintf(&b, "\ndomain policies: %s; %d answers held, %d re-injected, %d lost, %d unparsable; %d addresses added, %d refused\n",
+			state, d.Held, d.Reinjected, d.ReinjectErrors+d.Overruns, d.ParseErrors, d.Added, d.AddErrors)
+	}
 	if len(s.Conflicts) > 0 {
 		b.WriteString("\nclashes with other programs' rules:\n")
 		for _, f := range s.Conflicts {

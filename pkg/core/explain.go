@@ -68,8 +68,17 @@ type Explanation struct {
 	// Sticky: the balancer remembered the source (sticky), and gave it
 	// the uplink it gave the source's last new connection.
 	Sticky *StickyHit `json:"sticky,omitempty"`
+	// Learned: the policy matched a destination learned from a DNS
+	// answer for one of its domains.
+	Learned *LearnedHit `json:"learned,omitempty"`
 	// Why: the rule that decided, as a person reads it.
 	Why string `json:"why"`
+}
+
+// LearnedHit is a destination a domain policy learned.
+type LearnedHit struct {
+	Name string  `json:"name"`         // the name whose answer gave it
+	Left Seconds `json:"left_seconds"` // until it stops steering new connections, unless answered again
 }
 
 // StickyHit is a sticky balancer's memory of one source.

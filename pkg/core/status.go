@@ -29,6 +29,21 @@ type Status struct {
 	// first, at most a hundred), of StickyTotal in all.
 	Sticky      []StickyReport `json:"sticky,omitempty"`
 	StickyTotal int            `json:"sticky_total,omitempty"`
+	// Domains: the DNS learner of the domain policies (nil: no policy
+	// has domains).
+	Domains *DomainsReport `json:"domains,omitempty"`
+}
+
+// DomainsReport is the DNS learner's counts since it started.
+type DomainsReport struct {
+	Learning       bool   `json:"learning"` // holding answers and learning from them; false: they pass unlearned
+	Held           uint64 `json:"held"`     // UDP answers held
+	Reinjected     uint64 `json:"reinjected"`
+	ReinjectErrors uint64 `json:"reinject_errors"` // held answers lost
+	ParseErrors    uint64 `json:"parse_errors"`
+	Overruns       uint64 `json:"overruns"`   // NFLOG queue overflows: held answers lost
+	Added          uint64 `json:"added"`      // addresses added to the policies' sets (or refreshed)
+	AddErrors      uint64 `json:"add_errors"` // addresses the kernel refused (a full set)
 }
 
 // StickyReport is one source a sticky balancer remembers.

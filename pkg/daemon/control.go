@@ -5,15 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/wanpin/wanpin/pkg/bus"
 	"github.com/wanpin/wanpin/pkg/core"
+	"github.com/wanpin/wanpin/pkg/inet"
 	"github.com/wanpin/wanpin/pkg/lease"
 	"github.com/wanpin/wanpin/pkg/policy"
+	"github.com/wanpin/wanpin/pkg/rules"
 )
 
 // ErrStopped is returned by requests made while the loop is not running.
@@ -65,7 +69,34 @@ func (d *Daemon) Status(ctx context.Context) (core.Status, error) {
 // services and running execs). It never waits for the loop.
 func (d *Daemon) Explain(ctx context.Context, f policy.Flow) (core.Explanation, error) {
 	x, local := d.pub.explain()
-	return x.ExplainSticky(f, local, d.pub.stickyLookup()), nil
+	var (
+		sets    []rules.DomainSet
+		entries map[string][]rules.LearnedEntry
+		at      time.Time
+	)
+	if d.domains != nil && d.learned != nil {
+		if r := d.domains.routes.Load(); r != nil {
+			sets = r.sets
+			entries, at = d.learned.snapshot(sets)
+			f.Learned = func(set string, key []byte) bool {
+				a, _ := netip.AddrFromSlice(key)
+				_, ok := learnedHit(entries, at, set, a)
+				return ok
+			}
+		}
+	}
+	e := x.ExplainSticky(f, local, d.pub.stickyLookup())
+	for _, s := range sets {
+		if e.Policy == "" || s.Policy != e.Policy || s.Family != inet.Of(f.Dst) {
+			continue
+		}
+		if h, ok := learnedHit(entries, at, s.Name, f.Dst); ok {
+			e.Learned = &core.LearnedHit{Name: h.Name, Left: core.Seconds(h.Left.Round(time.Second).Seconds())}
+			e.Why += fmt.Sprintf("; %s was learned from the DNS answer for %s (steers new connections for %s more)",
+				f.Dst, h.Name, h.Left.Round(time.Second))
+		}
+	}
+	return e, nil
 }
 
 // Reload re-reads the configuration; a bad file is returned as the error

@@ -131,6 +131,11 @@ type Daemon struct {
 	// configuration the neighbours watch judges against.
 	startConflicts []neighbours.Finding
 	cfgNow         atomic.Pointer[config.Config]
+	// domains learns the domain policies' addresses from DNS answers
+	// (nil when the NFTables cannot take them, as in tests); learned
+	// reads them back for explain.
+	domains *domainLearner
+	learned *learnedView
 }
 
 // New loads the configuration and connects to the kernel. Nothing is
@@ -198,6 +203,10 @@ func New(opts Options) (*Daemon, error) {
 	d.pub = newPublisher(counter, d.log)
 	var sr stickyReader = nft
 	d.pub.sticky = &stickyView{read: sr.StickyEntries}
+	var lw learnedWriter = nft
+	d.domains = newDomainLearner(lw, d.log)
+	d.learned = &learnedView{read: lw.LearnedEntries}
+	d.pub.domains = d.domains
 	if d.cgroups, err = cgroups.NewResolver(); err != nil {
 		d.log.Warn("cgroup v2 not found: service policies match nothing", "err", err)
 		d.cgroups = &cgroups.Resolver{}
@@ -369,6 +378,9 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 }
 
 func (d *Daemon) close() {
+	if d.domains != nil {
+		d.domains.close()
+	}
 	if d.nft != nil {
 		d.nft.Close()
 	}

@@ -59,6 +59,9 @@ func (d *Daemon) execute(effects []core.Effect) error {
 				}
 			}
 			d.log.Info("nftables applied", "table", e.NFT.Table, "uplinks_up", up, "policies", len(e.NFT.Policies))
+			if d.domains != nil {
+				d.domains.sync(e.NFT, d.state.Config)
+			}
 		case core.FlushMark:
 			d.flushMark(e)
 		case core.FlushAddr:

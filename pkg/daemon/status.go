@@ -60,6 +60,8 @@ type publisher struct {
 	closeOnce sync.Once
 	// sticky reads the sticky sets (nil: not readable, as in tests).
 	sticky *stickyView
+	// domains: the DNS learner, for its figures (nil: none).
+	domains *domainLearner
 }
 
 // newPublisher starts the pinned-connection counter when counter is set
@@ -259,6 +261,9 @@ func (p *publisher) get() core.Status {
 	}
 	defer p.mu.Unlock()
 	s := p.status
+	if p.domains != nil {
+		s.Domains = p.domains.report()
+	}
 	s.Uplinks = append([]core.UplinkReport(nil), s.Uplinks...)
 	for i := range s.Uplinks {
 		u := &s.Uplinks[i]
