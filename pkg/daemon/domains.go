@@ -270,4 +270,3 @@ func learnedHit(entries map[string][]rules.LearnedEntry, at time.Time, set strin
 	}
 	return rules.LearnedEntry{}, false
 }
-

@@ -30,16 +30,16 @@ const (
 	// look it up, so when the daemon dies (SIGKILL, a crash) they stop
 	// matching within DNSAliveTimeout and DNS answers flow unlearned,
 	// never dropped for good.
-	setDNSAlive   = "dns_alive"
-	setDNSIfaces  = "dns_ifaces"
-	chainDNSHold  = "dns_hold"
-	dnsHoldSnap   = 65535
-	dnsPort       = 53
+	setDNSAlive  = "dns_alive"
+	setDNSIfaces = "dns_ifaces"
+	chainDNSHold = "dns_hold"
+	dnsHoldSnap  = 65535
+	dnsPort      = 53
 	// dnsAliveCap has room for a refresh: the kernel counts an element
 	// added again against the set's size before it finds it there (and
 	// refuses with ENFILE when full), so a set of size 2 holding udp and
 	// tcp could never be refreshed.
-	dnsAliveCap = 8
+	dnsAliveCap   = 8
 	nfLogSnaplen  = 1 << unix.NFTA_LOG_SNAPLEN
 	nfLogGroup    = 1 << unix.NFTA_LOG_GROUP
 	nfLogPrefix   = 1 << unix.NFTA_LOG_PREFIX
