@@ -1,10 +1,15 @@
 package rules
 
 import (
+	"fmt"
+
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/wanpin/wanpin/pkg/desired"
 
 	"github.com/wanpin/wanpin/pkg/inet"
 )
@@ -94,5 +99,22 @@ func TestLearnedAddresses(t *testing.T) {
 	// ...and the connection still works for the next batch.
 	if err := m.AddLearned([]Learned{{Set: "p_kids_dom4", Addr: a("203.0.113.12"), Name: "example.org", Timeout: time.Minute}}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A packet's cost in the kernel cannot depend on the number of domains:
+// they never reach the table, which is the same for one domain and for
+// 10,000 (each policy looks up its learned set once per family).
+func TestDomainCountLeavesTableAlone(t *testing.T) {
+	s := goldenSpecs()["domains"]
+	one := Render(s)
+	many := []string{"example.com"}
+	for i := 1; i < 10000; i++ {
+		many = append(many, fmt.Sprintf("d%d.example%d.org", i, i%97))
+	}
+	s.Policies = append([]desired.Policy(nil), s.Policies...)
+	s.Policies[0].Match.Domains = many
+	if got := Render(s); got != one {
+		t.Errorf("10,000 domains changed the table:\n%s", cmp.Diff(one, got))
 	}
 }
