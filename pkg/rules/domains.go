@@ -46,6 +46,12 @@ const (
 	priorityRawNo = -300
 )
 
+// DNSHoldRate bounds the answers held per second (and the burst): past
+// it answers pass unlearned, so that a LAN host flooding DNS can cost the
+// learner at most this many answers a second and never delays or loses
+// other hosts' answers in a full NFLOG queue.
+const DNSHoldRate = 2000
+
 // DNSAliveTimeout is how long the hold rules go on holding after the
 // daemon's last refresh of dns_alive; the daemon refreshes it every
 // third of that.
@@ -110,6 +116,8 @@ func (b *builder) dnsHold() {
 			b.iifnameIn(ifaces),
 			{text: "meta l4proto @" + setDNSAlive, exprs: []expr.Any{
 				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg}, lookup(setDNSAlive)}},
+			{text: fmt.Sprintf("limit rate %d/second burst %d packets", DNSHoldRate, DNSHoldRate), exprs: []expr.Any{
+				&expr.Limit{Type: expr.LimitTypePkts, Rate: DNSHoldRate, Unit: expr.LimitTimeSecond, Burst: DNSHoldRate}}},
 			{text: fmt.Sprintf("log prefix %q group %d snaplen %d", p.prefix, g, dnsHoldSnap), exprs: []expr.Any{
 				&expr.Log{Key: nfLogPrefix | nfLogGroup | nfLogSnaplen, Data: []byte(p.prefix), Group: g, Snaplen: dnsHoldSnap}}},
 		}
