@@ -89,6 +89,15 @@ func Write(w io.Writer, s core.Status) {
 			}
 		}
 	}
+	if d := s.Domains; d != nil {
+		set.GetOrCreateGauge("wanpin_dns_learning", nil).Set(b2f(d.Learning))
+		counter("wanpin_dns_answers_total", `outcome="held"`, float64(d.Held))
+		counter("wanpin_dns_answers_total", `outcome="reinjected"`, float64(d.Reinjected))
+		counter("wanpin_dns_answers_total", `outcome="lost"`, float64(d.ReinjectErrors+d.Overruns))
+		counter("wanpin_dns_answers_total", `outcome="unparsable"`, float64(d.ParseErrors))
+		counter("wanpin_dns_learned_addresses_total", `outcome="added"`, float64(d.Added))
+		counter("wanpin_dns_learned_addresses_total", `outcome="refused"`, float64(d.AddErrors))
+	}
 	set.GetOrCreateFloatCounter("wanpin_applies_total").Set(float64(s.Applies))
 	set.GetOrCreateFloatCounter("wanpin_apply_errors_total").Set(float64(s.ApplyErrors))
 	set.WritePrometheus(w)
