@@ -37,6 +37,12 @@ func domainConfig(extra string) string {
 name = "isp1"
 interface = "wan1"
 ` + extra + `
+# DNS probes: sockets bound to the uplink's device, whose answers must
+# never be held (a re-injected answer would come back through lo).
+[uplink.health]
+method = "dns"
+targets = ["` + netlab.ResolverAddr4(1) + `"]
+
 [[uplink]]
 name = "isp2"
 interface = "wan2"
@@ -134,7 +140,7 @@ func connectISP(t *testing.T, l *netlab.Lab, addr string) int {
 // show them; and a daemon killed outright stops holding answers within
 // the hold rules' timeout (fail open).
 func TestDomains(t *testing.T) {
-	l := newLab(t, 2)
+	l := newLabWith(t, netlab.Options{ISPs: 2, Resolvers: true})
 	domainLab(t, l)
 	d := startWanpin(t, l, domainConfig(""))
 	d.waitFor("domain policies: learning from DNS answers", 1, 5*time.Second)
@@ -197,7 +203,7 @@ func TestDomains(t *testing.T) {
 	if c := firstConnections(t, l, domainDNS, "A", []string{"ttl.stream.example"}); c[2] != 1 {
 		t.Errorf("ttl.stream.example: by ISP %v, want ISP 2", c)
 	}
-	took := waitUntil(t, 15*time.Second, "the 5 s record to stop steering", func() (bool, string) {
+	took := waitUntil(t, 10*time.Second, "the 5 s record to stop steering (TTL 5 s, floor 1 s)", func() (bool, string) {
 		isp := connectISP(t, l, "203.0.113.232")
 		return isp == 1, fmt.Sprintf("ISP %d", isp)
 	})
@@ -205,6 +211,11 @@ func TestDomains(t *testing.T) {
 		t.Errorf("a record of TTL 5 s stopped steering after %s", since)
 	}
 	t.Logf("a record of TTL 5 s stopped steering %s after the answer (waited %s)", time.Since(start).Round(10*time.Millisecond), took)
+
+	// The DNS probes kept isp1 up all along.
+	if s := statusOf(t, d); s.Uplinks[0].State != "up" || s.Uplinks[0].Transitions != 0 {
+		t.Errorf("isp1, probed by DNS: %s after %d transitions (%s)", s.Uplinks[0].State, s.Uplinks[0].Transitions, s.Uplinks[0].Reason)
+	}
 
 	// Killed outright: the hold rules stay in the kernel, but dns_alive
 	// expires and answers pass again (unlearned).

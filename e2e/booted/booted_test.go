@@ -176,6 +176,7 @@ func TestBootedRouter(t *testing.T) {
 		{"networkd restart", stepNetworkdRestart},
 		{"watchdog", stepWatchdog},
 		{"sigkill", stepKill},
+		{"domains", stepDomains},
 		{"quota state", stepQuota},
 		{"stop", stepStop},
 		{"purge", stepPurge},
@@ -311,6 +312,50 @@ func (r *router) restartedAfter(sig string, within time.Duration) {
 	}
 	if got := r.wanpinObjects(); got != objs {
 		r.t.Errorf("after the restart that SIG%s caused, wanpin's objects\n%s\nwant\n%s", sig, got, objs)
+	}
+}
+
+// A domain policy learns under the unit's sandbox (NFLOG and the raw
+// sockets that re-inject the held answers need only CAP_NET_ADMIN and
+// CAP_NET_RAW): the LAN host asks ISP 3's resolver (a policy sends it
+// there: the resolver answers only its customer) for www.example.test;
+// the answer, held and re-injected, puts the server's address in the
+// policy's set with the name it came from, and reaches the LAN host. The
+// DNS probes of uplink 3, sockets bound to wan3, keep working: answers
+// for the router itself are never held.
+func stepDomains(r *router) {
+	r.write("etc/wanpin/wanpin.toml", fmt.Sprintf(config, 1, netlab.PortWhoami)+fmt.Sprintf(`[uplink.health]
+method = "dns"
+targets = ["%[1]s"]
+
+[[policy]]
+name = "resolver3"
+destinations = ["%[1]s/32"]
+uplinks = ["isp3"]
+
+[[policy]]
+name = "test"
+domains = ["example.test"]
+uplinks = ["isp3"]
+`, netlab.ResolverAddr4(3)))
+	r.sh("systemctl reload wanpin")
+	r.waitJournal(`msg="domain policies: learning from DNS answers"`, 1, 10*time.Second)
+	out, err := r.l.Dig(r.l.LAN, netlab.ResolverAddr4(3), netlab.NameWWW, "+time=3")
+	if err != nil || !strings.Contains(out, netlab.ServerAddr4) {
+		r.t.Fatalf("the LAN host asking ISP 3's resolver: %v: %s\n%s", err, out, r.journal())
+	}
+	if set := r.sh("nft list set inet wanpin p_test_dom4"); !strings.Contains(set, netlab.ServerAddr4) || !strings.Contains(set, `comment "`+netlab.NameWWW+`"`) {
+		r.t.Errorf("the answer taught nothing:\n%s\n%s", set, r.journal())
+	}
+	out = r.sh("wanpin explain --src " + netlab.LANHost4 + " --dst " + netlab.ServerAddr4 + " --proto tcp --dport 443")
+	if !strings.Contains(out, "learned from the DNS answer for "+netlab.NameWWW) {
+		r.t.Errorf("explain of the learned address:\n%s", out)
+	}
+	if st := r.sh("wanpin status"); !strings.Contains(st, "domain policies: learning") {
+		r.t.Errorf("status:\n%s", st)
+	}
+	if strings.Contains(r.journal(), `uplink down" uplink=isp3`) {
+		r.t.Errorf("isp3's DNS probes failed with domains on:\n%s", r.journal())
 	}
 }
 

@@ -77,7 +77,10 @@ func Build(in Facts) desired.State {
 	var d desired.State
 	d.NFT = desired.NFT{Table: TableName, Mask: cfg.MarkMask, LANPrefix6: cfg.LANPrefix6}
 	if cfg.Domains() {
-		d.NFT.DNSHold.Group = cfg.DomainNFLOGGroup
+		// The mask's last value, failback's evict ct mark: as a packet's
+		// meta mark it matches no ip rule and no uplink's, and wanpin's
+		// output chain lets a packet marked inside the mask go as routed.
+		d.NFT.DNSHold = desired.DNSHold{Group: cfg.DomainNFLOGGroup, Mark: cfg.EvictMark()}
 	}
 	if cfg.Failback() {
 		d.NFT.Evict = cfg.EvictMark()

@@ -69,6 +69,7 @@ type domainLearner struct {
 	mu    sync.Mutex // guards ln and group; taken by sync, close and the ticker, never by the handler
 	ln    *dnslearn.Listener
 	group uint16
+	mark  uint32
 	stop  chan struct{}
 
 	added, addErrors atomic.Uint64
@@ -106,7 +107,7 @@ func (l *domainLearner) sync(nft desired.NFT, cfg *config.Config) {
 		return
 	}
 	l.routes.Store(r)
-	if l.ln != nil && l.group == nft.DNSHold.Group {
+	if l.ln != nil && l.group == nft.DNSHold.Group && l.mark == nft.DNSHold.Mark {
 		select {
 		case <-l.ln.Done():
 			l.stopLocked("the learner had stopped")
@@ -115,15 +116,15 @@ func (l *domainLearner) sync(nft desired.NFT, cfg *config.Config) {
 			return
 		}
 	}
-	l.stopLocked("its NFLOG group changed")
-	ln, err := dnslearn.Listen(dnslearn.Options{Group: nft.DNSHold.Group, Matcher: m, Handle: l.handle, Logger: l.log})
+	l.stopLocked("its NFLOG group or mark changed")
+	ln, err := dnslearn.Listen(dnslearn.Options{Group: nft.DNSHold.Group, Mark: nft.DNSHold.Mark, Matcher: m, Handle: l.handle, Logger: l.log})
 	if err != nil {
 		// Fail open: dns_alive stays empty, the hold rules match nothing
 		// and answers pass unlearned.
 		l.log.Error("domain policies: not learning from DNS answers", "nflog_group", nft.DNSHold.Group, "err", err)
 		return
 	}
-	l.ln, l.group, l.stop = ln, nft.DNSHold.Group, make(chan struct{})
+	l.ln, l.group, l.mark, l.stop = ln, nft.DNSHold.Group, nft.DNSHold.Mark, make(chan struct{})
 	l.keepAlive()
 	go l.tick(ln, l.stop)
 	l.log.Info("domain policies: learning from DNS answers", "nflog_group", l.group, "domains", m.Len(), "sets", len(r.sets))

@@ -42,9 +42,12 @@ type NFT struct {
 	DNSHold DNSHold
 }
 
-// DNSHold is the NFLOG group DNS answers are held in (0: none held).
+// DNSHold is the NFLOG group DNS answers are held in (0: none held),
+// and the mark (inside Mask) the learner's re-injected answers carry,
+// which the hold rules let through.
 type DNSHold struct {
 	Group uint16
+	Mark  uint32
 }
 
 // SourcePrefix ties a source prefix to the uplink (by mark) that routes it.

@@ -51,10 +51,25 @@ const (
 // (what is not established is dropped, unless from the LAN), and IPv4
 // masquerade.
 var labRules = fmt.Sprintf(`table inet wpdl {
+	chain held {
+		log prefix "%[1]s" group %[4]d snaplen 65535 drop
+	}
+	chain copied {
+		log prefix "%[2]s" group %[4]d snaplen 65535
+	}
+	chain answer_in {
+		ct status snat goto held
+		fib daddr type != local goto held
+		goto copied
+	}
 	chain dns_hold {
-		type filter hook prerouting priority raw; policy accept;
-		iifname "wan" udp sport 53 udp dport != %[3]d log prefix "%[1]s" group %[4]d snaplen 65535 drop
-		iifname "wan" tcp sport 53 log prefix "%[2]s" group %[4]d snaplen 65535
+		type filter hook prerouting priority mangle - 10; policy accept;
+		iifname "wan" udp sport 53 udp dport != %[3]d goto answer_in
+		iifname "wan" tcp sport 53 goto copied
+	}
+	chain dns_hold_out {
+		type filter hook output priority raw; policy accept;
+		oifname != "wan" udp sport 53 meta mark != %[5]d goto held
 	}
 	chain reinject {
 		type filter hook output priority raw; policy accept;
@@ -302,17 +317,28 @@ func TestKernel(t *testing.T) {
 	ln := l.listen(t, rec, "example.com", "example.net")
 
 	// step checks what one query taught and how the counters moved.
+	var stepCopied func(t *testing.T, f func(), wantLearned []string, held, copied uint64)
 	step := func(t *testing.T, f func(), wantLearned []string, held uint64) {
+		t.Helper()
+		stepCopied(t, f, wantLearned, held, 0)
+	}
+	stepCopied = func(t *testing.T, f func(), wantLearned []string, held, copied uint64) {
 		t.Helper()
 		before, marked := settled(ln), l.reinjectCounter(t)
 		f()
+		// Copies are learned from while the answer goes on: wait for them
+		// (Learned moves once the handler has returned).
+		s := settled(ln)
+		for i := 0; (s.Copied-before.Copied < copied || s.Learned-before.Learned < uint64(len(wantLearned))) && i < 200; i++ {
+			time.Sleep(10 * time.Millisecond)
+			s = settled(ln)
+		}
 		if got := rec.take(); !slices.Equal(got, wantLearned) {
 			t.Errorf("learned %q, want %q", got, wantLearned)
 		}
-		s := settled(ln)
-		if s.Held-before.Held != held || s.Reinjected-before.Reinjected != held || s.Copied != before.Copied ||
+		if s.Held-before.Held != held || s.Reinjected-before.Reinjected != held || s.Copied-before.Copied != copied ||
 			s.ReinjectErrors != 0 || s.Learned-before.Learned != uint64(len(wantLearned)) {
-			t.Errorf("stats went from %+v to %+v; want %d held and re-injected, none copied, %d learned", before, s, held, len(wantLearned))
+			t.Errorf("stats went from %+v to %+v; want %d held and re-injected, %d copied, %d learned", before, s, held, copied, len(wantLearned))
 		}
 		if got := l.reinjectCounter(t) - marked; got < held {
 			t.Errorf("the router's output saw %d packets with mark %#x, want at least %d", got, labMark, held)
@@ -372,21 +398,57 @@ func TestKernel(t *testing.T) {
 		}, []string{"example.net www.example.org 203.0.113.20"}, 1)
 	})
 
-	// The answers come to the router itself (IPv4, and IPv6 for
-	// example.net): re-injected, they are delivered through lo.
+	// The upstream's answers to the router's own resolver (IPv4, and IPv6
+	// for example.net) are copied, not held (a socket of the router may
+	// be bound to the uplink's device: see below); the resolver's answer
+	// to the LAN host is held in output, learned from and re-injected.
 	t.Run("router's own resolver", func(t *testing.T) {
 		l.dnsmasq(t, l.router, "forwarder", routerLAN4, "--listen-address="+routerLAN4+","+routerLAN6,
 			"--server="+serverAddr4, "--server=/example.net/"+serverAddr6, "--cache-size=0")
-		step(t, func() {
+		stepCopied(t, func() {
 			if got := l.dig(t, routerLAN4, "a.b.example.com"); !slices.Equal(got, []string{"203.0.113.10"}) {
 				t.Errorf("dig: %q", got)
 			}
-		}, []string{"example.com a.b.example.com 203.0.113.10"}, 1)
-		step(t, func() {
+		}, []string{"example.com a.b.example.com 203.0.113.10", "example.com a.b.example.com 203.0.113.10"}, 1, 1)
+		stepCopied(t, func() {
 			if got := l.dig(t, routerLAN6, "real.example.net", "AAAA"); !slices.Equal(got, []string{"2001:db8:20::20"}) {
 				t.Errorf("dig: %q", got)
 			}
-		}, []string{"example.net real.example.net 2001:db8:20::20"}, 1)
+		}, []string{"example.net real.example.net 2001:db8:20::20", "example.net real.example.net 2001:db8:20::20"}, 1, 1)
+	})
+
+	// A socket of the router bound to the uplink's device (systemd-
+	// resolved's per-link servers, dnsmasq's server=addr@wan, wanpin's DNS
+	// probes) gets its answer: a re-injected one would come through lo,
+	// which such a socket never sees.
+	t.Run("router's socket bound to the uplink", func(t *testing.T) {
+		stepCopied(t, func() {
+			var fd int
+			if err := inNetNS(int(l.router.Handle), func() (err error) {
+				if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+					return err
+				}
+				return unix.SetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, "wan")
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 3}); err != nil {
+				t.Fatal(err)
+			}
+			q := msg(t, []string{"bound.example.com"}, nil, query)
+			if err := unix.Sendto(fd, q, 0, &unix.SockaddrInet4{Port: 53, Addr: netip.MustParseAddr(serverAddr4).As4()}); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 1500)
+			n, _, err := unix.Recvfrom(fd, buf, 0)
+			for errors.Is(err, unix.EINTR) {
+				n, _, err = unix.Recvfrom(fd, buf, 0)
+			}
+			if err != nil || n < 12 || buf[0] != q[0] || buf[1] != q[1] {
+				t.Fatalf("the bound socket got no answer: %v (%d bytes)", err, n)
+			}
+		}, []string{"example.com bound.example.com 203.0.113.10"}, 0, 1)
 	})
 
 	t.Run("IPv6", func(t *testing.T) {

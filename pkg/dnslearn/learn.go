@@ -4,22 +4,25 @@
 // addresses in its nftables set before the LAN host's first packet to
 // them.
 //
-// The daemon holds every DNS answer arriving from an uplink with an
-// nftables rule before conntrack sees it (after defragmentation):
+// The daemon holds DNS answers with nftables rules that log them to an
+// NFLOG group and drop them (pkg/rules lays them out):
 //
-//	chain dns_hold { type filter hook prerouting priority raw; policy accept;
-//	  iifname "<uplink>" udp sport 53 log prefix "wanpin-dns-hold" group G snaplen 65535 drop
-//	  iifname "<uplink>" tcp sport 53 log prefix "wanpin-dns-copy" group G snaplen 65535
-//	}
+//   - answers arriving from an uplink for a LAN host, in prerouting after
+//     conntrack and before dstnat (`ct status snat` or `fib daddr type !=
+//     local`), prefix PrefixHold;
+//   - answers the router's own resolvers send to LAN hosts and to local
+//     programs, in output before conntrack, except the re-injected ones
+//     (their SO_MARK), prefix PrefixHold;
+//   - answers arriving from an uplink for the router itself, and TCP
+//     answers, only copied (prefix PrefixCopy, not dropped).
 //
 // A Listener receives the held packet through NFLOG, parses the DNS message
 // (Learn), calls its handler synchronously (where the daemon adds the
 // learned addresses to its sets) and only then re-injects the original
-// packet with a raw socket whose SO_MARK is X. The re-injected packet takes
-// the router's output path: to the LAN host when it was forwarded, to the
-// router's own resolver (through lo) when its destination is local. TCP
-// answers are only copied (PrefixCopy, no drop) and learned from when a
-// whole message is in one segment.
+// packet with a raw socket whose SO_MARK is Options.Mark. The re-injected
+// packet takes the router's output path: to the LAN host, or to a local
+// program through lo when the router's resolver answered it. TCP answers
+// are learned from when a whole message is in one segment.
 //
 // Re-injection sends the packet as it came, except that the UDP checksum
 // (and the IPv4 header checksum) are recomputed: a packet that arrived
@@ -32,17 +35,22 @@
 // reach without a zone (IPv6 link-local) are not supported: such a packet
 // counts as a re-injection error, lost.
 //
-// Holding before conntrack matters. The re-injected packet is then, to
-// conntrack in the output hook, the very reply it would have seen in
-// prerouting: it matches the query's entry, NAT undoes the masquerade there
-// (LOCAL_OUT is a destination-NAT hook) and reroutes it to the LAN host,
-// and the router's own firewall sees it as ct state established, in input
-// for the router's own resolver as in a router's stateful rules. Held
-// after conntrack (priority -90, after the reply was un-NATed), the
-// re-injected packet server:53 -> LAN host matched no entry: a new one,
-// whose NAT null binding remapped the source port, so it had to be
-// notracked, and a firewall that drops what is not established (most do)
-// then dropped the router's own resolver's answers.
+// Where they are held matters. Held before NAT undoes the masquerade
+// (prerouting) or before conntrack (output), the re-injected packet is,
+// to conntrack in the output hook, the very reply it expects: it matches
+// the query's entry, NAT undoes the masquerade there (LOCAL_OUT is a
+// destination-NAT hook) and reroutes it to the LAN host, and the
+// router's firewall sees it as ct state established. Held after the
+// un-NAT (priority -90), the re-injected packet server:53 -> LAN host
+// matched no entry: a new one, whose NAT null binding remapped the source
+// port, so it had to be notracked, and a firewall that drops what is not
+// established (most do) then dropped the router's own resolver's answers.
+// Answers for the router itself are never held: re-injected, a packet for
+// a local address comes in through lo, and a socket bound to the
+// uplink's device (systemd-resolved's per-link servers, dnsmasq's
+// server=addr@wan, wanpin's own DNS probes) never sees it. The router's
+// resolver's own answer, held in output, gives its clients the same
+// guarantee instead.
 package dnslearn
 
 import (

@@ -402,7 +402,9 @@ func (l *Listener) learn(b []byte, p packet) {
 	if len(all) == 0 {
 		return
 	}
-	l.learned.Add(uint64(len(all)))
+	// Counted once Handle has returned (or panicked): a reader that sees
+	// the count sees what Handle did.
+	defer l.learned.Add(uint64(len(all)))
 	if l.opts.Handle != nil {
 		l.opts.Handle(all)
 	}

@@ -30,10 +30,16 @@ const (
 	// look it up, so when the daemon dies (SIGKILL, a crash) they stop
 	// matching within DNSAliveTimeout and DNS answers flow unlearned,
 	// never dropped for good.
-	setDNSAlive  = "dns_alive"
-	setDNSIfaces = "dns_ifaces"
-	chainDNSHold = "dns_hold"
-	dnsHoldSnap  = 65535
+	setDNSAlive     = "dns_alive"
+	setDNSIfaces    = "dns_ifaces"
+	chainDNSHold    = "dns_hold"
+	chainDNSHoldOut = "dns_hold_out"
+	chainDNSIn      = "dns_in"
+	chainDNSHeld    = "dns_held"
+	chainDNSCopy    = "dns_copy"
+	dnsHoldSnap     = 65535
+	// ctStatusSNAT is IPS_SRC_NAT (linux/netfilter/nf_conntrack_common.h).
+	ctStatusSNAT = 1 << 4
 	dnsPort      = 53
 	// dnsAliveCap has room for a refresh: the kernel counts an element
 	// added again against the set's size before it finds it there (and
@@ -78,22 +84,33 @@ func (b *builder) learnedSet(name string, pol desired.Policy, f inet.Family) {
 	b.t.domains = append(b.t.domains, DomainSet{Name: name, Policy: pol.Name, Family: f, Domains: pol.Match.Domains})
 }
 
-// dnsHold holds the DNS answers that arrive from the uplinks for the
-// daemon's learner, before conntrack sees them (see pkg/dnslearn: held
-// there, the re-injected answer is the reply conntrack expects). UDP
-// answers are dropped here and re-injected by the learner once their
-// addresses are in the sets; TCP answers are only copied. Both rules
-// look dns_alive up last, so that a packet that is no DNS answer from an
-// uplink costs two comparisons.
+// dnsHold holds DNS answers for the daemon's learner, which adds what
+// they teach to the sets and then re-injects them (see pkg/dnslearn):
+//
+//   - Answers arriving from an uplink for a LAN host (masqueraded, or
+//     routed to a LAN address) are held in prerouting, after conntrack and
+//     before dstnat: re-injected, the answer is the reply conntrack
+//     expects, NAT undoes the masquerade in the output hook and the
+//     router's firewall sees it established.
+//   - Answers arriving from an uplink for the router itself are only
+//     copied: re-injected, an answer for the router reaches its socket
+//     through lo, and a socket bound to the uplink's device (systemd-
+//     resolved's per-link servers, dnsmasq's server=...@wan, wanpin's own
+//     DNS probes) never gets it.
+//   - Answers the router's own resolvers send (to LAN hosts, to local
+//     programs through lo: dnsmasq, unbound, systemd-resolved's stub) are
+//     held in output, before conntrack, so that the router's resolver
+//     and its clients get the same guarantee; re-injected ones carry
+//     DNSHold.Mark and are let through.
+//
+// TCP answers are only copied. Every path looks dns_alive up, so that a
+// dead daemon stops holding, and is bounded by DNSHoldRate.
 func (b *builder) dnsHold() {
-	g := b.s.DNSHold.Group
-	if g == 0 {
+	h := b.s.DNSHold
+	if h.Group == 0 {
 		return
 	}
 	b.addSet(&set{name: setDNSAlive, key: nftables.TypeInetProto, typeText: "inet_proto", learned: true, capacity: dnsAliveCap, keep: true})
-	ch := b.addChain(chainDNSHold, &baseHook{typ: nftables.ChainTypeFilter,
-		hook: nftables.ChainHookPrerouting, hookName: "prerouting",
-		prio: nftables.ChainPriorityRef(priorityRawNo), prioName: "raw"})
 	var ifaces []string
 	for _, u := range b.s.Uplinks {
 		if !slices.Contains(ifaces, u.Interface) {
@@ -101,40 +118,72 @@ func (b *builder) dnsHold() {
 		}
 	}
 	slices.Sort(ifaces)
-	for _, p := range []struct {
-		proto  byte
-		word   string
-		prefix string
-		drop   bool
-	}{{unix.IPPROTO_UDP, "udp", dnslearn.PrefixHold, true}, {unix.IPPROTO_TCP, "tcp", dnslearn.PrefixCopy, false}} {
-		fs := []frag{
-			{text: fmt.Sprintf("%s sport %d", p.word, dnsPort), exprs: []expr.Any{
-				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg}, cmpReg(expr.CmpOpEq, []byte{p.proto}),
-				&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
-				cmpReg(expr.CmpOpEq, []byte{0, dnsPort}),
-			}},
-			b.iifnameIn(ifaces),
-			{text: "meta l4proto @" + setDNSAlive, exprs: []expr.Any{
-				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg}, lookup(setDNSAlive)}},
-			{text: fmt.Sprintf("limit rate %d/second burst %d packets", DNSHoldRate, DNSHoldRate), exprs: []expr.Any{
-				&expr.Limit{Type: expr.LimitTypePkts, Rate: DNSHoldRate, Unit: expr.LimitTimeSecond, Burst: DNSHoldRate}}},
-			{text: fmt.Sprintf("log prefix %q group %d snaplen %d", p.prefix, g, dnsHoldSnap), exprs: []expr.Any{
-				&expr.Log{Key: nfLogPrefix | nfLogGroup | nfLogSnaplen, Data: []byte(p.prefix), Group: g, Snaplen: dnsHoldSnap}}},
-		}
-		if p.drop {
-			fs = append(fs, verdict(expr.VerdictDrop, ""))
-		}
-		ch.rules = append(ch.rules, newRule(fs...))
+	sport := func(proto byte, word string) frag {
+		return frag{text: fmt.Sprintf("%s sport %d", word, dnsPort), exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg}, cmpReg(expr.CmpOpEq, []byte{proto}),
+			&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+			cmpReg(expr.CmpOpEq, []byte{0, dnsPort}),
+		}}
+	}
+	alive := frag{text: "meta l4proto @" + setDNSAlive, exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg}, lookup(setDNSAlive)}}
+	logTo := func(prefix string) frag {
+		return frag{text: fmt.Sprintf("log prefix %q group %d snaplen %d", prefix, h.Group, dnsHoldSnap), exprs: []expr.Any{
+			&expr.Log{Key: nfLogPrefix | nfLogGroup | nfLogSnaplen, Data: []byte(prefix), Group: h.Group, Snaplen: dnsHoldSnap}}}
+	}
+	limit := func() frag {
+		return frag{text: fmt.Sprintf("limit rate %d/second burst %d packets", DNSHoldRate, DNSHoldRate), exprs: []expr.Any{
+			&expr.Limit{Type: expr.LimitTypePkts, Rate: DNSHoldRate, Unit: expr.LimitTimeSecond, Burst: DNSHoldRate}}}
+	}
+	udp, tcp := func() frag { return sport(unix.IPPROTO_UDP, "udp") }, func() frag { return sport(unix.IPPROTO_TCP, "tcp") }
+
+	// One token bucket for the held answers, one for the copies, shared
+	// by both hooks.
+	b.addChain(chainDNSHeld, nil).rules = []*rule{newRule(limit(), logTo(dnslearn.PrefixHold), verdict(expr.VerdictDrop, ""))}
+	b.addChain(chainDNSCopy, nil).rules = []*rule{newRule(limit(), logTo(dnslearn.PrefixCopy))}
+	b.addChain(chainDNSIn, nil).rules = []*rule{
+		newRule(frag{text: "ct status snat", exprs: []expr.Any{
+			&expr.Ct{Key: expr.CtKeySTATUS, Register: reg},
+			&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4, Mask: native32(ctStatusSNAT), Xor: native32(0)},
+			cmpReg(expr.CmpOpNeq, native32(0)),
+		}}, verdict(expr.VerdictGoto, chainDNSHeld)),
+		newRule(frag{text: "fib daddr type != local", exprs: []expr.Any{
+			&expr.Fib{Register: reg, ResultADDRTYPE: true, FlagDADDR: true},
+			cmpReg(expr.CmpOpNeq, native32(unix.RTN_LOCAL)),
+		}}, verdict(expr.VerdictGoto, chainDNSHeld)),
+		newRule(verdict(expr.VerdictGoto, chainDNSCopy)),
+	}
+	in := b.addChain(chainDNSHold, &baseHook{typ: nftables.ChainTypeFilter,
+		hook: nftables.ChainHookPrerouting, hookName: "prerouting",
+		prio: nftables.ChainPriorityRef(*nftables.ChainPriorityMangle - 10), prioName: "mangle - 10"})
+	in.rules = []*rule{
+		newRule(udp(), b.ifnameIn(true, false, ifaces), alive, verdict(expr.VerdictGoto, chainDNSIn)),
+		newRule(tcp(), b.ifnameIn(true, false, ifaces), alive, verdict(expr.VerdictGoto, chainDNSCopy)),
+	}
+	out := b.addChain(chainDNSHoldOut, &baseHook{typ: nftables.ChainTypeFilter,
+		hook: nftables.ChainHookOutput, hookName: "output",
+		prio: nftables.ChainPriorityRef(priorityRawNo), prioName: "raw"})
+	reinjected := maskedMark("meta mark", metaMarkLoad(), b.s.Mask)
+	reinjected.text += " != " + hexMark(h.Mark)
+	reinjected.exprs = append(reinjected.exprs, cmpReg(expr.CmpOpNeq, native32(h.Mark)))
+	out.rules = []*rule{
+		newRule(udp(), b.ifnameIn(false, true, ifaces), reinjected, alive, verdict(expr.VerdictGoto, chainDNSHeld)),
+		newRule(tcp(), b.ifnameIn(false, true, ifaces), alive, verdict(expr.VerdictGoto, chainDNSCopy)),
 	}
 }
 
-// iifnameIn is `iifname "x"`, or for several a lookup in the named set
-// dns_ifaces (nft 1.0.6 lists the keys of an anonymous set of ifnames,
-// which are in host order, as empty strings).
-func (b *builder) iifnameIn(names []string) frag {
-	t, load := ifnameMeta(true)
+// ifnameIn is `iifname "x"` (oifname with in false; != with not), or
+// for several a lookup in the named set dns_ifaces (nft 1.0.6 lists the
+// keys of an anonymous set of ifnames, which are in host order, as empty
+// strings).
+func (b *builder) ifnameIn(in, not bool, names []string) frag {
+	t, load := ifnameMeta(in)
+	op, word := expr.CmpOpEq, ""
+	if not {
+		op, word = expr.CmpOpNeq, "!= "
+	}
 	if len(names) == 1 {
-		return frag{text: fmt.Sprintf("%s %q", t, names[0]), exprs: []expr.Any{load, cmpReg(expr.CmpOpEq, ifnameKey(names[0]))}}
+		return frag{text: fmt.Sprintf("%s %s%q", t, word, names[0]), exprs: []expr.Any{load, cmpReg(op, ifnameKey(names[0]))}}
 	}
 	if !slices.ContainsFunc(b.t.sets, func(s *set) bool { return s.name == setDNSIfaces }) {
 		s := &set{name: setDNSIfaces, key: typeIfname, typeText: "ifname", native: true}
@@ -144,7 +193,9 @@ func (b *builder) iifnameIn(names []string) frag {
 		s.sortElems()
 		b.addSet(s)
 	}
-	return frag{text: t + " @" + setDNSIfaces, exprs: []expr.Any{load, lookup(setDNSIfaces)}}
+	l := lookup(setDNSIfaces)
+	l.Invert = not
+	return frag{text: t + " " + word + "@" + setDNSIfaces, exprs: []expr.Any{load, l}}
 }
 
 // LearnedEntry is one address a learned set holds: the name whose

@@ -97,7 +97,7 @@ func goldenSpecs() map[string]desired.NFT {
 		// one of domains from one source, and the hold rules for the
 		// DNS answers of both uplinks.
 		"domains": {
-			Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(), DNSHold: desired.DNSHold{Group: 5353},
+			Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(), DNSHold: desired.DNSHold{Group: 5353, Mark: 0xff00},
 			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}, {Mark: 0x200, Weight: 1}}}),
 			Policies: []desired.Policy{
 				{Name: "tv", Match: policy.Match{Domains: []string{"example.com", "video.example.net"}},
