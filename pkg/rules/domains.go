@@ -285,7 +285,7 @@ func (m *Manager) AddLearned(ls []Learned) error {
 	}
 	for _, name := range order {
 		key := nftables.TypeIPAddr
-		if by[name][0].Key != nil && len(by[name][0].Key) == 16 {
+		if len(by[name][0].Key) == 16 {
 			key = nftables.TypeIP6Addr
 		}
 		s := &nftables.Set{Table: t, Name: name, KeyType: key, HasTimeout: true}
