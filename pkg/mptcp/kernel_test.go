@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -34,10 +35,9 @@ func newNS(t *testing.T) (*nstest.NS, *Client) {
 
 func ifindex(t *testing.T, ns *nstest.NS, dev string) int {
 	t.Helper()
-	out := ns.Run(t, "cat", "/sys/class/net/"+dev+"/ifindex")
-	var n int
-	for _, r := range strings.TrimSpace(out) {
-		n = n*10 + int(r-'0')
+	n, err := strconv.Atoi(strings.TrimSpace(ns.Run(t, "cat", "/sys/class/net/"+dev+"/ifindex")))
+	if err != nil {
+		t.Fatal(err)
 	}
 	return n
 }
