@@ -2,6 +2,7 @@ package mptcp
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -189,5 +190,28 @@ func TestLimitsFor(t *testing.T) {
 func TestFlagsString(t *testing.T) {
 	if got := (Subflow | Backup | 0x40).String(); got != "subflow backup 0x40" {
 		t.Errorf("got %q", got)
+	}
+}
+
+func TestOrphaned(t *testing.T) {
+	eps := []Endpoint{
+		ep(255, "192.0.2.1", 3, Subflow),
+		ep(254, "198.51.100.1", 4, Subflow|Backup),
+		ep(253, "203.0.113.1", 5, Signal),
+		ep(1, "203.0.113.2", 0, Subflow), // the admin's
+	}
+	n := Counts{Subflows: map[netip.Addr]int{netip.MustParseAddr("192.0.2.1"): 2}, Connections: 2}
+	if got := Orphaned(eps, n); len(got) != 1 || got[0].ID != 254 {
+		t.Errorf("Orphaned = %v, want the endpoint 254", got)
+	}
+	if got := Orphaned(eps, Counts{}); got != nil {
+		t.Errorf("Orphaned with no connection = %v", got)
+	}
+	k := &fakeKernel{eps: slices.Clone(eps)}
+	if err := Refresh(k, eps[1]); err != nil || k.writes != 2 {
+		t.Errorf("Refresh: %v, %d writes", err, k.writes)
+	}
+	if err := Refresh(k, eps[3]); err == nil {
+		t.Error("Refresh of the admin's endpoint went ahead")
 	}
 }
