@@ -166,8 +166,17 @@ func (l *lab) dial(t *testing.T, mptcp bool) *download {
 			}
 		}
 	}()
-	t.Cleanup(func() { d.conn.Close() })
+	t.Cleanup(d.abort)
 	return d
+}
+
+// abort closes the connection with a reset (MP_FASTCLOSE for MPTCP). A
+// plain close leaves the router's side in FIN-WAIT-2 while the server's
+// data keeps arriving into a window nobody reads: the server's writes
+// block, and the subflows stay established until the FIN timeout.
+func (d *download) abort() {
+	_ = d.conn.(*net.TCPConn).SetLinger(0)
+	d.conn.Close()
 }
 
 // flowing waits until the download has read n more bytes, failing on a
