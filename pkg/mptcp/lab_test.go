@@ -59,6 +59,13 @@ func newLab(t *testing.T) *lab {
 	}
 	for _, c := range [][]string{
 		{"sysctl", "-qw", "net.mptcp.enabled=1"},
+		// Like two ISPs' routers: a packet whose source belongs to the
+		// other uplink is dropped (BCP 38), and ARP is answered only for
+		// the address of the link asked on. Without these the server
+		// accepts a subflow that left by the wrong uplink.
+		{"sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"},
+		{"sysctl", "-qw", "net.ipv4.conf.default.rp_filter=1"},
+		{"sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"},
 		{"ip", "addr", "add", "192.0.2.2/24", "dev", "u1"},
 		{"ip", "addr", "add", "198.51.100.2/24", "dev", "u2"},
 		{"ip", "addr", "add", serverAddr + "/32", "dev", "lo"},
