@@ -1,7 +1,10 @@
 package mptcp
 
 import (
+	"context"
 	"errors"
+	"maps"
+	"net"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -99,5 +102,52 @@ func TestKernelRoundTrip(t *testing.T) {
 	}
 	if err := c.SetLimits(Limits{Subflows: maxLimit + 1}); !errors.Is(err, unix.EINVAL) {
 		t.Errorf("limit 9: %v, want EINVAL", err)
+	}
+}
+
+// TestKernelCount counts connections made inside one namespace: both
+// ends are local, so each subflow is counted twice (client and server
+// socket), and a dual-stack listener's IPv4-mapped side is unmapped.
+func TestKernelCount(t *testing.T) {
+	ns, _ := newNS(t)
+	var ln net.Listener
+	var conns []net.Conn
+	inNS(t, ns, func() (err error) {
+		var lc net.ListenConfig
+		lc.SetMultipathTCP(true)
+		if ln, err = lc.Listen(context.Background(), "tcp", "[::]:7000"); err != nil {
+			return err
+		}
+		var d net.Dialer
+		d.SetMultipathTCP(true)
+		for _, a := range []string{"192.0.2.1:7000", "[2001:db8::1]:7000"} {
+			c, err := d.Dial("tcp", a)
+			if err != nil {
+				return err
+			}
+			conns = append(conns, c)
+		}
+		return nil
+	})
+	defer ln.Close()
+	for range conns {
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	n, err := Count(int(ns.Handle))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[netip.Addr]int{netip.MustParseAddr("192.0.2.1"): 2, netip.MustParseAddr("2001:db8::1"): 2}
+	if !maps.Equal(n.Subflows, want) || n.Connections != 4 {
+		t.Errorf("Count() = %+v, want subflows %v and 4 connections", n, want)
 	}
 }

@@ -1,6 +1,7 @@
 package mptcp
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -213,5 +214,24 @@ func TestOrphaned(t *testing.T) {
 	}
 	if err := Refresh(k, eps[3]); err == nil {
 		t.Error("Refresh of the admin's endpoint went ahead")
+	}
+}
+
+// refusing is a kernel without SET_FLAGS (before 5.18).
+type refusing struct{ fakeKernel }
+
+func (k *refusing) SetFlags(Endpoint) error { k.writes++; return errors.New("operation not supported") }
+
+func TestSyncSetFlagsFallback(t *testing.T) {
+	k := &refusing{fakeKernel{eps: []Endpoint{ep(255, "192.0.2.1", 3, Subflow)}}}
+	ch, err := Sync(k, []Endpoint{ep(0, "192.0.2.1", 3, Subflow|Backup)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := opsText(ch.Applied), "delete 192.0.2.1 id 255 subflow backup ifindex 3\nadd 192.0.2.1 id 255 subflow backup ifindex 3"; got != want {
+		t.Errorf("applied\n%s\nwant\n%s", got, want)
+	}
+	if k.eps[0] != ep(255, "192.0.2.1", 3, Subflow|Backup) {
+		t.Errorf("kernel has %v", k.eps)
 	}
 }

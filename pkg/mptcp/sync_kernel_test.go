@@ -127,3 +127,33 @@ func idsOf(eps []Endpoint) []uint8 {
 	}
 	return ids
 }
+
+// TestKernelIDAllocation pins the kernel's choice of ID for an id-less
+// add (`ip mptcp endpoint add ADDR subflow`), which wanpin's block is
+// built around: the first free ID at or above the highest one given out
+// since the last wrap, wrapping to 1 after 255. So 201 follows 200, a
+// held 255 sends the search back to the low IDs, and a hole in the block
+// at or above that cursor is taken (the gap documented at FirstID).
+func TestKernelIDAllocation(t *testing.T) {
+	ns, _ := newNS(t)
+	for i := 10; i <= 16; i++ {
+		ns.Run(t, "ip", "addr", "add", "198.51.100."+strconv.Itoa(i)+"/24", "dev", "a0")
+	}
+	add := func(addr string, id ...string) {
+		ns.Run(t, append([]string{"ip", "mptcp", "endpoint", "add", addr, "subflow"}, id...)...)
+	}
+	add("198.51.100.10", "id", "200")
+	add("198.51.100.11") // 201
+	add("198.51.100.12", "id", "255")
+	add("198.51.100.13")              // 1: wrapped
+	add("198.51.100.14", "id", "254") // the cursor is now 254
+	add("198.51.100.15", "id", "253")
+	ns.Run(t, "ip", "mptcp", "endpoint", "delete", "id", "254")
+	add("198.51.100.16") // the hole at 254
+	got := ns.Run(t, "ip", "mptcp", "endpoint", "show")
+	for _, want := range []string{"198.51.100.11 id 201 ", "198.51.100.13 id 1 ", "198.51.100.16 id 254 "} {
+		if !strings.Contains(got, want) {
+			t.Errorf("no %q in\n%s", want, got)
+		}
+	}
+}
