@@ -1,6 +1,7 @@
 package mptcp
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -26,10 +27,7 @@ func TestKernelFailover(t *testing.T) {
 	if n, err := Count(int(l.router.Handle)); err != nil || n.Connections != 1 {
 		t.Errorf("Count() = %+v, %v; want one connection", n, err)
 	}
-	moved := l.received(t, d, 20<<20, "both uplinks")
-	if moved["wan2"] < 1<<20 {
-		t.Errorf("wan2 received %d bytes of 20 MB: the second subflow carries nothing", moved["wan2"])
-	}
+	l.carries(t, d, "wan2", "both uplinks")
 
 	// A worse tier: SET_FLAGS backup keeps the subflow (the same socket)
 	// and tells the server (MP_PRIO), which stops sending on it.
@@ -39,6 +37,10 @@ func TestKernelFailover(t *testing.T) {
 	if ch, err := Sync(l.c, backup); err != nil || len(ch.Applied) != 1 || ch.Applied[0].Kind != OpSetFlags {
 		t.Fatalf("Sync to backup: %v, %v", ch.Applied, err)
 	}
+	waitFor(t, "the server to get MP_PRIO", func() (bool, string) {
+		n := netstat(t, l.server)["MPTcpExt:MPPrioRx"]
+		return n >= 1, fmt.Sprintf("%d MP_PRIO received", n)
+	})
 	d.flowing(t, 5<<20, "settling")
 	if moved := l.received(t, d, 50<<20, "wan2 backup"); moved["wan2"] > 1<<20 {
 		t.Errorf("wan2 as backup received %d bytes of 50 MB", moved["wan2"])
@@ -65,9 +67,7 @@ func TestKernelFailover(t *testing.T) {
 	})
 	l.sync(t, l.want)
 	l.subflows(t, "192.0.2.1:1 198.51.100.1:1")
-	if moved := l.received(t, d, 20<<20, "uplink 1 back"); moved["wan1"] < 1<<20 {
-		t.Errorf("wan1 received %d bytes of 20 MB after its return", moved["wan1"])
-	}
+	l.carries(t, d, "wan1", "uplink 1 back")
 
 	// A subflow that dies while its endpoint stays (here killed, as a
 	// middlebox's reset would) is not opened again by the kernel, not
@@ -96,9 +96,7 @@ func TestKernelFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.subflows(t, "192.0.2.1:1 198.51.100.1:1")
-	if moved := l.received(t, d, 20<<20, "after Refresh"); moved["wan2"] < 1<<20 {
-		t.Errorf("wan2 received %d bytes of 20 MB after Refresh", moved["wan2"])
-	}
+	l.carries(t, d, "wan2", "after Refresh")
 	if err := d.conn.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -116,6 +114,25 @@ func (l *lab) received(t *testing.T, d *download, n int64, what string) map[stri
 	m := map[string]int64{"wan1": rxBytes(t, l.router, "wan1") - r1, "wan2": rxBytes(t, l.router, "wan2") - r2}
 	t.Logf("%s: wan1 received %d, wan2 %d bytes", what, m["wan1"], m["wan2"])
 	return m
+}
+
+// carries waits until dev has received 1 MB more while the download
+// runs. A new subflow starts slow next to one at full speed on an
+// unshaped veth: how soon it gets its share is the scheduler's business,
+// that it gets data at all is the point.
+func (l *lab) carries(t *testing.T, d *download, dev, what string) {
+	t.Helper()
+	start, b := rxBytes(t, l.router, dev), d.bytes.Load()
+	got := waitFor(t, what+": "+dev+" carrying data", func() (bool, string) {
+		select {
+		case err := <-d.done:
+			t.Fatalf("%s: the download ended: %v", what, err)
+		default:
+		}
+		n := rxBytes(t, l.router, dev) - start
+		return n >= 1<<20, fmt.Sprintf("%d bytes received on %s, %d read in all", n, dev, d.bytes.Load()-b)
+	})
+	t.Logf("%s: %s", what, got)
 }
 
 // socket is the established TCP socket from addr, as ss prints it
