@@ -24,6 +24,10 @@ const (
 	Fullmesh Flags = 1 << 3
 )
 
+// implicit marks an endpoint the kernel made itself for the local
+// address of a subflow no endpoint covered; shown, never set.
+const implicit Flags = 1 << 4
+
 // changeable are the flags SET_FLAGS can change on an existing endpoint:
 // the kernel applies only these bits and ignores the others, so a change
 // of Subflow or Signal needs the endpoint deleted and added again.
@@ -32,7 +36,7 @@ const changeable = Backup | Fullmesh
 var flagNames = []struct {
 	f    Flags
 	name string
-}{{Signal, "signal"}, {Subflow, "subflow"}, {Backup, "backup"}, {Fullmesh, "fullmesh"}}
+}{{Signal, "signal"}, {Subflow, "subflow"}, {Backup, "backup"}, {Fullmesh, "fullmesh"}, {implicit, "implicit"}}
 
 // String spells the flags as ip mptcp does: "subflow backup".
 func (f Flags) String() string {

@@ -192,6 +192,9 @@ func TestFlagsString(t *testing.T) {
 	if got := (Subflow | Backup | 0x40).String(); got != "subflow backup 0x40" {
 		t.Errorf("got %q", got)
 	}
+	if got := (Signal | implicit).String(); got != "signal implicit" {
+		t.Errorf("got %q", got)
+	}
 }
 
 func TestOrphaned(t *testing.T) {
@@ -228,7 +231,7 @@ func TestSyncSetFlagsFallback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := opsText(ch.Applied), "delete 192.0.2.1 id 255 subflow backup ifindex 3\nadd 192.0.2.1 id 255 subflow backup ifindex 3"; got != want {
+	if got, want := opsText(ch.Applied), "delete 192.0.2.1 id 255\nadd 192.0.2.1 id 255 subflow backup ifindex 3"; got != want {
 		t.Errorf("applied\n%s\nwant\n%s", got, want)
 	}
 	if k.eps[0] != ep(255, "192.0.2.1", 3, Subflow|Backup) {

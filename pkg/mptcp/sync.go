@@ -69,7 +69,9 @@ func replace(k Kernel, e Endpoint, setErr error) ([]Op, error) {
 	if err := k.Delete(e.ID); err != nil {
 		return nil, errors.Join(setErr, err)
 	}
-	applied := []Op{{OpDelete, e}}
+	// The old flags are not known here: the deletion is reported by ID
+	// and address.
+	applied := []Op{{OpDelete, Endpoint{ID: e.ID, Addr: e.Addr}}}
 	if err := k.Add(e); err != nil {
 		return applied, errors.Join(setErr, err)
 	}
