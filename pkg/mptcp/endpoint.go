@@ -24,8 +24,9 @@ const (
 	Fullmesh Flags = 1 << 3
 )
 
-// implicit marks an endpoint the kernel made itself for the local
-// address of a subflow no endpoint covered; shown, never set.
+// implicit (MPTCP_PM_ADDR_FLAG_IMPLICIT) marks an endpoint the kernel
+// made itself for the local address of a subflow that no endpoint
+// covered (not seen in these tests); named when shown, never set.
 const implicit Flags = 1 << 4
 
 // changeable are the flags SET_FLAGS can change on an existing endpoint:
