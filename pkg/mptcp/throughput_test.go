@@ -10,10 +10,14 @@ import (
 // both uplinks shaped to 40 Mbit/s at the server's side, MPTCP and plain
 // TCP downloads of the same size measured in turn, the order swapped
 // every cycle (go test -v -run TestKernelThroughput ./pkg/mptcp prints
-// the rates). It asserts only that the median ratio is above 1.3, far
-// below what was measured here (1.66 to 2.2 per cycle, medians 1.76 to
-// 1.95, and 1.82 with both CPUs kept busy by other processes): the
-// sum of two uplinks, not a number of seconds.
+// the rates). It asserts only that the median ratio of five cycles is
+// above 1.3. Measured here (14 runs of three cycles, 7 of five): medians
+// from 1.64 to 2.00, 1.82 with both CPUs kept busy by other processes;
+// single cycles from 0.87 to 2.65. Now and then (3 cycles of 77) an MPTCP
+// download got no more than one uplink's rate for its whole 8 MB
+// although its second subflow was up (not investigated: the server's
+// scheduler decides): hence the median, never one cycle. The check is
+// the sum of two uplinks, not a number of seconds.
 func TestKernelThroughput(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a measurement, not a check")
@@ -42,7 +46,7 @@ func TestKernelThroughput(t *testing.T) {
 		return float64(d.bytes.Load()-b) * 8 / time.Since(start).Seconds() / 1e6
 	}
 	var ratios []float64
-	for i := range 3 {
+	for i := range 5 {
 		var m, p float64
 		if i%2 == 0 {
 			m, p = rate(true), rate(false)
@@ -55,8 +59,8 @@ func TestKernelThroughput(t *testing.T) {
 		l.subflows(t, "")
 	}
 	slices.Sort(ratios)
-	t.Logf("median ratio MPTCP/TCP %.2f over %d interleaved cycles of %d MB each, two uplinks of tbf 40mbit", ratios[1], len(ratios), size>>20)
-	if ratios[1] <= 1.3 {
-		t.Errorf("median ratio %.2f: the second uplink adds less than 30%%", ratios[1])
+	t.Logf("median ratio MPTCP/TCP %.2f over %d interleaved cycles of %d MB each, two uplinks of tbf 40mbit", ratios[len(ratios)/2], len(ratios), size>>20)
+	if ratios[len(ratios)/2] <= 1.3 {
+		t.Errorf("median ratio %.2f: the second uplink adds less than 30%%", ratios[len(ratios)/2])
 	}
 }
