@@ -77,6 +77,11 @@ func newDaemon(t *testing.T, l *netlab.Lab, cfg string, extra ...string) *daemon
 
 func (d *daemon) writeConfig(cfg string) {
 	d.t.Helper()
+	// WANPIN_E2E_MPTCP=1 runs every test with mptcp = true (issue 18:
+	// plain TCP and UDP must not notice it).
+	if os.Getenv("WANPIN_E2E_MPTCP") == "1" && !strings.Contains(cfg, "mptcp =") {
+		cfg = "mptcp = true\n" + cfg
+	}
 	if err := os.WriteFile(d.cfgPath, []byte(cfg), 0o644); err != nil {
 		d.t.Fatal(err)
 	}

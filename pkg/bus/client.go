@@ -242,6 +242,13 @@ func FormatStatus(s core.Status, now time.Time) string {
 		if q := u.Quota; q != nil {
 			fmt.Fprintf(&b, "%-10s %s\n", "", quotaLine(*q, now))
 		}
+		if m := u.MPTCP; m != nil {
+			role := ""
+			if m.Backup {
+				role = " (backup)"
+			}
+			fmt.Fprintf(&b, "%-10s mptcp: %d endpoints, %d subflows%s\n", "", m.Endpoints, m.Subflows, role)
+		}
 	}
 	if s.StickyTotal > 0 {
 		fmt.Fprintf(&b, "\nsticky sources: %d", s.StickyTotal)

@@ -78,6 +78,9 @@ type Config struct {
 	// DomainNFLOGGroup is the NFLOG group the DNS answers of domain
 	// policies are held in (default DefaultDomainNFLOGGroup).
 	DomainNFLOGGroup uint16
+	// MPTCP: wanpin manages the kernel's MPTCP endpoints (one per address
+	// of every uplink that takes part) and limits (mptcp = true).
+	MPTCP bool
 }
 
 // Domains tells whether some policy names domains (and so the daemon
@@ -145,7 +148,10 @@ type Uplink struct {
 	Failback Failback
 	// Quota: a data quota (quota = "20GB"); nil: none.
 	Quota *Quota
-	Line  int // line of its [[uplink]] header
+	// NoMPTCP: mptcp = false, with mptcp = true at the top level: the
+	// uplink's addresses get no MPTCP endpoint.
+	NoMPTCP bool
+	Line    int // line of its [[uplink]] header
 }
 
 // Quota is an uplink's data quota: the bytes it may carry, both ways,

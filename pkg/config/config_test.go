@@ -490,3 +490,20 @@ func TestDomainKeys(t *testing.T) {
 		}
 	}
 }
+
+func TestMPTCPKeys(t *testing.T) {
+	up := "[[uplink]]\nname = \"a\"\ninterface = \"eth0\"\n\n[[uplink]]\nname = \"b\"\ninterface = \"eth1\"\n"
+	cfg := mustParse(t, "mptcp = true\n"+up+"mptcp = false\n")
+	if !cfg.MPTCP || cfg.Uplinks[0].NoMPTCP || !cfg.Uplinks[1].NoMPTCP {
+		t.Errorf("parsed mptcp %v, uplinks opted out %v %v", cfg.MPTCP, cfg.Uplinks[0].NoMPTCP, cfg.Uplinks[1].NoMPTCP)
+	}
+	for _, c := range []struct{ file, want string }{
+		{up + "mptcp = true\n", `f.toml:8: uplink[2].mptcp: mptcp on an uplink only opts out (mptcp = false) of mptcp = true at the top level`},
+		{"mptcp = \"yes\"\n" + up, `f.toml:1: mptcp: mptcp must be true or false, got string "yes"`},
+	} {
+		_, err := Parse("f.toml", []byte(c.file))
+		if err == nil || err.Error() != c.want {
+			t.Errorf("%q:\n got %v\nwant %s", c.file, err, c.want)
+		}
+	}
+}

@@ -291,9 +291,9 @@ func describe(v any) string {
 // Keys of each table, in the order they are read (and documented).
 var (
 	topKeys = []string{"mark_mask", "rule_priority", "router_traffic", "lan_prefix6", "allow_conflicts", "sticky", "sticky_by",
-		"domain_ttl_floor", "domain_nflog_group", "uplink", "policy"}
+		"domain_ttl_floor", "domain_nflog_group", "mptcp", "uplink", "policy"}
 	uplinkKeys = []string{"name", "interface", "gateway", "gateway6", "dns", "weight", "tier", "table",
-		"masquerade", "nat6", "prefix6", "health", "failback", "quota", "quota_period", "quota_reset_day", "quota_action"}
+		"masquerade", "nat6", "prefix6", "health", "failback", "quota", "quota_period", "quota_reset_day", "quota_action", "mptcp"}
 	policyKeys = []string{"name", "users", "groups", "services", "sources", "in_interfaces",
 		"destinations", "domains", "protocol", "ports", "source_ports", "uplinks", "fallback", "sticky", "sticky_by"}
 )
@@ -338,6 +338,11 @@ func (p *parser) config(tree map[string]any) *Config {
 		p.errorf(p.field(root, "domain_ttl_floor"), "domain_ttl_floor must be between 1s and 1h, got %s", cfg.DomainTTLFloor)
 		cfg.DomainTTLFloor = DefaultDomainTTLFloor
 	}
+	if n, ok := p.get(root, "mptcp"); ok {
+		if b, ok := p.boolean(n); ok {
+			cfg.MPTCP = b
+		}
+	}
 	if n, ok := p.get(root, "domain_nflog_group"); ok {
 		if v, ok := p.integer(n, 1, 65535); ok {
 			cfg.DomainNFLOGGroup = uint16(v)
@@ -372,6 +377,11 @@ func (p *parser) config(tree map[string]any) *Config {
 	} else {
 		p.errorf(node{key: "uplink"}, "no [[uplink]]: at least one is required")
 	}
+	for _, src := range uplinks {
+		if src.mptcpOn != nil && !cfg.MPTCP {
+			p.errorf(*src.mptcpOn, "mptcp on an uplink only opts out (mptcp = false) of mptcp = true at the top level")
+		}
+	}
 	p.checkUplinks(cfg, uplinks)
 	p.checkNat6(cfg, uplinks, lan6, lan6Set)
 	if markOK {
@@ -401,6 +411,7 @@ type uplinkSrc struct {
 	tableSet                 bool
 	nat6, prefix6            node
 	nat6Set, prefix6Set      bool
+	mptcpOn                  *node // set when mptcp = true
 }
 
 func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
@@ -473,6 +484,14 @@ func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
 			pfx, err := parsePrefix6("prefix6", s)
 			if p.check(src.prefix6, err) {
 				u.Prefix6 = pfx
+			}
+		}
+	}
+	if n, ok := p.get(t, "mptcp"); ok {
+		if b, ok := p.boolean(n); ok {
+			u.NoMPTCP = !b
+			if b {
+				src.mptcpOn = &n
 			}
 		}
 	}

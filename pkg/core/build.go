@@ -85,6 +85,8 @@ func Build(in Facts) desired.State {
 	if cfg.Failback() {
 		d.NFT.Evict = cfg.EvictMark()
 	}
+	d.MPTCP = buildMPTCP(cfg, in.Uplinks)
+	d.NFT.MPTCP = cfg.MPTCP
 	prio := cfg.RulePriority
 
 	for _, fam := range inet.Families {

@@ -47,6 +47,9 @@ type ApplyNFT struct{ NFT desired.NFT }
 // ApplyRouting brings wanpin's rules and routes to Routing.
 type ApplyRouting struct{ Routing desired.Routing }
 
+// ApplyMPTCP brings wanpin's MPTCP endpoints and the limits to MPTCP.
+type ApplyMPTCP struct{ MPTCP desired.MPTCP }
+
 // FlushMark deletes the conntrack entries of one family pinned to an
 // uplink (ct mark & Mask == Mark): it went down.
 type FlushMark struct {
@@ -111,6 +114,7 @@ func (Failback) effect()       {}
 func (SaveQuota) effect()      {}
 func (ApplyNFT) effect()       {}
 func (ApplyRouting) effect()   {}
+func (ApplyMPTCP) effect()     {}
 func (FlushMark) effect()      {}
 func (FlushAddr) effect()      {}
 func (RunHooks) effect()       {}
@@ -156,6 +160,20 @@ func (e ApplyNFT) String() string {
 		fmt.Fprintf(&b, "; src6 %s->%s", sp.Prefix, uplinkOf(e.NFT, sp.Mark))
 	}
 	return b.String()
+}
+func (e ApplyMPTCP) String() string {
+	if !e.MPTCP.Enabled {
+		return "apply mptcp: off"
+	}
+	var eps []string
+	for _, ep := range e.MPTCP.Endpoints {
+		s := ep.Uplink + " " + ep.Addr.String()
+		if ep.Backup {
+			s += " backup"
+		}
+		eps = append(eps, s)
+	}
+	return fmt.Sprintf("apply mptcp: %d uplinks, endpoints [%s]", e.MPTCP.Uplinks, strings.Join(eps, ", "))
 }
 func (e ApplyRouting) String() string {
 	var routes []string

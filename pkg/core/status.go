@@ -32,6 +32,15 @@ type Status struct {
 	// Domains: the DNS learner of the domain policies (nil: no policy
 	// has domains).
 	Domains *DomainsReport `json:"domains,omitempty"`
+	// MPTCPConnections: the router's MPTCP connections (with mptcp on).
+	MPTCPConnections int `json:"mptcp_connections,omitempty"`
+}
+
+// MPTCPReport is an uplink's share of MPTCP (with mptcp on).
+type MPTCPReport struct {
+	Endpoints int  `json:"endpoints"` // the kernel path manager's endpoints of its addresses
+	Subflows  int  `json:"subflows"`  // established subflows from them
+	Backup    bool `json:"backup,omitempty"`
 }
 
 // DomainsReport is the DNS learner's counts since it started.
@@ -70,6 +79,7 @@ type UplinkReport struct {
 	Tier      int          `json:"tier"`
 	Mark      Mark         `json:"mark"`
 	Pinned    int          `json:"pinned"` // conntrack entries pinned to it
+	MPTCP     *MPTCPReport `json:"mptcp,omitempty"`
 	// Sticky: sources a sticky balancer remembers for it.
 	Sticky int `json:"sticky,omitempty"`
 	// The uplink's own probe figures: its IPv4 probes', else its IPv6 ones'.

@@ -73,7 +73,11 @@ type State struct {
 	Tuned       map[string]int     // interface -> ifindex whose rp_filter was set
 	Leases      map[LeaseKey]Lease // what DHCP client hooks reported
 	Tables      Tables             // the routing tables in use (AssignTables)
-	Uplinks     map[string]UplinkStatus
+	// MPTCPManaged: an MPTCP apply with endpoints went out, so wanpin's
+	// endpoints may be in the kernel: a reload that turns mptcp off must
+	// remove them.
+	MPTCPManaged bool
+	Uplinks      map[string]UplinkStatus
 	// Conflicts: what other programs on the router do that clashes with
 	// wanpin's marks and rules, as last seen (pkg/neighbours).
 	Conflicts []neighbours.Finding
@@ -705,6 +709,11 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 		} else {
 			applies = append(applies, nft)
 		}
+	}
+	// After the routing: an endpoint's subflows need its source rule.
+	if s.Applied == nil && (want.MPTCP.Enabled || s.MPTCPManaged) || s.Applied != nil && !reflect.DeepEqual(s.Applied.MPTCP, want.MPTCP) {
+		applies = append(applies, ApplyMPTCP{MPTCP: want.MPTCP})
+		s.MPTCPManaged = want.MPTCP.Enabled
 	}
 	r.Effects = append(r.Effects, applies...)
 	s.Applied = &want

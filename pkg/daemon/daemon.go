@@ -136,6 +136,7 @@ type Daemon struct {
 	// reads them back for explain.
 	domains *domainLearner
 	learned *learnedView
+	mptcp   mptcpState // the kernel's MPTCP path manager, for the executor
 }
 
 // New loads the configuration and connects to the kernel. Nothing is
@@ -362,6 +363,7 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 				d.step(core.Services{Cgroups: cg})
 			}
 		case <-counters.C:
+			d.countMPTCP()
 			d.refreshTraffic()
 			d.countQuotas()
 			d.publish()
@@ -380,6 +382,9 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 func (d *Daemon) close() {
 	if d.domains != nil {
 		d.domains.close()
+	}
+	if d.mptcp.client != nil {
+		d.mptcp.client.Close()
 	}
 	if d.nft != nil {
 		d.nft.Close()

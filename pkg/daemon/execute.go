@@ -62,6 +62,8 @@ func (d *Daemon) execute(effects []core.Effect) error {
 			if d.domains != nil {
 				d.domains.sync(e.NFT, d.state.Config)
 			}
+		case core.ApplyMPTCP:
+			d.applyMPTCP(e)
 		case core.FlushMark:
 			d.flushMark(e)
 		case core.FlushAddr:
@@ -185,6 +187,9 @@ func (d *Daemon) teardown() {
 	res, err := d.routing.Remove()
 	if err != nil {
 		errs = append(errs, fmt.Errorf("removing rules and routes: %w", err))
+	}
+	if err := d.removeMPTCP(); err != nil {
+		errs = append(errs, err)
 	}
 	d.restoreRPFilters()
 	d.log.Info("stopped, state removed", "rules_deleted", res.RulesDeleted, "routes_deleted", res.RoutesDeleted)

@@ -311,5 +311,6 @@ func (d *Daemon) publish() {
 		u.Traffic = d.traffic[u.Name]
 	}
 	s.Applies, s.ApplyErrors = d.applies, d.applyErrors
+	d.mptcpReport(&s)
 	d.pub.set(s, d.state.Config.MarkMask, d.state.Desired)
 }

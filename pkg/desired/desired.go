@@ -9,4 +9,5 @@ package desired
 type State struct {
 	NFT     NFT
 	Routing Routing
+	MPTCP   MPTCP
 }

@@ -37,6 +37,9 @@ type NFT struct {
 	// their uplink (0: no uplink moves its connections): the next packet
 	// of such a connection resets it.
 	Evict uint32
+	// MPTCP: the router's MPTCP subflows (their SYN carries MP_JOIN)
+	// leave by their source address, never marked by a policy.
+	MPTCP bool
 	// DNSHold: DNS answers arriving from the uplinks are held for the
 	// daemon's learner (some policy has domains); 0: none are.
 	DNSHold DNSHold

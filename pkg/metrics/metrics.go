@@ -69,6 +69,10 @@ func Write(w io.Writer, s core.Status) {
 		counter("wanpin_uplink_bytes_total", `direction="out",`+l, float64(u.Traffic.OutBytes))
 		counter("wanpin_uplink_packets_total", `direction="in",`+l, float64(u.Traffic.InPackets))
 		counter("wanpin_uplink_packets_total", `direction="out",`+l, float64(u.Traffic.OutPackets))
+		if m := u.MPTCP; m != nil {
+			gauge("wanpin_uplink_mptcp_endpoints", l, float64(m.Endpoints))
+			gauge("wanpin_uplink_mptcp_subflows", l, float64(m.Subflows))
+		}
 		if q := u.Quota; q != nil {
 			gauge("wanpin_uplink_quota_bytes", l, float64(q.Limit))
 			gauge("wanpin_uplink_quota_used_bytes", l, float64(q.Used))
@@ -88,6 +92,9 @@ func Write(w io.Writer, s core.Status) {
 				gauge("wanpin_uplink_loss_ratio", lf, f.r.Loss)
 			}
 		}
+	}
+	if s.MPTCPConnections > 0 || (len(s.Uplinks) > 0 && s.Uplinks[0].MPTCP != nil) {
+		set.GetOrCreateGauge("wanpin_mptcp_connections", nil).Set(float64(s.MPTCPConnections))
 	}
 	if d := s.Domains; d != nil {
 		set.GetOrCreateGauge("wanpin_dns_learning", nil).Set(b2f(d.Learning))

@@ -31,8 +31,10 @@ func TestWrite(t *testing.T) {
 		IPv4:    core.FamilyReport{State: "up", RTTms: 12.5, Loss: 0.1},
 		IPv6:    core.FamilyReport{State: "down", Loss: -1},
 		Quota:   &core.QuotaReport{Limit: 10e6, Used: 10_500_000, Exhausted: true, NextReset: time.Unix(1796083200, 0)},
+		MPTCP:   &core.MPTCPReport{Endpoints: 2, Subflows: 3},
 	}, {Name: "fibre", Interface: "wan1", IPv4: core.FamilyReport{Loss: -1}, IPv6: core.FamilyReport{Loss: -1}}},
-		Domains: &core.DomainsReport{Learning: true, Held: 9, Reinjected: 8, ReinjectErrors: 1, Added: 12, AddErrors: 2}}
+		MPTCPConnections: 4,
+		Domains:          &core.DomainsReport{Learning: true, Held: 9, Reinjected: 8, ReinjectErrors: 1, Added: 12, AddErrors: 2}}
 	var b bytes.Buffer
 	Write(&b, s)
 	out := b.String()
@@ -54,6 +56,7 @@ func TestWrite(t *testing.T) {
 		`wanpin_uplink_quota_exhausted{interface="pp\\p0",uplink="dsl"} 1` + "\n",
 		`wanpin_uplink_quota_next_reset_timestamp_seconds{interface="pp\\p0",uplink="dsl"} 1796083200` + "\n",
 		"wanpin_applies_total 7\n", "wanpin_apply_errors_total 1\n",
+		`wanpin_uplink_mptcp_subflows{interface="pp\\p0",uplink="dsl"} 3` + "\n", "wanpin_mptcp_connections 4\n",
 		"wanpin_dns_learning 1\n", `wanpin_dns_answers_total{outcome="held"} 9` + "\n",
 		`wanpin_dns_answers_total{outcome="lost"} 1` + "\n", `wanpin_dns_learned_addresses_total{outcome="refused"} 2` + "\n",
 		"go_goroutines ", "process_resident_memory_bytes ", "process_cpu_seconds_total ",

@@ -149,6 +149,18 @@ func ctStateNew() frag {
 	}}
 }
 
+// mptcpJoin is `tcp option mptcp subtype 1`: the MPTCP option's subtype
+// (its third byte's high nibble) is MP_JOIN, which only a subflow's SYN
+// (and its SYN-ACK and ACK) carries. nft 1.0.6 takes the number, not
+// the name.
+func mptcpJoin() frag {
+	return frag{text: "tcp option mptcp subtype 1", exprs: []expr.Any{
+		&expr.Exthdr{Op: expr.ExthdrOpTcpopt, Type: 30, Offset: 2, Len: 1, DestRegister: reg},
+		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 1, Mask: []byte{0xf0}, Xor: []byte{0}},
+		cmpReg(expr.CmpOpEq, []byte{0x10}),
+	}}
+}
+
 // fibDaddrLocal is `fib daddr type local`.
 func fibDaddrLocal() frag {
 	return frag{text: "fib daddr type local", exprs: []expr.Any{

@@ -376,6 +376,12 @@ func (b *builder) build() {
 		returnRule(linkLocal6()),
 		returnRule(multicast6()),
 	)
+	if s.MPTCP {
+		// An MPTCP subflow's SYN (MP_JOIN) leaves by its source
+		// address: its endpoint binds it to the uplink, and a policy's
+		// mark would route it elsewhere (where the guard drops it).
+		out.rules = append(out.rules, returnRule(mptcpJoin()))
+	}
 
 	// The one semantics of match keys: policy.Compile gives each policy's
 	// conditions and policy.Build orders (and folds) them per hook, and

@@ -95,9 +95,10 @@ func goldenSpecs() map[string]desired.NFT {
 		},
 		// domains: a policy of domains for forwarded and local traffic,
 		// one of domains from one source, and the hold rules for the
-		// DNS answers of both uplinks.
+		// DNS answers of both uplinks; with MPTCP, whose subflows the
+		// output chain leaves alone.
 		"domains": {
-			Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(), DNSHold: desired.DNSHold{Group: 5353, Mark: 0xff00},
+			Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(), DNSHold: desired.DNSHold{Group: 5353, Mark: 0xff00}, MPTCP: true,
 			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}, {Mark: 0x200, Weight: 1}}}),
 			Policies: []desired.Policy{
 				{Name: "tv", Match: policy.Match{Domains: []string{"example.com", "video.example.net"}},

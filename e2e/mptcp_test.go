@@ -1,0 +1,284 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wanpin/wanpin/internal/netlab"
+)
+
+const mptcpPort = 5301
+
+// inNetNS runs f on a thread moved into the lab namespace ns: the
+// sockets f creates stay there.
+func inNetNS(t *testing.T, ns string, f func() error) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: the thread exits with the goroutine rather than
+		// run others in the wrong namespace.
+		runtime.LockOSThread()
+		fd, err := unix.Open("/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns %s: %w", ns, err)
+			return
+		}
+		errc <- f()
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// serveZeros listens with MPTCP (which takes plain TCP as well) in the
+// server namespace and sends zeros to each connection until it closes.
+func serveZeros(t *testing.T, l *netlab.Lab) {
+	t.Helper()
+	var ln net.Listener
+	inNetNS(t, l.Server, func() (err error) {
+		var lc net.ListenConfig
+		lc.SetMultipathTCP(true)
+		ln, err = lc.Listen(context.Background(), "tcp", net.JoinHostPort("::", strconv.Itoa(mptcpPort)))
+		return err
+	})
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				for {
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+}
+
+// download reads a connection to the server until closed, counting.
+type download struct {
+	conn  net.Conn
+	bytes atomic.Int64
+	done  chan error
+}
+
+func startDownload(t *testing.T, l *netlab.Lab, ns, dst string, mptcp bool) *download {
+	t.Helper()
+	var conn net.Conn
+	inNetNS(t, ns, func() (err error) {
+		d := net.Dialer{Timeout: 5 * time.Second}
+		d.SetMultipathTCP(mptcp)
+		conn, err = d.Dial("tcp", net.JoinHostPort(dst, strconv.Itoa(mptcpPort)))
+		return err
+	})
+	if got, err := conn.(*net.TCPConn).MultipathTCP(); err != nil || got != mptcp {
+		conn.Close()
+		t.Fatalf("MultipathTCP() = %v, %v; want %v", got, err, mptcp)
+	}
+	d := &download{conn: conn, done: make(chan error, 1)}
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := conn.Read(buf)
+			d.bytes.Add(int64(n))
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					err = nil
+				}
+				d.done <- err
+				return
+			}
+		}
+	}()
+	t.Cleanup(d.abort)
+	return d
+}
+
+// abort closes with a reset: a plain close leaves the subflows in
+// FIN-WAIT-2 with the server still sending.
+func (d *download) abort() {
+	_ = d.conn.(*net.TCPConn).SetLinger(0)
+	d.conn.Close()
+}
+
+// more waits until the download has read n more bytes, failing if it
+// ends.
+func (d *download) more(t *testing.T, n int64, what string) {
+	t.Helper()
+	start := d.bytes.Load()
+	waitUntil(t, 30*time.Second, what, func() (bool, string) {
+		select {
+		case err := <-d.done:
+			t.Fatalf("%s: the download ended: %v", what, err)
+		default:
+		}
+		got := d.bytes.Load() - start
+		return got >= n, fmt.Sprintf("%d bytes", got)
+	})
+}
+
+// rate downloads for a while and returns Mbit/s.
+func rate(t *testing.T, l *netlab.Lab, mptcp bool, n int64) float64 {
+	t.Helper()
+	d := startDownload(t, l, l.Router, netlab.ServerAddr4, mptcp)
+	d.more(t, 512<<10, "warm-up") // slow start, and the second subflow's join
+	start, from := time.Now(), d.bytes.Load()
+	d.more(t, n, "measured download")
+	mbit := float64(d.bytes.Load()-from) * 8 / time.Since(start).Seconds() / 1e6
+	d.abort()
+	return mbit
+}
+
+// rxBytes reads dev's received bytes in the router (from /proc/net/dev,
+// which is the reader's namespace's: /sys stays the machine's under
+// nsenter).
+func rxBytes(t *testing.T, l *netlab.Lab, dev string) int64 {
+	t.Helper()
+	for _, line := range strings.Split(run(t, l, l.Router, "cat", "/proc/net/dev"), "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || name != dev {
+			continue
+		}
+		f := strings.Fields(rest)
+		n, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	t.Fatalf("no %s in the router's /proc/net/dev", dev)
+	return 0
+}
+
+// carries waits until dev has received n more bytes.
+func carries(t *testing.T, l *netlab.Lab, dev string, n int64, what string) {
+	t.Helper()
+	start := rxBytes(t, l, dev)
+	waitUntil(t, 30*time.Second, what, func() (bool, string) {
+		got := rxBytes(t, l, dev) - start
+		return got >= n, fmt.Sprintf("%s received %d bytes", dev, got)
+	})
+}
+
+const mptcpWanpin = `mptcp = true
+
+[[uplink]]
+name = "isp1"
+interface = "wan1"
+
+[[uplink]]
+name = "isp2"
+interface = "wan2"
+`
+
+// TestMPTCP: with mptcp = true, each uplink's address is an MPTCP
+// endpoint, so one download of the router's from an MPTCP server uses
+// both uplinks (ISPs shaped to 40 Mbit/s each): measured side by side
+// with plain TCP, interleaved. When uplink 1 loses carrier the download
+// goes on over uplink 2 without an error, and uses uplink 1 again once
+// it is back. Status and metrics show endpoints and subflows; plain
+// connections are balanced as before.
+func TestMPTCP(t *testing.T) {
+	l := newLab(t, 2)
+	for i := 1; i <= 2; i++ {
+		run(t, l, l.ISP(i), "tc", "qdisc", "add", "dev", "cust", "root", "tbf", "rate", "40mbit", "burst", "32kb", "latency", "20ms")
+	}
+	serveZeros(t, l)
+	d := startWanpin(t, l, mptcpWanpin)
+	d.waitFor("mptcp endpoints", 1, 5*time.Second)
+	if out := run(t, l, l.Router, "ip", "mptcp", "endpoint", "show"); !strings.Contains(out, netlab.UplinkAddr4(1)) || !strings.Contains(out, netlab.UplinkAddr4(2)) {
+		t.Fatalf("endpoints:\n%s", out)
+	}
+
+	// Side by side, interleaved, the order swapped every cycle.
+	var ratios []float64
+	for c := range 4 {
+		var mp, plain float64
+		if c%2 == 0 {
+			mp, plain = rate(t, l, true, 8<<20), rate(t, l, false, 4<<20)
+		} else {
+			plain, mp = rate(t, l, false, 4<<20), rate(t, l, true, 8<<20)
+		}
+		t.Logf("cycle %d: MPTCP %.1f Mbit/s, plain TCP %.1f Mbit/s", c+1, mp, plain)
+		ratios = append(ratios, mp/plain)
+	}
+	slices.Sort(ratios)
+	median := (ratios[1] + ratios[2]) / 2
+	t.Logf("MPTCP / plain TCP, median of 4 cycles: %.2f (two uplinks of 40 Mbit/s)", median)
+	if median < 1.3 {
+		t.Errorf("MPTCP got %.2f times plain TCP's rate, want well above one uplink's (1.3 at least)", median)
+	}
+
+	// Failover in the middle of a download.
+	dl := startDownload(t, l, l.Router, netlab.ServerAddr4, true)
+	carries(t, l, "wan1", 1<<20, "uplink 1 carrying the MPTCP download")
+	carries(t, l, "wan2", 1<<20, "uplink 2 carrying the MPTCP download")
+	s := statusOf(t, d)
+	for _, u := range s.Uplinks {
+		if u.MPTCP == nil || u.MPTCP.Endpoints == 0 {
+			t.Errorf("status of %s: mptcp %+v", u.Name, u.MPTCP)
+		}
+	}
+	if err := l.SetCarrier(1, false); err != nil {
+		t.Fatal(err)
+	}
+	dl.more(t, 4<<20, "the download after uplink 1 lost carrier")
+	if err := l.SetCarrier(1, true); err != nil {
+		t.Fatal(err)
+	}
+	carries(t, l, "wan1", 1<<20, "uplink 1 carrying the download again after its return")
+	dl.more(t, 1<<20, "the download after uplink 1 came back")
+	waitUntil(t, 15*time.Second, "status to count subflows on both uplinks", func() (bool, string) {
+		s := statusOf(t, d)
+		var seen []string
+		ok := true
+		for _, u := range s.Uplinks {
+			if u.MPTCP == nil || u.MPTCP.Subflows == 0 {
+				ok = false
+			}
+			seen = append(seen, fmt.Sprintf("%s %+v", u.Name, u.MPTCP))
+		}
+		return ok && s.MPTCPConnections > 0, strings.Join(seen, ", ")
+	})
+	if out, _ := d.cli(0, "status"); !strings.Contains(out, "mptcp: 2 endpoints") {
+		t.Errorf("status text:\n%s", out)
+	}
+	dl.abort()
+
+	// Plain connections: balanced over both, as without MPTCP.
+	counts, err := l.CurlMany(40)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts[1] == 0 || counts[2] == 0 {
+		t.Errorf("40 plain connections by ISP %v, want both used", counts)
+	}
+
+	// A clean stop removes wanpin's endpoints.
+	d.stop(unix.SIGTERM)
+	if out := run(t, l, l.Router, "ip", "mptcp", "endpoint", "show"); strings.TrimSpace(out) != "" {
+		t.Errorf("endpoints after stop:\n%s", out)
+	}
+}

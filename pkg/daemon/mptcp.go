@@ -1,0 +1,138 @@
+package daemon
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/wanpin/wanpin/pkg/core"
+	"github.com/wanpin/wanpin/pkg/desired"
+	"github.com/wanpin/wanpin/pkg/mptcp"
+)
+
+// MPTCPCountInterval paces the sock_diag dump that counts MPTCP subflows
+// for status and metrics.
+const MPTCPCountInterval = 5 * time.Second
+
+// mptcpState is what the executor keeps of the kernel's path manager:
+// its client (opened when first needed), and the subflow counts of the
+// last dump.
+type mptcpState struct {
+	client  *mptcp.Client
+	want    desired.MPTCP
+	counts  mptcp.Counts
+	counted time.Time
+	warned  bool // net.mptcp.enabled = 0 was reported
+}
+
+// applyMPTCP brings wanpin's endpoints to e. A failure is logged, not an
+// apply error: MPTCP only adds subflows to what routing already does.
+func (d *Daemon) applyMPTCP(e core.ApplyMPTCP) {
+	m := &d.mptcp
+	if m.client == nil {
+		c, err := mptcp.Dial(0)
+		if err != nil {
+			d.log.Error("mptcp: no path manager", "err", err)
+			return
+		}
+		m.client = c
+	}
+	if e.MPTCP.Enabled && !m.warned {
+		if b, err := os.ReadFile(filepath.Join(d.opts.ProcSys, "net/mptcp/enabled")); err == nil && strings.TrimSpace(string(b)) == "0" {
+			d.log.Warn("mptcp: net.mptcp.enabled is 0: programs cannot open MPTCP sockets; endpoints are set all the same")
+			m.warned = true
+		}
+	}
+	var want []mptcp.Endpoint
+	for _, ep := range e.MPTCP.Endpoints {
+		ifi, err := net.InterfaceByName(ep.Interface)
+		if err != nil {
+			d.log.Warn("mptcp: endpoint without its interface", "uplink", ep.Uplink, "addr", ep.Addr, "err", err)
+			continue
+		}
+		f := mptcp.Subflow
+		if ep.Backup {
+			f |= mptcp.Backup
+		}
+		want = append(want, mptcp.Endpoint{Addr: ep.Addr, Ifindex: ifi.Index, Flags: f})
+	}
+	ch, err := mptcp.Sync(m.client, want)
+	if len(ch.Applied) > 0 {
+		var ops []string
+		for _, op := range ch.Applied {
+			ops = append(ops, op.String())
+		}
+		d.log.Info("mptcp endpoints", "endpoints", len(want), "changes", strings.Join(ops, "; "))
+	}
+	for _, f := range ch.Foreign {
+		d.log.Warn("mptcp: another program's endpoint holds an uplink's address; left alone", "endpoint", f.String())
+	}
+	if err != nil {
+		d.log.Error("mptcp: endpoints", "err", err)
+	}
+	if e.MPTCP.Enabled {
+		if l, raised, err := mptcp.RaiseLimits(m.client, e.MPTCP.Uplinks); err != nil {
+			d.log.Error("mptcp: limits", "err", err)
+		} else if raised {
+			d.log.Info("mptcp limits raised", "subflows", l.Subflows, "add_addr_accepted", l.AddAddrAccepted)
+		}
+	}
+	m.want = e.MPTCP
+	if !e.MPTCP.Enabled {
+		m.client.Close()
+		m.client = nil
+	}
+}
+
+// removeMPTCP deletes wanpin's endpoints (at teardown).
+func (d *Daemon) removeMPTCP() error {
+	m := &d.mptcp
+	if m.client == nil {
+		return nil
+	}
+	defer func() { m.client.Close(); m.client = nil }()
+	if _, err := mptcp.Sync(m.client, nil); err != nil {
+		return fmt.Errorf("removing MPTCP endpoints: %w", err)
+	}
+	return nil
+}
+
+// countMPTCP refreshes the subflow counts, at most once an interval and
+// only while MPTCP is on.
+func (d *Daemon) countMPTCP() {
+	m := &d.mptcp
+	if !m.want.Enabled || time.Since(m.counted) < MPTCPCountInterval {
+		return
+	}
+	m.counted = time.Now()
+	c, err := mptcp.Count(0)
+	if err != nil {
+		d.log.Debug("mptcp: counting subflows", "err", err)
+		return
+	}
+	m.counts = c
+}
+
+// mptcpReport fills the uplinks' MPTCP figures of s.
+func (d *Daemon) mptcpReport(s *core.Status) {
+	m := &d.mptcp
+	if !m.want.Enabled {
+		return
+	}
+	s.MPTCPConnections = m.counts.Connections
+	for i := range s.Uplinks {
+		u := &s.Uplinks[i]
+		r := &core.MPTCPReport{}
+		for _, ep := range m.want.Endpoints {
+			if ep.Uplink == u.Name {
+				r.Endpoints++
+				r.Backup = ep.Backup
+				r.Subflows += m.counts.Subflows[ep.Addr]
+			}
+		}
+		u.MPTCP = r
+	}
+}
