@@ -18,7 +18,7 @@ Usage:
                                  wanpin would install now (changes nothing)
   wanpin explain --dst ADDR [--src ADDR] [--proto tcp|udp] [--dport N] [--uid N] [--iif IFACE]
                                  which policy and uplink a new connection gets, and why
-  wanpin exec --uplink NAME -- COMMAND [ARG...]
+  wanpin exec --uplink NAME [--mptcp] -- COMMAND [ARG...]
                                  run a command whose connections all use one uplink (root)
   wanpin status [--json]         the uplinks' state, from the running daemon
   wanpin reload                  re-read the policy file (root)
