@@ -12,23 +12,27 @@
 //     the estimate rises toward r, busy or not;
 //   - saturated: a busy link (carrying at least BusyFloor and
 //     BusyFraction of its estimate) whose health round trip rose well
-//     above its baseline (its queue filled), or that carried clearly
-//     less per unit of weight than a busy link of its tier (it got its
-//     share of the new connections and could not carry their demand):
-//     the estimate moves toward what it carried;
-//   - in balance: busy, and carrying per unit of weight about what a
-//     busy link of its tier does: the weights fit, the estimate holds;
-//   - anything else (idle, or the only busy link without a rising round
-//     trip): no evidence, and the estimate decays toward the prior (the
+//     above its idle baseline: its queue (the ISP's shaper, the modem)
+//     is full, so what it carries is what it can: the estimate moves
+//     toward it;
+//   - anything else (idle, or busy without a rising round trip): no
+//     evidence, and the estimate decays toward the prior (the
 //     configured bandwidth, or without one the fastest estimate of its
 //     tier), so an idle link never looks slow.
 //
-// Evidence moves an estimate by Alpha of the gap per window (an
-// exponentially weighted moving average: one burst does not swing it),
+// Evidence counts from its second window in a row, and moves an
+// estimate by Alpha of the gap per window (an exponentially weighted
+// moving average: one burst does not swing it),
 // never above the configured bandwidth. Weights are the estimates
 // scaled so that the fastest uplink of a tier has Scale, bounded below
 // by MinWeight (a slow link keeps enough connections to be measured),
-// and new weights are handed out only when one moves by Step or more.
+// and new weights are handed out only when one moves by a step: Step of
+// its value, and at least MinStep.
+//
+// Comparing the links' rates per unit of weight is not evidence: with
+// downloads that follow one another (a browser, a package manager) the
+// slow link holds most of the connections in flight and carries more
+// per unit of weight than a fast one that is idle half the time.
 package adaptive
 
 import (
@@ -58,25 +62,25 @@ type Params struct {
 	// link is idle and its rate says nothing about its capacity.
 	BusyFloor    float64
 	BusyFraction float64
-	// ShareMargin: a busy link that carries less than this fraction of
-	// the best per-weight rate of its tier is saturated.
-	ShareMargin float64
 	// RTTRise: a round trip this much above the baseline (or twice the
 	// baseline, whichever is more) says the link's queue is full.
 	RTTRise time.Duration
 	// HalfLife: without evidence, an estimate's gap to its prior halves
 	// in this long.
 	HalfLife time.Duration
-	// Step: weights change only when one moves by at least this much.
-	Step int
+	// Step (a fraction of the weight in force) and MinStep (points):
+	// weights change only when one moves by at least both.
+	Step    float64
+	MinStep int
 }
 
-// DefaultParams: 3 s windows, 30% of the gap per window, busy from 200 kbit/s and
-// 5% of the estimate, saturated below 85% of the best per-weight rate or
-// at 20 ms of extra round trip, a half-life of 2 minutes, steps of 10.
+// DefaultParams: 3 s windows, 40% of the gap per window, busy from 200
+// kbit/s and 5% of the estimate, saturated at 15 ms of round trip over
+// the baseline (or twice it), a half-life of 10 minutes, steps of 15%
+// of a weight and at least 3.
 func DefaultParams() Params {
-	return Params{Window: 3 * time.Second, Alpha: 0.3, BusyFloor: 200e3, BusyFraction: 0.05,
-		ShareMargin: 0.85, RTTRise: 20 * time.Millisecond, HalfLife: 2 * time.Minute, Step: 10}
+	return Params{Window: 3 * time.Second, Alpha: 0.4, BusyFloor: 200e3, BusyFraction: 0.05,
+		RTTRise: 15 * time.Millisecond, HalfLife: 10 * time.Minute, Step: 0.15, MinStep: 3}
 }
 
 // Link is one auto uplink as the estimator knows it.
@@ -118,8 +122,8 @@ type Estimate struct {
 type Update struct {
 	// Ended: a window ended with this sample (the estimates are new).
 	Ended bool
-	// Changed: Weights differ from the last ones handed out by Step or
-	// more (or the set of uplinks changed); Reason says why, in one line.
+	// Changed: Weights differ from the last ones handed out by a step
+	// or more (or the set of uplinks changed); Reason says why, in one line.
 	Changed bool
 	Weights map[string]int
 	Reason  string
@@ -133,6 +137,7 @@ type linkState struct {
 	start   Reading
 	started bool
 	baseRTT time.Duration
+	kind    string // the last window's kind of evidence: "faster", "saturated" or ""
 	last    Estimate
 }
 
@@ -202,16 +207,17 @@ func (e *Estimator) Update(s Sample) Update {
 		return e.result(false, "")
 	}
 	dt := s.At.Sub(e.window).Seconds()
-	if s.At.Sub(e.window) < e.p.Window {
+	// A tenth of a window early is near enough: the daemon's samples a
+	// second apart do not all land on the exact second.
+	if s.At.Sub(e.window) < e.p.Window-e.p.Window/10 {
 		return e.result(false, "")
 	}
 	e.window = s.At
 	// The window's rates, and who was busy.
 	type obs struct {
-		rate      float64
-		busy, ok  bool
-		perWeight float64
-		rtt       string // why the round trip says saturated; "" not
+		rate     float64
+		busy, ok bool
+		rtt      string // why the round trip says saturated; "" not
 	}
 	seen := make([]obs, len(e.links))
 	for i, l := range e.links {
@@ -222,19 +228,19 @@ func (e *Estimator) Update(s Sample) Update {
 			in, out := r.InBytes-l.start.InBytes, r.OutBytes-l.start.OutBytes
 			o.rate = 8 * float64(max(in, out)) / dt
 			o.busy = r.Usable && o.rate >= max(e.p.BusyFloor, e.p.BusyFraction*l.est)
-			o.perWeight = o.rate / float64(max(1, e.weights[l.Name]))
 		}
 		if present && r.RTT > 0 {
 			if o.busy && l.baseRTT > 0 && r.RTT >= l.baseRTT+max(e.p.RTTRise, l.baseRTT) {
-				o.rtt = fmt.Sprintf("round trip %v over a baseline of %v", r.RTT.Round(time.Millisecond/10), l.baseRTT.Round(time.Millisecond/10))
+				o.rtt = fmt.Sprintf("round trip %v over a baseline of %v", r.RTT.Round(100*time.Microsecond), l.baseRTT.Round(10*time.Microsecond))
 			}
 			switch {
 			case l.baseRTT == 0 || r.RTT < l.baseRTT:
 				l.baseRTT = r.RTT
 			case !o.busy:
 				// Idle round trips creep the baseline up, slowly: a new
-				// route to the targets is followed within minutes.
-				l.baseRTT += (r.RTT - l.baseRTT) / 16
+				// route to the targets is followed within minutes (the
+				// gap halves in 44 windows, about 2 minutes).
+				l.baseRTT += (r.RTT - l.baseRTT) / 64
 			}
 		}
 		l.start, l.started = r, present
@@ -243,14 +249,17 @@ func (e *Estimator) Update(s Sample) Update {
 	decay := 1 - math.Exp2(-dt/e.p.HalfLife.Seconds())
 	for i, l := range e.links {
 		o := seen[i]
-		best, bestName := 0.0, ""
-		for j, m := range e.links {
-			if j != i && m.Tier == l.Tier && seen[j].busy && seen[j].perWeight > best {
-				best, bestName = seen[j].perWeight, m.Name
+		// Evidence counts from its second window in a row: one window
+		// of cross traffic or of a burst allowance moves nothing.
+		var why, kind string
+		toward := func(k string, target float64) {
+			kind = k
+			if l.kind == k {
+				l.est += e.p.Alpha * (target - l.est)
+			} else {
+				why += " (a first window: evidence from the next one)"
 			}
 		}
-		toward := func(target float64) { l.est += e.p.Alpha * (target - l.est) }
-		var why string
 		switch {
 		case !o.ok:
 			why = "no reading"
@@ -258,22 +267,14 @@ func (e *Estimator) Update(s Sample) Update {
 		case l.est == 0 && o.busy:
 			l.est, why = o.rate, "first busy window"
 		case o.rate > l.est && l.est > 0:
-			toward(o.rate)
 			why = "carried more than estimated"
+			toward("faster", o.rate)
 		case o.busy && o.rtt != "":
-			toward(o.rate)
 			why = "saturated: " + o.rtt
-		case o.busy && best > 0 && o.perWeight < e.p.ShareMargin*best:
-			toward(o.rate)
-			why = fmt.Sprintf("saturated: %s per unit of weight, %s carried %s", rateText(o.perWeight), bestName, rateText(best))
+			toward("saturated", o.rate)
 		case !o.busy:
 			why = "idle"
 			l.decay(e, decay)
-		case best > 0:
-			// Busy, and carrying per unit of weight about what a busy
-			// sibling does: the weights fit the capacities (whether or
-			// not the links are full), so the estimate holds.
-			why = "busy, in balance"
 		default:
 			why = "busy, not saturated"
 			l.decay(e, decay)
@@ -282,22 +283,33 @@ func (e *Estimator) Update(s Sample) Update {
 			l.est = l.Bandwidth
 			why += ", capped at its bandwidth"
 		}
+		l.kind = kind
 		l.last = Estimate{Rate: o.rate, Evidence: why}
 	}
 	next := e.compute()
 	var moved []string
+	tiers := map[int]bool{}
 	for _, l := range e.links {
 		was, ok := e.weights[l.Name]
 		now := next[l.Name]
-		if !ok || abs(now-was) >= e.p.Step {
-			moved = append(moved, fmt.Sprintf("%s %d->%d (%s, %s)", l.Name, was, now, rateText(l.est), l.last.Evidence))
+		if !ok || abs(now-was) >= max(e.p.MinStep, int(math.Ceil(e.p.Step*float64(was)))) {
+			moved = append(moved, fmt.Sprintf("%s %d->%d", l.Name, was, now))
+			tiers[l.Tier] = true
 		}
 	}
 	if len(moved) == 0 && len(next) == len(e.weights) {
 		return e.result(false, "")
 	}
+	// The why: every estimate of the tiers that moved (a weight is its
+	// estimate's share of the tier's fastest, which may be what moved).
+	var ests []string
+	for _, l := range e.links {
+		if tiers[l.Tier] {
+			ests = append(ests, fmt.Sprintf("%s %s (%s)", l.Name, rateText(l.est), l.last.Evidence))
+		}
+	}
 	e.weights = next
-	return e.result(true, strings.Join(moved, "; "))
+	return e.result(true, strings.Join(moved, ", ")+"; estimates: "+strings.Join(ests, ", "))
 }
 
 // decay moves the estimate toward its prior: the configured bandwidth,
