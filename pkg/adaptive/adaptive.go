@@ -254,9 +254,12 @@ func (e *Estimator) Update(s Sample) Update {
 		var why, kind string
 		toward := func(k string, target float64) {
 			kind = k
-			if l.kind == k {
+			switch {
+			case l.kind == k && l.est == 0:
+				l.est = target // the first measure of a link without a bandwidth
+			case l.kind == k:
 				l.est += e.p.Alpha * (target - l.est)
-			} else {
+			default:
 				why += " (a first window: evidence from the next one)"
 			}
 		}
@@ -264,8 +267,6 @@ func (e *Estimator) Update(s Sample) Update {
 		case !o.ok:
 			why = "no reading"
 			l.decay(e, decay)
-		case l.est == 0 && o.busy:
-			l.est, why = o.rate, "first busy window"
 		case o.rate > l.est && l.est > 0:
 			why = "carried more than estimated"
 			toward("faster", o.rate)

@@ -468,10 +468,16 @@ interface = "wan1"
 weight = "auto"
 bandwidth = "80Mbit"
 
+[uplink.health]
+targets = ["203.0.113.1"]
+
 [[uplink]]
 name = "dsl"
 interface = "ppp0"
 weight = "auto"
+
+[uplink.health]
+targets = ["203.0.113.2"]
 
 [[uplink]]
 name = "lte"

@@ -472,6 +472,9 @@ func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
 	if n, ok := p.get(t, "health"); ok {
 		u.Health = p.health(n)
 	}
+	if _, hasHealth := p.get(t, "health"); u.AutoWeight && !hasHealth {
+		p.errorf(src.weight, `weight = "auto" needs [uplink.health]: a saturated uplink is seen by its probes' round trip rising`)
+	}
 	if n, ok := p.get(t, "failback"); ok {
 		if s, ok := p.oneOf(n, string(FailbackKeep), string(FailbackMove)); ok && Failback(s) == FailbackMove {
 			u.Failback, src.failback = FailbackMove, n

@@ -13,11 +13,17 @@ interface = "wan1"
 weight = "auto"
 bandwidth = "100Mbit"
 
+[uplink.health]
+targets = ["203.0.113.1"]
+
 [[uplink]]
 name = "dsl"
 interface = "ppp0"
 weight = "auto"
 bandwidth = "50Mbit"
+
+[uplink.health]
+targets = ["203.0.113.2"]
 `
 
 // Adaptive weights, step by step: the start balances by the bandwidths'
