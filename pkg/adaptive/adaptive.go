@@ -199,6 +199,13 @@ func Prior(links []Link) map[string]int { return New(DefaultParams(), links).Wei
 // change; in between the sample is only kept as the window's end.
 func (e *Estimator) Update(s Sample) Update {
 	e.at = s.At
+	// The baseline is the least round trip seen, every sample: a daemon
+	// started just before a load has seen a second or two of idle ones.
+	for _, l := range e.links {
+		if r := s.Links[l.Name]; r.RTT > 0 && (l.baseRTT == 0 || r.RTT < l.baseRTT) {
+			l.baseRTT = r.RTT
+		}
+	}
 	if !e.opened {
 		e.opened, e.window = true, s.At
 		for _, l := range e.links {
@@ -233,10 +240,7 @@ func (e *Estimator) Update(s Sample) Update {
 			if o.busy && l.baseRTT > 0 && r.RTT >= l.baseRTT+max(e.p.RTTRise, l.baseRTT) {
 				o.rtt = fmt.Sprintf("round trip %v over a baseline of %v", r.RTT.Round(100*time.Microsecond), l.baseRTT.Round(10*time.Microsecond))
 			}
-			switch {
-			case l.baseRTT == 0 || r.RTT < l.baseRTT:
-				l.baseRTT = r.RTT
-			case !o.busy:
+			if !o.busy && r.RTT > l.baseRTT {
 				// Idle round trips creep the baseline up, slowly: a new
 				// route to the targets is followed within minutes (the
 				// gap halves in 44 windows, about 2 minutes).
