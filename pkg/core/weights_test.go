@@ -1,9 +1,12 @@
 package core
 
 import (
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wanpin/wanpin/pkg/inet"
 )
 
 const autoConfig = `
@@ -62,5 +65,48 @@ bandwidth = "100Mbit"`, "weight = 3", 1))
 	}
 	if r := res[1].State.Report(); r.Uplinks[1].Weight != 25 || !r.Uplinks[1].WeightAuto || r.Uplinks[1].Bandwidth != 50e6 {
 		t.Errorf("status after new weights: %+v", r.Uplinks[1])
+	}
+}
+
+// A random walk of carrier flaps, verdicts and new weights: a weight
+// change never flushes, moves or re-pins anything (no FlushMark,
+// FlushAddr, Failback, hooks), and the table's buckets always carry the
+// weights in force of the usable uplinks.
+func TestAutoWeightsRandomWalk(t *testing.T) {
+	cfg := mustConfig(t, autoConfig)
+	rng := rand.New(rand.NewPCG(5, 6))
+	wan := []Link{fibre(), noCarrier(fibre())}
+	pppLinks := []Link{ppp(7, "198.51.100.10", "198.51.100.9"), noCarrier(ppp(7, "198.51.100.10", "198.51.100.9"))}
+	s := Step(NewState(cfg), t0, Start{Links: links(fibre(), pppLinks[0])}).State
+	for i := range 2000 {
+		at := t0.Add(time.Duration(i+1) * time.Second)
+		var in Input
+		switch rng.IntN(3) {
+		case 0:
+			in = Observed{Links: links(wan[rng.IntN(2)], pppLinks[rng.IntN(2)]), Trigger: "netlink"}
+		case 1:
+			in = HealthVerdict{Key: Key{"dsl", inet.IPv4}, Verdict: Verdict{Healthy: rng.IntN(2) == 0, Reason: "r"}}
+		case 2:
+			in = AutoWeights{Weights: map[string]int{"fibre": 5 + rng.IntN(96), "dsl": 5 + rng.IntN(96)}, Reason: "walk"}
+		}
+		r := Step(s, at, in)
+		s = r.State
+		if _, ok := in.(AutoWeights); ok {
+			for _, e := range r.Effects {
+				switch e.(type) {
+				case FlushMark, FlushAddr, Failback, RunHooks:
+					t.Fatalf("step %d: new weights gave %v", i, e)
+				}
+			}
+		}
+		want := WithWeights(cfg, s.Weights)
+		for _, f := range inet.Families {
+			for _, b := range s.Desired.NFT.Default.For(f).Buckets {
+				u := want.Uplinks[uplinkIndex(cfg, b.Mark)]
+				if b.Weight != u.Weight {
+					t.Fatalf("step %d %T: %s %v bucket weight %d, in force %d", i, in, u.Name, f, b.Weight, u.Weight)
+				}
+			}
+		}
 	}
 }
