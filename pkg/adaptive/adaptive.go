@@ -22,8 +22,8 @@
 //
 // Evidence counts from its second window in a row, and moves an
 // estimate by Alpha of the gap per window (an exponentially weighted
-// moving average: one burst does not swing it),
-// never above the configured bandwidth. Weights are the estimates
+// moving average: one burst does not swing it), never above the
+// configured bandwidth. Weights are the estimates
 // scaled so that the fastest uplink of a tier has Scale, bounded below
 // by MinWeight (a slow link keeps enough connections to be measured),
 // and new weights are handed out only when one moves by a step: Step of
@@ -58,8 +58,8 @@ type Params struct {
 	Window time.Duration
 	// Alpha: how far one window's evidence moves an estimate (0..1).
 	Alpha float64
-	// BusyFloor (bit/s) and BusyFraction (of the estimate): below both a
-	// link is idle and its rate says nothing about its capacity.
+	// BusyFloor (bit/s) and BusyFraction (of the estimate): below either
+	// a link is idle and its rate says nothing about its capacity.
 	BusyFloor    float64
 	BusyFraction float64
 	// RTTRise: a round trip this much above the baseline (or twice the
