@@ -4,7 +4,9 @@
 // noisy. Run as root: go run ./internal/bench [-wanpin PATH] [-reps N];
 // go run ./internal/bench -only datapath [-cycles N] [-window D] for the
 // per-packet and per-connection figures (datapath.go); -only accounting
-// for the cost of each lookup of a forwarded packet (accounting.go).
+// for the cost of each lookup of a forwarded packet (accounting.go);
+// -only adaptive [-cycles N] for downloads with adaptive weights
+// (adaptive.go).
 package main
 
 import (
@@ -29,7 +31,7 @@ func main() {
 	reps := flag.Int("reps", 5, "iperf3 runs per configuration")
 	secs := flag.Int("seconds", 3, "length of one iperf3 run")
 	verbose = flag.Bool("v", false, "print details (the daemon's memory by kind)")
-	only := flag.String("only", "", `run one part alone: "throughput" (the forwarding ratios), "resources" (memory and idle CPU), "apply" (the Go benchmarks of applies and flushes), "datapath" (64-byte packets, new flows and connections per second; see -cycles and -window) or "accounting" (the cost of each lookup of a forwarded packet; -cycles rounds of -window per variant)`)
+	only := flag.String("only", "", `run one part alone: "throughput" (the forwarding ratios), "resources" (memory and idle CPU), "apply" (the Go benchmarks of applies and flushes), "datapath" (64-byte packets, new flows and connections per second; see -cycles and -window), "accounting" (the cost of each lookup of a forwarded packet; -cycles rounds of -window per variant) or "adaptive" (downloads with weight = "auto" against equal weights, ISPs shaped to 80 and 20 Mbit/s; -cycles)`)
 	cycles := flag.Int("cycles", 10, "datapath: cycles, each measuring every configuration once")
 	window := flag.Duration("window", 2*time.Second, "datapath: how long each figure is counted, per configuration and cycle")
 	flag.Parse()
@@ -48,8 +50,10 @@ func main() {
 		err = runDatapath(*bin, *cycles, *window)
 	case "accounting":
 		err = runAccounting(*bin, *cycles, *window)
+	case "adaptive":
+		err = runAdaptive(*bin, *cycles)
 	default:
-		err = fmt.Errorf("-only %q: want \"throughput\", \"resources\", \"apply\", \"datapath\" or \"accounting\"", *only)
+		err = fmt.Errorf("-only %q: want \"throughput\", \"resources\", \"apply\", \"datapath\", \"accounting\" or \"adaptive\"", *only)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)

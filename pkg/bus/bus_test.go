@@ -149,7 +149,8 @@ func TestFormatStatus(t *testing.T) {
 	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
 	a := netip.MustParseAddr
 	s := core.Status{Uplinks: []core.UplinkReport{
-		{Name: "dsl", Interface: "ppp0", State: "up", Weight: 2, Tier: 1, Pinned: 17,
+		{Name: "dsl", Interface: "ppp0", State: "up", Weight: 30, Tier: 1, Pinned: 17,
+			WeightAuto: true, Bandwidth: 100e6, Capacity: 24.61e6, Rate: 19.6e6, Evidence: "saturated: round trip 73.2ms over a baseline of 150µs",
 			IPv4: core.FamilyReport{State: "up", Since: now.Add(-192 * time.Second), Addresses: []netip.Addr{a("198.51.100.18")},
 				RTTms: 12.34, Loss: 0.05, Reason: "IPv4 198.51.100.18, point-to-point peer 198.51.100.17"},
 			IPv6: core.FamilyReport{State: "down", Since: now.Add(-5 * time.Second), Addresses: []netip.Addr{a("2001:db8:102::2")},
@@ -162,8 +163,9 @@ func TestFormatStatus(t *testing.T) {
 	}}
 	got := FormatStatus(s, now)
 	want := `UPLINK     IFACE    FAM  STATE SINCE      ADDRESS          GATEWAY          WEIGHT TIER PINNED      RTT  LOSS  REASON
-dsl        ppp0     v4   up    3m12s      198.51.100.18    -                     2    1     17   12.3ms    5%  IPv4 198.51.100.18, point-to-point peer 198.51.100.17
+dsl        ppp0     v4   up    3m12s      198.51.100.18    -                    30    1     17   12.3ms    5%  IPv4 198.51.100.18, point-to-point peer 198.51.100.17
                     v6   down  5s         2001:db8:102::2  fe80::1                                    -  100%  IPv6 health probes: 2 rounds lost
+           weight auto: 30, estimate 24.6 Mbit/s, bandwidth 100 Mbit/s; last window 19.6 Mbit/s: saturated: round trip 73.2ms over a baseline of 150µs
 lte        wwan0    v4   down  -          -                -                     1    2      0        -     -  interface wwan0 does not exist
            quota 31.2 GB of 30 GB used (104%), monthly since 2026-11-15 00:00, next reset 2026-12-15 00:00: USED UP: a last resort
 `

@@ -11,6 +11,7 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
+	"github.com/wanpin/wanpin/pkg/adaptive"
 	"github.com/wanpin/wanpin/pkg/core"
 	"github.com/wanpin/wanpin/pkg/policy"
 	"github.com/wanpin/wanpin/pkg/quota"
@@ -164,6 +165,22 @@ func explain(what string, err error) error {
 }
 
 // quotaLine is an uplink's quota in one line of the status table.
+// autoWeightLine says what a weight = "auto" uplink's weight follows.
+func autoWeightLine(u core.UplinkReport) string {
+	est := "not measured yet"
+	if u.Capacity > 0 {
+		est = "estimate " + adaptive.RateText(u.Capacity)
+	}
+	line := fmt.Sprintf("weight auto: %d, %s", u.Weight, est)
+	if u.Bandwidth > 0 {
+		line += ", bandwidth " + adaptive.RateText(float64(u.Bandwidth))
+	}
+	if u.Evidence != "" {
+		line += fmt.Sprintf("; last window %s: %s", adaptive.RateText(u.Rate), u.Evidence)
+	}
+	return line
+}
+
 func quotaLine(q core.QuotaReport, now time.Time) string {
 	at := func(t time.Time) string { return t.In(now.Location()).Format("2006-01-02 15:04") }
 	state := "available"
@@ -238,6 +255,9 @@ func FormatStatus(s core.Status, now time.Time) string {
 			fmt.Fprintf(&b, "%-10s %-8s %-4s %-5s %-10s %-16s %-16s %6s %4s %6s %8s %5s  %s\n",
 				name, iface, strings.TrimPrefix(f.name, "ip"), dash(f.f.State), since, dash(addr), dash(f.f.Gateway),
 				weight, tier, pinned, rtt, loss, f.f.Reason)
+		}
+		if u.WeightAuto {
+			fmt.Fprintf(&b, "%-10s %s\n", "", autoWeightLine(u))
 		}
 		if q := u.Quota; q != nil {
 			fmt.Fprintf(&b, "%-10s %s\n", "", quotaLine(*q, now))

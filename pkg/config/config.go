@@ -133,16 +133,21 @@ const (
 // Uplink is one [[uplink]] element.
 type Uplink struct {
 	Name, Interface string
-	Gateway4        netip.Addr    // `gateway`: invalid when not configured (learned at run time)
-	Gateway6        netip.Addr    // `gateway6`: likewise; may be link-local (fe80::1 on the uplink's interface)
-	Weight          int           // default 1, 1..1000: share of new connections within its tier
-	Tier            int           // default 1, 1..100: lower tiers carry traffic while any of their uplinks is up
-	DNS             []netip.Addr  // `dns`: the ISP's resolvers, besides those a DHCP or PPP hook reports
-	Table           int           // routing table id as configured; 0: chosen at run time (core.AssignTables)
-	Masquerade      bool          // default true: IPv4 leaving here is masqueraded
-	Nat6            Nat6Mode      // how LAN IPv6 traffic leaves here; default masquerade
-	Prefix6         netip.Prefix  // the IPv6 prefix the ISP routes to this router; needed by nat6 none and prefix
-	Health          *HealthConfig // nil: the link state alone says whether it is up
+	Gateway4        netip.Addr // `gateway`: invalid when not configured (learned at run time)
+	Gateway6        netip.Addr // `gateway6`: likewise; may be link-local (fe80::1 on the uplink's interface)
+	Weight          int        // default 1, 1..1000: share of new connections within its tier; 0 with AutoWeight
+	// AutoWeight (weight = "auto"): the weight follows what the uplink
+	// delivers (pkg/adaptive); Bandwidth (bit/s, 0: not configured) is
+	// where its estimate starts and its cap.
+	AutoWeight bool
+	Bandwidth  uint64
+	Tier       int           // default 1, 1..100: lower tiers carry traffic while any of their uplinks is up
+	DNS        []netip.Addr  // `dns`: the ISP's resolvers, besides those a DHCP or PPP hook reports
+	Table      int           // routing table id as configured; 0: chosen at run time (core.AssignTables)
+	Masquerade bool          // default true: IPv4 leaving here is masqueraded
+	Nat6       Nat6Mode      // how LAN IPv6 traffic leaves here; default masquerade
+	Prefix6    netip.Prefix  // the IPv6 prefix the ISP routes to this router; needed by nat6 none and prefix
+	Health     *HealthConfig // nil: the link state alone says whether it is up
 	// Failback: what happens to its connections when an uplink of a
 	// better tier comes back: kept ("" or keep, the default) or moved.
 	Failback Failback

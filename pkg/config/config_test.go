@@ -507,3 +507,43 @@ func TestMPTCPKeys(t *testing.T) {
 		}
 	}
 }
+
+// weight = "auto" with and without a bandwidth; fixed weights in
+// another tier are fine.
+func TestAutoWeight(t *testing.T) {
+	cfg, err := Parse("wanpin.toml", []byte(`
+[[uplink]]
+name = "fibre"
+interface = "wan1"
+weight = "auto"
+bandwidth = "80Mbit"
+
+[uplink.health]
+targets = ["203.0.113.1"]
+
+[[uplink]]
+name = "dsl"
+interface = "ppp0"
+weight = "auto"
+
+[uplink.health]
+targets = ["203.0.113.2"]
+
+[[uplink]]
+name = "lte"
+interface = "wwan0"
+tier = 2
+weight = 5
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := [][3]any{}
+	for _, u := range cfg.Uplinks {
+		got = append(got, [3]any{u.Weight, u.AutoWeight, u.Bandwidth})
+	}
+	want := [][3]any{{0, true, uint64(80e6)}, {0, true, uint64(0)}, {5, false, uint64(0)}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("weights, auto, bandwidths: %v, want %v", got, want)
+	}
+}

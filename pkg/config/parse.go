@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wanpin/wanpin/pkg/adaptive"
 	"github.com/wanpin/wanpin/pkg/dnslearn"
 	"github.com/wanpin/wanpin/pkg/ifname"
 	"github.com/wanpin/wanpin/pkg/inet"
@@ -293,7 +294,8 @@ var (
 	topKeys = []string{"mark_mask", "rule_priority", "router_traffic", "lan_prefix6", "allow_conflicts", "sticky", "sticky_by",
 		"domain_ttl_floor", "domain_nflog_group", "mptcp", "uplink", "policy"}
 	uplinkKeys = []string{"name", "interface", "gateway", "gateway6", "dns", "weight", "tier", "table",
-		"masquerade", "nat6", "prefix6", "health", "failback", "quota", "quota_period", "quota_reset_day", "quota_action", "mptcp"}
+		"masquerade", "nat6", "prefix6", "health", "failback", "quota", "quota_period", "quota_reset_day", "quota_action",
+		"bandwidth", "mptcp"}
 	policyKeys = []string{"name", "users", "groups", "services", "sources", "in_interfaces",
 		"destinations", "domains", "protocol", "ports", "source_ports", "uplinks", "fallback", "sticky", "sticky_by"}
 )
@@ -383,6 +385,7 @@ func (p *parser) config(tree map[string]any) *Config {
 		}
 	}
 	p.checkUplinks(cfg, uplinks)
+	p.checkAutoWeights(cfg, uplinks)
 	p.checkNat6(cfg, uplinks, lan6, lan6Set)
 	if markOK {
 		p.checkMarkRoom(cfg, mark, markSet, uplinks)
@@ -412,6 +415,8 @@ type uplinkSrc struct {
 	nat6, prefix6            node
 	nat6Set, prefix6Set      bool
 	mptcpOn                  *node // set when mptcp = true
+	weight                   node
+	weightSet                bool
 }
 
 func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
@@ -452,10 +457,12 @@ func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
 	if n, ok := p.get(t, "dns"); ok {
 		u.DNS = p.dnsServers(n)
 	}
-	if n, ok := p.get(t, "weight"); ok {
-		if v, ok := p.integer(n, 1, MaxWeight); ok {
-			u.Weight = int(v)
-		}
+	weightOK := true
+	if src.weight, src.weightSet = p.get(t, "weight"); src.weightSet {
+		u.Weight, u.AutoWeight, weightOK = p.weight(src.weight)
+	}
+	if n, ok := p.get(t, "bandwidth"); ok {
+		u.Bandwidth = p.bandwidth(n, u.AutoWeight || !weightOK)
 	}
 	if n, ok := p.get(t, "tier"); ok {
 		if v, ok := p.integer(n, 1, MaxTier); ok {
@@ -498,6 +505,9 @@ func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
 	if n, ok := p.get(t, "health"); ok {
 		u.Health = p.health(n)
 	}
+	if _, hasHealth := p.get(t, "health"); u.AutoWeight && !hasHealth {
+		p.errorf(src.weight, `weight = "auto" needs [uplink.health]: a saturated uplink is seen by its probes' round trip rising`)
+	}
 	if n, ok := p.get(t, "failback"); ok {
 		if s, ok := p.oneOf(n, string(FailbackKeep), string(FailbackMove)); ok && Failback(s) == FailbackMove {
 			u.Failback, src.failback = FailbackMove, n
@@ -506,6 +516,45 @@ func (p *parser) uplink(t *table) (Uplink, uplinkSrc) {
 	u.Quota = p.quota(t)
 	p.unknown(t, uplinkKeys)
 	return u, src
+}
+
+// weight reads `weight`: an integer 1..MaxWeight, or "auto" (the
+// weight follows what the uplink delivers: pkg/adaptive), which is
+// weight 0 with auto set. ok is false when it was refused.
+func (p *parser) weight(n node) (w int, auto, ok bool) {
+	switch v := n.v.(type) {
+	case string:
+		if v == "auto" {
+			return 0, true, true
+		}
+	case int64:
+		if w, ok := p.integer(n, 1, MaxWeight); ok {
+			return int(w), false, true
+		}
+		return 1, false, false
+	}
+	p.errorf(n, `weight must be an integer 1..%d or "auto", got %s`, MaxWeight, describe(n.v))
+	return 1, false, false
+}
+
+// bandwidth reads `bandwidth = "100Mbit"`, the uplink's rate in bit/s
+// for weight = "auto": where its estimate starts, and its cap. auto
+// says whether the weight is auto (or unreadable: its own error says so).
+func (p *parser) bandwidth(n node, auto bool) uint64 {
+	s, isStr := n.v.(string)
+	if !isStr {
+		p.errorf(n, `bandwidth must be a rate with a unit, e.g. "100Mbit" (units %s), got %s`, adaptive.UnitNames, describe(n.v))
+		return 0
+	}
+	v, err := adaptive.ParseBandwidth(s)
+	if !p.check(n, err) {
+		return 0
+	}
+	if !auto {
+		p.errorf(n, `bandwidth needs weight = "auto": it is where the adaptive weight starts and its cap`)
+		return 0
+	}
+	return v
 }
 
 // quota reads an uplink's quota keys: quota = "20GB" and, with it, its

@@ -114,6 +114,35 @@ func (p *parser) checkUplinks(cfg *Config, srcs []uplinkSrc) {
 	// tables can be seen (core.AssignTables).
 }
 
+// checkAutoWeights refuses a tier that mixes weight = "auto" with fixed
+// weights: auto weights are on a scale of their own (the fastest auto
+// uplink of a tier has 100), which a fixed weight cannot be compared to.
+func (p *parser) checkAutoWeights(cfg *Config, srcs []uplinkSrc) {
+	auto, fixed := map[int]int{}, map[int]int{} // tier -> first uplink
+	for i, u := range cfg.Uplinks {
+		m := fixed
+		if u.AutoWeight {
+			m = auto
+		}
+		if _, ok := m[u.Tier]; !ok {
+			m[u.Tier] = i
+		}
+	}
+	for i, u := range cfg.Uplinks {
+		first, mixed := fixed[u.Tier]
+		if !u.AutoWeight || !mixed {
+			continue
+		}
+		at := srcs[i].weight
+		fw := "its default weight 1"
+		if srcs[first].weightSet {
+			fw = fmt.Sprintf("weight %d at line %d", cfg.Uplinks[first].Weight, srcs[first].weight.line)
+		}
+		p.errorf(at, `weight = "auto" in tier %d, where %s has %s: give every uplink of a tier weight = "auto", or none`,
+			u.Tier, srcs[first].elem.key, fw)
+	}
+}
+
 // ReservedTable: the kernel's default (253), main (254) and local (255)
 // tables, and 0, which means "unspecified" to netlink.
 func ReservedTable(id int) bool { return id == 0 || id >= 253 && id <= 255 }

@@ -58,6 +58,9 @@ type Facts struct {
 	// Tables: the routing tables chosen (AssignTables); when empty, they
 	// are chosen as if the kernel held no other program's tables.
 	Tables Tables
+	// Weights: the adaptive weights of weight = "auto" uplinks; those
+	// missing have their prior (AutoPrior).
+	Weights map[string]int
 }
 
 // Exec pins one cgroup's new connections to one uplink.
@@ -69,7 +72,7 @@ type Exec struct {
 
 // Build computes the desired state. It is pure: same input, same output.
 func Build(in Facts) desired.State {
-	cfg := in.Config
+	cfg := WithWeights(in.Config, in.Weights)
 	tables := in.Tables
 	if tables.Uplinks == nil {
 		tables, _, _ = AssignTables(cfg, TableUse{}, Tables{})

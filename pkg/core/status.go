@@ -75,11 +75,21 @@ type UplinkReport struct {
 	Addresses []netip.Addr `json:"addresses,omitempty"` // all of them
 	Gateway   string       `json:"gateway"`             // IPv4 gateway, "" if none or point-to-point
 	Gateway6  string       `json:"gateway6,omitempty"`
-	Weight    int          `json:"weight"`
-	Tier      int          `json:"tier"`
-	Mark      Mark         `json:"mark"`
-	Pinned    int          `json:"pinned"` // conntrack entries pinned to it
-	MPTCP     *MPTCPReport `json:"mptcp,omitempty"`
+	Weight    int          `json:"weight"` // in force: with weight_auto, the adaptive one
+	// WeightAuto (weight = "auto"): the weight follows what the uplink
+	// delivers; Bandwidth is the configured bit/s (0: none), Capacity the
+	// estimate (bit/s, 0: not known yet), Rate what it carried in the
+	// last window (bit/s, the busier direction) and Evidence what that
+	// window said.
+	WeightAuto bool         `json:"weight_auto,omitempty"`
+	Bandwidth  uint64       `json:"bandwidth_bps,omitempty"`
+	Capacity   float64      `json:"capacity_bps,omitempty"`
+	Rate       float64      `json:"rate_bps,omitempty"`
+	Evidence   string       `json:"capacity_evidence,omitempty"`
+	Tier       int          `json:"tier"`
+	Mark       Mark         `json:"mark"`
+	Pinned     int          `json:"pinned"` // conntrack entries pinned to it
+	MPTCP      *MPTCPReport `json:"mptcp,omitempty"`
 	// Sticky: sources a sticky balancer remembers for it.
 	Sticky int `json:"sticky,omitempty"`
 	// The uplink's own probe figures: its IPv4 probes', else its IPv6 ones'.
@@ -152,9 +162,10 @@ type Seconds float64
 // Report is the state's part of the status, uplinks in file order.
 func (s State) Report() Status {
 	st := Status{Config: s.Config.Path, Conflicts: s.Conflicts}
+	weighted := WithWeights(s.Config, s.Weights)
 	for i, u := range s.Config.Uplinks {
-		ur := UplinkReport{Name: u.Name, Interface: u.Interface, State: "down", Weight: u.Weight, Tier: u.Tier,
-			Mark: Mark(s.Config.UplinkMark(i)), Loss: -1}
+		ur := UplinkReport{Name: u.Name, Interface: u.Interface, State: "down", Weight: weighted.Uplinks[i].Weight, Tier: u.Tier,
+			WeightAuto: u.AutoWeight, Bandwidth: u.Bandwidth, Mark: Mark(s.Config.UplinkMark(i)), Loss: -1}
 		ur.IPv4.Loss, ur.IPv6.Loss = -1, -1
 		ur.Quota = s.quotaReport(u)
 		if us, ok := s.Uplinks[u.Name]; ok {

@@ -87,6 +87,10 @@ type State struct {
 	Quotas     map[string]QuotaState
 	QuotaSaved time.Time
 	QuotaDirty bool
+	// Weights: the adaptive weights in force of the weight = "auto"
+	// uplinks (pkg/adaptive, from the AutoWeights inputs); an auto uplink
+	// missing here has its prior (AutoPrior).
+	Weights map[string]int
 	// Desired is the latest computed kernel state; Applied what the kernel
 	// holds as far as the machine knows (nil: unknown, apply all of it).
 	Desired desired.State
@@ -113,6 +117,7 @@ func (s State) clone() State {
 	s.Leases = maps.Clone(s.Leases)
 	s.Uplinks = maps.Clone(s.Uplinks)
 	s.Quotas = maps.Clone(s.Quotas)
+	s.Weights = maps.Clone(s.Weights)
 	return s
 }
 
@@ -136,6 +141,13 @@ type (
 	// uplink whose interface does not exist is missing).
 	TrafficReading struct {
 		Bytes map[string]uint64
+	}
+	// AutoWeights: the estimator (pkg/adaptive) moved the weights of the
+	// weight = "auto" uplinks by a step or more, for Reason. Only new
+	// connections' shares change: nothing is re-pinned.
+	AutoWeights struct {
+		Weights map[string]int
+		Reason  string
 	}
 	// QuotaCommand: `wanpin quota reset UPLINK` (Reset: the count starts
 	// from zero) or `wanpin quota set UPLINK SIZE` (Limit, until the
@@ -218,6 +230,7 @@ type (
 func (Start) input()          {}
 func (Observed) input()       {}
 func (TrafficReading) input() {}
+func (AutoWeights) input()    {}
 func (QuotaCommand) input()   {}
 func (Neighbours) input()     {}
 func (HealthVerdict) input()  {}
@@ -305,6 +318,8 @@ func Step(prev State, at time.Time, in Input) Result {
 		s.noteConflicts(r, in.Findings)
 	case TrafficReading:
 		s.countTraffic(r, at, in.Bytes)
+	case AutoWeights:
+		s.autoWeights(r, at, in)
 	case QuotaCommand:
 		s.quotaCommand(r, at, in)
 	case HealthVerdict:
@@ -365,6 +380,7 @@ func Step(prev State, at time.Time, in Input) Result {
 		r.add(Notify{State: "RELOADING=1"})
 		logCgroups(r, s.Cgroups, in.Cgroups)
 		s.Config, s.Cgroups, s.Tables = in.Config, in.Cgroups, in.Tables
+		s.pruneWeights()
 		// Probes follow the new configuration; verdicts of uplinks whose
 		// probing did not change are kept.
 		s.syncProbes(r)
@@ -696,7 +712,7 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 			delete(s.Uplinks, name)
 		}
 	}
-	want := Build(Facts{Config: cfg, Uplinks: states, Cgroups: s.Cgroups, Execs: s.execList(), Tables: s.Tables})
+	want := Build(Facts{Config: cfg, Uplinks: states, Cgroups: s.Cgroups, Execs: s.execList(), Tables: s.Tables, Weights: s.Weights})
 	s.Desired = want
 	var applies []Effect
 	if s.Applied == nil || !reflect.DeepEqual(s.Applied.Routing, want.Routing) {

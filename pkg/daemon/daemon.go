@@ -18,6 +18,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"github.com/wanpin/wanpin/pkg/adaptive"
 	"github.com/wanpin/wanpin/pkg/cgroups"
 	"github.com/wanpin/wanpin/pkg/config"
 	"github.com/wanpin/wanpin/pkg/core"
@@ -117,6 +118,8 @@ type Daemon struct {
 	loosened    map[string]string // interface -> the rp_filter it had before wanpin loosened it
 	meter       trafficMeter
 	traffic     map[string]core.Traffic // by uplink, from its interface's counters, refreshed on the loop
+	adapt       *adaptive.Estimator     // the weight = "auto" uplinks' estimates, fed from the counters
+	estimates   map[string]adaptive.Estimate
 	applies     uint64
 	applyErrors uint64
 
@@ -169,7 +172,8 @@ func New(opts Options) (*Daemon, error) {
 		requests: make(chan func()), stopped: make(chan struct{}),
 		hooks: newHookRunner(opts.HooksDir, opts.Log), notify: newNotifier(),
 		monitors: map[core.Key]*health.Monitor{}, verdicts: make(chan health.Event, 64),
-		flushed: map[string]uint64{}, failedBack: map[string]uint64{}, loosened: map[string]string{}, traffic: map[string]core.Traffic{}}
+		flushed: map[string]uint64{}, failedBack: map[string]uint64{}, loosened: map[string]string{}, traffic: map[string]core.Traffic{},
+		adapt: adaptive.New(adaptive.DefaultParams(), core.AutoLinks(cfg))}
 	// The daemon manages the network namespace it runs in (the lab starts
 	// it inside the router's namespace).
 	var nftOpts []rules.Option
@@ -366,6 +370,7 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 			d.countMPTCP()
 			d.refreshTraffic()
 			d.countQuotas()
+			d.adaptWeights()
 			d.publish()
 		case <-d.retry.C:
 			links, err := d.snapshot()
@@ -462,6 +467,9 @@ func (d *Daemon) reload(l loaded) error {
 	}
 	err = d.step(core.Reload{Config: cfg, Cgroups: d.resolveServices(cfg), Tables: tables})
 	d.cfgNow.Store(d.state.Config)
+	if err == nil {
+		d.reloadWeights()
+	}
 	return err
 }
 

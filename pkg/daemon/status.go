@@ -309,6 +309,9 @@ func (d *Daemon) publish() {
 		u.Flushed = d.flushed[u.Name]
 		u.FailbackMoved = d.failedBack[u.Name]
 		u.Traffic = d.traffic[u.Name]
+		if e, ok := d.estimates[u.Name]; ok && u.WeightAuto {
+			u.Capacity, u.Rate, u.Evidence = e.Capacity, e.Rate, e.Evidence
+		}
 	}
 	s.Applies, s.ApplyErrors = d.applies, d.applyErrors
 	d.mptcpReport(&s)

@@ -63,6 +63,15 @@ func Write(w io.Writer, s core.Status) {
 		gauge("wanpin_uplink_up", l, b2f(u.State == "up"))
 		counter("wanpin_uplink_transitions_total", l, float64(u.Transitions))
 		gauge("wanpin_uplink_pinned_connections", l, float64(u.Pinned))
+		gauge("wanpin_uplink_weight", l, float64(u.Weight))
+		if u.WeightAuto {
+			if u.Capacity > 0 {
+				gauge("wanpin_uplink_capacity_estimate_bits_per_second", l, u.Capacity)
+			}
+			if u.Bandwidth > 0 {
+				gauge("wanpin_uplink_bandwidth_bits_per_second", l, float64(u.Bandwidth))
+			}
+		}
 		counter("wanpin_uplink_conntrack_flushed_total", l, float64(u.Flushed))
 		counter("wanpin_uplink_failback_moved_total", l, float64(u.FailbackMoved))
 		counter("wanpin_uplink_bytes_total", `direction="in",`+l, float64(u.Traffic.InBytes))

@@ -27,12 +27,13 @@ import (
 func TestWrite(t *testing.T) {
 	s := core.Status{Applies: 7, ApplyErrors: 1, Uplinks: []core.UplinkReport{{
 		Name: "dsl", Interface: `pp\p0`, State: "up", Transitions: 3, Pinned: 12, Flushed: 40,
+		Weight: 25, WeightAuto: true, Capacity: 19.5e6, Bandwidth: 100e6,
 		Traffic: core.Traffic{InBytes: 1000, OutBytes: 200, InPackets: 10, OutPackets: 4},
 		IPv4:    core.FamilyReport{State: "up", RTTms: 12.5, Loss: 0.1},
 		IPv6:    core.FamilyReport{State: "down", Loss: -1},
 		Quota:   &core.QuotaReport{Limit: 10e6, Used: 10_500_000, Exhausted: true, NextReset: time.Unix(1796083200, 0)},
 		MPTCP:   &core.MPTCPReport{Endpoints: 2, Subflows: 3},
-	}, {Name: "fibre", Interface: "wan1", IPv4: core.FamilyReport{Loss: -1}, IPv6: core.FamilyReport{Loss: -1}}},
+	}, {Name: "fibre", Interface: "wan1", Weight: 3, IPv4: core.FamilyReport{Loss: -1}, IPv6: core.FamilyReport{Loss: -1}}},
 		MPTCPConnections: 4,
 		Domains:          &core.DomainsReport{Learning: true, Held: 9, Reinjected: 8, ReinjectErrors: 1, Added: 12, AddErrors: 2}}
 	var b bytes.Buffer
@@ -55,6 +56,10 @@ func TestWrite(t *testing.T) {
 		`wanpin_uplink_quota_used_bytes{interface="pp\\p0",uplink="dsl"} 10500000` + "\n",
 		`wanpin_uplink_quota_exhausted{interface="pp\\p0",uplink="dsl"} 1` + "\n",
 		`wanpin_uplink_quota_next_reset_timestamp_seconds{interface="pp\\p0",uplink="dsl"} 1796083200` + "\n",
+		`wanpin_uplink_weight{interface="pp\\p0",uplink="dsl"} 25` + "\n",
+		`wanpin_uplink_weight{interface="wan1",uplink="fibre"} 3` + "\n",
+		`wanpin_uplink_capacity_estimate_bits_per_second{interface="pp\\p0",uplink="dsl"} 19500000` + "\n",
+		`wanpin_uplink_bandwidth_bits_per_second{interface="pp\\p0",uplink="dsl"} 100000000` + "\n",
 		"wanpin_applies_total 7\n", "wanpin_apply_errors_total 1\n",
 		`wanpin_uplink_mptcp_subflows{interface="pp\\p0",uplink="dsl"} 3` + "\n", "wanpin_mptcp_connections 4\n",
 		"wanpin_dns_learning 1\n", `wanpin_dns_answers_total{outcome="held"} 9` + "\n",
@@ -64,6 +69,10 @@ func TestWrite(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in:\n%s", want, out)
 		}
+	}
+	// A fixed weight: no estimate.
+	if strings.Contains(out, `wanpin_uplink_capacity_estimate_bits_per_second{interface="wan1"`) {
+		t.Errorf("fibre has a fixed weight but an estimate:\n%s", out)
 	}
 	// No quota: no quota series.
 	if strings.Contains(out, `wanpin_uplink_quota_bytes{interface="wan1"`) {
