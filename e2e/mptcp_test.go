@@ -86,9 +86,19 @@ type download struct {
 
 func startDownload(t *testing.T, l *netlab.Lab, ns, dst string, mptcp bool) *download {
 	t.Helper()
+	return startDownloadFrom(t, l, ns, "", dst, mptcp)
+}
+
+// startDownloadFrom is startDownload from the source address src ("":
+// the kernel's choice).
+func startDownloadFrom(t *testing.T, l *netlab.Lab, ns, src, dst string, mptcp bool) *download {
+	t.Helper()
 	var conn net.Conn
 	inNetNS(t, ns, func() (err error) {
 		d := net.Dialer{Timeout: 5 * time.Second}
+		if src != "" {
+			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+		}
 		d.SetMultipathTCP(mptcp)
 		conn, err = d.Dial("tcp", net.JoinHostPort(dst, strconv.Itoa(mptcpPort)))
 		return err
@@ -142,13 +152,37 @@ func (d *download) more(t *testing.T, n int64, what string) {
 // rate downloads for a while and returns Mbit/s.
 func rate(t *testing.T, l *netlab.Lab, mptcp bool, n int64) float64 {
 	t.Helper()
-	d := startDownload(t, l, l.Router, netlab.ServerAddr4, mptcp)
+	return rateFrom(t, l, l.Router, "", netlab.ServerAddr4, mptcp, n)
+}
+
+func rateFrom(t *testing.T, l *netlab.Lab, ns, src, dst string, mptcp bool, n int64) float64 {
+	t.Helper()
+	d := startDownloadFrom(t, l, ns, src, dst, mptcp)
 	d.more(t, 512<<10, "warm-up") // slow start, and the second subflow's join
 	start, from := time.Now(), d.bytes.Load()
 	d.more(t, n, "measured download")
 	mbit := float64(d.bytes.Load()-from) * 8 / time.Since(start).Seconds() / 1e6
 	d.abort()
 	return mbit
+}
+
+// sideBySide measures MPTCP and plain TCP downloads in turn (the order
+// swapped every cycle) and returns the median ratio.
+func sideBySide(t *testing.T, l *netlab.Lab, ns, src, dst string) float64 {
+	t.Helper()
+	var ratios []float64
+	for c := range 4 {
+		var mp, plain float64
+		if c%2 == 0 {
+			mp, plain = rateFrom(t, l, ns, src, dst, true, 8<<20), rateFrom(t, l, ns, src, dst, false, 4<<20)
+		} else {
+			plain, mp = rateFrom(t, l, ns, src, dst, false, 4<<20), rateFrom(t, l, ns, src, dst, true, 8<<20)
+		}
+		t.Logf("cycle %d: MPTCP %.1f Mbit/s, plain TCP %.1f Mbit/s", c+1, mp, plain)
+		ratios = append(ratios, mp/plain)
+	}
+	slices.Sort(ratios)
+	return (ratios[1] + ratios[2]) / 2
 }
 
 // rxBytes reads dev's received bytes in the router (from /proc/net/dev,
@@ -213,19 +247,7 @@ func TestMPTCP(t *testing.T) {
 	}
 
 	// Side by side, interleaved, the order swapped every cycle.
-	var ratios []float64
-	for c := range 4 {
-		var mp, plain float64
-		if c%2 == 0 {
-			mp, plain = rate(t, l, true, 8<<20), rate(t, l, false, 4<<20)
-		} else {
-			plain, mp = rate(t, l, false, 4<<20), rate(t, l, true, 8<<20)
-		}
-		t.Logf("cycle %d: MPTCP %.1f Mbit/s, plain TCP %.1f Mbit/s", c+1, mp, plain)
-		ratios = append(ratios, mp/plain)
-	}
-	slices.Sort(ratios)
-	median := (ratios[1] + ratios[2]) / 2
+	median := sideBySide(t, l, l.Router, "", netlab.ServerAddr4)
 	t.Logf("MPTCP / plain TCP, median of 4 cycles: %.2f (two uplinks of 40 Mbit/s)", median)
 	if median < 1.3 {
 		t.Errorf("MPTCP got %.2f times plain TCP's rate, want well above one uplink's (1.3 at least)", median)
@@ -280,5 +302,31 @@ func TestMPTCP(t *testing.T) {
 	d.stop(unix.SIGTERM)
 	if out := run(t, l, l.Router, "ip", "mptcp", "endpoint", "show"); strings.TrimSpace(out) != "" {
 		t.Errorf("endpoints after stop:\n%s", out)
+	}
+}
+
+// TestMPTCPLANHost6: a LAN host with an address in each uplink's IPv6
+// prefix (nat6 = "none") and an MPTCP endpoint for its second one: its
+// download from the server has a subflow from each address, each routed
+// by its source prefix through its own uplink (shaped to 40 Mbit/s), so
+// it gets the two uplinks' rate; the router's MPTCP endpoints play no
+// part, its routing does.
+func TestMPTCPLANHost6(t *testing.T) {
+	l := newLab(t, 2)
+	if err := l.AddLANPrefixes(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 2; i++ {
+		run(t, l, l.ISP(i), "tc", "qdisc", "add", "dev", "cust", "root", "tbf", "rate", "40mbit", "burst", "32kb", "latency", "20ms")
+	}
+	serveZeros(t, l)
+	startWanpin(t, l, "mptcp = true\n"+dualConfig("none", 1, 1))
+	// The LAN host's own path manager: a subflow from its second address.
+	run(t, l, l.LAN, "ip", "mptcp", "limits", "set", "subflows", "2")
+	run(t, l, l.LAN, "ip", "mptcp", "endpoint", "add", netlab.LANHostIn6(2), "dev", "eth0", "subflow")
+	median := sideBySide(t, l, l.LAN, netlab.LANHostIn6(1), netlab.ServerAddr6)
+	t.Logf("a LAN host's MPTCP / plain TCP over IPv6, median of 4 cycles: %.2f (two uplinks of 40 Mbit/s)", median)
+	if median < 1.3 {
+		t.Errorf("the LAN host's MPTCP got %.2f times plain TCP's rate, want 1.3 at least", median)
 	}
 }
