@@ -240,9 +240,13 @@ func TestMPTCP(t *testing.T) {
 		run(t, l, l.ISP(i), "tc", "qdisc", "add", "dev", "cust", "root", "tbf", "rate", "40mbit", "burst", "32kb", "latency", "20ms")
 	}
 	serveZeros(t, l)
+	// An admin's endpoint with an ID in wanpin's block (200..255): the
+	// kernel keeps no owner, wanpin's record of what it added does.
+	run(t, l, l.Router, "ip", "mptcp", "endpoint", "add", netlab.LANRouter4, "id", "250", "signal")
 	d := startWanpin(t, l, mptcpWanpin)
 	d.waitFor("mptcp endpoints", 1, 5*time.Second)
-	if out := run(t, l, l.Router, "ip", "mptcp", "endpoint", "show"); !strings.Contains(out, netlab.UplinkAddr4(1)) || !strings.Contains(out, netlab.UplinkAddr4(2)) {
+	if out := run(t, l, l.Router, "ip", "mptcp", "endpoint", "show"); !strings.Contains(out, netlab.UplinkAddr4(1)) || !strings.Contains(out, netlab.UplinkAddr4(2)) ||
+		!strings.Contains(out, netlab.LANRouter4+" id 250 signal") {
 		t.Fatalf("endpoints:\n%s", out)
 	}
 
@@ -300,8 +304,8 @@ func TestMPTCP(t *testing.T) {
 
 	// A clean stop removes wanpin's endpoints.
 	d.stop(unix.SIGTERM)
-	if out := run(t, l, l.Router, "ip", "mptcp", "endpoint", "show"); strings.TrimSpace(out) != "" {
-		t.Errorf("endpoints after stop:\n%s", out)
+	if out := strings.TrimSpace(run(t, l, l.Router, "ip", "mptcp", "endpoint", "show")); out != netlab.LANRouter4+" id 250 signal" {
+		t.Errorf("endpoints after stop: %q, want only the admin's", out)
 	}
 }
 

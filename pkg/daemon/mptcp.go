@@ -1,11 +1,14 @@
 package daemon
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/wanpin/wanpin/pkg/core"
@@ -26,6 +29,81 @@ type mptcpState struct {
 	counts  mptcp.Counts
 	counted time.Time
 	warned  bool // net.mptcp.enabled = 0 was reported
+	// record: the endpoints wanpin added (ID -> address), kept in the
+	// runtime directory so that a restart after a crash knows them. The
+	// kernel keeps no owner: an id-less `ip mptcp endpoint add` can land
+	// in a hole of wanpin's ID block, and only this record tells it
+	// apart.
+	record     map[uint8]netip.Addr
+	recordPath string
+}
+
+// mptcpRecordPath is the record's file, one per network namespace (a
+// daemon runs per namespace, and /run is shared).
+func (d *Daemon) mptcpRecordPath() string {
+	name := "mptcp-endpoints.json"
+	var st syscall.Stat_t
+	if err := syscall.Stat("/proc/self/ns/net", &st); err == nil {
+		name = fmt.Sprintf("mptcp-endpoints-%d.json", st.Ino)
+	}
+	return filepath.Join(d.opts.RuntimeDir, name)
+}
+
+func (m *mptcpState) loadRecord(path string) {
+	m.recordPath, m.record = path, map[uint8]netip.Addr{}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	var r map[uint8]netip.Addr
+	if json.Unmarshal(b, &r) == nil {
+		m.record = r
+	}
+}
+
+// note updates the record with what a Sync did and saves it (written
+// to a temporary file and renamed: never half a record).
+func (m *mptcpState) note(ops []mptcp.Op) error {
+	if len(ops) == 0 {
+		return nil
+	}
+	for _, op := range ops {
+		switch op.Kind {
+		case mptcp.OpAdd:
+			m.record[op.Endpoint.ID] = op.Endpoint.Addr.Unmap()
+		case mptcp.OpDelete:
+			delete(m.record, op.Endpoint.ID)
+		}
+	}
+	if len(m.record) == 0 {
+		if err := os.Remove(m.recordPath); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+		return nil
+	}
+	b, _ := json.Marshal(m.record)
+	if err := os.MkdirAll(filepath.Dir(m.recordPath), 0o755); err != nil {
+		return err
+	}
+	tmp := m.recordPath + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, m.recordPath)
+}
+
+func (m *mptcpState) owned(e mptcp.Endpoint) bool {
+	a, ok := m.record[e.ID]
+	return ok && a == e.Addr.Unmap()
+}
+
+// sync is SyncOwned with the record, which it keeps.
+func (m *mptcpState) sync(want []mptcp.Endpoint) (mptcp.Changes, error) {
+	ch, err := mptcp.SyncOwned(m.client, want, m.owned)
+	if rerr := m.note(ch.Applied); rerr != nil && err == nil {
+		err = fmt.Errorf("recording MPTCP endpoints in %s: %w", m.recordPath, rerr)
+	}
+	return ch, err
 }
 
 // applyMPTCP brings wanpin's endpoints to e. A failure is logged, not an
@@ -39,6 +117,9 @@ func (d *Daemon) applyMPTCP(e core.ApplyMPTCP) {
 			return
 		}
 		m.client = c
+		if m.record == nil {
+			m.loadRecord(d.mptcpRecordPath())
+		}
 	}
 	if e.MPTCP.Enabled && !m.warned {
 		if b, err := os.ReadFile(filepath.Join(d.opts.ProcSys, "net/mptcp/enabled")); err == nil && strings.TrimSpace(string(b)) == "0" {
@@ -59,7 +140,7 @@ func (d *Daemon) applyMPTCP(e core.ApplyMPTCP) {
 		}
 		want = append(want, mptcp.Endpoint{Addr: ep.Addr, Ifindex: ifi.Index, Flags: f})
 	}
-	ch, err := mptcp.Sync(m.client, want)
+	ch, err := m.sync(want)
 	if len(ch.Applied) > 0 {
 		var ops []string
 		for _, op := range ch.Applied {
@@ -94,7 +175,7 @@ func (d *Daemon) removeMPTCP() error {
 		return nil
 	}
 	defer func() { m.client.Close(); m.client = nil }()
-	if _, err := mptcp.Sync(m.client, nil); err != nil {
+	if _, err := m.sync(nil); err != nil {
 		return fmt.Errorf("removing MPTCP endpoints: %w", err)
 	}
 	return nil

@@ -19,8 +19,9 @@ import (
 // the next such add gets 201. With wanpin holding 255, the search wraps
 // straight to the low IDs. The one gap left: a hole in the block (an
 // uplink's endpoint deleted) above the kernel's cursor can still be taken
-// by such an add; Plan then sees an endpoint with an ID in the block, and
-// since IDs are all it has, treats it as wanpin's own.
+// by such an add; Compute then sees an endpoint with an ID in the block,
+// and since IDs are all it has, treats it as wanpin's own. ComputeOwned
+// (SyncOwned) closes it with the caller's record of what it added.
 const (
 	FirstID = 200
 	LastID  = maxID
@@ -75,13 +76,23 @@ type Plan struct {
 // endpoint deleted and added again under its ID, then flag changes, then
 // new endpoints from the highest ID down (so that 255 is taken first).
 func Compute(current, want []Endpoint) (Plan, error) {
+	return ComputeOwned(current, want, func(e Endpoint) bool { return Owned(e.ID) })
+}
+
+// ComputeOwned is Compute for a caller that knows better than the ID
+// block which endpoints are its own: owned is asked about every endpoint
+// in the block (one outside it is never wanpin's), so that an endpoint an
+// id-less `ip mptcp endpoint add` put into a hole of the block is left
+// alone as somebody else's.
+func ComputeOwned(current, want []Endpoint, owned func(Endpoint) bool) (Plan, error) {
+	mine := func(e Endpoint) bool { return Owned(e.ID) && owned(e) }
 	var p Plan
 	used := map[uint8]bool{}
 	foreign := map[netip.Addr]Endpoint{}
 	own := map[netip.Addr]Endpoint{}
 	for _, e := range current {
 		used[e.ID] = true
-		if Owned(e.ID) {
+		if mine(e) {
 			own[e.Addr.Unmap()] = e
 		} else {
 			foreign[e.Addr.Unmap()] = e
@@ -120,7 +131,7 @@ func Compute(current, want []Endpoint) (Plan, error) {
 		}
 	}
 	for _, e := range current {
-		if Owned(e.ID) && !wanted[e.Addr.Unmap()] {
+		if mine(e) && !wanted[e.Addr.Unmap()] {
 			p.Ops = append(p.Ops, Op{OpDelete, e})
 			used[e.ID] = false
 		}

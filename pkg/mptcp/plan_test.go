@@ -238,3 +238,27 @@ func TestSyncSetFlagsFallback(t *testing.T) {
 		t.Errorf("kernel has %v", k.eps)
 	}
 }
+
+// With a record of what wanpin added, an endpoint another program put
+// into a hole of the block (an id-less add) is somebody else's: kept,
+// its ID skipped, its address left to it.
+func TestComputeOwned(t *testing.T) {
+	cur := []Endpoint{ep(255, "192.0.2.1", 3, Subflow), ep(254, "192.0.2.50", 0, Signal), ep(253, "192.0.2.2", 0, Signal)}
+	mine := func(e Endpoint) bool { return e.ID == 255 }
+	p, err := ComputeOwned(cur, []Endpoint{ep(0, "192.0.2.1", 3, Subflow), ep(0, "192.0.2.2", 4, Subflow), ep(0, "192.0.2.3", 4, Subflow)}, mine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := opsText(p.Ops); got != "add 192.0.2.3 id 252 subflow ifindex 4" {
+		t.Errorf("ops:\n%s", got)
+	}
+	if len(p.Foreign) != 1 || p.Foreign[0].ID != 253 {
+		t.Errorf("foreign %v, want the other program's 192.0.2.2", p.Foreign)
+	}
+	// Without the record, the ID block alone: both would be taken for
+	// wanpin's and changed.
+	p, _ = Compute(cur, []Endpoint{ep(0, "192.0.2.1", 3, Subflow)})
+	if got := opsText(p.Ops); !strings.Contains(got, "delete 192.0.2.50 id 254") {
+		t.Errorf("ID block only:\n%s", got)
+	}
+}

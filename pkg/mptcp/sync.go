@@ -26,11 +26,17 @@ type Changes struct {
 // second Sync with the same want writes nothing. On an error it stops and
 // returns the writes made so far.
 func Sync(k Kernel, want []Endpoint) (Changes, error) {
+	return SyncOwned(k, want, func(e Endpoint) bool { return Owned(e.ID) })
+}
+
+// SyncOwned is Sync with ComputeOwned's owned: only the endpoints of the
+// block that owned accepts are wanpin's.
+func SyncOwned(k Kernel, want []Endpoint, owned func(Endpoint) bool) (Changes, error) {
 	cur, err := k.Endpoints()
 	if err != nil {
 		return Changes{}, fmt.Errorf("syncing MPTCP endpoints: %w", err)
 	}
-	p, err := Compute(cur, want)
+	p, err := ComputeOwned(cur, want, owned)
 	if err != nil {
 		return Changes{}, fmt.Errorf("syncing MPTCP endpoints: %w", err)
 	}
