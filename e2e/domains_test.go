@@ -21,6 +21,7 @@ import (
 //	tv.elsewhere.example  CNAME edge.stream.example, A 203.0.113.230
 //	ttl.stream.example    A 203.0.113.232, TTL 5 s
 //	plain.other.example   A 203.0.113.233 (no policy's)
+//	r<i>.stream.example   A 203.0.113.(233+i), i = 1..10    (the router's own, through its forwarder)
 //
 // Every address is the server's (203.0.113.128/25 and 2001:db8:ff::1:0/112
 // are local there; the ISPs route the /25 to it), so each fresh name is a
@@ -69,6 +70,9 @@ func domainLab(t *testing.T, l *netlab.Lab) {
 		fmt.Fprintf(&conf, "host-record=d%d.stream.example,203.0.113.%d\n", i, 127+i)
 		fmt.Fprintf(&conf, "host-record=f%d.stream.example,2001:db8:ff::1:%x\n", i, i)
 	}
+	for i := 1; i <= 10; i++ {
+		fmt.Fprintf(&conf, "host-record=r%d.stream.example,203.0.113.%d\n", i, 233+i)
+	}
 	conf.WriteString(`host-record=edge.stream.example,203.0.113.230
 host-record=cdn.elsewhere.example,203.0.113.231
 cname=tv.elsewhere.example,edge.stream.example
@@ -97,12 +101,18 @@ host-record=plain.other.example,203.0.113.233
 // host; it returns, per ISP, how many the server saw arrive through it.
 func firstConnections(t *testing.T, l *netlab.Lab, server, qtype string, names []string) map[int]int {
 	t.Helper()
+	return firstConnectionsFrom(t, l, l.LAN, server, qtype, names)
+}
+
+// firstConnectionsFrom is firstConnections from namespace ns.
+func firstConnectionsFrom(t *testing.T, l *netlab.Lab, ns, server, qtype string, names []string) map[int]int {
+	t.Helper()
 	script := fmt.Sprintf(`for n in %s; do
   a=$(dig +time=2 +tries=1 +short @%s "$n" %s | grep -v '\.$' | head -1)
   case "$a" in *:*) u="http://[$a]:%d/";; *) u="http://$a:%d/";; esac
   echo "$n $a $(curl -sS --connect-timeout 3 -m 5 "$u" 2>&1)"
 done`, strings.Join(names, " "), server, qtype, netlab.PortWhoami, netlab.PortWhoami)
-	out, err := l.Exec(l.LAN, "bash", "-c", script)
+	out, err := l.Exec(ns, "bash", "-c", script)
 	if err != nil {
 		t.Fatalf("first connections: %v\n%s", err, out)
 	}
@@ -166,6 +176,19 @@ func TestDomains(t *testing.T) {
 	t.Logf("asking the router's forwarder (IPv6): first connections by ISP %v", c)
 	if c[2] < 99 {
 		t.Errorf("%d of %d first connections through the forwarder took ISP 2, want at least 99: %v", c[2], domainNames, c)
+	}
+
+	// The router's own programs asking its forwarder (the answer held on
+	// its way out of the forwarder, through lo): the policy's rules for
+	// the router's own traffic steer their first connections.
+	var own []string
+	for i := 1; i <= 10; i++ {
+		own = append(own, fmt.Sprintf("r%d.stream.example", i))
+	}
+	c = firstConnectionsFrom(t, l, l.Router, netlab.LANRouter4, "A", own)
+	t.Logf("the router's own, through its forwarder: first connections by ISP %v", c)
+	if c[2] != 10 {
+		t.Errorf("%d of 10 of the router's own first connections took ISP 2: %v", c[2], c)
 	}
 
 	// CNAME chains: a policy's name pointing elsewhere, and another name
