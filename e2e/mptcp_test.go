@@ -294,6 +294,13 @@ func TestMPTCP(t *testing.T) {
 	}
 	carries(t, l, "wan1", 1<<20, "uplink 1 carrying the download again after its return")
 	dl.more(t, 1<<20, "the download after uplink 1 came back")
+	// A subflow reset while its uplink stays up (a middlebox's reset):
+	// the kernel never opens it again by itself; the daemon refreshes the
+	// endpoint that has no subflow left.
+	run(t, l, l.Router, "ss", "-K", "-tn", "src", netlab.UplinkAddr4(2))
+	carries(t, l, "wan2", 1<<20, "uplink 2 carrying the download again after its subflow was reset")
+	d.waitFor("mptcp endpoint refreshed", 1, 5*time.Second)
+	dl.more(t, 1<<20, "the download after the refresh")
 	waitUntil(t, 15*time.Second, "status to count subflows on both uplinks", func() (bool, string) {
 		s := statusOf(t, d)
 		var seen []string

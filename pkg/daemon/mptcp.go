@@ -20,6 +20,17 @@ import (
 // for status and metrics.
 const MPTCPCountInterval = 5 * time.Second
 
+// An endpoint of wanpin's from which no subflow is established while
+// MPTCP connections exist (a subflow reset by a middlebox: the kernel
+// never opens it again while the endpoint stays) is deleted and added
+// again once it has been so for MPTCPOrphanAfter, and at most once an
+// MPTCPRefreshEvery. Orphaned, it has no subflow the refresh could
+// close.
+const (
+	MPTCPOrphanAfter  = 10 * time.Second
+	MPTCPRefreshEvery = time.Minute
+)
+
 // mptcpState is what the executor keeps of the kernel's path manager:
 // its client (opened when first needed), and the subflow counts of the
 // last dump.
@@ -36,6 +47,9 @@ type mptcpState struct {
 	// apart.
 	record     map[uint8]netip.Addr
 	recordPath string
+	// orphaned: since when each endpoint address has had no subflow;
+	// refreshed: when each was last refreshed.
+	orphaned, refreshed map[netip.Addr]time.Time
 }
 
 // mptcpRecordPath is the record's file, one per network namespace (a
@@ -195,6 +209,54 @@ func (d *Daemon) countMPTCP() {
 		return
 	}
 	m.counts = c
+	d.refreshOrphans(m.counted)
+}
+
+// refreshOrphans refreshes wanpin's endpoints that lost their subflows
+// (see MPTCPOrphanAfter).
+func (d *Daemon) refreshOrphans(now time.Time) {
+	m := &d.mptcp
+	if m.client == nil {
+		return
+	}
+	eps, err := m.client.Endpoints()
+	if err != nil {
+		return
+	}
+	var mine []mptcp.Endpoint
+	for _, e := range eps {
+		if mptcp.Owned(e.ID) && m.owned(e) {
+			mine = append(mine, e)
+		}
+	}
+	if m.orphaned == nil {
+		m.orphaned, m.refreshed = map[netip.Addr]time.Time{}, map[netip.Addr]time.Time{}
+	}
+	now4 := map[netip.Addr]bool{}
+	for _, e := range mptcp.Orphaned(mine, m.counts) {
+		a := e.Addr.Unmap()
+		now4[a] = true
+		since, ok := m.orphaned[a]
+		if !ok {
+			m.orphaned[a] = now
+			continue
+		}
+		if now.Sub(since) < MPTCPOrphanAfter || now.Sub(m.refreshed[a]) < MPTCPRefreshEvery {
+			continue
+		}
+		if err := mptcp.Refresh(m.client, e); err != nil {
+			d.log.Warn("mptcp: refreshing an endpoint without subflows", "addr", a, "err", err)
+			continue
+		}
+		m.refreshed[a] = now
+		delete(m.orphaned, a)
+		d.log.Info("mptcp endpoint refreshed", "addr", a, "reason", fmt.Sprintf("no subflow from it for %s on %d MPTCP connections", now.Sub(since).Round(time.Second), m.counts.Connections))
+	}
+	for a := range m.orphaned {
+		if !now4[a] {
+			delete(m.orphaned, a)
+		}
+	}
 }
 
 // mptcpReport fills the uplinks' MPTCP figures of s.
