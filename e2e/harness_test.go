@@ -79,8 +79,14 @@ func (d *daemon) writeConfig(cfg string) {
 	d.t.Helper()
 	// WANPIN_E2E_MPTCP=1 runs every test with mptcp = true (issue 18:
 	// plain TCP and UDP must not notice it).
+	// On a file's blank first line where it has one, so that the line
+	// numbers tests expect in messages stay.
 	if os.Getenv("WANPIN_E2E_MPTCP") == "1" && !strings.Contains(cfg, "mptcp =") {
-		cfg = "mptcp = true\n" + cfg
+		if strings.HasPrefix(cfg, "\n") {
+			cfg = "mptcp = true" + cfg
+		} else {
+			cfg = "mptcp = true\n" + cfg
+		}
 	}
 	if err := os.WriteFile(d.cfgPath, []byte(cfg), 0o644); err != nil {
 		d.t.Fatal(err)

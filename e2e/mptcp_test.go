@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,51 +15,22 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/wanpin/wanpin/internal/netlab"
+	"github.com/wanpin/wanpin/internal/nstest"
 )
 
 const mptcpPort = 5301
 
-// inNetNS runs f on a thread moved into the lab namespace ns, and moves
-// the thread back: the sockets f creates stay in ns. The thread must not
-// die in ns: the lab starts its processes with Pdeathsig, which the
-// kernel sends when the thread that forked them exits, and Go may have
-// forked the daemon from this very thread (TestMPTCP's daemon vanished
-// without a word when it did).
+// inNetNS runs f on a thread moved into the lab namespace ns
+// (nstest.Do): the sockets f creates stay there.
 func inNetNS(t *testing.T, ns string, f func() error) {
 	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer unix.Close(orig)
-		fd, err := unix.Open("/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer unix.Close(fd)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		ferr := f()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			// Stays locked: the thread dies rather than run others in ns.
-			errc <- errors.Join(ferr, fmt.Errorf("setns back: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	if err := <-errc; err != nil {
+	fd, err := unix.Open("/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
 		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := nstest.Do(fd, f); err != nil {
+		t.Fatalf("in %s: %v", ns, err)
 	}
 }
 

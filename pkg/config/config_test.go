@@ -478,9 +478,9 @@ func TestDomainKeys(t *testing.T) {
 		{"domain_ttl_floor = 60\n" + up, `f.toml:1: domain_ttl_floor: domain_ttl_floor must be a duration like "500ms", got integer 60`},
 		{"domain_nflog_group = 0\n" + up, `f.toml:1: domain_nflog_group: domain_nflog_group must be 1..65535, got 0`},
 		{up + pol + "domains = [\"*.example.com\"]\n", `f.toml:11: policy "tv".domains: "*.example.com" is not a domain name: no wildcards: a domain matches its subdomains already`},
-		{up + pol + "domains = [\"example.com\", \"EXAMPLE.com\"]\n", `f.toml:11: policy "tv".domains: domain "example.com" is listed twice`},
+		{up + pol + "domains = [\"example.com\", \"EXAMPLE.com\"]\n", `f.toml:11: policy "tv".domains: "example.com" is listed twice`},
 		{up + pol + "domains = [\"bad..name\"]\n", `f.toml:11: policy "tv".domains: "bad..name" is not a domain name: empty label`},
-		{up + pol + "domains = [42]\n", `f.toml:11: policy "tv".domains: domains entries must be domain names, got integer 42`},
+		{up + pol + "domains = [42]\n", `f.toml:11: policy "tv".domains: domains entries must be strings, got integer 42`},
 		{up + pol + "domains = []\n", `f.toml:11: policy "tv".domains: domains must not be empty: leave it out to match anything`},
 		{up + pol + "destinations = [\"203.0.113.0/24\"]\ndomains = [\"example.com\"]\n", `f.toml:12: policy "tv".domains: domains and destinations in one policy would match only addresses both listed and learned: give each its own policy`},
 	} {

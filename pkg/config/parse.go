@@ -718,31 +718,13 @@ func (p *parser) policy(t *table, i int, cfg *Config, names map[string]int) Poli
 // domains reads a policy's domains, normalised (Example.COM. and
 // example.com are one domain).
 func (p *parser) domains(n node) []string {
-	elems, ok := p.list(n)
-	if !ok {
-		return nil
-	}
-	var out []string
-	seen := map[string]bool{}
-	for _, e := range elems {
-		s, ok := e.v.(string)
-		if !ok {
-			p.errorf(e, "domains entries must be domain names, got %s", describe(e.v))
-			continue
-		}
+	return p.normalList(n, func(s string) (string, error) {
 		d, err := dnslearn.NormaliseDomain(s)
 		if err != nil {
-			p.errorf(e, "%q is not a domain name: %v", s, err)
-			continue
+			return "", fmt.Errorf("%q is not a domain name: %v", s, err)
 		}
-		if seen[d] {
-			p.errorf(e, "domain %q is listed twice", d)
-			continue
-		}
-		seen[d] = true
-		out = append(out, d)
-	}
-	return out
+		return d, nil
+	})
 }
 
 // sticky reads `sticky` and `sticky_by` of the table t.
@@ -790,6 +772,12 @@ func (p *parser) countEntries(n node, inPolicy *int) {
 
 // stringList reads an array of distinct strings, each checked by check.
 func (p *parser) stringList(n node, check func(string) error) []string {
+	return p.normalList(n, func(s string) (string, error) { return s, check(s) })
+}
+
+// normalList reads an array of strings, each normalised by norm (whose
+// error says what is wrong with it), distinct once normalised.
+func (p *parser) normalList(n node, norm func(string) (string, error)) []string {
 	elems, ok := p.list(n)
 	if !ok {
 		return nil
@@ -797,12 +785,13 @@ func (p *parser) stringList(n node, check func(string) error) []string {
 	var out []string
 	seen := map[string]bool{}
 	for _, e := range elems {
-		s, ok := e.v.(string)
+		raw, ok := e.v.(string)
 		if !ok {
 			p.errorf(e, "%s entries must be strings, got %s", n.name, describe(e.v))
 			continue
 		}
-		if !p.check(e, check(s)) {
+		s, err := norm(raw)
+		if !p.check(e, err) {
 			continue
 		}
 		if seen[s] {

@@ -22,6 +22,8 @@ type learnedWriter interface {
 	AddLearned([]rules.Learned) error
 	KeepDNSAlive(alive bool) error
 	LearnedEntries([]rules.DomainSet) (map[string][]rules.LearnedEntry, error)
+	// AppliedDomainSets: the learned sets of the table just applied.
+	AppliedDomainSets() []rules.DomainSet
 }
 
 // domainTarget is a learned set an answer's address goes to.
@@ -90,7 +92,7 @@ func (l *domainLearner) sync(nft desired.NFT, cfg *config.Config) {
 		l.routes.Store(nil)
 		return
 	}
-	r := &domainRoutes{by: map[string][]domainTarget{}, sets: rules.DomainSets(nft), floor: cfg.DomainTTLFloor}
+	r := &domainRoutes{by: map[string][]domainTarget{}, sets: l.nft.AppliedDomainSets(), floor: cfg.DomainTTLFloor}
 	var all []string
 	for _, s := range r.sets {
 		for _, d := range s.Domains {

@@ -26,7 +26,8 @@ func (f *fakeLearned) AddLearned(ls []rules.Learned) error {
 	f.added = append(f.added, ls...)
 	return nil
 }
-func (f *fakeLearned) KeepDNSAlive(bool) error { return nil }
+func (f *fakeLearned) KeepDNSAlive(bool) error              { return nil }
+func (f *fakeLearned) AppliedDomainSets() []rules.DomainSet { return nil }
 func (f *fakeLearned) LearnedEntries([]rules.DomainSet) (map[string][]rules.LearnedEntry, error) {
 	return nil, nil
 }

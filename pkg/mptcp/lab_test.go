@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/wanpin/wanpin/internal/nstest"
-	"golang.org/x/sys/unix"
 )
 
 // The lab: the router has two uplinks, each straight to the server (the
@@ -87,36 +85,11 @@ func newLab(t *testing.T) *lab {
 	return l
 }
 
-// inNS runs f on a thread moved into ns, and moves the thread back:
-// sockets f creates stay in ns. A thread that died in ns would take with
-// it the children Go forked from it with Pdeathsig.
+// inNS runs f on a thread moved into ns (nstest.Do): sockets f creates
+// stay there.
 func inNS(t *testing.T, ns *nstest.NS, f func() error) {
 	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer unix.Close(orig)
-		if err := unix.Setns(int(ns.Handle), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("setns: %w", err)
-			return
-		}
-		ferr := f()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			// Stays locked: the thread dies rather than run others in ns.
-			errc <- errors.Join(ferr, fmt.Errorf("setns back: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	if err := <-errc; err != nil {
+	if err := nstest.Do(int(ns.Handle), f); err != nil {
 		t.Fatal(err)
 	}
 }

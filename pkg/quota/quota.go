@@ -7,23 +7,21 @@ package quota
 
 import (
 	"fmt"
-	"math/big"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/wanpin/wanpin/pkg/units"
 )
 
 // Units a size may carry: decimal (1000) and binary (1024) multiples.
 // "KB" and the like are refused: they mean 1000 to some and 1024 to
 // others.
-var units = []struct {
-	name string
-	mult uint64
-}{
-	{"B", 1},
-	{"kB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
-	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
-}
+var sizes = units.Kind{What: "size", Example: "20GB", Names: UnitNames, Units: []units.Unit{
+	{Name: "B", Mult: 1},
+	{Name: "kB", Mult: 1e3}, {Name: "MB", Mult: 1e6}, {Name: "GB", Mult: 1e9}, {Name: "TB", Mult: 1e12},
+	{Name: "KiB", Mult: 1 << 10}, {Name: "MiB", Mult: 1 << 20}, {Name: "GiB", Mult: 1 << 30}, {Name: "TiB", Mult: 1 << 40},
+}}
 
 // UnitNames lists the accepted units, for messages.
 const UnitNames = "B, kB, MB, GB, TB, KiB, MiB, GiB, TiB"
@@ -32,35 +30,10 @@ const UnitNames = "B, kB, MB, GB, TB, KiB, MiB, GiB, TiB"
 // optional space and a unit. The result must be a whole number of bytes,
 // at least 1.
 func ParseSize(s string) (uint64, error) {
-	t := strings.TrimSpace(s)
-	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
-	if i < 0 {
-		i = len(t)
+	r, err := sizes.Parse(s)
+	if err != nil {
+		return 0, err
 	}
-	if i == 0 {
-		return 0, fmt.Errorf("%q is not a size: want a number and a unit (%s), e.g. \"20GB\"", s, UnitNames)
-	}
-	num, unit := t[:i], strings.TrimSpace(t[i:])
-	var mult uint64
-	for _, u := range units {
-		if u.name == unit {
-			mult = u.mult
-		}
-	}
-	if mult == 0 {
-		if unit == "" {
-			return 0, fmt.Errorf("%q has no unit: want one of %s", s, UnitNames)
-		}
-		return 0, fmt.Errorf("%q: unit %q is not one of %s", s, unit, UnitNames)
-	}
-	if strings.Count(num, ".") > 1 || strings.HasPrefix(num, ".") || strings.HasSuffix(num, ".") {
-		return 0, fmt.Errorf("%q: %q is not a number", s, num)
-	}
-	r, ok := new(big.Rat).SetString(num)
-	if !ok {
-		return 0, fmt.Errorf("%q: %q is not a number", s, num)
-	}
-	r.Mul(r, new(big.Rat).SetInt(new(big.Int).SetUint64(mult)))
 	if !r.IsInt() {
 		return 0, fmt.Errorf("%q is not a whole number of bytes", s)
 	}

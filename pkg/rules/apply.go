@@ -37,6 +37,8 @@ type Manager struct {
 	// lastCommit: how long the kernel took over the last Apply's batch,
 	// waiting for its nftables commit lock included.
 	lastCommit time.Duration
+	// domains: the learned sets of the table applied last.
+	domains []DomainSet
 
 	// beforeFlush, when set (tests only), may queue more messages into the
 	// batch right before it is sent.
@@ -183,6 +185,7 @@ func (m *Manager) Apply(s desired.NFT) error {
 			t.name, len(t.sets), len(t.chains), err)
 	}
 	m.table = t.name
+	m.domains = t.domains
 	m.staleChecked = true
 	return nil
 }

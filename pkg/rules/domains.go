@@ -1,7 +1,6 @@
 package rules
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -75,6 +74,14 @@ type DomainSet struct {
 // DomainSets lists the learned sets s's table has, as Apply creates them
 // (a policy that compiled to no rules has none).
 func DomainSets(s desired.NFT) []DomainSet { return build(s).domains }
+
+// AppliedDomainSets is DomainSets of the table the last successful Apply
+// made, without building it again.
+func (m *Manager) AppliedDomainSets() []DomainSet {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.domains
+}
 
 // learnedSet records a policy's learned set, made by fromPolicySet.
 func (b *builder) learnedSet(name string, pol desired.Policy, f inet.Family) {
@@ -207,44 +214,22 @@ type LearnedEntry struct {
 }
 
 // LearnedEntries reads what the kernel's learned sets hold, by set name;
-// a set the table does not have is left out. One dump per set, on a
-// connection of its own (as StickyEntries): the caller paces the calls.
+// a set the table does not have is left out (dumpSets).
 func (m *Manager) LearnedEntries(sets []DomainSet) (map[string][]LearnedEntry, error) {
-	m.mu.Lock()
-	if err := m.check(); err != nil {
-		m.mu.Unlock()
-		return nil, err
+	names := make([]string, len(sets))
+	for i, s := range sets {
+		names[i] = s.Name
 	}
-	name, nsFD, hasNS := m.table, m.nsFD, m.hasNS
-	m.mu.Unlock()
-	c, err := (&Manager{nsFD: nsFD, hasNS: hasNS}).transient()
+	elems, err := m.dumpSets(names)
 	if err != nil {
 		return nil, err
-	}
-	defer c.CloseLasting()
-	t, err := c.ListTableOfFamily(name, nftables.TableFamilyINet)
-	if errors.Is(err, unix.ENOENT) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("looking up nftables table inet %s: %w", name, err)
 	}
 	out := map[string][]LearnedEntry{}
-	for _, s := range sets {
-		ns, err := c.GetSetByName(t, s.Name)
-		if err != nil {
-			continue // not (or no longer) there
-		}
-		elems, err := c.GetSetElements(ns)
-		if err != nil {
-			return nil, fmt.Errorf("reading learned set %s: %w", s.Name, err)
-		}
-		for _, e := range elems {
-			a, ok := netip.AddrFromSlice(e.Key)
-			if !ok {
-				continue
+	for name, es := range elems {
+		for _, e := range es {
+			if a, ok := netip.AddrFromSlice(e.Key); ok {
+				out[name] = append(out[name], LearnedEntry{Addr: a, Name: e.Comment, Left: e.Expires})
 			}
-			out[s.Name] = append(out[s.Name], LearnedEntry{Addr: a, Name: e.Comment, Left: e.Expires})
 		}
 	}
 	return out, nil

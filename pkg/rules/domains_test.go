@@ -40,6 +40,9 @@ func TestLearnedAddresses(t *testing.T) {
 	m := ns.manager(t)
 	s := goldenSpecs()["domains"]
 	mustApply(t, m, s)
+	if got := m.AppliedDomainSets(); len(got) != 3 || got[2].Name != "p_kids_dom4" {
+		t.Errorf("AppliedDomainSets: %+v", got)
+	}
 	a := netip.MustParseAddr
 	if err := m.AddLearned([]Learned{
 		{Set: "p_tv_dom4", Addr: a("203.0.113.10"), Name: "www.example.com", Timeout: 10 * time.Minute},

@@ -198,6 +198,40 @@ type StickyEntry struct {
 // name; a set the table does not have is left out. One dump per set: the
 // caller paces the calls (a full set is StickySize elements).
 func (m *Manager) StickyEntries(sets []StickySet) (map[string][]StickyEntry, error) {
+	names := make([]string, len(sets))
+	for i, s := range sets {
+		names[i] = s.Name
+	}
+	elems, err := m.dumpSets(names)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]StickyEntry{}
+	for _, s := range sets {
+		n := 4
+		if s.Family == inet.IPv6 {
+			n = 16
+		}
+		for _, e := range elems[s.Name] {
+			if len(e.Key) < n {
+				continue
+			}
+			se := StickyEntry{Left: e.Expires}
+			se.Src, _ = netip.AddrFromSlice(e.Key[:n])
+			if s.ByDestination && len(e.Key) >= 2*n {
+				se.Dst, _ = netip.AddrFromSlice(e.Key[n : 2*n])
+			}
+			out[s.Name] = append(out[s.Name], se)
+		}
+	}
+	return out, nil
+}
+
+// dumpSets reads the elements of the named sets of the Manager's table;
+// a set the table does not have is left out, and so is every set while
+// the table is not there. One dump per set: the callers pace theirs (a
+// full set is tens of thousands of elements).
+func (m *Manager) dumpSets(names []string) (map[string][]nftables.SetElement, error) {
 	m.mu.Lock()
 	if err := m.check(); err != nil {
 		m.mu.Unlock()
@@ -229,31 +263,17 @@ func (m *Manager) StickyEntries(sets []StickySet) (map[string][]StickyEntry, err
 	for _, s := range have {
 		byName[s.Name] = s
 	}
-	out := map[string][]StickyEntry{}
-	for _, s := range sets {
-		ns, ok := byName[s.Name]
+	out := map[string][]nftables.SetElement{}
+	for _, n := range names {
+		ns, ok := byName[n]
 		if !ok {
 			continue // not (or no longer) there
 		}
 		elems, err := c.GetSetElements(ns)
 		if err != nil {
-			return nil, fmt.Errorf("reading sticky set %s: %w", s.Name, err)
+			return nil, fmt.Errorf("reading set %s: %w", n, err)
 		}
-		n := 4
-		if s.Family == inet.IPv6 {
-			n = 16
-		}
-		for _, e := range elems {
-			if len(e.Key) < n {
-				continue
-			}
-			se := StickyEntry{Left: e.Expires}
-			se.Src, _ = netip.AddrFromSlice(e.Key[:n])
-			if s.ByDestination && len(e.Key) >= 2*n {
-				se.Dst, _ = netip.AddrFromSlice(e.Key[n : 2*n])
-			}
-			out[s.Name] = append(out[s.Name], se)
-		}
+		out[n] = elems
 	}
 	return out, nil
 }
