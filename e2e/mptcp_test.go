@@ -137,12 +137,7 @@ func (d *download) more(t *testing.T, n int64, what string) {
 	})
 }
 
-// rate downloads for a while and returns Mbit/s.
-func rate(t *testing.T, l *netlab.Lab, mptcp bool, n int64) float64 {
-	t.Helper()
-	return rateFrom(t, l, l.Router, "", netlab.ServerAddr4, mptcp, n)
-}
-
+// rateFrom downloads for a while from src in ns and returns Mbit/s.
 func rateFrom(t *testing.T, l *netlab.Lab, ns, src, dst string, mptcp bool, n int64) float64 {
 	t.Helper()
 	d := startDownloadFrom(t, l, ns, src, dst, mptcp)
