@@ -1,14 +1,11 @@
 package e2e
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"net"
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,132 +17,47 @@ import (
 
 const mptcpPort = 5301
 
-// inNetNS runs f on a thread moved into the lab namespace ns
-// (nstest.Do): the sockets f creates stay there.
-func inNetNS(t *testing.T, ns string, f func() error) {
+// nsFD opens the lab namespace ns for nstest's helpers, until the test
+// ends.
+func nsFD(t *testing.T, ns string) int {
 	t.Helper()
 	fd, err := unix.Open("/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(fd)
-	if err := nstest.Do(fd, f); err != nil {
-		t.Fatalf("in %s: %v", ns, err)
-	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd
 }
 
-// serveZeros listens with MPTCP (which takes plain TCP as well) in the
-// server namespace and sends zeros to each connection until it closes.
+// serveZeros sends zeros to every connection to the server's mptcpPort
+// (MPTCP or plain TCP, either family).
 func serveZeros(t *testing.T, l *netlab.Lab) {
 	t.Helper()
-	var ln net.Listener
-	inNetNS(t, l.Server, func() (err error) {
-		var lc net.ListenConfig
-		lc.SetMultipathTCP(true)
-		ln, err = lc.Listen(context.Background(), "tcp", net.JoinHostPort("::", strconv.Itoa(mptcpPort)))
-		return err
-	})
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		buf := make([]byte, 64<<10)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				for {
-					if _, err := c.Write(buf); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
+	nstest.ServeZeros(t, nsFD(t, l.Server), net.JoinHostPort("::", strconv.Itoa(mptcpPort)))
 }
 
-// download reads a connection to the server until closed, counting.
-type download struct {
-	conn  net.Conn
-	bytes atomic.Int64
-	done  chan error
-}
-
-func startDownload(t *testing.T, l *netlab.Lab, ns, dst string, mptcp bool) *download {
+// startDownload reads from the server's mptcpPort at dst, from ns.
+func startDownload(t *testing.T, l *netlab.Lab, ns, dst string, mptcp bool) *nstest.Download {
 	t.Helper()
 	return startDownloadFrom(t, l, ns, "", dst, mptcp)
 }
 
 // startDownloadFrom is startDownload from the source address src ("":
 // the kernel's choice).
-func startDownloadFrom(t *testing.T, l *netlab.Lab, ns, src, dst string, mptcp bool) *download {
+func startDownloadFrom(t *testing.T, l *netlab.Lab, ns, src, dst string, mptcp bool) *nstest.Download {
 	t.Helper()
-	var conn net.Conn
-	inNetNS(t, ns, func() (err error) {
-		d := net.Dialer{Timeout: 5 * time.Second}
-		if src != "" {
-			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
-		}
-		d.SetMultipathTCP(mptcp)
-		conn, err = d.Dial("tcp", net.JoinHostPort(dst, strconv.Itoa(mptcpPort)))
-		return err
-	})
-	if got, err := conn.(*net.TCPConn).MultipathTCP(); err != nil || got != mptcp {
-		conn.Close()
-		t.Fatalf("MultipathTCP() = %v, %v; want %v", got, err, mptcp)
-	}
-	d := &download{conn: conn, done: make(chan error, 1)}
-	go func() {
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := conn.Read(buf)
-			d.bytes.Add(int64(n))
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					err = nil
-				}
-				d.done <- err
-				return
-			}
-		}
-	}()
-	t.Cleanup(d.abort)
-	return d
-}
-
-// abort closes with a reset: a plain close leaves the subflows in
-// FIN-WAIT-2 with the server still sending.
-func (d *download) abort() {
-	_ = d.conn.(*net.TCPConn).SetLinger(0)
-	d.conn.Close()
-}
-
-// more waits until the download has read n more bytes, failing if it
-// ends.
-func (d *download) more(t *testing.T, n int64, what string) {
-	t.Helper()
-	start := d.bytes.Load()
-	waitUntil(t, 30*time.Second, what, func() (bool, string) {
-		select {
-		case err := <-d.done:
-			t.Fatalf("%s: the download ended: %v", what, err)
-		default:
-		}
-		got := d.bytes.Load() - start
-		return got >= n, fmt.Sprintf("%d bytes", got)
-	})
+	return nstest.StartDownload(t, nsFD(t, ns), src, net.JoinHostPort(dst, strconv.Itoa(mptcpPort)), mptcp)
 }
 
 // rateFrom downloads for a while from src in ns and returns Mbit/s.
 func rateFrom(t *testing.T, l *netlab.Lab, ns, src, dst string, mptcp bool, n int64) float64 {
 	t.Helper()
 	d := startDownloadFrom(t, l, ns, src, dst, mptcp)
-	d.more(t, 512<<10, "warm-up") // slow start, and the second subflow's join
-	start, from := time.Now(), d.bytes.Load()
-	d.more(t, n, "measured download")
-	mbit := float64(d.bytes.Load()-from) * 8 / time.Since(start).Seconds() / 1e6
-	d.abort()
+	d.More(t, 512<<10, 30*time.Second, "warm-up") // slow start, and the second subflow's join
+	start, from := time.Now(), d.Bytes.Load()
+	d.More(t, n, 30*time.Second, "measured download")
+	mbit := float64(d.Bytes.Load()-from) * 8 / time.Since(start).Seconds() / 1e6
+	d.Abort()
 	return mbit
 }
 
@@ -253,19 +165,19 @@ func TestMPTCP(t *testing.T) {
 	if err := l.SetCarrier(1, false); err != nil {
 		t.Fatal(err)
 	}
-	dl.more(t, 4<<20, "the download after uplink 1 lost carrier")
+	dl.More(t, 4<<20, 30*time.Second, "the download after uplink 1 lost carrier")
 	if err := l.SetCarrier(1, true); err != nil {
 		t.Fatal(err)
 	}
 	carries(t, l, "wan1", 1<<20, "uplink 1 carrying the download again after its return")
-	dl.more(t, 1<<20, "the download after uplink 1 came back")
+	dl.More(t, 1<<20, 30*time.Second, "the download after uplink 1 came back")
 	// A subflow reset while its uplink stays up (a middlebox's reset):
 	// the kernel never opens it again by itself; the daemon refreshes the
 	// endpoint that has no subflow left.
 	run(t, l, l.Router, "ss", "-K", "-tn", "src", netlab.UplinkAddr4(2))
 	carries(t, l, "wan2", 1<<20, "uplink 2 carrying the download again after its subflow was reset")
 	d.waitFor("mptcp endpoint refreshed", 1, 5*time.Second)
-	dl.more(t, 1<<20, "the download after the refresh")
+	dl.More(t, 1<<20, 30*time.Second, "the download after the refresh")
 	waitUntil(t, 15*time.Second, "status to count subflows on both uplinks", func() (bool, string) {
 		s := statusOf(t, d)
 		var seen []string
@@ -281,7 +193,7 @@ func TestMPTCP(t *testing.T) {
 	if out, _ := d.cli(0, "status"); !strings.Contains(out, "mptcp: 2 endpoints") {
 		t.Errorf("status text:\n%s", out)
 	}
-	dl.abort()
+	dl.Abort()
 
 	// Plain connections: balanced over both, as without MPTCP.
 	counts, err := l.CurlMany(40)

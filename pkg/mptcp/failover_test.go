@@ -41,7 +41,7 @@ func TestKernelFailover(t *testing.T) {
 		n := netstat(t, l.server)["MPTcpExt:MPPrioRx"]
 		return n >= 1, fmt.Sprintf("%d MP_PRIO received", n)
 	})
-	d.flowing(t, 5<<20, "settling")
+	flowing(t, d, 5<<20, "settling")
 	if moved := l.received(t, d, 50<<20, "wan2 backup"); moved["wan2"] > 1<<20 {
 		t.Errorf("wan2 as backup received %d bytes of 50 MB", moved["wan2"])
 	}
@@ -56,7 +56,7 @@ func TestKernelFailover(t *testing.T) {
 	l.server.Run(t, "ip", "link", "set", "u1", "down")
 	l.sync(t, l.want[1:])
 	l.subflows(t, "198.51.100.1:1")
-	d.flowing(t, 20<<20, "uplink 1 lost")
+	flowing(t, d, 20<<20, "uplink 1 lost")
 
 	// Uplink 1 returns and its endpoint is added again: the kernel opens
 	// a new subflow from it on the existing connection.
@@ -75,7 +75,7 @@ func TestKernelFailover(t *testing.T) {
 	// Refresh is merely redundant and this check can go.)
 	l.router.Run(t, "ss", "-K", "-tn", "src", wan2Addr)
 	l.subflows(t, "192.0.2.1:1")
-	d.flowing(t, 50<<20, "uplink 2's subflow killed")
+	flowing(t, d, 50<<20, "uplink 2's subflow killed")
 	n, err := Count(int(l.router.Handle))
 	if err != nil {
 		t.Fatal(err)
@@ -97,10 +97,10 @@ func TestKernelFailover(t *testing.T) {
 	}
 	l.subflows(t, "192.0.2.1:1 198.51.100.1:1")
 	l.carries(t, d, "wan2", "after Refresh")
-	if err := d.conn.Close(); err != nil {
+	if err := d.Conn.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-d.done; err != nil {
+	if err := <-d.Done; err != nil {
 		t.Errorf("the download: %v", err)
 	}
 }
@@ -110,7 +110,7 @@ func TestKernelFailover(t *testing.T) {
 func (l *lab) received(t *testing.T, d *download, n int64, what string) map[string]int64 {
 	t.Helper()
 	r1, r2 := rxBytes(t, l.router, "wan1"), rxBytes(t, l.router, "wan2")
-	d.flowing(t, n, what)
+	flowing(t, d, n, what)
 	m := map[string]int64{"wan1": rxBytes(t, l.router, "wan1") - r1, "wan2": rxBytes(t, l.router, "wan2") - r2}
 	t.Logf("%s: wan1 received %d, wan2 %d bytes", what, m["wan1"], m["wan2"])
 	return m
@@ -122,15 +122,15 @@ func (l *lab) received(t *testing.T, d *download, n int64, what string) map[stri
 // that it gets data at all is the point.
 func (l *lab) carries(t *testing.T, d *download, dev, what string) {
 	t.Helper()
-	start, b := rxBytes(t, l.router, dev), d.bytes.Load()
+	start, b := rxBytes(t, l.router, dev), d.Bytes.Load()
 	got := waitFor(t, what+": "+dev+" carrying data", func() (bool, string) {
 		select {
-		case err := <-d.done:
+		case err := <-d.Done:
 			t.Fatalf("%s: the download ended: %v", what, err)
 		default:
 		}
 		n := rxBytes(t, l.router, dev) - start
-		return n >= 1<<20, fmt.Sprintf("%d bytes received on %s, %d read in all", n, dev, d.bytes.Load()-b)
+		return n >= 1<<20, fmt.Sprintf("%d bytes received on %s, %d read in all", n, dev, d.Bytes.Load()-b)
 	})
 	t.Logf("%s: %s", what, got)
 }

@@ -1,14 +1,11 @@
 package mptcp
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -94,100 +91,25 @@ func inNS(t *testing.T, ns *nstest.NS, f func() error) {
 	}
 }
 
-// serve listens with MPTCP in the server's namespace and sends zeros to
-// every connection until it closes.
+// serve sends zeros to every connection to the server (nstest.ServeZeros).
 func (l *lab) serve(t *testing.T) {
 	t.Helper()
-	var ln net.Listener
-	inNS(t, l.server, func() (err error) {
-		var lc net.ListenConfig
-		lc.SetMultipathTCP(true)
-		ln, err = lc.Listen(context.Background(), "tcp", net.JoinHostPort(serverAddr, strconv.Itoa(serverPort)))
-		return err
-	})
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		buf := make([]byte, 64<<10)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				for {
-					if _, err := c.Write(buf); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
+	nstest.ServeZeros(t, int(l.server.Handle), net.JoinHostPort(serverAddr, strconv.Itoa(serverPort)))
 }
 
 // download is a connection from the router to the server, read by a
-// goroutine that counts the bytes until Close.
-type download struct {
-	conn  net.Conn
-	bytes atomic.Int64
-	done  chan error // the read error; nil when closed by Close
-}
+// goroutine that counts the bytes until it ends.
+type download = nstest.Download
 
 func (l *lab) dial(t *testing.T, mptcp bool) *download {
 	t.Helper()
-	var conn net.Conn
-	inNS(t, l.router, func() (err error) {
-		d := net.Dialer{Timeout: 5 * time.Second}
-		d.SetMultipathTCP(mptcp)
-		conn, err = d.Dial("tcp", net.JoinHostPort(serverAddr, strconv.Itoa(serverPort)))
-		return err
-	})
-	if got, err := conn.(*net.TCPConn).MultipathTCP(); err != nil || got != mptcp {
-		conn.Close()
-		t.Fatalf("MultipathTCP() = %v, %v; want %v", got, err, mptcp)
-	}
-	d := &download{conn: conn, done: make(chan error, 1)}
-	go func() {
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := conn.Read(buf)
-			d.bytes.Add(int64(n))
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					err = nil
-				}
-				d.done <- err
-				return
-			}
-		}
-	}()
-	t.Cleanup(d.abort)
-	return d
+	return nstest.StartDownload(t, int(l.router.Handle), "", net.JoinHostPort(serverAddr, strconv.Itoa(serverPort)), mptcp)
 }
 
-// abort closes the connection with a reset (MP_FASTCLOSE for MPTCP). A
-// plain close leaves the router's side in FIN-WAIT-2 while the server's
-// data keeps arriving into a window nobody reads: the server's writes
-// block, and the subflows stay established until the FIN timeout.
-func (d *download) abort() {
-	_ = d.conn.(*net.TCPConn).SetLinger(0)
-	d.conn.Close()
-}
-
-// flowing waits until the download has read n more bytes, failing on a
-// read error.
-func (d *download) flowing(t *testing.T, n int64, what string) {
+// flowing waits until d has read n more bytes, failing if it ends.
+func flowing(t *testing.T, d *download, n int64, what string) {
 	t.Helper()
-	start := d.bytes.Load()
-	waitFor(t, what+": bytes flowing", func() (bool, string) {
-		select {
-		case err := <-d.done:
-			t.Fatalf("%s: the download ended: %v", what, err)
-		default:
-		}
-		got := d.bytes.Load() - start
-		return got >= n, fmt.Sprintf("%d bytes read", got)
-	})
+	d.More(t, n, 20*time.Second, what+": bytes flowing")
 }
 
 // waitFor polls cond until it holds, or fails after a generous bound

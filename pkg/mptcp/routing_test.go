@@ -89,7 +89,7 @@ func TestKernelSubflowRouting(t *testing.T) {
 			if got := countsText(n); got != "192.0.2.1:1" {
 				t.Errorf("subflows %s, want the first one only", got)
 			}
-			d.flowing(t, 1<<20, "first subflow")
+			flowing(t, d, 1<<20, "first subflow")
 		})
 	}
 }

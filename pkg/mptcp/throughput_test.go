@@ -34,16 +34,16 @@ func TestKernelThroughput(t *testing.T) {
 	const size = 8 << 20
 	rate := func(mptcp bool) float64 {
 		d := l.dial(t, mptcp)
-		defer d.abort()
+		defer d.Abort()
 		if mptcp {
 			// Measured from the second subflow on: the join is what is
 			// being compared, not the handshake.
 			l.subflows(t, "192.0.2.1:1 198.51.100.1:1")
 		}
-		d.flowing(t, 1<<20, "warm-up")
-		start, b := time.Now(), d.bytes.Load()
-		d.flowing(t, size, "measured")
-		return float64(d.bytes.Load()-b) * 8 / time.Since(start).Seconds() / 1e6
+		flowing(t, d, 1<<20, "warm-up")
+		start, b := time.Now(), d.Bytes.Load()
+		flowing(t, d, size, "measured")
+		return float64(d.Bytes.Load()-b) * 8 / time.Since(start).Seconds() / 1e6
 	}
 	var ratios []float64
 	for i := range 5 {
