@@ -130,15 +130,25 @@ func microseconds(groups []string, a slog.Attr) slog.Attr {
 	return a
 }
 
+// loadConfig reads and checks the policy file, printing its error
+// (file:line and key) to stderr.
+func loadConfig(path string, stderr io.Writer) (*config.Config, bool) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintln(stderr, strings.TrimRight(err.Error(), "\n"))
+		return nil, false
+	}
+	return cfg, true
+}
+
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	fs, cfgPath := newFlags("check", stderr)
 	offline := fs.Bool("offline", false, "check the file only, not this router's other programs' rules")
 	if fs.Parse(args) != nil {
 		return 2
 	}
-	cfg, err := config.Load(*cfgPath)
-	if err != nil {
-		fmt.Fprintln(stderr, strings.TrimRight(err.Error(), "\n"))
+	cfg, ok := loadConfig(*cfgPath, stderr)
+	if !ok {
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d uplinks, %d policies)\n", *cfgPath, len(cfg.Uplinks), len(cfg.Policies))
@@ -187,9 +197,8 @@ func cmdPlan(args []string, stdout, stderr io.Writer) int {
 	if fs.Parse(args) != nil {
 		return 2
 	}
-	cfg, err := config.Load(*cfgPath)
-	if err != nil {
-		fmt.Fprintln(stderr, strings.TrimRight(err.Error(), "\n"))
+	cfg, ok := loadConfig(*cfgPath, stderr)
+	if !ok {
 		return 1
 	}
 	in := core.Facts{Config: cfg, Uplinks: map[string]core.UplinkState{}}

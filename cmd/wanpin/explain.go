@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/wanpin/wanpin/pkg/cgroups"
-	"github.com/wanpin/wanpin/pkg/config"
 	"github.com/wanpin/wanpin/pkg/core"
 	"github.com/wanpin/wanpin/pkg/inet"
 	"github.com/wanpin/wanpin/pkg/policy"
@@ -116,9 +115,8 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		c.Close()
 	}
 	if !res.FromDaemon {
-		cfg, err := config.Load(*cfgPath)
-		if err != nil {
-			fmt.Fprintln(stderr, strings.TrimRight(err.Error(), "\n"))
+		cfg, ok := loadConfig(*cfgPath, stderr)
+		if !ok {
 			return 1
 		}
 		in := core.Facts{Config: cfg, Uplinks: map[string]core.UplinkState{}}
