@@ -18,6 +18,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/wanpin/wanpin/internal/atomicfile"
 	"github.com/wanpin/wanpin/pkg/core"
 	"github.com/wanpin/wanpin/pkg/ifname"
 	"github.com/wanpin/wanpin/pkg/inet"
@@ -139,21 +140,9 @@ func Write(runtime string, k core.LeaseKey, l *core.Lease) error {
 		}
 		return nil
 	}
-	tmp, err := os.CreateTemp(dir, ".tmp-"+Name(k)+"-*")
-	if err != nil {
-		return err
-	}
-	_, werr := tmp.Write(Format(*l))
-	cerr := tmp.Close()
-	if werr != nil || cerr != nil {
-		os.Remove(tmp.Name())
-		return errors.Join(werr, cerr)
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	// Written to a temporary file and renamed: a reader never sees half
+	// a lease.
+	return atomicfile.Write(path, Format(*l), 0o644)
 }
 
 // Read loads one lease file; a missing file is no lease (nil, nil).

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/wanpin/wanpin/internal/atomicfile"
 )
 
 // DefaultDir is where the daemon keeps its state (the unit's
@@ -91,29 +93,11 @@ func Save(dir string, uplinks map[string]Usage, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, "."+FileName+".*")
-	if err != nil {
+	// A temporary file, synced, renamed over the old one.
+	if err := atomicfile.Write(filepath.Join(dir, FileName), append(b, '\n'), 0o644); err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name()) // gone already once renamed
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, FileName)); err != nil {
-		return err
-	}
+	// The rename itself is durable only once the directory is synced.
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
