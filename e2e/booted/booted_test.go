@@ -357,6 +357,20 @@ uplinks = ["isp3"]
 	if strings.Contains(r.journal(), `uplink down" uplink=isp3`) {
 		r.t.Errorf("isp3's DNS probes failed with domains on:\n%s", r.journal())
 	}
+	// A restart removes the table (SIGTERM) and builds it again: the
+	// learned address comes back with it, written down in /run/wanpin
+	// under the unit's sandbox (RuntimeDirectory, preserved over stops).
+	r.sh("systemctl restart wanpin")
+	r.waitJournal(`msg="sticky sources and learned addresses of the last run"`, 1, 10*time.Second)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		set, _ := r.b.Exec("nft", "list", "set", "inet", "wanpin", "p_test_dom4")
+		if strings.Contains(set, netlab.ServerAddr4) && strings.Contains(set, `comment "`+netlab.NameWWW+`"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("the learned address did not come back with a restart:\n%s\n%s", set, r.journal())
+		}
+	}
 }
 
 // stop removes every wanpin object from the kernel.

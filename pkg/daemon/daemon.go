@@ -268,6 +268,7 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 	if v, err := os.ReadFile(filepath.Join(d.opts.ProcSys, "net/ipv4/ip_forward")); err == nil && string(v) != "1\n" {
 		d.log.Warn("net.ipv4.ip_forward is off: the LAN's traffic will not be forwarded")
 	}
+	d.loadMemory()
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	d.runCtx = wctx

@@ -181,6 +181,7 @@ func (d *Daemon) stopMonitors() {
 // back to plain routing by the main table.
 func (d *Daemon) teardown() {
 	var errs []error
+	d.saveMemory()
 	if err := d.nft.Remove(); err != nil {
 		errs = append(errs, fmt.Errorf("removing the nftables table: %w", err))
 	}

@@ -8,9 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/wanpin/wanpin/internal/atomicfile"
 	"github.com/wanpin/wanpin/pkg/core"
 	"github.com/wanpin/wanpin/pkg/desired"
 	"github.com/wanpin/wanpin/pkg/mptcp"
@@ -52,16 +52,8 @@ type mptcpState struct {
 	orphaned, refreshed map[netip.Addr]time.Time
 }
 
-// mptcpRecordPath is the record's file, one per network namespace (a
-// daemon runs per namespace, and /run is shared).
-func (d *Daemon) mptcpRecordPath() string {
-	name := "mptcp-endpoints.json"
-	var st syscall.Stat_t
-	if err := syscall.Stat("/proc/self/ns/net", &st); err == nil {
-		name = fmt.Sprintf("mptcp-endpoints-%d.json", st.Ino)
-	}
-	return filepath.Join(d.opts.RuntimeDir, name)
-}
+// mptcpRecordPath is the record's file, one per network namespace.
+func (d *Daemon) mptcpRecordPath() string { return d.runtimeFile("mptcp-endpoints") }
 
 func (m *mptcpState) loadRecord(path string) {
 	m.recordPath, m.record = path, map[uint8]netip.Addr{}
@@ -99,11 +91,7 @@ func (m *mptcpState) note(ops []mptcp.Op) error {
 	if err := os.MkdirAll(filepath.Dir(m.recordPath), 0o755); err != nil {
 		return err
 	}
-	tmp := m.recordPath + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, m.recordPath)
+	return atomicfile.Write(m.recordPath, b, 0o644)
 }
 
 func (m *mptcpState) owned(e mptcp.Endpoint) bool {

@@ -39,6 +39,8 @@ type Manager struct {
 	lastCommit time.Duration
 	// domains: the learned sets of the table applied last.
 	domains []DomainSet
+	// seed: the memory of the last run, for the first Apply (Seed).
+	seed *Memory
 
 	// beforeFlush, when set (tests only), may queue more messages into the
 	// batch right before it is sent.
@@ -157,6 +159,14 @@ func (m *Manager) Apply(s desired.NFT) error {
 	}
 
 	carried := m.carry(t, old)
+	if m.seed != nil {
+		if old == nil {
+			carried = m.seed.elements(t, time.Now())
+		}
+		// Once: where the kernel still has the table (a daemon killed
+		// outright), its own entries are the fresher.
+		m.seed = nil
+	}
 	m.replace(nt, old)
 	if err := m.queue(t, nt, carried); err != nil {
 		// queue fails only where the library recorded the error in the
@@ -204,31 +214,53 @@ func (m *Manager) carry(t *table, old *nftables.Table) map[string][]nftables.Set
 	if old == nil {
 		return nil
 	}
-	if !slices.ContainsFunc(t.sets, func(s *set) bool { return s.keep }) {
+	want := map[string]*set{}
+	for _, s := range t.sets {
+		if s.keep {
+			want[s.name] = s
+		}
+	}
+	if len(want) == 0 {
 		return nil
 	}
-	// Dumps on a connection of their own, never the lasting one the
-	// batch goes out on (see StickyEntries).
-	c, err := m.transient()
+	dumped, err := m.dumpTimed(old, func(os *nftables.Set) bool {
+		s, ok := want[os.Name]
+		return ok && os.KeyType.Name == s.key.Name && os.KeyType.Bytes == s.key.Bytes
+	})
 	if err != nil {
 		return nil
+	}
+	out := map[string][]nftables.SetElement{}
+	for name, d := range dumped {
+		out[name] = d.elems
+	}
+	return out
+}
+
+// timedSet is a set of the kernel's table with the elements it holds,
+// each with the time it has left as its timeout (dumpTimed).
+type timedSet struct {
+	set   *nftables.Set
+	elems []nftables.SetElement
+}
+
+// dumpTimed reads the elements of old's sets with timeouts that want
+// takes, leaving out the expired. It dumps on a connection of its own,
+// never the lasting one Apply's batch goes out on (see StickyEntries); a
+// set whose dump fails is left out.
+func (m *Manager) dumpTimed(old *nftables.Table, want func(*nftables.Set) bool) (map[string]timedSet, error) {
+	c, err := m.transient()
+	if err != nil {
+		return nil, err
 	}
 	defer c.CloseLasting()
 	have, err := c.GetSets(old)
 	if err != nil {
-		return nil
+		return nil, err
 	}
-	byName := map[string]*nftables.Set{}
-	for _, s := range have {
-		byName[s.Name] = s
-	}
-	out := map[string][]nftables.SetElement{}
-	for _, s := range t.sets {
-		if !s.keep {
-			continue
-		}
-		os, ok := byName[s.name]
-		if !ok || os.KeyType.Name != s.key.Name || os.KeyType.Bytes != s.key.Bytes || !os.HasTimeout {
+	out := map[string]timedSet{}
+	for _, os := range have {
+		if !os.HasTimeout || !want(os) {
 			continue
 		}
 		elems, err := c.GetSetElements(os)
@@ -245,9 +277,9 @@ func (m *Manager) carry(t *table, old *nftables.Table) map[string][]nftables.Set
 			// carries the timeout).
 			kept = append(kept, nftables.SetElement{Key: e.Key, Timeout: e.Expires, Comment: e.Comment})
 		}
-		out[s.name] = kept
+		out[os.Name] = timedSet{set: os, elems: kept}
 	}
-	return out
+	return out, nil
 }
 
 // transient opens a connection for one read, in the Manager's namespace.
