@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -98,6 +99,12 @@ func (d *daemon) start() {
 	logPath := filepath.Join(d.dir, fmt.Sprintf("wanpin-%d.log", len(d.logs)+1))
 	d.logs = append(d.logs, logPath)
 	args := append([]string{"env", "DBUS_SYSTEM_BUS_ADDRESS=" + d.busAddr, wanpinBin, "run", "--config", d.cfgPath}, d.extra...)
+	if !slices.Contains(d.extra, "--runtime-dir") {
+		// The test's own, never the machine's /run/wanpin: what a stop
+		// writes there (the sticky and learned entries, the MPTCP
+		// record) is for the next start of this test's daemon only.
+		args = append(args, "--runtime-dir", filepath.Join(d.dir, "run"))
+	}
 	p, err := d.l.Start(d.l.Router, logPath, args...)
 	if err != nil {
 		d.t.Fatalf("starting wanpin: %v", err)

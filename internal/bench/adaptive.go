@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -74,7 +72,7 @@ func adaptiveRatios(l *netlab.Lab, bin, dir string, cycles int) ([]float64, erro
 	for c := 1; c <= cycles; c++ {
 		var means [2]time.Duration
 		for k, weight := range []string{"1", `"auto"`} {
-			stop, err := startWanpinArgs(l, bin, dir, adaptiveConfig(weight), "--metrics-listen", adaptiveMetrics)
+			stop, err := startWanpin(l, bin, dir, adaptiveConfig(weight), "--metrics-listen", adaptiveMetrics)
 			if err != nil {
 				return nil, err
 			}
@@ -224,25 +222,4 @@ func weights(l *netlab.Lab) (int, int, error) {
 		}
 	}
 	return w[1], w[2], nil
-}
-
-// startWanpinArgs is startWanpin with more arguments for wanpin run.
-func startWanpinArgs(l *netlab.Lab, bin, dir, cfg string, args ...string) (func(), error) {
-	path := filepath.Join(dir, "wanpin.toml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		return nil, err
-	}
-	logPath := filepath.Join(dir, "wanpin.log")
-	os.Remove(logPath)
-	argv := append([]string{"env", "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent", bin, "run", "--config", path}, args...)
-	p, err := l.Start(l.Router, logPath, argv...)
-	if err != nil {
-		return nil, err
-	}
-	if err := waitLog(logPath, "nftables applied", 20*time.Second); err != nil {
-		exited := p.Exited()
-		p.Close()
-		return nil, fmt.Errorf("%w (process exited: %v, %v)", err, exited, p.Wait(0))
-	}
-	return func() { p.Signal(os.Interrupt); p.Wait(10 * time.Second); p.Close() }, nil
 }

@@ -589,16 +589,19 @@ func classic(l *netlab.Lab, dir string) (func(), error) {
 }
 
 // startWanpin runs wanpin with cfg in the router namespace, logging to
-// dir/wanpin.log (started afresh), and returns a function that stops it.
-func startWanpin(l *netlab.Lab, bin, dir, cfg string) (func(), error) {
+// dir/wanpin.log (started afresh), with more arguments for wanpin run,
+// and returns a function that stops it.
+func startWanpin(l *netlab.Lab, bin, dir, cfg string, args ...string) (func(), error) {
 	path := filepath.Join(dir, "wanpin.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
 	logPath := filepath.Join(dir, "wanpin.log")
 	os.Remove(logPath)
-	// Never the machine's own D-Bus system bus.
-	p, err := l.Start(l.Router, logPath, "env", "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent", bin, "run", "--config", path)
+	// Never the machine's own D-Bus system bus, nor its /run/wanpin.
+	argv := append([]string{"env", "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent", bin, "run", "--config", path,
+		"--runtime-dir", filepath.Join(dir, "run")}, args...)
+	p, err := l.Start(l.Router, logPath, argv...)
 	if err != nil {
 		return nil, err
 	}

@@ -74,8 +74,10 @@ func run(bin string) error {
 	step("wanpin check, then wanpin run in the router's namespace")
 	out, _ := l.Exec(l.Router, bin, "check", "--config", cfgPath)
 	fmt.Print(out)
-	// The demo never touches the machine's own D-Bus system bus.
-	p, err := l.Start(l.Router, logPath, "env", "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent", bin, "run", "--config", cfgPath)
+	// The demo never touches the machine's own D-Bus system bus, nor its
+	// /run/wanpin.
+	p, err := l.Start(l.Router, logPath, "env", "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent", bin, "run", "--config", cfgPath,
+		"--runtime-dir", filepath.Join(dir, "run"))
 	if err != nil {
 		return err
 	}
