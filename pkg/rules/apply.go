@@ -237,38 +237,17 @@ func (m *Manager) carry(t *table, old *nftables.Table) map[string][]nftables.Set
 	return out
 }
 
-// timedSet is a set of the kernel's table with the elements it holds,
-// each with the time it has left as its timeout (dumpTimed).
-type timedSet struct {
-	set   *nftables.Set
-	elems []nftables.SetElement
-}
-
 // dumpTimed reads the elements of old's sets with timeouts that want
-// takes, leaving out the expired. It dumps on a connection of its own,
-// never the lasting one Apply's batch goes out on (see StickyEntries); a
-// set whose dump fails is left out.
-func (m *Manager) dumpTimed(old *nftables.Table, want func(*nftables.Set) bool) (map[string]timedSet, error) {
-	c, err := m.transient()
+// takes (readSets), each with the time it has left as its timeout, the
+// expired left out.
+func (m *Manager) dumpTimed(old *nftables.Table, want func(*nftables.Set) bool) (map[string]setDump, error) {
+	dumped, err := m.readSets(old.Name, func(s *nftables.Set) bool { return s.HasTimeout && want(s) })
 	if err != nil {
 		return nil, err
 	}
-	defer c.CloseLasting()
-	have, err := c.GetSets(old)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]timedSet{}
-	for _, os := range have {
-		if !os.HasTimeout || !want(os) {
-			continue
-		}
-		elems, err := c.GetSetElements(os)
-		if err != nil {
-			continue
-		}
-		kept := make([]nftables.SetElement, 0, len(elems))
-		for _, e := range elems {
+	for name, d := range dumped {
+		kept := make([]nftables.SetElement, 0, len(d.elems))
+		for _, e := range d.elems {
 			if e.Expires <= 0 {
 				continue
 			}
@@ -277,9 +256,9 @@ func (m *Manager) dumpTimed(old *nftables.Table, want func(*nftables.Set) bool) 
 			// carries the timeout).
 			kept = append(kept, nftables.SetElement{Key: e.Key, Timeout: e.Expires, Comment: e.Comment})
 		}
-		out[os.Name] = timedSet{set: os, elems: kept}
+		dumped[name] = setDump{set: d.set, elems: kept}
 	}
-	return out, nil
+	return dumped, nil
 }
 
 // transient opens a connection for one read, in the Manager's namespace.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/bits"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -237,13 +238,31 @@ func (m *Manager) dumpSets(names []string) (map[string][]nftables.SetElement, er
 		m.mu.Unlock()
 		return nil, err
 	}
-	name, nsFD, hasNS := m.table, m.nsFD, m.hasNS
+	name := m.table
 	m.mu.Unlock()
-	// A connection of its own, used once: a dump must never share the
-	// lasting connection with Apply (a dump cut short there, say for a
-	// set deleted meanwhile, left its answer for the next request to
-	// read, and status showed a second-old memory as new).
-	c, err := (&Manager{nsFD: nsFD, hasNS: hasNS}).transient()
+	dumped, err := m.readSets(name, func(s *nftables.Set) bool { return slices.Contains(names, s.Name) })
+	out := map[string][]nftables.SetElement{}
+	for n, d := range dumped {
+		out[n] = d.elems
+	}
+	return out, err
+}
+
+// setDump is a set of the kernel's table and the elements it holds.
+type setDump struct {
+	set   *nftables.Set
+	elems []nftables.SetElement
+}
+
+// readSets reads the elements of the sets of table name that want
+// takes (none while the table is not there). On a connection of its
+// own, used once: a dump must never share the lasting connection with
+// Apply (a dump cut short there, say for a set deleted meanwhile, left
+// its answer for the next request to read, and status showed a
+// second-old memory as new). It takes nothing the Manager's lock guards
+// but the namespace, fixed at New: callers may hold the lock or not.
+func (m *Manager) readSets(name string, want func(*nftables.Set) bool) (map[string]setDump, error) {
+	c, err := m.transient()
 	if err != nil {
 		return nil, err
 	}
@@ -259,21 +278,16 @@ func (m *Manager) dumpSets(names []string) (map[string][]nftables.SetElement, er
 	if err != nil {
 		return nil, fmt.Errorf("listing the sets of table inet %s: %w", name, err)
 	}
-	byName := map[string]*nftables.Set{}
+	out := map[string]setDump{}
 	for _, s := range have {
-		byName[s.Name] = s
-	}
-	out := map[string][]nftables.SetElement{}
-	for _, n := range names {
-		ns, ok := byName[n]
-		if !ok {
-			continue // not (or no longer) there
+		if !want(s) {
+			continue
 		}
-		elems, err := c.GetSetElements(ns)
+		elems, err := c.GetSetElements(s)
 		if err != nil {
-			return nil, fmt.Errorf("reading set %s: %w", n, err)
+			return nil, fmt.Errorf("reading set %s: %w", s.Name, err)
 		}
-		out[n] = elems
+		out[s.Name] = setDump{set: s, elems: elems}
 	}
 	return out, nil
 }
