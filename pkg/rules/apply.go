@@ -223,7 +223,7 @@ func (m *Manager) carry(t *table, old *nftables.Table) map[string][]nftables.Set
 	if len(want) == 0 {
 		return nil
 	}
-	dumped, err := m.dumpTimed(old, func(os *nftables.Set) bool {
+	dumped, err := m.dumpTimed(old.Name, func(os *nftables.Set) bool {
 		s, ok := want[os.Name]
 		return ok && os.KeyType.Name == s.key.Name && os.KeyType.Bytes == s.key.Bytes
 	})
@@ -237,11 +237,11 @@ func (m *Manager) carry(t *table, old *nftables.Table) map[string][]nftables.Set
 	return out
 }
 
-// dumpTimed reads the elements of old's sets with timeouts that want
+// dumpTimed reads the elements of table's sets with timeouts that want
 // takes (readSets), each with the time it has left as its timeout, the
 // expired left out.
-func (m *Manager) dumpTimed(old *nftables.Table, want func(*nftables.Set) bool) (map[string]setDump, error) {
-	dumped, err := m.readSets(old.Name, func(s *nftables.Set) bool { return s.HasTimeout && want(s) })
+func (m *Manager) dumpTimed(table string, want func(*nftables.Set) bool) (map[string]setDump, error) {
+	dumped, err := m.readSets(table, func(s *nftables.Set) bool { return s.HasTimeout && want(s) })
 	if err != nil {
 		return nil, err
 	}

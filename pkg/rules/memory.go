@@ -67,11 +67,8 @@ func (m *Manager) Memory() (Memory, error) {
 	if err := m.check(); err != nil {
 		return mem, err
 	}
-	old, err := m.lookup(m.table)
-	if err != nil || old == nil {
-		return mem, err
-	}
-	dumped, err := m.dumpTimed(old, func(s *nftables.Set) bool { return s.Name != setDNSAlive })
+	// No table (nothing applied, or removed already): nothing read.
+	dumped, err := m.dumpTimed(m.table, func(s *nftables.Set) bool { return s.Name != setDNSAlive })
 	if err != nil {
 		return mem, err
 	}

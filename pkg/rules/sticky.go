@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/bits"
 	"net/netip"
-	"slices"
 	"strings"
 	"time"
 
@@ -240,7 +239,11 @@ func (m *Manager) dumpSets(names []string) (map[string][]nftables.SetElement, er
 	}
 	name := m.table
 	m.mu.Unlock()
-	dumped, err := m.readSets(name, func(s *nftables.Set) bool { return slices.Contains(names, s.Name) })
+	want := make(map[string]bool, len(names))
+	for _, n := range names {
+		want[n] = true
+	}
+	dumped, err := m.readSets(name, func(s *nftables.Set) bool { return want[s.Name] })
 	out := map[string][]nftables.SetElement{}
 	for n, d := range dumped {
 		out[n] = d.elems
