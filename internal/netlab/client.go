@@ -1,6 +1,7 @@
 package netlab
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -176,7 +177,9 @@ func (s *Stream) Close() {
 // records which address the server saw in each answer.
 type UDPFlow struct {
 	sent    atomic.Int64
+	failed  atomic.Int64
 	conn    net.PacketConn
+	send    func() error
 	mu      sync.Mutex
 	answers []UDPAnswer
 	stop    chan struct{}
@@ -215,15 +218,39 @@ func (l *Lab) StartUDPFlowFrom(src string, srcPort int, dst string, interval tim
 		conn.Close()
 		return nil, err
 	}
-	f := &UDPFlow{conn: conn, stop: make(chan struct{})}
+	return startUDPFlow(conn, func() error { _, err := conn.WriteTo([]byte("ping"), to); return err }, interval), nil
+}
+
+// StartConnectedUDPFlow starts a flow from a connected socket in the
+// namespace ns (the router: an NTP or VPN client), whose source address
+// the kernel fixed at connect.
+func (l *Lab) StartConnectedUDPFlow(ns, dst string, interval time.Duration) (*UDPFlow, error) {
+	var conn *net.UDPConn
+	err := InNetNS(ns, func() error {
+		c, err := net.Dial("udp", net.JoinHostPort(dst, fmt.Sprint(PortUDP)))
+		if err == nil {
+			conn = c.(*net.UDPConn)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lab: udp flow socket: %w", err)
+	}
+	return startUDPFlow(conn, func() error { _, err := conn.Write([]byte("ping")); return err }, interval), nil
+}
+
+func startUDPFlow(conn net.PacketConn, send func() error, interval time.Duration) *UDPFlow {
+	f := &UDPFlow{conn: conn, send: send, stop: make(chan struct{})}
 	f.done.Add(2)
 	go func() {
 		defer f.done.Done()
 		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
-			if _, err := conn.WriteTo([]byte("ping"), to); err == nil {
+			if err := f.send(); err == nil {
 				f.sent.Add(1)
+			} else {
+				f.failed.Add(1)
 			}
 			select {
 			case <-f.stop:
@@ -237,16 +264,27 @@ func (l *Lab) StartUDPFlowFrom(src string, srcPort int, dst string, interval tim
 		buf := make([]byte, 256)
 		for {
 			n, _, err := conn.ReadFrom(buf)
-			if err != nil {
+			if errors.Is(err, net.ErrClosed) {
 				return
+			} else if err != nil {
+				// A connected socket reports the ICMP errors its
+				// datagrams met (ECONNREFUSED, EHOSTUNREACH): it is
+				// still open.
+				continue
 			}
 			f.mu.Lock()
 			f.answers = append(f.answers, UDPAnswer{At: time.Now(), Seen: strings.TrimSpace(string(buf[:n]))})
 			f.mu.Unlock()
 		}
 	}()
-	return f, nil
+	return f
 }
+
+// Local is the flow's own address.
+func (f *UDPFlow) Local() string { return f.conn.LocalAddr().String() }
+
+// Failed is how many sends the kernel refused (no route, unreachable).
+func (f *UDPFlow) Failed() int64 { return f.failed.Load() }
 
 // Sent is how many datagrams were sent.
 func (f *UDPFlow) Sent() int64 { return f.sent.Load() }

@@ -118,11 +118,21 @@ func Build(in Facts) desired.State {
 				Family: fam, Priority: prio + OffsetMark + i + 1, Table: u.Table,
 				Mark: mark, Mask: cfg.MarkMask,
 			})
+			// A socket bound to the uplink's address (a connected UDP
+			// socket: NTP, a VPN client) keeps it while it is usable.
+			// While it is out, no rule: after its flush the socket's next
+			// packet takes the router's multipath route like any other,
+			// and leaves a live uplink translated to that uplink's address
+			// (natRules, foreignAddrMasq). With the rule, it went on into
+			// the dead ISP (the routes stay for the probes) or hit the
+			// unreachable route, for as long as the socket lived.
 			for _, a := range fs.Addrs {
-				d.Routing.Rules = append(d.Routing.Rules, desired.Rule{
-					Family: fam, Priority: prio + OffsetSource + i + 1, Table: u.Table,
-					Src: netip.PrefixFrom(a, a.BitLen()),
-				})
+				if fs.Usable() {
+					d.Routing.Rules = append(d.Routing.Rules, desired.Rule{
+						Family: fam, Priority: prio + OffsetSource + i + 1, Table: u.Table,
+						Src: netip.PrefixFrom(a, a.BitLen()),
+					})
+				}
 			}
 			d.Routing.Routes = append(d.Routing.Routes, desired.Route{
 				Family: fam, Table: u.Table, Type: desired.UnreachableRoute, Metric: desired.UnreachableMetric,

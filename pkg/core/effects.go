@@ -51,11 +51,13 @@ type ApplyRouting struct{ Routing desired.Routing }
 type ApplyMPTCP struct{ MPTCP desired.MPTCP }
 
 // FlushMark deletes the conntrack entries of one family pinned to an
-// uplink (ct mark & Mask == Mark): it went down.
+// uplink (ct mark & Mask == Mark): it went down, or they were pinned to it
+// while it was down.
 type FlushMark struct {
 	Uplink     string
 	Family     inet.Family
 	Mark, Mask uint32
+	Reason     string
 }
 
 // Failback moves a worse tier's connections of one family off its
@@ -104,6 +106,11 @@ type StopProbes struct{ Key Key }
 // RetryAfter asks for a Retry input after a while (an apply failed).
 type RetryAfter struct{ After time.Duration }
 
+// ObserveAfter asks for an Observed input after a while (a fresh look at
+// the interfaces), replacing an earlier request: a PPP ip-down that
+// nothing confirms expires then (DownHintHold).
+type ObserveAfter struct{ After time.Duration }
+
 // Teardown removes everything wanpin installed (SIGTERM).
 type Teardown struct{}
 
@@ -122,6 +129,7 @@ func (Notify) effect()         {}
 func (StartProbes) effect()    {}
 func (StopProbes) effect()     {}
 func (RetryAfter) effect()     {}
+func (ObserveAfter) effect()   {}
 func (Teardown) effect()       {}
 
 func (e Log) String() string {
@@ -216,7 +224,7 @@ func (e ApplyRouting) String() string {
 	return out
 }
 func (e FlushMark) String() string {
-	return fmt.Sprintf("flush conntrack %s %v mark %#x/%#x", e.Uplink, e.Family, e.Mark, e.Mask)
+	return fmt.Sprintf("flush conntrack %s %v mark %#x/%#x (%s)", e.Uplink, e.Family, e.Mark, e.Mask, e.Reason)
 }
 func (e FlushAddr) String() string {
 	return fmt.Sprintf("flush conntrack %s NATed to %s", e.Uplink, e.Addr)
@@ -236,8 +244,9 @@ func (e StartProbes) String() string {
 func (e StopProbes) String() string {
 	return fmt.Sprintf("stop probes %s %v", e.Key.Uplink, e.Key.Family)
 }
-func (e RetryAfter) String() string { return "retry after " + e.After.String() }
-func (Teardown) String() string     { return "teardown" }
+func (e RetryAfter) String() string   { return "retry after " + e.After.String() }
+func (e ObserveAfter) String() string { return "observe after " + e.After.String() }
+func (Teardown) String() string       { return "teardown" }
 
 func uplinkOf(nft desired.NFT, mark uint32) string {
 	for _, u := range nft.Uplinks {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/wanpin/wanpin/pkg/config"
 	"github.com/wanpin/wanpin/pkg/inet"
@@ -97,13 +98,26 @@ func oneReason(r Reasons, st UplinkState) string {
 // Hint is what PPP hooks told the daemon about an interface: the peer
 // address and DNS servers from ip-up, and ip-down (the link is going
 // away; netlink will confirm it a moment later). A hint lives until the
-// interface is re-created with a new index or the opposite event arrives.
+// interface is re-created with a new index or the opposite event arrives;
+// an ip-down the kernel has not confirmed within DownHintHold, no longer
+// (see State.hint).
 type Hint struct {
 	Index int // the ifindex the hint was given for (0: whatever exists)
 	Peer  netip.Addr
 	DNS   []netip.Addr
 	Down  bool
+	Since time.Time // when the ip-down came
 }
+
+// DownHintHold is how long an ip-down outranks what the kernel shows.
+// pppd runs ip-down as the session ends, and the kernel shows the end
+// (the interface goes, or loses its address) once LCP's terminate
+// exchange is over: at most lcp-max-terminate (3) times lcp-restart
+// (3 s) by default, 9 s. An ip-down that nothing confirms by then was a
+// stray one (a hook run by hand, a misfire, pppd's demand mode keeping
+// the interface): the kernel's view stands again, and the health probes
+// judge the link.
+const DownHintHold = 10 * time.Second
 
 // Lease is what a DHCP client's hook reported for one family of an
 // interface: the address it leased, the routers and the DNS servers. It
@@ -165,9 +179,9 @@ func observe(u config.Uplink, l Link, h Hint, leases map[inet.Family]Lease) (Upl
 			}
 		}
 	}
-	// Addresses are reported even while the link is down: the uplink's
-	// `from` rules stay, so a socket bound to its address fails fast on
-	// the unreachable route instead of leaking out of another uplink.
+	// Addresses are reported even while the link is down: the other
+	// uplinks translate the router's packets that still carry them
+	// (foreignAddrMasq), and a lost one's entries are flushed.
 	var rs Reasons
 	for _, f := range inet.Families {
 		lease, hasLease := leases[f]

@@ -350,7 +350,7 @@ func Step(prev State, at time.Time, in Input) Result {
 			kind = "up"
 			s.Hints[in.Iface] = Hint{Peer: in.Peer, DNS: in.DNS}
 		} else {
-			s.Hints[in.Iface] = Hint{Down: true}
+			s.Hints[in.Iface] = Hint{Down: true, Since: at}
 		}
 		r.log(slog.LevelInfo, "ppp event", "kind", kind, "interface", in.Iface, "local", addrText(in.Local), "peer", addrText(in.Peer),
 			"dns", fmt.Sprint(in.DNS))
@@ -534,26 +534,50 @@ func (s *State) verdict(uplink string, f inet.Family) (Verdict, bool) {
 // hint returns the PPP hook's hint for an interface, binding it to the
 // interface instance it was given for: a PPP link that is re-dialled gets
 // a new interface index, and an old session's hint must not stick to it.
-func (s *State) hint(l Link) Hint {
-	h, ok := s.Hints[l.Name]
+// An ip-down older than DownHintHold is dropped and logged. name is the
+// uplink's interface: l is the zero Link when it does not exist.
+func (s *State) hint(r *Result, name string, l Link, at time.Time) Hint {
+	h, ok := s.Hints[name]
 	if !ok {
 		return Hint{}
 	}
 	switch {
 	case !l.Exists && h.Down:
 		// ip-down, then the interface went away: the hint did its job.
-		delete(s.Hints, l.Name)
+		delete(s.Hints, name)
 		return Hint{}
 	case !l.Exists:
 		return h
+	case h.Down && at.Sub(h.Since) >= DownHintHold:
+		delete(s.Hints, name)
+		r.log(slog.LevelWarn, "ppp ip-down not confirmed by the kernel, going by the interface's state", "interface", name,
+			"after", DownHintHold.String())
+		return Hint{}
 	case h.Index == 0:
 		h.Index = l.Index
-		s.Hints[l.Name] = h
+		s.Hints[name] = h
 	case h.Index != l.Index:
-		delete(s.Hints, l.Name)
+		delete(s.Hints, name)
 		return Hint{}
 	}
 	return h
+}
+
+// nextHintExpiry is how long until the oldest ip-down still standing
+// reaches DownHintHold: the step must look again then, or a stray one
+// would hold the uplink down until some other event.
+func (s *State) nextHintExpiry(at time.Time) (time.Duration, bool) {
+	var wait time.Duration
+	found := false
+	for _, h := range s.Hints {
+		if !h.Down {
+			continue
+		}
+		if w := max(h.Since.Add(DownHintHold).Sub(at), 0); !found || w < wait {
+			wait, found = w, true
+		}
+	}
+	return wait, found
 }
 
 // cameUpFamily is one family of an uplink that came up in this step.
@@ -613,6 +637,32 @@ func failbacks(cfg *config.Config, cameUp []cameUpFamily, spent map[string]bool,
 	return out
 }
 
+// strandedFlushes: while no uplink could carry a family, its connections
+// went wherever the main table sent them, and postrouting pinned each to
+// the uplink it left by though that uplink was down (the pin records
+// where the NAT bound it). Their up→down flush is long past, and a UDP
+// flow with a fixed 5-tuple (VoIP, a VPN) refreshes its entry with every
+// packet: it would stay on the dead uplink for good. So when the first
+// uplink of a family comes back, the entries of the family's uplinks that
+// are still down go, and their next packet is balanced onto the live one.
+func strandedFlushes(cfg *config.Config, cameUp []cameUpFamily, hadUsable inet.PerFamily[bool], states map[string]UplinkState) []Effect {
+	var out []Effect
+	for _, f := range inet.Families {
+		if hadUsable.Get(f) || !slices.ContainsFunc(cameUp, func(c cameUpFamily) bool { return c.Family == f }) {
+			continue
+		}
+		for i, u := range cfg.Uplinks {
+			// One without an address of the family had nothing pinned:
+			// nothing leaves it untranslatable.
+			if fs := states[u.Name].Family(f); !fs.Usable() && len(fs.Addrs) > 0 {
+				out = append(out, FlushMark{Uplink: u.Name, Family: f, Mark: cfg.UplinkMark(i), Mask: cfg.MarkMask,
+					Reason: "pinned while no uplink was up"})
+			}
+		}
+	}
+	return out
+}
+
 func upDown(up bool) string {
 	if up {
 		return "up"
@@ -631,8 +681,14 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 	var cameUp []cameUpFamily
 	spent := map[string]bool{} // quotas used up in this step
 	oldAddrs := map[string][]netip.Addr{}
+	var hadUsable inet.PerFamily[bool] // some known uplink could carry the family
 	for name, st := range s.Uplinks {
 		oldAddrs[name] = st.State.Addrs()
+		for _, f := range inet.Families {
+			if st.Families.Get(f).Up {
+				*hadUsable.Of(f) = true
+			}
+		}
 	}
 	seen := map[string]bool{}
 	for i, u := range cfg.Uplinks {
@@ -644,7 +700,7 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 				leases[f] = lease
 			}
 		}
-		st, rs := Observe(u, l, s.hint(l), leases)
+		st, rs := Observe(u, l, s.hint(r, u.Interface, l, at), leases)
 		s.restartProbesAfterBlip(r, u.Name, st)
 		for _, f := range inet.Families {
 			if v, ok := s.verdict(u.Name, f); ok && !v.Healthy && st.Family(f).Up {
@@ -684,7 +740,7 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 			fst := old.Families.Of(f)
 			if known && fst.Up && !up {
 				wentDown = true
-				flushes = append(flushes, FlushMark{Uplink: u.Name, Family: f, Mark: cfg.UplinkMark(i), Mask: cfg.MarkMask})
+				flushes = append(flushes, FlushMark{Uplink: u.Name, Family: f, Mark: cfg.UplinkMark(i), Mask: cfg.MarkMask, Reason: "uplink down"})
 			}
 			if known && !fst.Up && up {
 				cameUp = append(cameUp, cameUpFamily{Uplink: u.Name, Tier: u.Tier, Family: f})
@@ -712,6 +768,7 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 			delete(s.Uplinks, name)
 		}
 	}
+	flushes = append(flushes, strandedFlushes(cfg, cameUp, hadUsable, states)...)
 	want := Build(Facts{Config: cfg, Uplinks: states, Cgroups: s.Cgroups, Execs: s.execList(), Tables: s.Tables, Weights: s.Weights})
 	s.Desired = want
 	var applies []Effect
@@ -751,6 +808,9 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 		}
 	}
 	r.Effects = append(r.Effects, hooks...)
+	if wait, ok := s.nextHintExpiry(at); ok {
+		r.add(ObserveAfter{After: wait})
+	}
 }
 
 // noteConflicts keeps the latest findings and logs the new ones in one

@@ -302,7 +302,7 @@ func TestDownOrder(t *testing.T) {
 		{"family_down", 1, []string{"nft", "routing", "flush"}},
 		{"maintenance", 1, []string{"nft", "routing", "flush", "flush"}},
 		{"ppp_redial", 1, []string{"nft", "routing", "flush"}},
-		{"ppp_redial", 2, []string{"routing", "nft", "flush-addr"}},
+		{"ppp_redial", 2, []string{"nft", "flush-addr"}},
 		{"ppp_redial", 3, []string{"routing", "nft"}},
 		{"start", 0, []string{"routing", "nft"}},
 		{"drift", 1, []string{"routing", "nft"}},
@@ -408,12 +408,22 @@ func TestRandomWalkInvariants(t *testing.T) {
 			t.Fatalf("step %d %T: applied state is not the desired one", i, in)
 		}
 		// 2. A family that went down is flushed, after nft and routing;
-		// nothing else is flushed by mark.
-		wentDown := map[Key]bool{}
-		for name, u := range s.Uplinks {
-			for _, f := range inet.Families {
+		// so is, when a family's first uplink comes back, every uplink
+		// still down in it (strandedFlushes); nothing else is flushed by
+		// mark.
+		wentDown, want := map[Key]bool{}, map[Key]bool{}
+		for _, f := range inet.Families {
+			before, after := false, false
+			for name, u := range s.Uplinks {
+				before = before || prev.Uplinks[name].Families.Get(f).Up
+				after = after || u.Families.Get(f).Up
 				if prev.Uplinks[name].Families.Get(f).Up && !u.Families.Get(f).Up {
-					wentDown[Key{name, f}] = true
+					wentDown[Key{name, f}], want[Key{name, f}] = true, true
+				}
+			}
+			for name, u := range s.Uplinks {
+				if !before && after && !u.Families.Get(f).Up && len(u.State.Family(f).Addrs) > 0 {
+					want[Key{name, f}] = true
 				}
 			}
 		}
@@ -424,8 +434,8 @@ func TestRandomWalkInvariants(t *testing.T) {
 				flushed[Key{fm.Uplink, fm.Family}] = true
 			}
 		}
-		if !reflect.DeepEqual(flushed, wentDown) && !(len(flushed) == 0 && len(wentDown) == 0) {
-			t.Fatalf("step %d %T: flushed %v, went down %v", i, in, flushed, wentDown)
+		if !reflect.DeepEqual(flushed, want) && !(len(flushed) == 0 && len(want) == 0) {
+			t.Fatalf("step %d %T: flushed %v, want %v (went down %v)", i, in, flushed, want, wentDown)
 		}
 		if len(wentDown) > 0 && (len(ks) == 0 || ks[0] != "nft") {
 			t.Fatalf("step %d %T: a family went down but nftables is not first: %v", i, in, ks)
@@ -506,6 +516,96 @@ failback = "` + mode + `"
 		}
 		if r.State.Applied != nil && r.State.Applied.NFT.Evict != 0 {
 			t.Errorf("keep, step %d: an evict mark in the table", i)
+		}
+	}
+}
+
+// A stray ip-down (a hook run by hand, pppd's demand mode keeping the
+// interface) holds the uplink down for DownHintHold at most: the step
+// asks to look again then, and with the interface still up, carrying
+// its address, the uplink is back. One the kernel confirms (ppp0 goes)
+// asks for nothing more.
+func TestStrayDownHintExpires(t *testing.T) {
+	cfg := mustConfig(t, stepConfig)
+	pppUp := ppp(7, "198.51.100.10", "198.51.100.9")
+	both := links(fibre(), pppUp)
+	_, _, res := run(cfg, []step{
+		{0, Start{Links: both}},
+		{time.Second, PPPEvent{Iface: "ppp0"}},
+		{3 * time.Second, Observed{Links: both, Trigger: "netlink"}},
+		{time.Second + DownHintHold, Observed{Links: both, Trigger: "timer"}},
+	})
+	observeAfter := func(r Result) (time.Duration, bool) {
+		for _, e := range r.Effects {
+			if o, ok := e.(ObserveAfter); ok {
+				return o.After, true
+			}
+		}
+		return 0, false
+	}
+	for i, want := range []time.Duration{DownHintHold, DownHintHold - 2*time.Second} {
+		if got, ok := observeAfter(res[i+1]); !ok || got != want {
+			t.Errorf("step %d: observe after %v %v, want %v", i+1, got, ok, want)
+		}
+		if res[i+1].State.Uplinks["dsl"].Up {
+			t.Errorf("step %d: dsl up while its ip-down stands", i+1)
+		}
+	}
+	last := res[3]
+	if !last.State.Uplinks["dsl"].Up || len(last.State.Hints) != 0 {
+		t.Errorf("after %v: dsl up %v, hints %v", DownHintHold, last.State.Uplinks["dsl"].Up, last.State.Hints)
+	}
+	if _, ok := observeAfter(last); ok {
+		t.Errorf("an observe after the hint expired: %v", last.Effects)
+	}
+	if !strings.Contains(fmt.Sprint(last.Effects), "ppp ip-down not confirmed by the kernel") {
+		t.Errorf("no log line for the expired hint: %v", last.Effects)
+	}
+
+	_, _, res = run(cfg, []step{
+		{0, Start{Links: both}},
+		{time.Second, PPPEvent{Iface: "ppp0"}},
+		{time.Second + time.Millisecond, Observed{Links: links(fibre()), Trigger: "netlink"}},
+	})
+	if _, ok := observeAfter(res[2]); ok || len(res[2].State.Hints) != 0 {
+		t.Errorf("ip-down confirmed: hints %v, effects %v", res[2].State.Hints, res[2].Effects)
+	}
+}
+
+// Both uplinks lose their carrier; a LAN flow meanwhile leaves wan1 by
+// the main table and is pinned there. When fibre comes back, the
+// stranded entries of dsl, still down, are flushed after the apply that
+// balances onto fibre; fibre's own were flushed when it went down. With
+// dsl up all along, fibre's return flushes nothing.
+func TestStrandedFlush(t *testing.T) {
+	cfg := mustConfig(t, stepConfig)
+	pppUp := ppp(7, "198.51.100.10", "198.51.100.9")
+	_, _, res := run(cfg, []step{
+		{0, Start{Links: links(fibre(), pppUp)}},
+		{time.Second, Observed{Links: links(noCarrier(fibre()), noCarrier(pppUp)), Trigger: "netlink"}},
+		{2 * time.Second, Observed{Links: links(fibre(), noCarrier(pppUp)), Trigger: "netlink"}},
+	})
+	var got []string
+	for _, e := range res[2].Effects {
+		switch e := e.(type) {
+		case ApplyNFT:
+			got = append(got, "nft")
+		case FlushMark:
+			got = append(got, e.String())
+		}
+	}
+	want := []string{"nft", "flush conntrack dsl IPv4 mark 0x2000000/0x7f000000 (pinned while no uplink was up)"}
+	if !slices.Equal(got, want) {
+		t.Errorf("fibre back, dsl still down: %q, want %q", got, want)
+	}
+	_, _, res = run(cfg, []step{
+		{0, Start{Links: links(fibre(), pppUp)}},
+		{time.Second, Observed{Links: links(noCarrier(fibre()), pppUp), Trigger: "netlink"}},
+		{2 * time.Second, Observed{Links: links(fibre(), pppUp), Trigger: "netlink"}},
+	})
+	for _, e := range res[2].Effects {
+		if _, ok := e.(FlushMark); ok {
+			t.Errorf("fibre back with dsl up: %v", e)
 		}
 	}
 }

@@ -110,6 +110,7 @@ type Daemon struct {
 	monitors map[core.Key]*health.Monitor
 	verdicts chan health.Event
 	retry    *time.Timer
+	observe  *time.Timer // ObserveAfter
 	runCtx   context.Context
 
 	// Figures only the executor sees.
@@ -307,6 +308,8 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 	d.refreshTraffic() // the base: what the interfaces counted before the start is not wanpin's
 	d.retry = time.NewTimer(time.Hour)
 	d.retry.Stop()
+	d.observe = time.NewTimer(time.Hour)
+	d.observe.Stop()
 
 	links, err := d.snapshot()
 	if err != nil {
@@ -373,6 +376,13 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 			d.countQuotas()
 			d.adaptWeights()
 			d.publish()
+		case <-d.observe.C:
+			if links, err := d.snapshot(); err != nil {
+				d.log.Error("reading interfaces", "err", err)
+				d.retry.Reset(core.RetryDelay)
+			} else {
+				d.step(core.Observed{Links: links, Trigger: "timer"})
+			}
 		case <-d.retry.C:
 			links, err := d.snapshot()
 			if err != nil {

@@ -84,6 +84,8 @@ func (d *Daemon) execute(effects []core.Effect) error {
 			d.stopMonitor(e.Key)
 		case core.RetryAfter:
 			d.retry.Reset(e.After)
+		case core.ObserveAfter:
+			d.observe.Reset(e.After)
 		case core.Teardown:
 			d.teardown()
 		default:
@@ -110,7 +112,7 @@ func (d *Daemon) flushMark(e core.FlushMark) {
 	}
 	d.flushed[e.Uplink] += uint64(n)
 	d.log.Info("conntrack flushed", "uplink", e.Uplink, "family", e.Family.String(), "mark", fmt.Sprintf("%#x", e.Mark),
-		"entries", n, "reason", "uplink down")
+		"entries", n, "reason", e.Reason)
 }
 
 func (d *Daemon) failback(e core.Failback) {
