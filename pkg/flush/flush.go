@@ -149,3 +149,70 @@ func (f *Flusher) CountByMark(mask uint32) (map[uint32]int, error) {
 	}
 	return out, nil
 }
+
+// Move is what a reload does to the entries of one uplink pinned by the
+// old configuration (ct mark & the old mask == Old): New replaces
+// wanpin's bits (the uplink's mark changed), or with Delete they go (the
+// uplink was removed).
+type Move struct {
+	Old, New uint32
+	Delete   bool
+}
+
+// Repin carries the pinned connections over a reload that changed the
+// marks: for each move, the entries whose ct mark & oldMask == Old get
+// ct mark &^ (oldMask | newMask) | New (other programs' bits outside
+// both masks kept; bits of the old mask outside the new one are
+// wanpin's old bits, and bits of the new mask that were outside the old
+// one are not wanpin's mark, so both are cleared), or are deleted. It
+// returns how many entries each move changed, in order; an entry already
+// gone is not an error.
+//
+// Every move's entries are dumped before any is changed: when uplinks
+// swap marks, one uplink's new mark is another's old one, and a dump
+// after the first update would find the entries just moved and move them
+// again.
+func (f *Flusher) Repin(oldMask, newMask uint32, moves []Move) ([]int, error) {
+	dumps := make([][]conntrack.Flow, len(moves))
+	for i, m := range moves {
+		// Filtered in the kernel, both families: a reload changes an
+		// uplink's mark for IPv4 and IPv6 alike.
+		flows, err := f.c.DumpFilter(conntrack.NewFilter().Mark(m.Old).MarkMask(oldMask), nil)
+		if err != nil {
+			return make([]int, len(moves)), fmt.Errorf("listing entries with mark %#x/%#x: %w", m.Old, oldMask, err)
+		}
+		dumps[i] = flows
+	}
+	counts := make([]int, len(moves))
+	for i, m := range moves {
+		for _, fl := range dumps[i] {
+			if m.Delete {
+				if err := f.c.Delete(fl); err != nil {
+					if errors.Is(err, unix.ENOENT) {
+						continue
+					}
+					return counts, fmt.Errorf("deleting an entry with mark %#x: %w", fl.Mark, err)
+				}
+				counts[i]++
+				continue
+			}
+			// Only the tuples, the zone (the tuple is looked up in it) and
+			// the mark, as in Evict: an update with the status or the TCP
+			// state the dump reported could be refused. The reply tuple
+			// too: the library sends an update as IPv6 only when both
+			// tuples are, and the kernel refuses an IPv6 tuple sent as
+			// IPv4 (EINVAL). m.New is never 0, which the library would
+			// leave out of the message.
+			upd := conntrack.Flow{TupleOrig: fl.TupleOrig, TupleReply: fl.TupleReply, Zone: fl.Zone,
+				Mark: fl.Mark&^(oldMask|newMask) | m.New}
+			if err := f.c.Update(upd); err != nil {
+				if errors.Is(err, unix.ENOENT) {
+					continue
+				}
+				return counts, fmt.Errorf("re-marking an entry from %#x to %#x: %w", fl.Mark, upd.Mark, err)
+			}
+			counts[i]++
+		}
+	}
+	return counts, nil
+}

@@ -108,3 +108,83 @@ func TestFlushMarkOneFamily(t *testing.T) {
 		t.Errorf("IPv4 flush of uplink 1: %d, %v; want 30", n, err)
 	}
 }
+
+// A reload that moves wanpin's marks to other bits (mark_mask
+// 0x7f000000 to 0x00ff0000): each uplink's entries get its new mark,
+// other programs' bits outside both masks stay, bits in either mask that
+// are not the old mark go (an entry the new table re-pinned to the first
+// uplink before the move reached it: 0x02010000), and an entry of no
+// uplink is left alone.
+func TestRepinMaskChange(t *testing.T) {
+	if _, err := exec.LookPath("conntrack"); err != nil {
+		t.Skip("needs the conntrack CLI")
+	}
+	ns := nstest.New(t, "wpr")
+	insert(t, ns, "tcp", 1000, 10, 0x01000000) // uplink 1
+	insert(t, ns, "tcp", 2000, 20, 0x02000000) // uplink 2
+	insert(t, ns, "udp", 3000, 5, 0x02000001)  // uplink 2 + another program's bit
+	insert(t, ns, "tcp", 4000, 3, 0x02010000)  // uplink 2, re-pinned to the new uplink 1 meanwhile
+	insert(t, ns, "udp", 5000, 7, 0x1)         // not wanpin's
+	ns.Run(t, "sh", "-c", `for p in $(seq 6000 6003); do conntrack -I -p tcp -s 2001:db8:1::10 -d 2001:db8:ff::10 --sport $p --dport 80 --state ESTABLISHED -t 300 --mark 33554432 >/dev/null 2>&1 || exit 1; done`)
+	f, err := New(int(ns.Handle))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n, err := f.Repin(0x7f000000, 0x00ff0000, []Move{{Old: 0x01000000, New: 0x00010000}, {Old: 0x02000000, New: 0x00020000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(n) != "[10 32]" {
+		t.Errorf("moved %v, want [10 32]", n)
+	}
+	want := map[string]int{
+		fmt.Sprintf("mark=%d", 0x00010000): 10,
+		fmt.Sprintf("mark=%d", 0x00020000): 27, // 20 + 3 + the 4 IPv6 ones
+		fmt.Sprintf("mark=%d", 0x00020001): 5,
+		"mark=1":                           7,
+	}
+	if got := count(t, ns); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("after the move: %v, want %v", got, want)
+	}
+	// Nothing is left with the old marks: a second move finds nothing.
+	if n, err := f.Repin(0x7f000000, 0x00ff0000, []Move{{Old: 0x01000000, New: 0x00010000}}); err != nil || n[0] != 0 {
+		t.Errorf("second move: %v, %v", n, err)
+	}
+}
+
+// Uplinks swapped in the file swap their marks: every entry is moved
+// once (dumped before any is changed), and a removed uplink's entries go.
+func TestRepinSwapAndRemove(t *testing.T) {
+	if _, err := exec.LookPath("conntrack"); err != nil {
+		t.Skip("needs the conntrack CLI")
+	}
+	ns := nstest.New(t, "wps")
+	insert(t, ns, "tcp", 1000, 10, 0x01000000) // uplink 1, becomes 2
+	insert(t, ns, "tcp", 2000, 20, 0x02000000) // uplink 2, becomes 1
+	insert(t, ns, "udp", 3000, 6, 0x03000000)  // uplink 3, removed
+	insert(t, ns, "udp", 4000, 2, 0x80000000)  // another program's bit, no uplink's
+	f, err := New(int(ns.Handle))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n, err := f.Repin(0x7f000000, 0x7f000000, []Move{
+		{Old: 0x01000000, New: 0x02000000}, {Old: 0x02000000, New: 0x01000000}, {Old: 0x03000000, Delete: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(n) != "[10 20 6]" {
+		t.Errorf("moved %v, want [10 20 6]", n)
+	}
+	want := map[string]int{fmt.Sprintf("mark=%d", 0x01000000): 20, fmt.Sprintf("mark=%d", 0x02000000): 10, fmt.Sprintf("mark=%d", uint32(0x80000000)): 2}
+	if got := count(t, ns); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("after the swap: %v, want %v", got, want)
+	}
+	// The ports say which entry is which: uplink 1's (1000-1009) now
+	// carry uplink 2's mark.
+	out, _ := ns.Try("sh", "-c", "conntrack -L -p tcp --sport 1005 2>/dev/null")
+	if !strings.Contains(out, fmt.Sprintf("mark=%d ", 0x02000000)) {
+		t.Errorf("uplink 1's entry after the swap: %q", out)
+	}
+}
