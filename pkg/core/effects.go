@@ -60,6 +60,25 @@ type FlushMark struct {
 	Reason     string
 }
 
+// MarkMove is what a reload does to one uplink's connections: pinned
+// with Old (under the old mask), they get New; New 0: the uplink was
+// removed, and they are flushed.
+type MarkMove struct {
+	Uplink   string
+	Old, New uint32
+}
+
+// Repin carries the connections pinned by an earlier configuration over
+// a reload that changed their marks (mark_mask, or an uplink's place in
+// the file, which gives its mark): without it the new table would not
+// know them, or take them for another uplink's. Moves are the uplinks
+// whose mark or mask changed, by name, in file order, then the removed
+// ones.
+type Repin struct {
+	OldMask, NewMask uint32
+	Moves            []MarkMove
+}
+
 // Failback moves a worse tier's connections of one family off its
 // uplink (failback = "move") now that To, of a better tier, is back:
 // UDP and other entries are deleted, so their next packet is balanced
@@ -118,6 +137,7 @@ func (Log) effect()            {}
 func (SetSysctl) effect()      {}
 func (LoosenRPFilter) effect() {}
 func (Failback) effect()       {}
+func (Repin) effect()          {}
 func (SaveQuota) effect()      {}
 func (ApplyNFT) effect()       {}
 func (ApplyRouting) effect()   {}
@@ -143,6 +163,17 @@ func (e Log) String() string {
 func (e SetSysctl) String() string { return fmt.Sprintf("sysctl %s=%s", e.Key, e.Value) }
 func (e Failback) String() string {
 	return fmt.Sprintf("failback %s %v to %s: mark %#x/%#x, TCP to %#x (%s)", e.Uplink, e.Family, e.To, e.Mark, e.Mask, e.Evict, e.Reason)
+}
+func (e Repin) String() string {
+	var parts []string
+	for _, m := range e.Moves {
+		if m.New == 0 {
+			parts = append(parts, fmt.Sprintf("%s %#x flushed (removed)", m.Uplink, m.Old))
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %#x->%#x", m.Uplink, m.Old, m.New))
+	}
+	return fmt.Sprintf("repin conntrack mask %#x->%#x: %s", e.OldMask, e.NewMask, strings.Join(parts, ", "))
 }
 func (e SaveQuota) String() string {
 	var parts []string

@@ -91,6 +91,13 @@ type State struct {
 	// uplinks (pkg/adaptive, from the AutoWeights inputs); an auto uplink
 	// missing here has its prior (AutoPrior).
 	Weights map[string]int
+	// Pinned: the marks conntrack's entries were pinned with, while a
+	// reload that changed them (mark_mask, the uplinks' order) is not
+	// carried out yet: the next nftables apply is followed by a Repin.
+	// RepinSent: that Repin went out, and is done unless the apply
+	// before it failed (ApplyFailed follows such a step at once).
+	Pinned    *PinnedMarks
+	RepinSent bool
 	// Desired is the latest computed kernel state; Applied what the kernel
 	// holds as far as the machine knows (nil: unknown, apply all of it).
 	Desired desired.State
@@ -285,6 +292,11 @@ type Result struct {
 func Step(prev State, at time.Time, in Input) Result {
 	s := prev.clone()
 	r := &Result{}
+	if _, failed := in.(ApplyFailed); !failed && s.RepinSent {
+		// The previous step's Repin followed an apply that did not fail:
+		// the entries carry the marks of the configuration in force.
+		s.Pinned, s.RepinSent = nil, false
+	}
 	switch in := in.(type) {
 	case Start:
 		s.Started = true
@@ -379,6 +391,14 @@ func Step(prev State, at time.Time, in Input) Result {
 	case Reload:
 		r.add(Notify{State: "RELOADING=1"})
 		logCgroups(r, s.Cgroups, in.Cgroups)
+		if s.Pinned == nil {
+			// Still owed after a failed apply, the earlier marks stand:
+			// the entries never got the ones in between.
+			s.Pinned = pinnedMarks(s.Config)
+		}
+		if repinFor(s.Pinned, in.Config) == nil {
+			s.Pinned = nil
+		}
 		s.Config, s.Cgroups, s.Tables = in.Config, in.Cgroups, in.Tables
 		s.pruneWeights()
 		// Probes follow the new configuration; verdicts of uplinks whose
@@ -449,6 +469,10 @@ func Step(prev State, at time.Time, in Input) Result {
 	case ApplyFailed:
 		r.log(slog.LevelError, "applying state", "err", in.Err)
 		s.Applied = nil
+		// The executor skips a Repin after a failed apply (the kernel
+		// kept the old table, whose marks the entries still carry): it
+		// is owed to the next apply.
+		s.RepinSent = false
 		r.add(RetryAfter{After: RetryDelay})
 	case Retry:
 		s.Links = in.Links
@@ -783,6 +807,25 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 			applies = append(applies, nft)
 		}
 	}
+	// A reload that changed the marks: the pinned connections get their
+	// uplink's new mark right after the table that knows the new marks,
+	// not before it: until then the old table restores the marks, and
+	// a new one would read as no uplink's (the connection followed the
+	// main table) or as another uplink's. Between the two the new table
+	// misreads the old marks the same way, so the gap is kept to one
+	// effect: a packet in it may be lost (TCP sends it again), and one
+	// that leaves unpinned by another uplink is re-pinned there by the
+	// table, which the Repin undoes (it clears every bit of both masks).
+	if s.Pinned != nil && !s.RepinSent {
+		if i := slices.IndexFunc(applies, func(e Effect) bool { _, ok := e.(ApplyNFT); return ok }); i >= 0 {
+			if rp := repinFor(s.Pinned, cfg); rp != nil {
+				applies = slices.Insert(applies, i+1, Effect(*rp))
+				s.RepinSent = true
+			} else {
+				s.Pinned = nil
+			}
+		}
+	}
 	// After the routing: an endpoint's subflows need its source rule.
 	if s.Applied == nil && (want.MPTCP.Enabled || s.MPTCPManaged) || s.Applied != nil && !reflect.DeepEqual(s.Applied.MPTCP, want.MPTCP) {
 		applies = append(applies, ApplyMPTCP{MPTCP: want.MPTCP})
@@ -811,6 +854,64 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 	if wait, ok := s.nextHintExpiry(at); ok {
 		r.add(ObserveAfter{After: wait})
 	}
+}
+
+// PinnedMarks is the mark mask and each uplink's mark (by name, in file
+// order) of one configuration: what its table pinned connections with.
+type PinnedMarks struct {
+	Mask    uint32
+	Uplinks []PinnedUplink
+}
+
+// PinnedUplink is one uplink's mark in PinnedMarks.
+type PinnedUplink struct {
+	Name string
+	Mark uint32
+}
+
+func pinnedMarks(cfg *config.Config) *PinnedMarks {
+	p := &PinnedMarks{Mask: cfg.MarkMask}
+	for i, u := range cfg.Uplinks {
+		p.Uplinks = append(p.Uplinks, PinnedUplink{Name: u.Name, Mark: cfg.UplinkMark(i)})
+	}
+	return p
+}
+
+// repinFor is what moves the connections pinned with from to cfg's
+// marks, or nil when none has to move. An uplink is followed by name:
+// one whose mark or the mask changed (both are in the rewrite: the new
+// mask's bits outside the old one were not wanpin's) moves to its new
+// mark; one that is gone is flushed, as a down uplink's connections are:
+// left alone, its mark would mean no uplink to the new table (the
+// connection would follow the main table out of another uplink with the
+// removed one's address) or another uplink's, and a UDP flow with a
+// fixed 5-tuple would never be balanced afresh.
+func repinFor(from *PinnedMarks, cfg *config.Config) *Repin {
+	rp := Repin{OldMask: from.Mask, NewMask: cfg.MarkMask}
+	old := map[string]uint32{}
+	for _, u := range from.Uplinks {
+		old[u.Name] = u.Mark
+	}
+	kept := map[string]bool{}
+	for i, u := range cfg.Uplinks {
+		m, ok := old[u.Name]
+		if !ok {
+			continue // new: nothing is pinned to it
+		}
+		kept[u.Name] = true
+		if m != cfg.UplinkMark(i) || from.Mask != cfg.MarkMask {
+			rp.Moves = append(rp.Moves, MarkMove{Uplink: u.Name, Old: m, New: cfg.UplinkMark(i)})
+		}
+	}
+	for _, u := range from.Uplinks {
+		if !kept[u.Name] {
+			rp.Moves = append(rp.Moves, MarkMove{Uplink: u.Name, Old: u.Mark})
+		}
+	}
+	if len(rp.Moves) == 0 {
+		return nil
+	}
+	return &rp
 }
 
 // noteConflicts keeps the latest findings and logs the new ones in one

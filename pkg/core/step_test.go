@@ -194,6 +194,14 @@ func scenarios(t testing.TB) map[string][]step {
 		"reload": {start,
 			{time.Second, Reload{Config: good}},
 			{2 * time.Second, ReloadRejected{Err: errors.New("wanpin.toml:4: uplink[1].weight: weight must be 1..1000, got 0")}}},
+		// Reloads that change the marks: the mask (every uplink's mark
+		// moves), then the order (fibre and dsl swap marks), then dsl
+		// removed and lte added; the pinned connections follow each,
+		// right after the table that knows the new marks.
+		"reload_marks": {start,
+			{time.Second, Reload{Config: mustConfig(t, "mark_mask = 0x00ff0000\n"+stepConfig)}},
+			{2 * time.Second, Reload{Config: mustConfig(t, "mark_mask = 0x00ff0000\n"+swappedConfig)}},
+			{3 * time.Second, Reload{Config: mustConfig(t, "mark_mask = 0x00ff0000\n"+fibreAndLTE)}}},
 		"drift": {start,
 			{time.Second, Drift{Missing: []string{`rule "10101:\tfrom all fwmark 0x10000/0xff0000 lookup 200 proto 119"`, "nftables table inet wanpin"},
 				NFT: true, Routing: true}},
@@ -228,6 +236,36 @@ func scenarios(t testing.TB) map[string][]step {
 			{2 * time.Second, Observed{Links: links(fibre(), noCarrier(ppp(7, "198.51.100.10", "198.51.100.9"))), Trigger: "netlink"}}},
 	}
 }
+
+// stepConfig with its uplinks in the other order.
+const swappedConfig = `
+[[uplink]]
+name = "dsl"
+interface = "ppp0"
+
+[[uplink]]
+name = "fibre"
+interface = "wan1"
+weight = 3
+
+[uplink.health]
+targets = ["203.0.113.1", "203.0.113.2"]
+`
+
+// dsl removed: fibre first again, and a new uplink after it.
+const fibreAndLTE = `
+[[uplink]]
+name = "fibre"
+interface = "wan1"
+weight = 3
+
+[uplink.health]
+targets = ["203.0.113.1", "203.0.113.2"]
+
+[[uplink]]
+name = "lte"
+interface = "wwan0"
+`
 
 func noGateway(l Link) Link {
 	l.Gateway = inet.PerFamily[netip.Addr]{}
@@ -607,5 +645,90 @@ func TestStrandedFlush(t *testing.T) {
 		if _, ok := e.(FlushMark); ok {
 			t.Errorf("fibre back with dsl up: %v", e)
 		}
+	}
+}
+
+// repins lists a result's Repin effects, and where each stands: right
+// after the nftables apply, or not.
+func repins(t *testing.T, r Result) []Repin {
+	t.Helper()
+	var out []Repin
+	for i, e := range r.Effects {
+		rp, ok := e.(Repin)
+		if !ok {
+			continue
+		}
+		if i == 0 {
+			t.Errorf("a repin with nothing before it")
+		} else if _, after := r.Effects[i-1].(ApplyNFT); !after {
+			t.Errorf("repin after %s, want right after the nftables apply", r.Effects[i-1])
+		}
+		out = append(out, rp)
+	}
+	return out
+}
+
+// A reload moves the pinned connections only when some uplink's mark or
+// the mask changed, right after the table that knows the new marks,
+// from the marks they carry: after a failed apply the repin is owed to
+// the retry, from the marks before the failed reload, also when
+// another reload came between.
+func TestReloadRepin(t *testing.T) {
+	bothUp := links(fibre(), ppp(7, "198.51.100.10", "198.51.100.9"))
+	masked := mustConfig(t, "mark_mask = 0x00ff0000\n"+stepConfig)
+	swapped := mustConfig(t, swappedConfig)
+	s := Step(NewState(mustConfig(t, stepConfig)), t0, Start{Links: bothUp}).State
+	want := func(name string, r Result, w ...Repin) State {
+		t.Helper()
+		if got := repins(t, r); !reflect.DeepEqual(got, w) {
+			t.Errorf("%s: repins %v, want %v", name, got, w)
+		}
+		return r.State
+	}
+	// Weights and policies change nothing of the marks.
+	same := want("same marks", Step(s, t0.Add(time.Second), Reload{Config: mustConfig(t, strings.Replace(stepConfig, "weight = 3", "weight = 1", 1))}))
+	if same.Pinned != nil {
+		t.Errorf("same marks: still pinned %+v", same.Pinned)
+	}
+	s1 := want("mask", Step(s, t0.Add(time.Second), Reload{Config: masked}),
+		Repin{OldMask: 0x7f000000, NewMask: 0x00ff0000, Moves: []MarkMove{{"fibre", 0x01000000, 0x00010000}, {"dsl", 0x02000000, 0x00020000}}})
+	// Done: the next input moves nothing again.
+	s2 := want("after the mask", Step(s1, t0.Add(2*time.Second), Observed{Links: bothUp, Trigger: "netlink"}))
+	if s2.Pinned != nil || s2.RepinSent {
+		t.Errorf("after the repin: pinned %+v sent %v", s2.Pinned, s2.RepinSent)
+	}
+	want("swap", Step(s2, t0.Add(3*time.Second), Reload{Config: mustConfig(t, "mark_mask = 0x00ff0000\n"+swappedConfig)}),
+		Repin{OldMask: 0x00ff0000, NewMask: 0x00ff0000, Moves: []MarkMove{{"dsl", 0x00020000, 0x00010000}, {"fibre", 0x00010000, 0x00020000}}})
+	// Removed: its connections are flushed; lte is new, nothing to move.
+	want("removed", Step(s2, t0.Add(3*time.Second), Reload{Config: mustConfig(t, "mark_mask = 0x00ff0000\n"+fibreAndLTE)}),
+		Repin{OldMask: 0x00ff0000, NewMask: 0x00ff0000, Moves: []MarkMove{{"dsl", 0x00020000, 0}}})
+	// An uplink added at the end moves nothing.
+	want("added", Step(s2, t0.Add(3*time.Second), Reload{Config: mustConfig(t, "mark_mask = 0x00ff0000\n"+stepConfig+"\n[[uplink]]\nname = \"lte\"\ninterface = \"wwan0\"\n")}))
+
+	// The swap's apply fails: the kernel keeps the old table and marks.
+	f1 := want("swap", Step(s, t0.Add(time.Second), Reload{Config: swapped}),
+		Repin{OldMask: 0x7f000000, NewMask: 0x7f000000, Moves: []MarkMove{{"dsl", 0x02000000, 0x01000000}, {"fibre", 0x01000000, 0x02000000}}})
+	f2 := want("apply failed", Step(f1, t0.Add(time.Second), ApplyFailed{Err: errors.New("applying nftables: boom")}))
+	if f2.Pinned == nil || f2.RepinSent {
+		t.Fatalf("after the failed apply: pinned %+v sent %v, want owed", f2.Pinned, f2.RepinSent)
+	}
+	// Another reload before the retry: from the marks the entries carry
+	// (the first file's), to the new file's.
+	f3 := want("mask after the failure", Step(f2, t0.Add(1500*time.Millisecond), Reload{Config: mustConfig(t, "mark_mask = 0x00ff0000\n"+swappedConfig)}),
+		Repin{OldMask: 0x7f000000, NewMask: 0x00ff0000, Moves: []MarkMove{{"dsl", 0x02000000, 0x00010000}, {"fibre", 0x01000000, 0x00020000}}})
+	f4 := want("failed again", Step(f3, t0.Add(1500*time.Millisecond), ApplyFailed{Err: errors.New("applying nftables: boom")}))
+	// A step that applies nothing leaves the repin owed.
+	f5 := want("neighbours", Step(f4, t0.Add(1600*time.Millisecond), Neighbours{}))
+	f6 := want("retry", Step(f5, t0.Add(2500*time.Millisecond), Retry{Links: bothUp}),
+		Repin{OldMask: 0x7f000000, NewMask: 0x00ff0000, Moves: []MarkMove{{"dsl", 0x02000000, 0x00010000}, {"fibre", 0x01000000, 0x00020000}}})
+	f7 := want("after the retry", Step(f6, t0.Add(3*time.Second), Drift{Missing: []string{"x"}, NFT: true}))
+	if f7.Pinned != nil {
+		t.Errorf("after the retry's repin: pinned %+v", f7.Pinned)
+	}
+	// A reload back to the marks the entries carry, while owed: nothing
+	// to move.
+	back := want("back", Step(f2, t0.Add(1500*time.Millisecond), Reload{Config: mustConfig(t, stepConfig)}))
+	if back.Pinned != nil {
+		t.Errorf("back to the first marks: pinned %+v", back.Pinned)
 	}
 }

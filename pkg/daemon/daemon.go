@@ -23,6 +23,7 @@ import (
 	"github.com/wanpin/wanpin/pkg/config"
 	"github.com/wanpin/wanpin/pkg/core"
 	"github.com/wanpin/wanpin/pkg/desired"
+	"github.com/wanpin/wanpin/pkg/flush"
 	"github.com/wanpin/wanpin/pkg/health"
 	"github.com/wanpin/wanpin/pkg/inet"
 	"github.com/wanpin/wanpin/pkg/lease"
@@ -69,6 +70,9 @@ type Flusher interface {
 	// Evict moves one family's connections pinned to mark off for
 	// failback: TCP entries get the ct mark evict, the others go.
 	Evict(mark, mask, evict uint32, f inet.Family) (reset, deleted int, err error)
+	// Repin carries the pinned entries over a reload that changed the
+	// marks: each move's entries get its new mark, or go.
+	Repin(oldMask, newMask uint32, moves []flush.Move) ([]int, error)
 	CountByMark(mask uint32) (map[uint32]int, error)
 	Close() error
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/wanpin/wanpin/pkg/core"
+	"github.com/wanpin/wanpin/pkg/flush"
 	"github.com/wanpin/wanpin/pkg/health"
 	"github.com/wanpin/wanpin/pkg/quota"
 	"github.com/wanpin/wanpin/pkg/watch"
@@ -64,6 +65,13 @@ func (d *Daemon) execute(effects []core.Effect) error {
 			}
 		case core.ApplyMPTCP:
 			d.applyMPTCP(e)
+		case core.Repin:
+			if applyErr != nil {
+				// The kernel kept the old table, and the entries its
+				// marks: the machine asks again with the next apply.
+				continue
+			}
+			d.repin(e)
 		case core.FlushMark:
 			d.flushMark(e)
 		case core.FlushAddr:
@@ -113,6 +121,31 @@ func (d *Daemon) flushMark(e core.FlushMark) {
 	d.flushed[e.Uplink] += uint64(n)
 	d.log.Info("conntrack flushed", "uplink", e.Uplink, "family", e.Family.String(), "mark", fmt.Sprintf("%#x", e.Mark),
 		"entries", n, "reason", e.Reason)
+}
+
+// repin moves the connections pinned by the previous configuration to
+// the marks of the one just applied, and logs a line per uplink.
+func (d *Daemon) repin(e core.Repin) {
+	if d.flusher == nil {
+		return
+	}
+	moves := make([]flush.Move, len(e.Moves))
+	for i, m := range e.Moves {
+		moves[i] = flush.Move{Old: m.Old, New: m.New, Delete: m.New == 0}
+	}
+	n, err := d.flusher.Repin(e.OldMask, e.NewMask, moves)
+	for i, m := range e.Moves {
+		if m.New == 0 {
+			d.log.Info("conntrack flushed", "uplink", m.Uplink, "mark", fmt.Sprintf("%#x/%#x", m.Old, e.OldMask),
+				"entries", n[i], "reason", "uplink removed by the reload")
+			continue
+		}
+		d.log.Info("conntrack re-marked", "uplink", m.Uplink, "from", fmt.Sprintf("%#x/%#x", m.Old, e.OldMask),
+			"to", fmt.Sprintf("%#x/%#x", m.New, e.NewMask), "entries", n[i], "reason", "the reload changed the uplink's mark")
+	}
+	if err != nil {
+		d.log.Error("moving connections to the reloaded marks", "err", err)
+	}
 }
 
 func (d *Daemon) failback(e core.Failback) {
