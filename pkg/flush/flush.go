@@ -87,9 +87,12 @@ func (f *Flusher) Evict(mark, mask, evict uint32, fam inet.Family) (reset, delet
 	}
 	for _, fl := range flows {
 		if fl.TupleOrig.Proto.Protocol == unix.IPPROTO_TCP {
-			// Only the tuple and the mark: an update with the status or
-			// the TCP state the dump reported could be refused.
-			upd := conntrack.Flow{TupleOrig: fl.TupleOrig, Zone: fl.Zone, Mark: fl.Mark&^mask | evict}
+			// Only the tuples, the zone and the mark: an update with the
+			// status or the TCP state the dump reported could be refused.
+			// Both tuples: the library sends an update as IPv6 only when
+			// both are, and the kernel refuses an IPv6 tuple sent as IPv4
+			// (EINVAL; TestEvictIPv6).
+			upd := conntrack.Flow{TupleOrig: fl.TupleOrig, TupleReply: fl.TupleReply, Zone: fl.Zone, Mark: fl.Mark&^mask | evict}
 			if err := f.c.Update(upd); err != nil {
 				if errors.Is(err, unix.ENOENT) {
 					continue

@@ -188,3 +188,29 @@ func TestRepinSwapAndRemove(t *testing.T) {
 		t.Errorf("uplink 1's entry after the swap: %q", out)
 	}
 }
+
+// Failback's eviction of IPv6 entries: the TCP ones get the evict mark,
+// the UDP ones go. An update that carried the original tuple alone went
+// out as IPv4 (the library takes the family from both tuples) and the
+// kernel refused it (EINVAL).
+func TestEvictIPv6(t *testing.T) {
+	if _, err := exec.LookPath("conntrack"); err != nil {
+		t.Skip("needs the conntrack CLI")
+	}
+	ns := nstest.New(t, "wpe6")
+	ns.Run(t, "sh", "-c", `for p in $(seq 5000 5009); do conntrack -I -p tcp -s 2001:db8:1::10 -d 2001:db8:ff::10 --sport $p --dport 80 --state ESTABLISHED -t 300 --mark 65537 >/dev/null 2>&1 || exit 1; done`)
+	ns.Run(t, "sh", "-c", `for p in $(seq 6000 6004); do conntrack -I -p udp -s 2001:db8:1::10 -d 2001:db8:ff::10 --sport $p --dport 53 -t 300 --mark 65536 >/dev/null 2>&1 || exit 1; done`)
+	f, err := New(int(ns.Handle))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	reset, deleted, err := f.Evict(0x10000, 0xff0000, 0xff0000, inet.IPv6)
+	if err != nil || reset != 10 || deleted != 5 {
+		t.Fatalf("Evict: %d reset, %d deleted, %v; want 10, 5", reset, deleted, err)
+	}
+	// The other program's bit (0x1) is kept.
+	if c := count(t, ns); c[fmt.Sprintf("mark=%d", 0xff0001)] != 10 || len(c) != 1 {
+		t.Errorf("after the eviction: %v", c)
+	}
+}
