@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/wanpin/wanpin/internal/rtnl"
 	"github.com/wanpin/wanpin/pkg/cgroups"
 	"github.com/wanpin/wanpin/pkg/core"
 	"github.com/wanpin/wanpin/pkg/inet"
@@ -130,7 +131,7 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 			}
 			in.Uplinks[u.Name] = st
 		}
-		res.Explanation = core.Explain(core.Build(in), f, nil)
+		res.Explanation = core.Explain(core.Build(in), f, addrTypes(stderr))
 	}
 	switch res.Explanation.Outcome {
 	case core.MainTable, core.NotRouted, core.RouterBalanced, core.Resolver:
@@ -151,6 +152,21 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	}
 	printExplanation(stdout, res)
 	return 0
+}
+
+// addrTypes asks the kernel of the namespace the CLI runs in the type of
+// an address, as the daemon does: the router's own addresses are what
+// they are with or without a daemon. A failed lookup is said on stderr
+// and the address's own type stands.
+func addrTypes(stderr io.Writer) core.AddrTypes {
+	return func(a netip.Addr) core.AddrType {
+		t, err := rtnl.AddrType(a)
+		if err != nil {
+			fmt.Fprintf(stderr, "wanpin explain: %v\n", err)
+			return core.AddrTypeOf(a)
+		}
+		return t
+	}
 }
 
 // identity resolves --uid and --gid; a user's primary group is the

@@ -97,10 +97,11 @@ type StickyLookup func(policy string, f inet.Family, mark uint32, src, dst netip
 // table in the chain order pkg/rules lays out (layout.md), with the same
 // compiled policy conditions, and for the router's own traffic that the
 // table leaves unmarked, the ip rules wanpin installs. Explain cannot
-// drift from what the kernel is told. local lists the router's own
-// addresses (`fib daddr type local`), which only the kernel knows.
-func Explain(d desired.State, f policy.Flow, local []netip.Addr) Explanation {
-	return NewExplainer(d).Explain(f, local)
+// drift from what the kernel is told. types answers the kernel's type of
+// the destination address (`fib daddr type`), which only the kernel
+// knows; nil: what the address says by itself (AddrTypeOf).
+func Explain(d desired.State, f policy.Flow, types AddrTypes) Explanation {
+	return NewExplainer(d).Explain(f, types)
 }
 
 // Explainer explains flows against one desired state, with its policies
@@ -122,15 +123,15 @@ func NewExplainer(d desired.State) *Explainer {
 }
 
 // Explain is the package's Explain for the Explainer's state.
-func (x *Explainer) Explain(f policy.Flow, local []netip.Addr) Explanation {
-	return x.ExplainSticky(f, local, nil)
+func (x *Explainer) Explain(f policy.Flow, types AddrTypes) Explanation {
+	return x.ExplainSticky(f, types, nil)
 }
 
 // ExplainSticky is Explain with the sticky balancers' memory (nil: none
 // remembered).
-func (x *Explainer) ExplainSticky(f policy.Flow, local []netip.Addr, sticky StickyLookup) Explanation {
+func (x *Explainer) ExplainSticky(f policy.Flow, types AddrTypes, sticky StickyLookup) Explanation {
 	d := x.d
-	e := x.explainNFT(f, local)
+	e := x.explainNFT(f, types)
 	e = stickyOutcome(d.NFT, f, e, sticky)
 	if f.Local && e.Outcome == MainTable {
 		// Unmarked: the ip rules decide.
@@ -141,7 +142,7 @@ func (x *Explainer) ExplainSticky(f policy.Flow, local []netip.Addr, sticky Stic
 	return e
 }
 
-func (x *Explainer) explainNFT(f policy.Flow, local []netip.Addr) Explanation {
+func (x *Explainer) explainNFT(f policy.Flow, types AddrTypes) Explanation {
 	nft := x.d.NFT
 	fam := f.Family()
 	byMark := map[uint32]desired.Uplink{}
@@ -171,7 +172,7 @@ func (x *Explainer) explainNFT(f policy.Flow, local []netip.Addr) Explanation {
 			}
 		}
 	}
-	if why := notRouted(f.Dst, local); why != "" {
+	if why := notRouted(f.Dst, types); why != "" {
 		return Explanation{Outcome: NotRouted, Why: why}
 	}
 	prog := x.progs[policy.Forwarded]
@@ -241,21 +242,29 @@ func shares(c desired.Choice, byMark map[uint32]desired.Uplink) []Choice {
 }
 
 // notRouted says why wanpin's chains return before any policy for a
-// destination: the router itself (fib daddr type local), link-local,
-// multicast or broadcast (pkttype, fib type, the ip6 daddr returns).
-func notRouted(dst netip.Addr, local []netip.Addr) string {
-	for _, a := range local {
-		if a == dst {
-			return "to the router itself"
-		}
-	}
-	switch {
-	case inet.Of(dst) == inet.IPv6 && dst.IsLinkLocalUnicast():
+// destination, "" when they do not. The chains' returns, both hooks:
+// `ip6 daddr fe80::/10` and `ff00::/8` by the address; `fib daddr type
+// local` (prerouting) and `fib daddr type { local, broadcast, multicast
+// }` (output) by the kernel's type of the address, asked only when the
+// address itself does not decide. Prerouting's `meta pkttype != host`
+// is the link layer's: a host sends to a broadcast or multicast address
+// in a broadcast or multicast frame, so there the kernel's broadcast
+// and multicast types stand for it.
+func notRouted(dst netip.Addr, types AddrTypes) string {
+	if inet.Of(dst) == inet.IPv6 && dst.IsLinkLocalUnicast() {
 		return "link-local: never policy-routed"
-	case dst.IsMulticast():
-		return "multicast: never policy-routed"
-	case dst == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+	}
+	t := AddrTypeOf(dst)
+	if t == AddrUnicast && types != nil {
+		t = types(dst)
+	}
+	switch t {
+	case AddrLocal:
+		return "to the router itself"
+	case AddrBroadcast:
 		return "broadcast: never policy-routed"
+	case AddrMulticast:
+		return "multicast: never policy-routed"
 	}
 	return ""
 }

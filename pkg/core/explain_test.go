@@ -2,6 +2,7 @@ package core
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -73,9 +74,96 @@ func TestExplainShares(t *testing.T) {
 	if e.Outcome != MainTable || len(e.Choices) != 0 {
 		t.Errorf("router's own: %+v", e)
 	}
-	if e := Explain(Build(Facts{Config: cfg, Uplinks: allUp()}), policy.Flow{Dst: a("198.51.100.2"), Src: a("192.0.2.10")},
-		[]netip.Addr{a("198.51.100.2")}); e.Outcome != NotRouted {
-		t.Errorf("to the router: %+v", e)
+}
+
+// kernelTypes stands for the kernel's local table: the addresses it
+// holds, and the types of their subnets' broadcasts.
+func kernelTypes(types map[string]AddrType) (AddrTypes, *[]netip.Addr) {
+	var asked []netip.Addr
+	return func(a netip.Addr) AddrType {
+		asked = append(asked, a)
+		if t, ok := types[a.String()]; ok {
+			return t
+		}
+		return AddrUnicast
+	}, &asked
+}
+
+// TestExplainNotRouted: the chains' early returns follow the kernel's
+// type of the destination (fib daddr type), whichever interface holds
+// it, and the address's own prefix; a policy that would take the flow
+// (uid 1001 -> lte, source 192.0.2.20 -> dsl2) never gets it.
+func TestExplainNotRouted(t *testing.T) {
+	a := netip.MustParseAddr
+	cfg := testConfig()
+	cfg.Policies = append(cfg.Policies, config.Policy{Name: "uid", Match: policy.Match{UIDs: []uint32{1001}}, Uplinks: []string{"lte"}})
+	x := NewExplainer(Build(Facts{Config: cfg, Uplinks: allUp()}))
+	types := map[string]AddrType{
+		"192.0.2.1":      AddrLocal,     // the LAN's router address
+		"192.0.2.65":     AddrLocal,     // a second LAN's, an interface no uplink is
+		"198.51.100.2":   AddrLocal,     // an uplink's
+		"192.0.2.63":     AddrBroadcast, // the LAN's subnet broadcast
+		"2001:db8:1::1":  AddrLocal,
+		"2001:db8:1::":   AddrAnycast, // subnet-router anycast: no chain returns on it
+		"203.0.113.10":   AddrUnicast,
+		"2001:db8:ff::1": AddrUnreachable,
+	}
+	fwd := func(dst string) policy.Flow {
+		src := "192.0.2.20"
+		if a(dst).Is6() {
+			src = "2001:db8:1::20"
+		}
+		return policy.Flow{Src: a(src), InIface: "lan0", Dst: a(dst), Proto: 6, DPort: 22}
+	}
+	own := func(dst string) policy.Flow {
+		return policy.Flow{Local: true, UID: 1001, GID: 1001, Dst: a(dst), Proto: 17, DPort: 9}
+	}
+	cases := []struct {
+		name  string
+		f     policy.Flow
+		out   Outcome
+		why   string
+		asked bool // whether the kernel is asked
+	}{
+		{"LAN host to the router's LAN address", fwd("192.0.2.1"), NotRouted, "to the router itself", true},
+		{"LAN host to a second LAN's router address", fwd("192.0.2.65"), NotRouted, "to the router itself", true},
+		{"LAN host to an uplink's address", fwd("198.51.100.2"), NotRouted, "to the router itself", true},
+		{"LAN host to the router's IPv6 address", fwd("2001:db8:1::1"), NotRouted, "to the router itself", true},
+		{"LAN host to the subnet broadcast", fwd("192.0.2.63"), NotRouted, "broadcast: never policy-routed", true},
+		{"LAN host to the limited broadcast", fwd("255.255.255.255"), NotRouted, "broadcast: never policy-routed", false},
+		{"LAN host to mDNS", fwd("224.0.0.251"), NotRouted, "multicast: never policy-routed", false},
+		{"LAN host to all nodes", fwd("ff02::1"), NotRouted, "multicast: never policy-routed", false},
+		{"LAN host to a link-local address", fwd("fe80::1"), NotRouted, "link-local: never policy-routed", false},
+		{"LAN host to the internet", fwd("203.0.113.10"), Balanced, "policy p2p", true},
+		{"LAN host to the subnet-router anycast", fwd("2001:db8:1::"), MainTable, "no uplink is up", true}, // (allUp has no IPv6),
+		{"LAN host to an IPv6 address with no route", fwd("2001:db8:ff::1"), MainTable, "no uplink is up", true},
+		{"the router's user to its own address", own("192.0.2.1"), NotRouted, "to the router itself", true},
+		{"the router's user to a second LAN's address", own("192.0.2.65"), NotRouted, "to the router itself", true},
+		{"the router's user to the subnet broadcast", own("192.0.2.63"), NotRouted, "broadcast: never policy-routed", true},
+		{"the router's user to its own IPv6 address", own("2001:db8:1::1"), NotRouted, "to the router itself", true},
+		{"the router's user to the internet", own("203.0.113.10"), Balanced, "policy uid", true},
+		{"from the internet: pinned before any return", policy.Flow{InIface: "wan2", Src: a("203.0.113.10"), Dst: a("198.51.100.10")}, Inbound, "came in on uplink dsl2", false},
+		{"a socket's mark: before any return", policy.Flow{Local: true, Mark: 0x20000, Dst: a("192.0.2.63")}, SocketMark, "the socket's own mark", false},
+	}
+	for _, c := range cases {
+		types, asked := kernelTypes(types)
+		e := x.Explain(c.f, types)
+		if e.Outcome != c.out || e.Why != c.why {
+			t.Errorf("%s: %s %q, want %s %q (%+v)", c.name, e.Outcome, e.Why, c.out, c.why, e)
+		}
+		if c.out == NotRouted && (e.Policy != "" || len(e.Choices) != 0) {
+			t.Errorf("%s: not routed with a policy or choices: %+v", c.name, e)
+		}
+		if want := []netip.Addr{c.f.Dst}; c.asked != (len(*asked) > 0) || c.asked && !slices.Equal(*asked, want) {
+			t.Errorf("%s: the kernel was asked %v, want asked %v", c.name, *asked, c.asked)
+		}
+	}
+	// Without the kernel's answer (nil) only the address speaks.
+	if e := x.Explain(fwd("192.0.2.1"), nil); e.Outcome != Balanced {
+		t.Errorf("no kernel types: %+v", e)
+	}
+	if e := x.Explain(fwd("255.255.255.255"), nil); e.Outcome != NotRouted {
+		t.Errorf("no kernel types, limited broadcast: %+v", e)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wanpin/wanpin/internal/rtnl"
 	"github.com/wanpin/wanpin/pkg/bus"
 	"github.com/wanpin/wanpin/pkg/core"
 	"github.com/wanpin/wanpin/pkg/inet"
@@ -68,7 +69,7 @@ func (d *Daemon) Status(ctx context.Context) (core.Status, error) {
 // own desired state (its configuration, uplinks' states, resolved
 // services and running execs). It never waits for the loop.
 func (d *Daemon) Explain(ctx context.Context, f policy.Flow) (core.Explanation, error) {
-	x, local := d.pub.explain()
+	x := d.pub.explain()
 	var (
 		sets    []rules.DomainSet
 		entries map[string][]rules.LearnedEntry
@@ -85,7 +86,7 @@ func (d *Daemon) Explain(ctx context.Context, f policy.Flow) (core.Explanation, 
 			}
 		}
 	}
-	e := x.ExplainSticky(f, local, d.pub.stickyLookup())
+	e := x.ExplainSticky(f, d.addrType, d.pub.stickyLookup())
 	for _, s := range sets {
 		if e.Policy == "" || s.Policy != e.Policy || s.Family != inet.Of(f.Dst) {
 			continue
@@ -97,6 +98,23 @@ func (d *Daemon) Explain(ctx context.Context, f policy.Flow) (core.Explanation, 
 		}
 	}
 	return e, nil
+}
+
+// addrType is the kernel's type of an address for explain, asked when
+// explain is, in the daemon's namespace: the router's addresses on every
+// interface, not only the uplinks' the daemon follows, and each subnet's
+// broadcast, as the table's `fib daddr type` returns see them at that
+// moment (a list published by the loop would lag behind an address just
+// added). It costs one route lookup (22 us) per explain that reaches the
+// returns, and the bus lets a user ask 10 a second. A failed lookup is
+// logged and the address's own type stands.
+func (d *Daemon) addrType(a netip.Addr) core.AddrType {
+	t, err := rtnl.AddrType(a)
+	if err != nil {
+		d.log.Warn("explain: the address type is not known", "err", err)
+		return core.AddrTypeOf(a)
+	}
+	return t
 }
 
 // Reload re-reads the configuration; a bad file is returned as the error

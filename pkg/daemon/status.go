@@ -4,7 +4,6 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
-	"net/netip"
 	"reflect"
 	"sync"
 	"time"
@@ -48,7 +47,6 @@ type publisher struct {
 	// the compiling of explainers.
 	explainerGen uint64
 	compiling    sync.Mutex
-	local        []netip.Addr // the uplinks' addresses (the router's own)
 	pinned       map[uint32]int
 	pinnedAt     time.Time
 	lastTook     time.Duration // how long the last count took
@@ -140,10 +138,6 @@ func (p *publisher) setMonitors(m map[core.Key]*health.Monitor) {
 // set is called by the loop alone, after each step and each refresh of
 // the traffic counters.
 func (p *publisher) set(s core.Status, mask uint32, d desired.State) {
-	var local []netip.Addr
-	for _, u := range d.NFT.Uplinks {
-		local = append(local, u.Addrs...)
-	}
 	// The explainer stays while the state is the same: between steps the
 	// loop publishes the very value it holds, so the counters' refresh
 	// every second does not make the next Explain compile every policy
@@ -154,7 +148,7 @@ func (p *publisher) set(s core.Status, mask uint32, d desired.State) {
 	// it may read it unlocked.
 	same := sameValue(reflect.ValueOf(p.desired), reflect.ValueOf(d))
 	p.mu.Lock()
-	p.status, p.mask, p.desired, p.local = s, mask, d, local
+	p.status, p.mask, p.desired = s, mask, d
 	if !same {
 		p.explainer = nil
 		p.explainerGen++
@@ -168,20 +162,20 @@ func (p *publisher) set(s core.Status, mask uint32, d desired.State) {
 // policies, and anyone may call it. The compiling (60 ms at 10,000
 // policies) is done outside p.mu, which the loop takes to publish, and
 // one at a time: callers that come meanwhile wait for it.
-func (p *publisher) explain() (*core.Explainer, []netip.Addr) {
+func (p *publisher) explain() *core.Explainer {
 	p.mu.Lock()
-	x, local := p.explainer, p.local
+	x := p.explainer
 	p.mu.Unlock()
 	if x != nil {
-		return x, local
+		return x
 	}
 	p.compiling.Lock()
 	defer p.compiling.Unlock()
 	p.mu.Lock()
-	x, local, d, gen := p.explainer, p.local, p.desired, p.explainerGen
+	x, d, gen := p.explainer, p.desired, p.explainerGen
 	p.mu.Unlock()
 	if x != nil {
-		return x, local // compiled by the caller before
+		return x // compiled by the caller before
 	}
 	x = core.NewExplainer(d)
 	p.mu.Lock()
@@ -189,7 +183,7 @@ func (p *publisher) explain() (*core.Explainer, []netip.Addr) {
 		p.explainer = x
 	}
 	p.mu.Unlock()
-	return x, local
+	return x
 }
 
 // sameValue reports whether a and b (of one type) are the same value: the

@@ -24,16 +24,16 @@ func TestExplainerKept(t *testing.T) {
 	defer p.close()
 	d := core.Build(core.Facts{Config: cfg, Uplinks: states})
 	p.set(core.Status{}, cfg.MarkMask, d)
-	x, _ := p.explain()
-	if again, _ := p.explain(); again != x {
+	x := p.explain()
+	if again := p.explain(); again != x {
 		t.Error("a second Explain compiled again")
 	}
 	p.set(core.Status{Applies: 1}, cfg.MarkMask, d)
-	if again, _ := p.explain(); again != x {
+	if again := p.explain(); again != x {
 		t.Error("recompiled after the same state was published again")
 	}
 	p.set(core.Status{}, cfg.MarkMask, core.Build(core.Facts{Config: cfg, Uplinks: states}))
-	x2, _ := p.explain()
+	x2 := p.explain()
 	if x2 == x {
 		t.Error("not recompiled for a state built anew")
 	}
@@ -48,7 +48,7 @@ func TestExplainerKept(t *testing.T) {
 	down := bigStates(cfg)
 	delete(down, "up1")
 	p.set(core.Status{}, cfg.MarkMask, core.Build(core.Facts{Config: cfg, Uplinks: down}))
-	y, _ := p.explain()
+	y := p.explain()
 	if y == x {
 		t.Fatal("not recompiled after the state changed")
 	}
