@@ -340,3 +340,26 @@ func assertNoSpoofedAfterReloads(t *testing.T, l *netlab.Lab) {
 		}
 	}
 }
+
+// TestUplinkOnLANInterface: the LAN's interface named as an uplink by
+// mistake (interface = "lan0" for isp2). `wanpin check` warns; the daemon
+// keeps isp2 down (no gateway), and the LAN still reaches the internet
+// through isp1: lan0 is neither pinned to isp2 nor guarded. Before, every
+// LAN connection was pinned to the down isp2 and failed at once.
+func TestUplinkOnLANInterface(t *testing.T) {
+	l := newLab(t, 2)
+	cfg := strings.Replace(fmt.Sprintf(twoUplinks, 1, 1), `interface = "wan2"`, `interface = "lan0"`, 1)
+	d := newDaemon(t, l, cfg)
+	out, err := l.Exec(l.Router, wanpinBin, "check", "--config", d.cfgPath)
+	if err != nil || !strings.Contains(out, "uplink isp2: interface lan0 has addresses but no gateway in either family") {
+		t.Errorf("check: %v\n%s", err, out)
+	}
+	d.start()
+	counts, err := l.CurlMany(10)
+	if err != nil || counts[1] != 10 {
+		t.Errorf("the LAN host's connections with isp2 on lan0: %v %v", counts, err)
+	}
+	if st := statusOf(t, d); st.Uplinks[1].State != "down" {
+		t.Errorf("isp2 on lan0 is %s: %s", st.Uplinks[1].State, st.Uplinks[1].Reason)
+	}
+}

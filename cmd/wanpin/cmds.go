@@ -155,7 +155,26 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	if *offline {
 		return 0
 	}
+	warnGatewayless(cfg, stdout)
 	return checkRouter(cfg, stdout, stderr)
+}
+
+// warnGatewayless names the uplinks whose interface has addresses but no
+// gateway: most often the LAN's interface typed by mistake. The daemon
+// neither pins nor guards such an interface, and balances nothing onto
+// it, so the LAN keeps working; the warning says why the uplink stays
+// down.
+func warnGatewayless(cfg *config.Config, stdout io.Writer) {
+	st := map[string]core.UplinkState{}
+	if observeAll(cfg, st) != nil {
+		return // checkRouter says what it could not read
+	}
+	for _, u := range cfg.Uplinks {
+		if st[u.Name].Gatewayless() {
+			fmt.Fprintf(stdout, "this router: warning: uplink %s: interface %s has addresses but no gateway in either family (is it the LAN's?); it stays down until it has one\n",
+				u.Name, u.Interface)
+		}
+	}
 }
 
 // checkRouter judges this router's other programs' rules against cfg as

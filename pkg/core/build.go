@@ -104,7 +104,8 @@ func Build(in Facts) desired.State {
 		d.NFT.Uplinks = append(d.NFT.Uplinks, desired.Uplink{
 			Name: u.Name, Interface: u.Interface, Mark: mark,
 			Masquerade: u.Masquerade, NAT6: desired.NAT6(u.Nat6), Prefix6: u.Prefix6, Addrs: st.Addrs(),
-			NAT: inet.PerFamily[netip.Addr]{st.Family(inet.IPv4).NAT, st.Family(inet.IPv6).NAT},
+			NAT:       inet.PerFamily[netip.Addr]{st.Family(inet.IPv4).NAT, st.Family(inet.IPv6).NAT},
+			NoGateway: st.Gatewayless(),
 		})
 		if u.Nat6 == config.Nat6None && st.Family(inet.IPv6).Usable() {
 			// The source prefix chooses the uplink. While the uplink's

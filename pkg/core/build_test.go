@@ -178,3 +178,30 @@ func TestUnhealthyKeepsRoutes(t *testing.T) {
 		t.Error("unhealthy dsl1 lost its default route: its probes could never see the ISP come back")
 	}
 }
+
+// An uplink whose interface has an address but no gateway (the LAN's
+// interface named by mistake) is marked NoGateway, and its interface is
+// then neither in inbound nor in the guard; one with a gateway, down or
+// not, is, and so is one with no address yet (a DHCP link waiting).
+func TestGatewaylessNotPinned(t *testing.T) {
+	cfg := testConfig()
+	in := allUp()
+	var lan UplinkState
+	*lan.Of(inet.IPv4) = FamilyState{Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}
+	in["dsl2"] = lan
+	down := up("198.51.100.18", "198.51.100.17")
+	down.Of(inet.IPv4).Up = false
+	in["lte"] = down
+	d := Build(Facts{Config: cfg, Uplinks: in})
+	got := map[string]bool{}
+	for _, u := range d.NFT.Uplinks {
+		got[u.Name] = u.NoGateway
+	}
+	if want := map[string]bool{"dsl1": false, "dsl2": true, "lte": false}; !reflect.DeepEqual(got, want) {
+		t.Errorf("NoGateway %v, want %v", got, want)
+	}
+	in["dsl2"] = UplinkState{}
+	if d := Build(Facts{Config: cfg, Uplinks: in}); d.NFT.Uplinks[1].NoGateway {
+		t.Errorf("an uplink with no address yet is NoGateway")
+	}
+}

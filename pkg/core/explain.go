@@ -166,7 +166,7 @@ func (x *Explainer) explainNFT(f policy.Flow, types AddrTypes) Explanation {
 	} else {
 		// chain prerouting: new from the internet is pinned where it came in.
 		for _, u := range nft.Uplinks {
-			if u.Interface == f.InIface {
+			if !u.NoGateway && u.Interface == f.InIface {
 				return Explanation{Outcome: Inbound, Choices: []Choice{{Uplink: u.Name, Mark: u.Mark, Share: 1}},
 					Why: "came in on uplink " + u.Name}
 			}

@@ -63,6 +63,22 @@ func (s UplinkState) Up() bool {
 	return s.Family(inet.IPv4).Usable() || s.Family(inet.IPv6).Usable()
 }
 
+// Gatewayless: the interface has addresses but no way to a gateway in
+// either family: not point-to-point, none configured, leased or in the
+// main table. A LAN interface named as an uplink by mistake looks so
+// (desired.Uplink.NoGateway).
+func (s UplinkState) Gatewayless() bool {
+	addrs := false
+	for _, f := range inet.Families {
+		fs := s.Family(f)
+		if len(fs.Addrs) > 0 && (fs.Gateway.IsValid() || fs.PointToPoint) {
+			return false
+		}
+		addrs = addrs || len(fs.Addrs) > 0
+	}
+	return addrs
+}
+
 // Addrs is every address of the uplink, IPv4 first.
 func (s UplinkState) Addrs() []netip.Addr {
 	return append(append([]netip.Addr(nil), s.Family(inet.IPv4).Addrs...), s.Family(inet.IPv6).Addrs...)

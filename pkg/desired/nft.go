@@ -95,6 +95,15 @@ type Uplink struct {
 	// masquerade: see layout.md); invalid while unknown, and then
 	// masquerade stands in.
 	NAT inet.PerFamily[netip.Addr]
+	// NoGateway: the interface has addresses but no way to a gateway in
+	// either family (not point-to-point, none configured, leased or in
+	// the main table). Connections arriving on it are then not pinned to
+	// the uplink, nor is what leaves it guarded: a LAN interface named as
+	// an uplink by mistake would otherwise pin the whole LAN to a down
+	// uplink and drop the replies of every connection pinned elsewhere. A
+	// real uplink loses nothing: without a gateway it carries nothing
+	// from or to the internet.
+	NoGateway bool
 }
 
 // Bucket is one candidate of a balancer with its share.

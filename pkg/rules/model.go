@@ -319,13 +319,21 @@ func (b *builder) build() {
 		// lives on until the rule is back. One lookup whatever the number
 		// of uplinks: a guard chain per mark listing every other uplink's
 		// interface cost 16 uplinks 16% of the small-packet rate (issue 15).
-		for _, o := range s.Uplinks {
-			if o.Mark != u.Mark {
-				guard.elems = append(guard.elems, vmapElem(markIfnameElem(o.Mark, u.Interface), &expr.Verdict{Kind: expr.VerdictDrop}))
+		// Neither the guard nor inbound names an interface with no way to
+		// a gateway (desired.Uplink.NoGateway): a LAN interface configured
+		// as an uplink by mistake would pin the whole LAN to it and drop
+		// the replies of every connection pinned elsewhere.
+		if !u.NoGateway {
+			for _, o := range s.Uplinks {
+				if o.Mark != u.Mark {
+					guard.elems = append(guard.elems, vmapElem(markIfnameElem(o.Mark, u.Interface), &expr.Verdict{Kind: expr.VerdictDrop}))
+				}
 			}
+			guard.elems = append(guard.elems, vmapElem(markIfnameElem(0, u.Interface),
+				&expr.Verdict{Kind: expr.VerdictGoto, Chain: leaveChain(u)}))
+			inbound.elems = append(inbound.elems, vmapElem(ifnameElem(u.Interface),
+				&expr.Verdict{Kind: expr.VerdictGoto, Chain: pinChain(u)}))
 		}
-		guard.elems = append(guard.elems, vmapElem(markIfnameElem(0, u.Interface),
-			&expr.Verdict{Kind: expr.VerdictGoto, Chain: leaveChain(u)}))
 
 		// Pinned connections keep their uplink's mark even while it is
 		// down: its table then holds only `unreachable default` (link
@@ -336,8 +344,6 @@ func (b *builder) build() {
 		// down uplink, so their next packet is balanced afresh.
 		restore.elems = append(restore.elems, vmapElem(markElem(u.Mark),
 			&expr.Verdict{Kind: expr.VerdictGoto, Chain: markChain(u)}))
-		inbound.elems = append(inbound.elems, vmapElem(ifnameElem(u.Interface),
-			&expr.Verdict{Kind: expr.VerdictGoto, Chain: pinChain(u)}))
 	}
 	if s.Evict != 0 {
 		b.evict(restore, guard)
@@ -498,7 +504,9 @@ func (b *builder) evict(restore, guard *set) {
 	)}
 	restore.elems = append(restore.elems, vmapElem(markElem(e), &expr.Verdict{Kind: expr.VerdictGoto, Chain: chainEvict}))
 	for _, u := range b.s.Uplinks {
-		guard.elems = append(guard.elems, vmapElem(markIfnameElem(e, u.Interface), &expr.Verdict{Kind: expr.VerdictDrop}))
+		if !u.NoGateway {
+			guard.elems = append(guard.elems, vmapElem(markIfnameElem(e, u.Interface), &expr.Verdict{Kind: expr.VerdictDrop}))
+		}
 	}
 	fwd := b.addChain(chainEvictForward, &baseHook{typ: nftables.ChainTypeFilter,
 		hook: nftables.ChainHookForward, hookName: "forward",

@@ -68,6 +68,17 @@ func goldenSpecs() map[string]desired.NFT {
 			Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(), Evict: 0xff00,
 			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}}}),
 		},
+		// The second uplink's interface has no gateway (the LAN's, named
+		// by mistake): neither inbound nor the guard, evict's included,
+		// names it.
+		"gatewayless": {
+			Table: "wanpin", Mask: 0xff00, Uplinks: func() []desired.Uplink {
+				us := twoUplinks()
+				us[1].NoGateway = true
+				return us
+			}(), Evict: 0xff00,
+			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}}}),
+		},
 		// sticky: the default balancing by source, a policy by source and
 		// destination whose families choose differently (uplink 2 has no
 		// IPv6), and a sticky policy with one candidate.
