@@ -142,6 +142,17 @@ func (x *Explainer) ExplainSticky(f policy.Flow, types AddrTypes, sticky StickyL
 	return e
 }
 
+// routerRule is the router's own `iif lo lookup <router table>` of the
+// family, if router_traffic = "balance" installed one.
+func (x *Explainer) routerRule(fam inet.Family) (desired.Rule, bool) {
+	for _, r := range x.d.Routing.Rules {
+		if r.Family == fam && r.Iif == "lo" && !r.Dst.IsValid() && r.Table != 0 {
+			return r, true
+		}
+	}
+	return desired.Rule{}, false
+}
+
 func (x *Explainer) explainNFT(f policy.Flow, types AddrTypes) Explanation {
 	nft := x.d.NFT
 	fam := f.Family()
@@ -152,8 +163,13 @@ func (x *Explainer) explainNFT(f policy.Flow, types AddrTypes) Explanation {
 	if f.Local {
 		// chain output: another program's mark is left to its rules.
 		if other := f.Mark &^ nft.Mask; other != 0 {
-			return Explanation{Outcome: ForeignMark,
-				Why: fmt.Sprintf("mark %#x has bits %#x outside wanpin's mask %#x: another program's, routed by its ip rules", f.Mark, other, nft.Mask)}
+			why := fmt.Sprintf("mark %#x has bits %#x outside wanpin's mask %#x: another program's; wanpin's table leaves it alone and the ip rules route it", f.Mark, other, nft.Mask)
+			if r, ok := x.routerRule(fam); ok {
+				// `iif lo lookup <router table>` tests no mark: that
+				// program's rules decide only if they come first.
+				why += fmt.Sprintf(", wanpin's rule %d (the router's own traffic, balanced) before any of that program's with a later priority", r.Priority)
+			}
+			return Explanation{Outcome: ForeignMark, Why: why}
 		}
 		// A socket that chose an uplink keeps it.
 		if m := f.Mark & nft.Mask; m != 0 {

@@ -197,3 +197,20 @@ func TestExplainSticky(t *testing.T) {
 		t.Errorf("a new source: %+v", e)
 	}
 }
+
+// Another program's mark on the router's own packet: the table leaves it
+// alone, but wanpin's router rule (no mark condition) routes it before
+// any rule of that program with a later priority, and explain says so.
+func TestExplainForeignMarkNamesRouterRule(t *testing.T) {
+	cfg := testConfig()
+	cfg.RouterTraffic = config.RouterBalance
+	f := policy.Flow{Local: true, Dst: netip.MustParseAddr("203.0.113.10"), UID: 1001, Mark: 0x10}
+	e := Explain(Build(Facts{Config: cfg, Uplinks: allUp()}), f, nil)
+	if e.Outcome != ForeignMark || !strings.Contains(e.Why, "wanpin's rule 10700") {
+		t.Errorf("router_traffic balance: %+v", e)
+	}
+	cfg.RouterTraffic = config.RouterMain
+	if e := Explain(Build(Facts{Config: cfg, Uplinks: allUp()}), f, nil); e.Outcome != ForeignMark || strings.Contains(e.Why, "wanpin's rule") {
+		t.Errorf("router_traffic main: %+v", e)
+	}
+}

@@ -255,6 +255,17 @@ func ruleFinding(ru Rule, m Mine, last int) (Finding, bool) {
 		f.Breaks = fmt.Sprintf("its rule sits in wanpin's block %d-%d, between wanpin's rules: what it matches skips wanpin's rules after it", m.Priority, last)
 		return f, true
 	}
+	if preempted(ru, m, last) {
+		// Another program's rule after wanpin's block routes nothing
+		// wanpin routes first: the LAN's balanced connections (they
+		// carry wanpin's bits as well, so an exact `fwmark 0x10` no
+		// longer equals them) and the router's own (`iif lo lookup
+		// <router table>` has no mark condition). Its program decided
+		// before wanpin started; it should know it no longer does.
+		f.Severity = Warning
+		f.Breaks = fmt.Sprintf("comes after wanpin's rules (%d-%d), which route first what it would match (the LAN's connections wanpin balances, and the router's own traffic with router_traffic = \"balance\"): give it a priority below %d for it to decide first", m.Priority, last, m.Priority)
+		return f, true
+	}
 	if !ru.HasMark {
 		if ru.Priority < m.Priority && ru.Suppress < 0 && ru.Table != 0 && ru.Table != 253 && ru.Table != 254 && ru.Table != 255 {
 			// `lookup 52` for every packet (Tailscale's exit node):
@@ -293,6 +304,18 @@ func ruleFinding(ru Rule, m Mine, last int) (Finding, bool) {
 	f.Severity = Breaking
 	f.Breaks = fmt.Sprintf("tests mark bits %#08x that wanpin writes, before wanpin's rules (%d): packets wanpin marks for an uplink can take this rule's route, and the packets this program marks lose it when wanpin rewrites those bits", overlap, m.Priority)
 	return f, true
+}
+
+// preempted: a rule after wanpin's block that looks up a table of its
+// own for packets carrying no mark bit of wanpin's (none tested, or an
+// exact value outside the mask, or its negation). The main, default and
+// local tables and suppress rules take nothing from wanpin; rules that
+// test wanpin's bits are judged below.
+func preempted(ru Rule, m Mine, last int) bool {
+	if ru.Priority <= last || ru.Suppress >= 0 || ru.Table == 0 || ru.Table == 253 || ru.Table == 254 || ru.Table == 255 {
+		return false
+	}
+	return !ru.HasMark || ru.Mask&m.Mask == 0 || ru.Mask == ^uint32(0) && ru.Mark&m.Mask == 0
 }
 
 func markFinding(mu MarkUse, mask uint32) (Finding, bool) {

@@ -26,8 +26,21 @@ func TestAnalyze(t *testing.T) {
 		{"a rule inside wanpin's block", Snapshot{Rules: []Rule{
 			{Family: inet.IPv4, Priority: 10500, Table: 100, Text: "10500: from all lookup 100"}}}, def,
 			[]Severity{Warning}, "", 0, 11000},
+		// Started before wanpin: its full tunnel gets only what wanpin
+		// leaves to the main table.
 		{"wg-quick after wanpin's rules", Snapshot{Rules: []Rule{
-			{Family: inet.IPv4, Priority: 32764, HasMark: true, Mark: 51820, Mask: ^uint32(0), Invert: true, Table: 51820}}}, def,
+			{Family: inet.IPv4, Priority: 32764, HasMark: true, Mark: 51820, Mask: ^uint32(0), Invert: true, Table: 51820, Suppress: -1},
+			{Family: inet.IPv4, Priority: 32765, Table: 254, Suppress: 0}}}, def,
+			[]Severity{Warning}, "wg-quick", 0, 0},
+		{"a VPN's exact mark after wanpin's rules", Snapshot{Rules: []Rule{
+			{Family: inet.IPv4, Priority: 32765, HasMark: true, Mark: 0x10, Mask: ^uint32(0), Table: 300, Suppress: -1}}}, def,
+			[]Severity{Warning}, "", 0, 0},
+		{"a source rule after wanpin's rules", Snapshot{Rules: []Rule{
+			{Family: inet.IPv4, Priority: 20000, Table: 100, Suppress: -1}}}, def,
+			[]Severity{Warning}, "", 0, 0},
+		{"the main and default tables after wanpin's rules", Snapshot{Rules: []Rule{
+			{Family: inet.IPv4, Priority: 32766, Table: 254, Suppress: -1},
+			{Family: inet.IPv4, Priority: 32767, Table: 253, Suppress: -1}}}, def,
 			nil, "", 0, 0},
 		{"wg-quick before wanpin's rules", Snapshot{Rules: []Rule{
 			{Family: inet.IPv4, Priority: 5209, HasMark: true, Mark: 51820, Mask: ^uint32(0), Invert: true, Table: 51820}}}, def,
