@@ -229,14 +229,17 @@ func cmdPlan(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "wanpin plan: %v (use --all-up to plan without reading the interfaces)\n", err)
 		return 1
 	}
-	// The tables the daemon would choose: other programs' tables and the
-	// names in rt_tables are skipped (read without privilege). --all-up
+	// The tables the daemon would choose: other programs' tables (their
+	// routes and the tables their rules look up) and the names in
+	// rt_tables are skipped (read without privilege). --all-up
 	// reads nothing of the machine: the plan of the file alone.
 	var use core.TableUse
 	if !*allUp {
 		use.Named = daemon.NamedTables(daemon.DefaultRTTables)
 		if tm, err := tables.New(netns.None()); err == nil {
-			use.Foreign, _ = tm.ForeignTables()
+			if f, err := tm.ForeignTables(); err == nil {
+				use.Foreign, use.Rules = f.Routes, f.Rules
+			}
 			tm.Close()
 		}
 	}
@@ -247,8 +250,11 @@ func cmdPlan(args []string, stdout, stderr io.Writer) int {
 	}
 	in.Tables = t
 	d := core.Build(in)
-	for _, n := range notes {
+	for _, n := range notes.Chosen {
 		fmt.Fprintln(stdout, "# "+n)
+	}
+	for _, n := range notes.Warnings {
+		fmt.Fprintln(stdout, "# warning: "+n)
 	}
 	fmt.Fprintln(stdout, "# nft list table inet "+d.NFT.Table)
 	fmt.Fprint(stdout, rules.Render(d.NFT))

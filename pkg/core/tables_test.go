@@ -30,6 +30,10 @@ func TestAssignTables(t *testing.T) {
 		{"low ids stay the admin's", []int{1, 0, 100}, TableUse{}, []int{1, 200, 100}, 201, ""},
 		{"another program's table", []int{0, 0}, TableUse{Foreign: map[int]bool{200: true}}, []int{201, 202}, 203,
 			"uplink u0: routing table 201 (skipped 200: routes of another program)"},
+		{"a table another program's rule looks up", []int{0, 0}, TableUse{Rules: map[int]int{201: 5000, 254: 32766}}, []int{200, 202}, 203,
+			"uplink u1: routing table 202 (skipped 201: looked up by another program's rule 5000)"},
+		{"the router's table too", []int{0}, TableUse{Rules: map[int]int{201: 5000}}, []int{200}, 202,
+			"the router's own traffic: routing table 202 (skipped 201: looked up by another program's rule 5000)"},
 		{"a named table", []int{0}, TableUse{Named: map[int]string{200: "vpn", 201: "wg"}}, []int{202}, 203,
 			`uplink u0: routing table 202 (skipped 200: named "vpn" in rt_tables; 201: named "wg" in rt_tables)`},
 	} {
@@ -53,7 +57,7 @@ func TestAssignTables(t *testing.T) {
 			if !reflect.DeepEqual(ids, tc.want) || got.Router != tc.router {
 				t.Errorf("tables %v router %d, want %v router %d", ids, got.Router, tc.want, tc.router)
 			}
-			if tc.note != "" && (len(notes) == 0 || notes[0] != tc.note) {
+			if tc.note != "" && (len(notes.Chosen) == 0 || notes.Chosen[0] != tc.note) {
 				t.Errorf("notes %q, want %q first", notes, tc.note)
 			}
 		})
@@ -78,5 +82,28 @@ func TestAssignTablesRefusesAndKeeps(t *testing.T) {
 	cfg = mustConfig(t, "router_traffic = \"main\"\n[[uplink]]\nname = \"a\"\ninterface = \"eth0\"\n")
 	if got, _, _ := AssignTables(cfg, TableUse{}, Tables{}); got.Router != 0 {
 		t.Errorf("router table %d with router_traffic main", got.Router)
+	}
+}
+
+// A configured table, or one an uplink already has, that another
+// program's rule looks up is kept with a warning (a rule only reads the
+// table: most likely the admin's own); a free choice avoids it.
+func TestAssignTablesForeignRules(t *testing.T) {
+	use := TableUse{Rules: map[int]int{200: 5000}}
+	cfg := mustConfig(t, "[[uplink]]\nname = \"a\"\ninterface = \"eth0\"\ntable = 200\n")
+	got, notes, err := AssignTables(cfg, use, Tables{})
+	want := "wanpin.toml:1: uplink a: routing table 200 is looked up by another program's rule (ip rule show pref 5000): what that rule selects is routed by wanpin's table"
+	if err != nil || got.Uplinks["a"] != 200 || len(notes.Warnings) != 1 || !strings.HasSuffix(notes.Warnings[0], want) {
+		t.Errorf("configured: %+v %q %v", got, notes.Warnings, err)
+	}
+	cfg = mustConfig(t, "[[uplink]]\nname = \"a\"\ninterface = \"eth0\"\n")
+	got, notes, err = AssignTables(cfg, use, Tables{Uplinks: map[string]int{"a": 200}, Router: 201})
+	if err != nil || got.Uplinks["a"] != 200 || got.Router != 201 || len(notes.Warnings) != 1 ||
+		!strings.HasPrefix(notes.Warnings[0], "uplink a: routing table 200 is looked up by another program's rule") {
+		t.Errorf("reload: %+v %q %v", got, notes.Warnings, err)
+	}
+	got, notes, err = AssignTables(cfg, use, Tables{})
+	if err != nil || got.Uplinks["a"] != 201 || len(notes.Warnings) != 0 {
+		t.Errorf("start: %+v %+v %v", got, notes, err)
 	}
 }

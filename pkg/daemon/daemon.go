@@ -92,7 +92,7 @@ type Routing interface {
 	Apply(desired.Routing) (tables.Result, error)
 	Remove() (tables.Result, error)
 	Current() (desired.Routing, error)
-	ForeignTables() (map[int]bool, error)
+	ForeignTables() (tables.Foreign, error)
 	Close()
 }
 
@@ -249,18 +249,23 @@ func New(opts Options) (*Daemon, error) {
 
 // assignTables chooses the uplinks' routing tables (core.AssignTables)
 // from what the kernel and rt_tables say, and logs each choice that had
-// to skip an id.
+// to skip an id, and each table in use that another program's rule looks
+// up.
 func (d *Daemon) assignTables(cfg *config.Config, prev core.Tables) (core.Tables, error) {
 	foreign, err := d.routing.ForeignTables()
 	if err != nil {
-		return core.Tables{}, fmt.Errorf("reading the kernel's routing tables: %w", err)
+		return core.Tables{}, fmt.Errorf("reading the kernel's routing tables and rules: %w", err)
 	}
-	t, notes, err := core.AssignTables(cfg, core.TableUse{Foreign: foreign, Named: NamedTables(d.opts.RTTables)}, prev)
+	use := core.TableUse{Foreign: foreign.Routes, Rules: foreign.Rules, Named: NamedTables(d.opts.RTTables)}
+	t, notes, err := core.AssignTables(cfg, use, prev)
 	if err != nil {
 		return t, err
 	}
-	for _, n := range notes {
+	for _, n := range notes.Chosen {
 		d.log.Info("routing table chosen", "choice", n)
+	}
+	for _, n := range notes.Warnings {
+		d.log.Warn("routing table shared with another program's rule", "reason", n)
 	}
 	return t, nil
 }

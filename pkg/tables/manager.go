@@ -202,19 +202,46 @@ func (m *Manager) foreignRoutes(routes []desired.Route) (map[string]string, erro
 	return out, nil
 }
 
-// ForeignTables lists the routing tables that hold routes of other
-// programs (any route without wanpin's protocol tag), in either family:
-// wanpin must never pick one of those for an uplink.
-func (m *Manager) ForeignTables() (map[int]bool, error) {
-	out := map[int]bool{}
+// Foreign is what other programs do with routing table ids.
+type Foreign struct {
+	// Routes: tables that hold routes of other programs.
+	Routes map[int]bool
+	// Rules: tables that other programs' rules look up, each with the
+	// lowest priority of such a rule (for people: `ip rule` shows it).
+	Rules map[int]int
+}
+
+// ForeignTables lists the routing tables that other programs use, in
+// either family: those that hold a route without wanpin's protocol tag,
+// and those that a rule without the tag looks up. wanpin must never pick
+// one of those for an uplink: a table that another program's rule looks
+// up is that program's even while it is empty (a VPN's table gets its
+// routes when the tunnel comes up), and wanpin's routes in it would
+// capture the traffic the rule selects.
+func (m *Manager) ForeignTables() (Foreign, error) {
+	out := Foreign{Routes: map[int]bool{}, Rules: map[int]int{}}
 	for _, fam := range inet.Families {
 		list, err := m.h.RouteListFiltered(fam.AF(), &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 		if err != nil {
-			return nil, fmt.Errorf("listing %v routes: %w", fam, err)
+			return out, fmt.Errorf("listing %v routes: %w", fam, err)
 		}
 		for _, r := range list {
 			if r.Protocol != desired.Protocol {
-				out[r.Table] = true
+				out.Routes[r.Table] = true
+			}
+		}
+		rules, err := m.h.RuleList(fam.AF())
+		if err != nil {
+			return out, fmt.Errorf("listing %v rules: %w", fam, err)
+		}
+		for _, r := range rules {
+			// Table 0: a rule that looks nothing up (unreachable,
+			// blackhole, goto).
+			if r.Protocol == desired.Protocol || r.Table == unix.RT_TABLE_UNSPEC {
+				continue
+			}
+			if p, ok := out.Rules[r.Table]; !ok || r.Priority < p {
+				out.Rules[r.Table] = r.Priority
 			}
 		}
 	}

@@ -202,8 +202,8 @@ func TestForeignRouteIsNeverReplaced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !foreign[200] || foreign[201] {
-		t.Errorf("foreign tables %v, want 200 and not 201", foreign)
+	if !foreign.Routes[200] || foreign.Routes[201] {
+		t.Errorf("foreign tables %v, want 200 and not 201", foreign.Routes)
 	}
 	_, err = m.Apply(sample())
 	if err == nil || !strings.Contains(err.Error(), "table 200 holds a route of another program") {
@@ -211,5 +211,34 @@ func TestForeignRouteIsNeverReplaced(t *testing.T) {
 	}
 	if out := ns.Run(t, "ip", "route", "show", "table", "200"); !strings.Contains(out, "default via 198.51.100.1 dev wan1") || strings.Contains(out, "proto 119") {
 		t.Errorf("the foreign route changed: %q", out)
+	}
+}
+
+// A table that another program's rule looks up is foreign even while it
+// holds no route, in either family; wanpin's own rules and rules that
+// look nothing up do not count.
+func TestForeignRuleMakesTableForeign(t *testing.T) {
+	ns, m := setup(t)
+	if _, err := m.Apply(sample()); err != nil {
+		t.Fatal(err)
+	}
+	ns.Run(t, "ip", "rule", "add", "pref", "5000", "from", "192.0.2.0/26", "lookup", "201")
+	ns.Run(t, "ip", "rule", "add", "pref", "4000", "from", "192.0.2.0/27", "lookup", "201")
+	ns.Run(t, "ip", "-6", "rule", "add", "pref", "5001", "from", "2001:db8:1::/64", "lookup", "400")
+	ns.Run(t, "ip", "rule", "add", "pref", "5002", "from", "192.0.2.64/26", "unreachable")
+	f, err := m.ForeignTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Rules[201] != 4000 || f.Rules[400] != 5001 {
+		t.Errorf("rules' tables %v, want 201 (pref 4000) and 400 (pref 5001)", f.Rules)
+	}
+	for _, id := range []int{0, 200, 300} {
+		if _, ok := f.Rules[id]; ok {
+			t.Errorf("table %d counted as another program's: %v", id, f.Rules)
+		}
+	}
+	if f.Routes[200] || f.Routes[201] || f.Routes[400] {
+		t.Errorf("tables with other programs' routes %v, want none of 200, 201, 400", f.Routes)
 	}
 }
