@@ -296,6 +296,16 @@ func FormatStatus(s core.Status, now time.Time) string {
 		fmt.Fprintf(&b, "\ndomain policies: %s; %d answers held, %d re-injected, %d lost, %d unparsable; %d addresses added, %d refused\n",
 			state, d.Held, d.Reinjected, d.ReinjectErrors+d.Overruns, d.ParseErrors, d.Added, d.AddErrors)
 	}
+	if len(s.RouteConflicts) > 0 {
+		b.WriteString("\nroutes of other programs in wanpin's tables (left in place, wanpin's not installed):\n")
+		for _, c := range s.RouteConflicts {
+			who := "the router's own traffic"
+			if c.Uplink != "" {
+				who = "uplink " + c.Uplink
+			}
+			fmt.Fprintf(&b, "  table %d (%s): %s holds the place of %q\n", c.Table, who, c.Foreign, c.Route)
+		}
+	}
 	if len(s.Conflicts) > 0 {
 		b.WriteString("\nclashes with other programs' rules:\n")
 		for _, f := range s.Conflicts {

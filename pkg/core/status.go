@@ -25,6 +25,9 @@ type Status struct {
 	// Conflicts: other programs' rules that clash with wanpin's marks or
 	// rule block, as the last check found them.
 	Conflicts []neighbours.Finding `json:"conflicts,omitempty"`
+	// RouteConflicts: routes wanpin wants in its tables that another
+	// program's routes hold the place of (left to them).
+	RouteConflicts []RouteConflictReport `json:"route_conflicts,omitempty"`
 	// Sticky: sources the sticky balancers remember (the most recent
 	// first, at most a hundred), of StickyTotal in all.
 	Sticky      []StickyReport `json:"sticky,omitempty"`
@@ -161,7 +164,7 @@ type Seconds float64
 
 // Report is the state's part of the status, uplinks in file order.
 func (s State) Report() Status {
-	st := Status{Config: s.Config.Path, Conflicts: s.Conflicts}
+	st := Status{Config: s.Config.Path, Conflicts: s.Conflicts, RouteConflicts: s.routeConflictReports()}
 	weighted := WithWeights(s.Config, s.Weights)
 	for i, u := range s.Config.Uplinks {
 		ur := UplinkReport{Name: u.Name, Interface: u.Interface, State: "down", Weight: weighted.Uplinks[i].Weight, Tier: u.Tier,

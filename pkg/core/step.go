@@ -81,6 +81,9 @@ type State struct {
 	// Conflicts: what other programs on the router do that clashes with
 	// wanpin's marks and rules, as last seen (pkg/neighbours).
 	Conflicts []neighbours.Finding
+	// RouteConflicts: routes of wanpin's that another program's routes
+	// hold the place of, as the latest routing apply found them.
+	RouteConflicts []RouteConflict
 	// Quotas: the data quotas of the uplinks that have one, by uplink;
 	// QuotaSaved is when their counts were last written, QuotaDirty
 	// whether they grew since.
@@ -224,6 +227,12 @@ type (
 	}
 	// ApplyFailed: the kernel refused an apply.
 	ApplyFailed struct{ Err error }
+	// RoutingConflicts: a routing apply went through but left these
+	// routes to the other programs whose routes hold their places (none:
+	// no conflict). Applied stays as it was: the drift check leaves out
+	// the routes still held by another program, and the ones that are free
+	// again count as missing and are repaired.
+	RoutingConflicts struct{ Conflicts []RouteConflict }
 	// Retry: the RetryAfter timer fired; a fresh snapshot (and the lease
 	// files, when they were read again).
 	Retry struct {
@@ -234,25 +243,26 @@ type (
 	Stop struct{}
 )
 
-func (Start) input()          {}
-func (Observed) input()       {}
-func (TrafficReading) input() {}
-func (AutoWeights) input()    {}
-func (QuotaCommand) input()   {}
-func (Neighbours) input()     {}
-func (HealthVerdict) input()  {}
-func (SetService) input()     {}
-func (PPPEvent) input()       {}
-func (LeaseEvent) input()     {}
-func (Reload) input()         {}
-func (ReloadRejected) input() {}
-func (Services) input()       {}
-func (ExecStarted) input()    {}
-func (ExecEnded) input()      {}
-func (Drift) input()          {}
-func (ApplyFailed) input()    {}
-func (Retry) input()          {}
-func (Stop) input()           {}
+func (Start) input()            {}
+func (Observed) input()         {}
+func (TrafficReading) input()   {}
+func (AutoWeights) input()      {}
+func (QuotaCommand) input()     {}
+func (Neighbours) input()       {}
+func (HealthVerdict) input()    {}
+func (SetService) input()       {}
+func (PPPEvent) input()         {}
+func (LeaseEvent) input()       {}
+func (Reload) input()           {}
+func (ReloadRejected) input()   {}
+func (Services) input()         {}
+func (ExecStarted) input()      {}
+func (ExecEnded) input()        {}
+func (Drift) input()            {}
+func (ApplyFailed) input()      {}
+func (RoutingConflicts) input() {}
+func (Retry) input()            {}
+func (Stop) input()             {}
 
 // globalSysctls are what policy routing with marks needs. Without
 // src_valid_mark, the reverse-path filter validates a marked packet's
@@ -474,6 +484,8 @@ func Step(prev State, at time.Time, in Input) Result {
 		// is owed to the next apply.
 		s.RepinSent = false
 		r.add(RetryAfter{After: RetryDelay})
+	case RoutingConflicts:
+		s.noteRouteConflicts(r, in.Conflicts)
 	case Retry:
 		s.Links = in.Links
 		if in.Leases != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/wanpin/wanpin/pkg/config"
+	"github.com/wanpin/wanpin/pkg/desired"
 	"github.com/wanpin/wanpin/pkg/inet"
 	"github.com/wanpin/wanpin/pkg/policy"
 )
@@ -211,6 +212,16 @@ func scenarios(t testing.TB) map[string][]step {
 			{time.Millisecond, ApplyFailed{Err: errors.New("applying nftables: replacing nftables table inet wanpin: operation not permitted")}},
 			{time.Second, Retry{Links: bothUp}}},
 		"stop": {start, {time.Second, Stop{}}},
+		// An old hook script's route holds the place of fibre's default
+		// route in table 200: logged once, however often the routing is
+		// applied, and once more when it ends; nothing is applied again
+		// for it (the rest of the routing went in).
+		"route_conflict": {
+			{0, Start{Links: bothUp, Tables: Tables{Uplinks: map[string]int{"fibre": 200, "dsl": 201}, Router: 202}}},
+			{time.Second, RoutingConflicts{Conflicts: []RouteConflict{{Route: fibreDefault, Foreign: "proto 3"}}}},
+			{2 * time.Second, RoutingConflicts{Conflicts: []RouteConflict{{Route: fibreDefault, Foreign: "proto 3"}}}},
+			{3 * time.Second, RoutingConflicts{Conflicts: []RouteConflict{{Route: routerDefault, Foreign: "proto 16"}}}},
+			{4 * time.Second, RoutingConflicts{Conflicts: []RouteConflict{}}}},
 		// dhclient on wan1 and no default route in the main table (the
 		// second lease's default route fails with "File exists"): the
 		// hook's lease brings the uplink up, a flap keeps its gateway, a
@@ -266,6 +277,36 @@ targets = ["203.0.113.1", "203.0.113.2"]
 name = "lte"
 interface = "wwan0"
 `
+
+var (
+	fibreDefault  = desired.Route{Family: inet.IPv4, Table: 200, Gateway: netip.MustParseAddr("198.51.100.1"), Interface: "wan1"}
+	routerDefault = desired.Route{Family: inet.IPv4, Table: 202, Nexthops: []desired.Nexthop{
+		{Interface: "wan1", Gateway: netip.MustParseAddr("198.51.100.1"), Weight: 3}, {Interface: "ppp0", Weight: 1}}}
+)
+
+// The conflicts are in the status, by table and whose it is, until they
+// end.
+func TestRouteConflictReport(t *testing.T) {
+	cfg := mustConfig(t, stepConfig)
+	s := Step(NewState(cfg), t0, Start{Links: links(fibre(), ppp(7, "198.51.100.10", "198.51.100.9")),
+		Tables: Tables{Uplinks: map[string]int{"fibre": 200, "dsl": 201}, Router: 202}}).State
+	s = Step(s, t0.Add(time.Second), RoutingConflicts{Conflicts: []RouteConflict{{Route: fibreDefault, Foreign: "proto 3"},
+		{Route: routerDefault, Foreign: "proto 16"}}}).State
+	want := []RouteConflictReport{
+		{Table: 200, Uplink: "fibre", Route: "default via 198.51.100.1 dev wan1 proto 119", Foreign: "proto 3"},
+		{Table: 202, Route: routerDefault.String(), Foreign: "proto 16"},
+	}
+	if got := s.Report().RouteConflicts; !reflect.DeepEqual(got, want) {
+		t.Errorf("report %+v, want %+v", got, want)
+	}
+	if s.Applied == nil {
+		t.Errorf("a conflict made the machine forget what is applied (a retry would follow)")
+	}
+	s = Step(s, t0.Add(2*time.Second), RoutingConflicts{}).State
+	if got := s.Report().RouteConflicts; len(got) != 0 {
+		t.Errorf("report after the end %+v", got)
+	}
+}
 
 func noGateway(l Link) Link {
 	l.Gateway = inet.PerFamily[netip.Addr]{}

@@ -93,6 +93,7 @@ type Routing interface {
 	Remove() (tables.Result, error)
 	Current() (desired.Routing, error)
 	ForeignTables() (tables.Foreign, error)
+	Contested([]desired.Route) (map[string]string, error)
 	Close()
 }
 
@@ -127,6 +128,9 @@ type Daemon struct {
 	estimates   map[string]adaptive.Estimate
 	applies     uint64
 	applyErrors uint64
+	// routeConflicts: what the latest routing apply left to other
+	// programs' routes (nil: no routing applied since the last step).
+	routeConflicts []core.RouteConflict
 
 	teardownErr error // what removing the state at SIGTERM returned
 
@@ -447,13 +451,22 @@ func (d *Daemon) step(in core.Input) error {
 	// not only once the applies and conntrack flushes are done; published
 	// again after them, for the counts they change.
 	d.publish()
+	d.routeConflicts = nil
 	if err := d.execute(res.Effects); err != nil {
 		// The kernel refused an apply: the machine forgets what it thinks
 		// is applied and asks for a retry.
 		next := core.Step(d.state, time.Now(), core.ApplyFailed{Err: err})
 		d.state = next.State
 		_ = d.execute(next.Effects)
+	} else if d.routeConflicts != nil {
+		// The routing went in, but for the routes another program's
+		// routes hold the places of: the machine logs the new conflicts
+		// (once) and those that ended.
+		next := core.Step(d.state, time.Now(), core.RoutingConflicts{Conflicts: d.routeConflicts})
+		d.state = next.State
+		_ = d.execute(next.Effects)
 	}
+	d.routeConflicts = nil
 	d.publish()
 	return res.Err
 }

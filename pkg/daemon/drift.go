@@ -68,7 +68,7 @@ func (d *Daemon) checkDrift(scope driftScope, heard time.Time, late <-chan time.
 		cur, err := d.routing.Current()
 		if err != nil {
 			d.log.Warn("checking rules and routes", "err", err)
-		} else if m := missingObjects(applied.Routing, cur); len(m) > 0 {
+		} else if m := missingObjects(applied.Routing, cur, d.contested()); len(m) > 0 {
 			in.Missing = append(in.Missing, m...)
 			in.Routing = true
 		}
@@ -116,8 +116,35 @@ func (d *Daemon) sysctlDrift() []string {
 	return out
 }
 
-// missingObjects lists what want has and have lacks, as ip prints it.
-func missingObjects(want, have desired.Routing) []string {
+// contested lists, by route key, the known conflicts' routes whose place
+// another program's route still holds: they are not missing (wanpin left
+// them out on purpose), and asking the kernel again every half second
+// would only repeat the conflict. One whose place is free again counts as
+// missing, so it is put back.
+func (d *Daemon) contested() map[string]bool {
+	if len(d.state.RouteConflicts) == 0 {
+		return nil
+	}
+	var routes []desired.Route
+	for _, c := range d.state.RouteConflicts {
+		routes = append(routes, c.Route)
+	}
+	held, err := d.routing.Contested(routes)
+	if err != nil {
+		d.log.Warn("checking the routes of other programs in wanpin's tables", "err", err)
+		return nil
+	}
+	out := map[string]bool{}
+	for k := range held {
+		out[k] = true
+	}
+	return out
+}
+
+// missingObjects lists what want has and have lacks, as ip prints it,
+// leaving out the routes whose keys are in contested (held by another
+// program's routes).
+func missingObjects(want, have desired.Routing, contested map[string]bool) []string {
 	haveRules := map[string]bool{}
 	for _, r := range have.Rules {
 		haveRules[r.Key()] = true
@@ -133,6 +160,9 @@ func missingObjects(want, have desired.Routing) []string {
 		}
 	}
 	for _, r := range want.Routes {
+		if contested[r.Key()] {
+			continue
+		}
 		if got, ok := haveRoutes[r.Key()]; !ok || got != r.String() {
 			out = append(out, fmt.Sprintf("route %q in table %d", r.String(), r.Table))
 		}

@@ -40,6 +40,11 @@ func (d *Daemon) execute(effects []core.Effect) error {
 				applyErr = fmt.Errorf("applying routing: %w", err)
 				continue
 			}
+			conflicts := []core.RouteConflict{}
+			for _, c := range res.Conflicts {
+				conflicts = append(conflicts, core.RouteConflict{Route: c.Route, Foreign: c.Foreign})
+			}
+			d.routeConflicts = conflicts
 			if res.Changed() {
 				d.log.Info("routing applied", "rules_added", res.RulesAdded, "rules_deleted", res.RulesDeleted,
 					"routes_added", res.RoutesAdded, "routes_deleted", res.RoutesDeleted)

@@ -38,13 +38,24 @@ func New(ns netns.NsHandle) (*Manager, error) {
 // Close releases the netlink socket.
 func (m *Manager) Close() { m.h.Close() }
 
-// Result counts what an Apply changed.
+// Result counts what an Apply changed, and lists the routes it left to
+// another program.
 type Result struct {
 	RulesAdded, RulesDeleted   int
 	RoutesAdded, RoutesDeleted int
+	// Conflicts: routes of d that were not installed because a route of
+	// another program holds their place (same table, destination and
+	// metric).
+	Conflicts []Conflict
 }
 
-// Changed reports whether anything was changed.
+// Conflict is a route wanpin wants where another program's route is.
+type Conflict struct {
+	Route   desired.Route // wanpin's, not installed
+	Foreign string        // what holds its place: "proto 3"
+}
+
+// Changed reports whether anything was changed (conflicts change nothing).
 func (r Result) Changed() bool {
 	return r.RulesAdded+r.RulesDeleted+r.RoutesAdded+r.RoutesDeleted > 0
 }
@@ -52,8 +63,12 @@ func (r Result) Changed() bool {
 // Apply makes the kernel's wanpin-owned rules and routes equal to d. It
 // adds and replaces before it deletes, so at no moment does traffic find
 // fewer rules than either the old or the new state has. Objects that are
-// not wanpin's (another protocol tag, or outside scope) are never touched.
-// Applying the same d twice changes nothing the second time.
+// not wanpin's (another protocol tag, or outside scope) are never touched:
+// a route of d whose place another program's route holds is left out and
+// listed in Result.Conflicts, and the rest of d is applied all the same
+// (one hook script's route in one table must not stop the repair and the
+// failover of every other table and rule). Applying the same d twice
+// changes nothing the second time.
 func (m *Manager) Apply(d desired.Routing) (Result, error) {
 	var res Result
 	haveRoutes, err := m.ownedRoutes()
@@ -74,7 +89,7 @@ func (m *Manager) Apply(d desired.Routing) (Result, error) {
 	}
 
 	// Never replace another program's route: a route of the same key in
-	// one of our tables that is not ours means the table is not ours.
+	// one of our tables that is not ours is left where it is.
 	foreign, err := m.foreignRoutes(d.Routes)
 	if err != nil {
 		return res, err
@@ -85,7 +100,8 @@ func (m *Manager) Apply(d desired.Routing) (Result, error) {
 			continue
 		}
 		if f, ok := foreign[r.Key()]; ok {
-			return res, fmt.Errorf("table %d holds a route of another program (%s): not replacing it with %q", r.Table, f, r.String())
+			res.Conflicts = append(res.Conflicts, Conflict{Route: r, Foreign: f})
+			continue
 		}
 		nr, err := m.toNetlinkRoute(r)
 		if err != nil {
@@ -170,6 +186,24 @@ func (m *Manager) Current() (desired.Routing, error) {
 		d.Routes = append(d.Routes, r.spec)
 	}
 	return d, nil
+}
+
+// Contested lists which of routes another program's route holds the place
+// of now, by route key, with what holds it ("proto 3"): the drift check
+// asks it of the conflicts it knows, so that such a route counts as
+// missing again only once the other program's route is gone.
+func (m *Manager) Contested(routes []desired.Route) (map[string]string, error) {
+	foreign, err := m.foreignRoutes(routes)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, r := range routes {
+		if f, ok := foreign[r.Key()]; ok {
+			out[r.Key()] = f
+		}
+	}
+	return out, nil
 }
 
 // foreignRoutes lists the routes in the tables routes go to that are not

@@ -194,7 +194,8 @@ func TestMissingInterfaceIsAnError(t *testing.T) {
 }
 
 // A route of another program where wanpin would put one is never
-// replaced, and its table counts as foreign.
+// replaced, and its table counts as foreign; the rest of the routing is
+// applied all the same, and the conflict is reported each time.
 func TestForeignRouteIsNeverReplaced(t *testing.T) {
 	ns, m := setup(t)
 	ns.Run(t, "ip", "route", "add", "default", "via", "198.51.100.1", "dev", "wan1", "table", "200")
@@ -205,12 +206,50 @@ func TestForeignRouteIsNeverReplaced(t *testing.T) {
 	if !foreign.Routes[200] || foreign.Routes[201] {
 		t.Errorf("foreign tables %v, want 200 and not 201", foreign.Routes)
 	}
-	_, err = m.Apply(sample())
-	if err == nil || !strings.Contains(err.Error(), "table 200 holds a route of another program") {
-		t.Fatalf("apply over a foreign default route: %v", err)
+	d := sample()
+	for i := range 2 {
+		res, err := m.Apply(d)
+		if err != nil {
+			t.Fatalf("apply %d over a foreign default route: %v", i, err)
+		}
+		if len(res.Conflicts) != 1 || res.Conflicts[0].Route.Table != 200 || res.Conflicts[0].Foreign != "proto 3" ||
+			res.Conflicts[0].Route.String() != "default via 198.51.100.1 dev wan1 proto 119" {
+			t.Errorf("apply %d: conflicts %+v", i, res.Conflicts)
+		}
+		if i == 1 && res.Changed() {
+			t.Errorf("the second apply changed %+v", res)
+		}
 	}
-	if out := ns.Run(t, "ip", "route", "show", "table", "200"); !strings.Contains(out, "default via 198.51.100.1 dev wan1") || strings.Contains(out, "proto 119") {
+	if out := ns.Run(t, "ip", "route", "show", "table", "200"); !strings.Contains(out, "default via 198.51.100.1 dev wan1") || strings.Contains(out, "default via 198.51.100.1 dev wan1 proto 119") {
 		t.Errorf("the foreign route changed: %q", out)
+	}
+	// Everything else is in: the kernel holds d but for the one route.
+	var rest desired.Routing
+	rest.Rules = d.Rules
+	for _, r := range d.Routes {
+		if r.Key() != d.Routes[0].Key() {
+			rest.Routes = append(rest.Routes, r)
+		}
+	}
+	cur, err := m.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := keys(cur), keys(rest); got != want {
+		t.Errorf("kernel\n%s\nwant\n%s", got, want)
+	}
+	held, err := m.Contested(d.Routes)
+	if err != nil || len(held) != 1 || held[d.Routes[0].Key()] != "proto 3" {
+		t.Errorf("contested %v %v", held, err)
+	}
+	// Once the other program's route goes, the next apply puts ours in.
+	ns.Run(t, "ip", "route", "del", "default", "table", "200")
+	if held, err := m.Contested(d.Routes); err != nil || len(held) != 0 {
+		t.Errorf("contested after the deletion: %v %v", held, err)
+	}
+	res, err := m.Apply(d)
+	if err != nil || len(res.Conflicts) != 0 || res.RoutesAdded != 1 {
+		t.Errorf("apply after the deletion: %+v %v", res, err)
 	}
 }
 
