@@ -88,6 +88,12 @@ func Build(in Facts) desired.State {
 	if cfg.Failback() {
 		d.NFT.Evict = cfg.EvictMark()
 	}
+	if last := len(cfg.Uplinks); last == 0 || cfg.UplinkMark(last-1) != cfg.EvictMark() {
+		// The mask's last value as a packet's mark: no ip rule and no
+		// uplink's (failback's evict uses it as a ct mark, the DNS hold
+		// for answers that never leave by an uplink).
+		d.NFT.RejectMark = cfg.EvictMark()
+	}
 	d.MPTCP = buildMPTCP(cfg, in.Uplinks)
 	d.NFT.MPTCP = cfg.MPTCP
 	prio := cfg.RulePriority

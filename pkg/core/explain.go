@@ -204,7 +204,7 @@ func (x *Explainer) explainNFT(f policy.Flow, types AddrTypes) Explanation {
 			e.Outcome, e.Choices, e.Why = Balanced, shares(c, byMark), "policy "+p.Name
 			return e
 		case c.Reject:
-			e.Outcome, e.Why = Rejected, "policy "+p.Name+": no candidate is up and fallback is \"none\""
+			e.Outcome, e.Why = Rejected, "policy "+p.Name+": no candidate is up and fallback is \"none\""+rejectWhere(nft)
 			return e
 		case c.FallbackDefault:
 			d := balanceDefault(nft, f, byMark)
@@ -240,9 +240,18 @@ func balanceDefault(nft desired.NFT, f policy.Flow, byMark map[uint32]desired.Up
 	case len(c.Buckets) > 0:
 		return Explanation{Outcome: Balanced, Choices: shares(c, byMark), Why: "default balancing"}
 	case c.Reject:
-		return Explanation{Outcome: Rejected, Why: "default balancing rejects"}
+		return Explanation{Outcome: Rejected, Why: "default balancing rejects" + rejectWhere(nft)}
 	}
 	return Explanation{Outcome: MainTable, Why: "no uplink is up"}
+}
+
+// rejectWhere says what a reject refuses: with a RejectMark, only what
+// the routing sends out of an uplink (pkg/rules rejectTerminal).
+func rejectWhere(nft desired.NFT) string {
+	if nft.RejectMark == 0 {
+		return ""
+	}
+	return ": refused where it would leave by an uplink; the main table's routes to a LAN or a VPN still take it"
 }
 
 func shares(c desired.Choice, byMark map[uint32]desired.Uplink) []Choice {

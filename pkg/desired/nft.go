@@ -43,6 +43,12 @@ type NFT struct {
 	// DNSHold: DNS answers arriving from the uplinks are held for the
 	// daemon's learner (some policy has domains); 0: none are.
 	DNSHold DNSHold
+	// RejectMark: the packet mark (inside Mask, no uplink's) a policy's
+	// reject gives a new connection, which is then refused only where the
+	// routing sends it out of an uplink: the main table's routes to a LAN
+	// or a VPN still take it. 0: refused outright in prerouting or
+	// output (the mask has no value to spare).
+	RejectMark uint32
 }
 
 // DNSHold is the NFLOG group DNS answers are held in (0: none held),

@@ -179,6 +179,10 @@ const (
 	mapGuard          = "guard"
 	chainEvict        = "evict"
 	chainEvictForward = "evict_forward"
+	chainRejectMark   = "reject_mark"
+	chainRejectFwd    = "reject_forward"
+	chainRejectOut    = "reject_output"
+	setUplinkIfaces   = "uplink_ifaces"
 	mapBalDefault     = "bal_default"
 	mapSource6        = "src6"
 	chainNATIn        = "nat_in"
@@ -243,6 +247,8 @@ type builder struct {
 	// stickyChains: per sticky balancer, the chain of each candidate's
 	// mark (sticky.go).
 	stickyChains map[string]map[uint32]string
+	// rejects: some choice rejects by RejectMark (rejectTerminal).
+	rejects bool
 }
 
 func (b *builder) addSet(s *set) *set {
@@ -479,6 +485,66 @@ func (b *builder) build() {
 		c.rules = in
 	}
 	b.dnsHold()
+	b.rejectChains()
+}
+
+// rejectTerminal is a rejecting choice's verdict. A reject in prerouting
+// or output, before routing, refused what no uplink would ever carry:
+// with a policy's uplinks down, its hosts lost the printer on the second
+// LAN and the router's user its NAS (audit). With a RejectMark the
+// connection's first packet gets that mark instead (reject_mark), the
+// routing takes its course, the main table's specific routes first (the
+// suppress rule), and reject_forward and reject_output refuse it only
+// where it leaves by an uplink. The mark matches no ip rule, so it
+// routes as an unmarked packet would.
+func (b *builder) rejectTerminal(only4 bool) []frag {
+	if b.s.RejectMark == 0 {
+		if only4 {
+			return []frag{rejectIPv4()}
+		}
+		return []frag{rejectDefault()}
+	}
+	b.rejects = true
+	v := verdict(expr.VerdictGoto, chainRejectMark)
+	if only4 {
+		return []frag{nfprotoFrag(inet.IPv4), v}
+	}
+	return []frag{v}
+}
+
+// rejectChains: the chain that marks a rejected connection and the two
+// that refuse it where it would leave by an uplink, forwarded or the
+// router's own (after the output chain's re-route: filter priority),
+// only while some choice rejects.
+func (b *builder) rejectChains() {
+	if !b.rejects {
+		return
+	}
+	b.addChain(chainRejectMark, nil).rules = []*rule{newRule(setMark(false, b.s.Mask, b.s.RejectMark))}
+	ifaces := b.addSet(&set{name: setUplinkIfaces, key: typeIfname, typeText: "ifname", native: true})
+	for _, u := range b.s.Uplinks {
+		if !u.NoGateway {
+			ifaces.elems = append(ifaces.elems, ifnameElem(u.Interface))
+		}
+	}
+	ifaces.sortElems()
+	ifaces.elems = slices.CompactFunc(ifaces.elems, func(x, y element) bool { return bytes.Equal(x.key, y.key) })
+	mark := maskedMark("meta mark", metaMarkLoad(), b.s.Mask)
+	if b.s.Mask != ^uint32(0) {
+		mark.text += " == " + hexMark(b.s.RejectMark)
+	} else {
+		mark.text += " " + hexMark(b.s.RejectMark)
+	}
+	mark.exprs = append(mark.exprs, cmpReg(expr.CmpOpEq, native32(b.s.RejectMark)))
+	oif := frag{text: "oifname @" + setUplinkIfaces, exprs: []expr.Any{&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg}, lookup(setUplinkIfaces)}}
+	for _, h := range []struct {
+		name     string
+		hook     *nftables.ChainHook
+		hookName string
+	}{{chainRejectFwd, nftables.ChainHookForward, "forward"}, {chainRejectOut, nftables.ChainHookOutput, "output"}} {
+		b.addChain(h.name, &baseHook{typ: nftables.ChainTypeFilter, hook: h.hook, hookName: h.hookName,
+			prio: nftables.ChainPriorityFilter, prioName: "filter"}).rules = []*rule{newRule(mark, oif, rejectDefault())}
+	}
 }
 
 // evict adds what resets the TCP connections failback moved off their
@@ -853,10 +919,8 @@ func (b *builder) choiceRules(c desired.Choice, base, mapName string, isDefault,
 			}
 		}
 		return []*rule{newRule(append(head, numgenVmap(uint32(total), mapName))...)}
-	case c.Reject && only4:
-		return []*rule{newRule(rejectIPv4())}
 	case c.Reject:
-		return []*rule{newRule(rejectDefault())}
+		return []*rule{newRule(b.rejectTerminal(only4)...)}
 	case c.FallbackDefault && !isDefault:
 		return []*rule{newRule(append(head, verdict(expr.VerdictGoto, chainBalDefault))...)}
 	}

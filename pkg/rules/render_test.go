@@ -163,6 +163,28 @@ func goldenSpecs() map[string]desired.NFT {
 			Policies: []desired.Policy{{Name: "strict", Match: policy.Match{Destinations: pfx("203.0.113.0/24")}, Balancer: desired.Both(desired.Choice{Reject: true})}},
 			Default:  desired.Both(desired.Choice{Reject: true}),
 		},
+		// The same with a mark to spare: the rejects mark the connection
+		// and refuse it only where it leaves by an uplink; a policy whose
+		// IPv4 alone rejects (its uplink has no IPv6 up).
+		"reject_routed": {
+			Table: "wanpin", Mask: 0xff, RejectMark: 0xff,
+			Uplinks: []desired.Uplink{
+				{Name: "a", Interface: "eth0", Mark: 1, Masquerade: true},
+				{Name: "b", Interface: "eth1", Mark: 2, Masquerade: true},
+			},
+			Policies: []desired.Policy{
+				{Name: "strict", Match: policy.Match{Destinations: pfx("203.0.113.0/24")}, Balancer: desired.Both(desired.Choice{Reject: true})},
+				{Name: "v4only", Match: policy.Match{UIDs: []uint32{1001}}, Balancer: desired.Balancer{
+					V4: desired.Choice{Reject: true}, V6: desired.Choice{Buckets: []desired.Bucket{{Mark: 2, Weight: 1}}}}},
+			},
+			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 1, Weight: 1}}}),
+		},
+		// Without a reject, RejectMark adds nothing.
+		"reject_unused": {
+			Table: "wanpin", Mask: 0xff, RejectMark: 0xff,
+			Uplinks: []desired.Uplink{{Name: "a", Interface: "eth0", Mark: 1, Masquerade: true}},
+			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 1, Weight: 1}}}),
+		},
 		"ipv6": {
 			Table: "wanpin", Mask: 0xffffffff,
 			Uplinks: []desired.Uplink{
