@@ -118,7 +118,7 @@ func TestFlapStormDrill(t *testing.T) {
 		t.Fatal("wanpin died in the storm")
 	}
 	for {
-		out, _ := l.Exec(l.Router, "nft", "list", "map", "inet", "wanpin", "bal_default")
+		out, _ := l.Exec(l.Router, "nft", "list", "chain", "inet", "wanpin", "bal_default_chain")
 		if strings.Contains(out, "mark_isp1") && strings.Contains(out, "mark_isp2") {
 			break
 		}

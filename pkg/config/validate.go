@@ -208,7 +208,7 @@ func checkPolicyName(s string) error {
 		return fmt.Errorf("name must be 1 to 31 of a-z, 0-9, '_' and '-', starting with a letter or digit, got %q", s)
 	}
 	if s == "default" {
-		// bal_default, st4_default_m1...: the default balancing's names.
+		// st4_default_m1, stk_default_m1...: the default balancing's names.
 		return fmt.Errorf(`name "default" is the default balancing's: choose another`)
 	}
 	return nil

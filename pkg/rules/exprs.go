@@ -257,10 +257,14 @@ func rejectDefault() frag {
 	}}
 }
 
-func numgenVmap(mod uint32, mapName string) frag {
-	return frag{text: fmt.Sprintf("numgen random mod %d vmap @%s", mod, mapName), exprs: []expr.Any{
+// numgenVmap is `numgen random mod N vmap { 0 : ..., N-1 : ... }`, the
+// anonymous map m (big-endian keys, see choiceRules) inline: the number
+// is converted to big-endian for the lookup, which nft lists as nothing.
+func numgenVmap(mod uint32, m *set) frag {
+	return frag{text: fmt.Sprintf("numgen random mod %d vmap %s", mod, m.inlineText()), anon: m, exprs: []expr.Any{
 		&expr.Numgen{Register: reg, Modulus: mod, Type: unix.NFT_NG_RANDOM},
-		vmapLookup(mapName),
+		&expr.Byteorder{SourceRegister: reg, DestRegister: reg, Op: expr.ByteorderHton, Len: 4, Size: 4},
+		vmapLookup(""),
 	}}
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
@@ -183,9 +184,11 @@ const (
 	chainRejectFwd    = "reject_forward"
 	chainRejectOut    = "reject_output"
 	setUplinkIfaces   = "uplink_ifaces"
-	mapBalDefault     = "bal_default"
-	mapSource6        = "src6"
-	chainNATIn        = "nat_in"
+	// defaultBalancer names the default balancing in the names of its
+	// sticky sets and chains (st4_default_m1...).
+	defaultBalancer = "default"
+	mapSource6      = "src6"
+	chainNATIn      = "nat_in"
 )
 
 func markChain(u desired.Uplink) string { return "mark_" + u.Name }
@@ -194,7 +197,6 @@ func pinChain(u desired.Uplink) string   { return "pin_" + u.Name }
 func saveChain(u desired.Uplink) string  { return "save_" + u.Name }
 func leaveChain(u desired.Uplink) string { return "leave_" + u.Name }
 func polChain(p desired.Policy) string   { return "pol_" + p.Name }
-func balMap(p desired.Policy) string     { return "bal_" + p.Name }
 
 // gcd reduction: weights 2:4 and 1:2 balance the same, with fewer elements.
 func reducedWeights(bs []desired.Bucket) ([]int, int) {
@@ -240,10 +242,6 @@ type builder struct {
 	termChains map[string]string
 	// progMaps: the folded maps made so far (the hooks share some).
 	progMaps map[*policy.Map]bool
-	// balMaps: the numgen map already made for a choice of buckets, by
-	// their text: policies that balance alike share one (every set costs
-	// the kernel's by-name walks, see policy.eqCond).
-	balMaps map[string]string
 	// stickyChains: per sticky balancer, the chain of each candidate's
 	// mark (sticky.go).
 	stickyChains map[string]map[uint32]string
@@ -362,7 +360,7 @@ func (b *builder) build() {
 	if r := b.sourceRule(); r != nil {
 		balDefault.rules = append(balDefault.rules, r)
 	}
-	balDefault.rules = append(balDefault.rules, b.balancerRules(s.Default, mapBalDefault, true)...)
+	balDefault.rules = append(balDefault.rules, b.balancerRules(s.Default, defaultBalancer, true)...)
 
 	restoreRule := b.restoreRule()
 	returnRule := func(fs ...frag) *rule { return newRule(append(fs, verdict(expr.VerdictReturn, ""))...) }
@@ -755,8 +753,7 @@ func multicast6() frag {
 //
 // A sticky balancer looks the connection's source up first, in one set per
 // family and candidate (see sticky.go).
-func (b *builder) balancerRules(bal desired.Balancer, mapName string, isDefault bool) []*rule {
-	base := strings.TrimPrefix(mapName, "bal_")
+func (b *builder) balancerRules(bal desired.Balancer, base string, isDefault bool) []*rule {
 	var sticky []*rule
 	if bal.Sticky.On() {
 		b.stickyBalancer(base, bal)
@@ -765,13 +762,13 @@ func (b *builder) balancerRules(bal desired.Balancer, mapName string, isDefault 
 		}
 	}
 	if bal.Same() {
-		return append(sticky, b.choiceRules(bal.V4, base, mapName, isDefault, false)...)
+		return append(sticky, b.choiceRules(bal.V4, base, isDefault, false)...)
 	}
-	rs := b.choiceRules(bal.V4, base, mapName, isDefault, true)
+	rs := b.choiceRules(bal.V4, base, isDefault, true)
 	if len(rs) == 0 {
 		rs = append(rs, newRule(nfprotoFrag(inet.IPv4), verdict(expr.VerdictReturn, "")))
 	}
-	return append(append(sticky, rs...), b.choiceRules(bal.V6, base, v6Map(mapName), isDefault, false)...)
+	return append(append(sticky, rs...), b.choiceRules(bal.V6, base, isDefault, false)...)
 }
 
 // nfprotoFrag is `meta nfproto ipv4|ipv6`.
@@ -788,11 +785,14 @@ type terminal struct {
 }
 
 // policyEnd is the policy's terminal. The balancer's verdict goes into
-// the policy's own rules when it is one rule (a goto, a numgen lookup,
-// reject), which it is unless the families choose differently: a chain
-// per policy would double the objects an apply of many policies creates.
+// the policy's own rules when it is one rule without a map of its own
+// (a goto, reject): a chain per policy would double the objects an
+// apply of many policies creates. A numgen choice (its map is anonymous,
+// one per rule) or families that choose differently go into a chain the
+// policy's rules goto, shared by every policy whose balancer reads the
+// same.
 func (b *builder) policyEnd(p desired.Policy) terminal {
-	bal := b.balancerRules(p.Balancer, balMap(p), false)
+	bal := b.balancerRules(p.Balancer, p.Name, false)
 	var end frag
 	switch {
 	case len(bal) == 0:
@@ -881,10 +881,7 @@ func policyRule(r policy.Rule, end frag) *rule {
 	return newRule(append(fs, end)...)
 }
 
-// v6Map names the IPv6 map of a balancer whose families differ.
-func v6Map(mapName string) string { return "bal6" + strings.TrimPrefix(mapName, "bal") }
-
-func (b *builder) choiceRules(c desired.Choice, base, mapName string, isDefault, only4 bool) []*rule {
+func (b *builder) choiceRules(c desired.Choice, base string, isDefault, only4 bool) []*rule {
 	var head []frag
 	if only4 {
 		head = []frag{nfprotoFrag(inet.IPv4)}
@@ -896,29 +893,34 @@ func (b *builder) choiceRules(c desired.Choice, base, mapName string, isDefault,
 		u := b.byMark[c.Buckets[slices.IndexFunc(weights, func(w int) bool { return w > 0 })].Mark]
 		return []*rule{newRule(append(head, verdict(expr.VerdictGoto, b.target(base, u)))...)}
 	case total > 0:
-		key := fmt.Sprint(weights, c.Buckets)
-		if _, sticky := b.stickyChains[base]; sticky {
-			// Its elements go to its own sticky chains.
-			key += " sticky " + base
-		}
-		if name, ok := b.balMaps[key]; ok {
-			return []*rule{newRule(append(head, numgenVmap(uint32(total), name))...)}
-		}
-		if b.balMaps == nil {
-			b.balMaps = map[string]string{}
-		}
-		b.balMaps[key] = mapName
-		m := b.addSet(&set{name: mapName, key: typeMark, typeText: "mark : verdict", isMap: true, native: true})
+		// An anonymous map, listed inline. A named one would not load
+		// again from its listing (`nft list ruleset >
+		// /etc/nftables.conf`): nft 1.0.6 type-checks its key against
+		// `numgen random mod N` (type integer) as it parses the text,
+		// and refuses `type mark` ("datatype mismatch, map expects
+		// packet mark") as it refuses `type integer` (a type without a
+		// size); only `typeof numgen random mod N` would do, which the
+		// set's userdata must carry and the library cannot send. An
+		// inline map takes its type from the numgen expression. Its keys
+		// are big-endian, with numgen's host-order number converted in
+		// front of the lookup: the library marks every anonymous set's
+		// keys big-endian, and nft lists them as the map says (host-order
+		// keys would list 1 as 16777216); nft lists the conversion as
+		// nothing, and what it loads back from the text (host-order keys,
+		// no conversion) lists the same. Still one lookup, on a new
+		// connection's first packet only; policies that balance alike
+		// share the chain holding it (policyEnd) as they shared a map.
+		m := &set{anonymous: true, key: nftables.TypeInteger, typeText: "integer : verdict", isMap: true}
 		n := uint32(0)
 		for i, bk := range c.Buckets {
 			u := b.byMark[bk.Mark]
 			for range weights[i] {
-				m.elems = append(m.elems, vmapElem(markElem(n),
+				m.elems = append(m.elems, vmapElem(element{key: binaryutil.BigEndian.PutUint32(n), text: fmt.Sprint(n)},
 					&expr.Verdict{Kind: expr.VerdictGoto, Chain: b.target(base, u)}))
 				n++
 			}
 		}
-		return []*rule{newRule(append(head, numgenVmap(uint32(total), mapName))...)}
+		return []*rule{newRule(append(head, numgenVmap(uint32(total), m))...)}
 	case c.Reject:
 		return []*rule{newRule(b.rejectTerminal(only4)...)}
 	case c.FallbackDefault && !isDefault:
