@@ -331,8 +331,32 @@ func prefixNAT(kind natKind, p netip.Prefix) frag {
 
 // rejectIPv4 is `meta nfproto ipv4 reject`, which nft lists by its type.
 func rejectIPv4() frag {
-	return frag{text: "reject with icmp port-unreachable", exprs: append(nfprotoIs(inet.IPv4),
-		&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 3})}
+	r := rejectIn(inet.IPv4)
+	return frag{text: r.text, exprs: append(nfprotoIs(inet.IPv4), r.exprs...)}
+}
+
+// rejectIn is the reject of a rule whose match already selects the
+// family f (`ip daddr ...`): ICMP or ICMPv6 port unreachable, listed by
+// its type. It is what nft makes of a plain `reject` in that rule, so
+// the listing loads back into the same rule: a plain (icmpx) reject
+// there would list as `reject` and come back from the text as this one,
+// listed differently. The kernel sends the same for either.
+func rejectIn(f inet.Family) frag {
+	if f == inet.IPv6 {
+		return frag{text: "reject with icmpv6 port-unreachable", exprs: []expr.Any{
+			&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 4}}} // ICMPV6_PORT_UNREACH
+	}
+	return frag{text: "reject with icmp port-unreachable", exprs: []expr.Any{
+		&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 3}}} // ICMP_PORT_UNREACH
+}
+
+// isRejectDefault: f is rejectDefault's plain reject.
+func isRejectDefault(f frag) bool {
+	if len(f.exprs) != 1 {
+		return false
+	}
+	r, ok := f.exprs[0].(*expr.Reject)
+	return ok && r.Type == unix.NFT_REJECT_ICMPX_UNREACH
 }
 
 func ifnameKey(n string) []byte { return policy.IfnameKey(n) }

@@ -872,11 +872,19 @@ func (b *builder) sharedChain(p desired.Policy, rules []*rule) string {
 }
 
 // policyRule is one compiled rule of a policy, ending in the policy's
-// verdict.
+// verdict: a reject after a match of one family as nft makes it there
+// (rejectIn).
 func policyRule(r policy.Rule, end frag) *rule {
 	var fs []frag
+	var fam inet.Family
 	for _, c := range r.Conds {
 		fs = append(fs, condFrag(c))
+		if c.NFProto != 0 {
+			fam = c.NFProto
+		}
+	}
+	if fam != 0 && isRejectDefault(end) {
+		end = rejectIn(fam)
 	}
 	return newRule(append(fs, end)...)
 }

@@ -160,7 +160,9 @@ func goldenSpecs() map[string]desired.NFT {
 				{Name: "a", Interface: "eth0", Mark: 1, Masquerade: true},
 				{Name: "b", Interface: "eth1", Mark: 2, Masquerade: true},
 			},
-			Policies: []desired.Policy{{Name: "strict", Match: policy.Match{Destinations: pfx("203.0.113.0/24")}, Balancer: desired.Both(desired.Choice{Reject: true})}},
+			// Its rules reject by the family their match selects, as nft
+			// makes a plain reject there (rejectIn).
+			Policies: []desired.Policy{{Name: "strict", Match: policy.Match{Destinations: pfx("203.0.113.0/24", "2001:db8:ff::/64")}, Balancer: desired.Both(desired.Choice{Reject: true})}},
 			Default:  desired.Both(desired.Choice{Reject: true}),
 		},
 		// The same with a mark to spare: the rejects mark the connection
@@ -269,7 +271,8 @@ func TestRenderNoCandidateRejects(t *testing.T) {
 	s := goldenSpecs()["fallback_none_reject"]
 	out := Render(s)
 	for _, want := range []string{
-		"\t\tip daddr 203.0.113.0/24 reject\n",
+		"\t\tip daddr 203.0.113.0/24 reject with icmp port-unreachable\n",
+		"\t\tip6 daddr 2001:db8:ff::/64 reject with icmpv6 port-unreachable\n",
 		"\tchain bal_default_chain {\n\t\treject\n\t}\n",
 		// Down uplinks keep their restore element (see layout.md).
 		"0x00000001 : goto mark_a, 0x00000002 : goto mark_b",
