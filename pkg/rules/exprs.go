@@ -1,8 +1,10 @@
 package rules
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -413,6 +415,42 @@ func condFrag(c policy.Cond) frag {
 	}
 	f.exprs = ex
 	return f
+}
+
+// portPair: d compares the destination port with one value and s, right
+// after it, the source port (policy.Compile puts them in this order).
+func portPair(d, s policy.Cond) bool {
+	plain := func(c policy.Cond, off uint32) bool {
+		return c.Load.Kind == policy.LoadPayload && c.Load.Base == policy.BaseTransport &&
+			c.Load.Offset == off && c.Load.Len == 2 &&
+			c.Set == nil && c.Last == nil && c.Mask == nil && len(c.Eq) == 2
+	}
+	return plain(d, 2) && plain(s, 0) && d.L4Proto == s.L4Proto && d.NFProto == s.NFProto
+}
+
+// portsFrag compares both ports of portPair at once: a 4-byte load of the
+// transport header's first word and one comparison with source . dest.
+// nft -f merges the two comparisons so (payload_try_merge), and lists
+// the merged load by offset: `tcp sport 2222 tcp dport 22`, or without a
+// protocol the raw `@th,0,32 0x8ae0016`. Two loads would list as written
+// and come back from the listing merged, listed differently; merged they
+// also cost a packet one load and comparison less.
+func portsFrag(d, s policy.Cond) frag {
+	var ex []expr.Any
+	if d.NFProto != 0 {
+		ex = append(ex, nfprotoIs(d.NFProto)...)
+	}
+	if d.L4Proto != 0 {
+		ex = append(ex, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg}, cmpReg(expr.CmpOpEq, []byte{d.L4Proto}))
+	}
+	val := append(slices.Clone(s.Eq), d.Eq...)
+	ex = append(ex, &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 4},
+		cmpReg(expr.CmpOpEq, val))
+	text := s.Text + " " + d.Text
+	if d.L4Proto == 0 {
+		text = fmt.Sprintf("@th,0,32 %#x", binary.BigEndian.Uint32(val))
+	}
+	return frag{text: text, exprs: ex}
 }
 
 // setTypes maps policy set types to nftables' datatypes.

@@ -873,15 +873,22 @@ func (b *builder) sharedChain(p desired.Policy, rules []*rule) string {
 
 // policyRule is one compiled rule of a policy, ending in the policy's
 // verdict: a reject after a match of one family as nft makes it there
-// (rejectIn).
+// (rejectIn), one destination port and one source port in one load
+// (portsFrag).
 func policyRule(r policy.Rule, end frag) *rule {
 	var fs []frag
 	var fam inet.Family
-	for _, c := range r.Conds {
-		fs = append(fs, condFrag(c))
+	for i := 0; i < len(r.Conds); i++ {
+		c := r.Conds[i]
 		if c.NFProto != 0 {
 			fam = c.NFProto
 		}
+		if i+1 < len(r.Conds) && portPair(c, r.Conds[i+1]) {
+			fs = append(fs, portsFrag(c, r.Conds[i+1]))
+			i++
+			continue
+		}
+		fs = append(fs, condFrag(c))
 	}
 	if fam != 0 && isRejectDefault(end) {
 		end = rejectIn(fam)

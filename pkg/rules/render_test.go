@@ -137,7 +137,8 @@ func goldenSpecs() map[string]desired.NFT {
 				{Name: "web", Match: policy.Match{Protocol: 6}, Balancer: desired.Both(desired.Choice{})}},
 		},
 		// source_ports, with and without a protocol, beside destination
-		// ports: nft folds each dependency into `udp sport`.
+		// ports: nft folds each dependency into `udp sport`, and merges
+		// one destination and one source port into one load.
 		"source_ports": {
 			Table: "wanpin", Mask: 0xff00, Uplinks: twoUplinks(),
 			Policies: []desired.Policy{
@@ -147,6 +148,10 @@ func goldenSpecs() map[string]desired.NFT {
 					Balancer: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}}})},
 				{Name: "tcp-both", Match: policy.Match{Protocol: policy.ProtoTCP, Ports: []policy.PortRange{{First: 22, Last: 22}}, SourcePorts: []policy.PortRange{{First: 2222, Last: 2222}}},
 					Balancer: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}}})},
+				// One port each and no protocol: nft's merged load has no
+				// name but the raw one.
+				{Name: "any-both", Match: policy.Match{Ports: []policy.PortRange{{First: 53, Last: 53}}, SourcePorts: []policy.PortRange{{First: 5353, Last: 5353}}},
+					Balancer: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x200, Weight: 1}}})},
 			},
 			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}}}),
 		},
