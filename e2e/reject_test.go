@@ -87,4 +87,9 @@ fallback = "none"
 	if !strings.Contains(out, "where it would leave by an uplink") {
 		t.Errorf("explain of a rejected connection:\n%s", out)
 	}
+	// And the kernel column says the second LAN is reached by no uplink.
+	out, _ = wanpinIn(t, d, "explain", "--src", netlab.LANHost4, "--iif", "lan0", "--dst", lan2Host)
+	if !strings.Contains(out, "dev lan2") || !strings.Contains(out, "by no uplink") {
+		t.Errorf("explain of the rejecting policy's connection to the second LAN:\n%s", out)
+	}
 }

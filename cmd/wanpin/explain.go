@@ -134,14 +134,20 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		res.Explanation = core.Explain(core.Build(in), f, addrTypes(stderr))
 	}
 	switch res.Explanation.Outcome {
-	case core.MainTable, core.NotRouted, core.RouterBalanced, core.Resolver:
+	case core.MainTable, core.NotRouted, core.RouterBalanced, core.Resolver, core.Rejected:
 		// Unmarked: the kernel's routing decides (for the router's own
 		// multipath route, per destination: its answer is this flow's).
+		// A rejected connection's mark matches no ip rule either, and
+		// it is refused only where that route leaves by an uplink.
 		route, iface := kernelRouteDev(f, 0)
+		if res.Explanation.Outcome == core.Rejected {
+			route += notByUplink(ifaces, iface)
+		}
 		res.Uplinks = append(res.Uplinks, uplinkChance{Uplink: ifaces[iface], Share: 1, Kernel: route})
 	default:
 		for _, ch := range res.Explanation.Choices {
-			res.Uplinks = append(res.Uplinks, uplinkChance{Uplink: ch.Uplink, Share: ch.Share, Kernel: kernelRoute(f, ch.Mark)})
+			route, iface := kernelRouteDev(f, ch.Mark)
+			res.Uplinks = append(res.Uplinks, uplinkChance{Uplink: ch.Uplink, Share: ch.Share, Kernel: route + notByUplink(ifaces, iface)})
 		}
 	}
 	if *asJSON {
@@ -262,9 +268,13 @@ func orAny(a netip.Addr) string {
 	return a.String()
 }
 
-// kernelRoute asks the kernel where a packet with this mark goes: the
-// routing rules and tables wanpin installed, as the kernel applies them.
-func kernelRoute(f policy.Flow, mark uint32) string {
-	s, _ := kernelRouteDev(f, mark)
-	return s
+// notByUplink notes a route that leaves by no uplink: the main table's
+// specific routes (a second LAN, a VPN) come before wanpin's marks, so a
+// balanced connection does not leave by its uplink and a rejected one is
+// not refused.
+func notByUplink(ifaces map[string]string, iface string) string {
+	if iface == "" || ifaces[iface] != "" {
+		return ""
+	}
+	return " (by no uplink: the main table's route to it comes first)"
 }
