@@ -39,6 +39,9 @@ type Manager struct {
 	lastCommit time.Duration
 	// domains: the learned sets of the table applied last.
 	domains []DomainSet
+	// sticky: the sticky sets of the table applied last, so that carry
+	// finds each uplink's memory when a reload gives it another mark.
+	sticky []StickySet
 	// seed: the memory of the last run, for the first Apply (Seed).
 	seed *Memory
 
@@ -196,6 +199,7 @@ func (m *Manager) Apply(s desired.NFT) error {
 	}
 	m.table = t.name
 	m.domains = t.domains
+	m.sticky = t.sticky
 	m.staleChecked = true
 	return nil
 }
@@ -214,10 +218,30 @@ func (m *Manager) carry(t *table, old *nftables.Table) map[string][]nftables.Set
 	if old == nil {
 		return nil
 	}
+	// want maps each set of old to read to the set of t its entries go
+	// to: the same name, except for sticky sets, which are named after
+	// their uplink's mark index. A reload that gives an uplink another
+	// mark (uplinks reordered, one removed before it, a new mark_mask)
+	// would otherwise hand its remembered sources to whichever uplink
+	// took its old mark; they follow the uplink instead.
+	sticky := map[string]StickySet{}
+	for _, st := range t.sticky {
+		sticky[st.Name] = st
+	}
 	want := map[string]*set{}
 	for _, s := range t.sets {
-		if s.keep {
+		if !s.keep {
+			continue
+		}
+		st, isSticky := sticky[s.name]
+		if !isSticky || m.sticky == nil {
+			// Learned sets, and the first Apply over a table an earlier
+			// process left (its sets' uplinks unknown): by name.
 			want[s.name] = s
+			continue
+		}
+		if i := slices.IndexFunc(m.sticky, st.sameMemory); i >= 0 {
+			want[m.sticky[i].Name] = s
 		}
 	}
 	if len(want) == 0 {
@@ -232,7 +256,7 @@ func (m *Manager) carry(t *table, old *nftables.Table) map[string][]nftables.Set
 	}
 	out := map[string][]nftables.SetElement{}
 	for name, d := range dumped {
-		out[name] = d.elems
+		out[want[name].name] = d.elems
 	}
 	return out
 }

@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"slices"
 	"time"
 
 	"github.com/google/nftables"
@@ -28,6 +29,13 @@ type MemorySet struct {
 	KeyType  string       `json:"key_type"`
 	KeyBytes uint32       `json:"key_bytes"`
 	Elems    []MemoryElem `json:"elems"`
+	// A sticky set's balancer ("" for the default balancing) and
+	// uplink: its name carries the uplink's mark index, which a start
+	// with the uplinks reordered gives another uplink, so the entries
+	// go back by uplink, not by name.
+	Sticky bool   `json:"sticky,omitempty"`
+	Policy string `json:"policy,omitempty"`
+	Uplink string `json:"uplink,omitempty"`
 }
 
 // MemoryElem is one entry: its key, the time it had left, and its
@@ -75,6 +83,9 @@ func (m *Manager) Memory() (Memory, error) {
 	n := 0
 	for name, d := range dumped {
 		ms := MemorySet{KeyType: d.set.KeyType.Name, KeyBytes: d.set.KeyType.Bytes}
+		if i := slices.IndexFunc(m.sticky, func(s StickySet) bool { return s.Name == name }); i >= 0 {
+			ms.Sticky, ms.Policy, ms.Uplink = true, m.sticky[i].Policy, m.sticky[i].Uplink
+		}
 		for _, e := range d.elems {
 			if n == MemoryCap {
 				break
@@ -106,9 +117,30 @@ func (m *Manager) Seed(mem Memory) {
 // refuse with the whole table.
 func (mem *Memory) elements(t *table, now time.Time) map[string][]nftables.SetElement {
 	away := max(now.Sub(mem.Taken), 0)
+	// A sticky set's memory is found by its balancer, uplink and key,
+	// not by its name (see MemorySet); a memory written before sets
+	// were recorded so, by name.
+	byUplink := map[string]string{} // "policy\x00uplink\x00key type" -> memory's set name
+	for name, ms := range mem.Sets {
+		if ms.Sticky {
+			byUplink[ms.Policy+"\x00"+ms.Uplink+"\x00"+ms.KeyType] = name
+		}
+	}
+	sticky := map[string]StickySet{}
+	for _, st := range t.sticky {
+		sticky[st.Name] = st
+	}
 	out := map[string][]nftables.SetElement{}
 	for _, s := range t.sets {
-		ms, ok := mem.Sets[s.name]
+		from := s.name
+		if st, ok := sticky[s.name]; ok {
+			if name, ok := byUplink[st.Policy+"\x00"+st.Uplink+"\x00"+s.key.Name]; ok {
+				from = name
+			} else if mem.Sets[from].Sticky {
+				continue // that name held another uplink's sources
+			}
+		}
+		ms, ok := mem.Sets[from]
 		if !s.keep || s.name == setDNSAlive || !ok || ms.KeyType != s.key.Name || ms.KeyBytes != s.key.Bytes {
 			continue
 		}

@@ -39,6 +39,12 @@ type StickySet struct {
 	Timeout       time.Duration
 }
 
+// sameMemory says whether o holds the memory s is for: the same
+// balancer, family and uplink, whatever their marks.
+func (s StickySet) sameMemory(o StickySet) bool {
+	return s.Policy == o.Policy && s.Family == o.Family && s.Uplink == o.Uplink
+}
+
 // StickySets lists the sticky sets s's table has, as Apply creates them.
 func StickySets(s desired.NFT) []StickySet {
 	t := build(s)

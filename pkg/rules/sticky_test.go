@@ -161,3 +161,71 @@ func TestStickyEntries(t *testing.T) {
 		t.Errorf("entries in %d sets, want 2: %+v", len(got), got)
 	}
 }
+
+// swappedMarks is the sticky spec without its policies (the default
+// balancing alone), and the same with the two uplinks' marks swapped,
+// as a reload that reorders them gives.
+func swappedMarks() (before, after desired.NFT) {
+	before = goldenSpecs()["sticky"]
+	before.Policies = nil
+	after = before
+	after.Uplinks = twoUplinks()
+	after.Uplinks[0].Mark, after.Uplinks[1].Mark = after.Uplinks[1].Mark, after.Uplinks[0].Mark
+	return before, after
+}
+
+// A reload that gives the uplinks each other's marks keeps every
+// remembered source on its uplink: the sets are named after the marks,
+// and the entries follow the uplink, not the name.
+func TestStickyFollowsUplinkAcrossMarks(t *testing.T) {
+	ns := newNS(t)
+	m := ns.manager(t, WithoutOwner())
+	before, after := swappedMarks()
+	mustApply(t, m, before)
+	ns.mustNft(t, "add", "element", "inet", "wanpin", "st4_default_m1", "{ 192.0.2.50 timeout 10m }") // wan1
+	ns.mustNft(t, "add", "element", "inet", "wanpin", "st4_default_m2", "{ 192.0.2.51 timeout 10m }") // wan2
+	mustApply(t, m, after)
+	for _, c := range []struct{ set, elem, other string }{
+		{"st4_default_m2", "192.0.2.50", "st4_default_m1"}, // wan1 is m2 now
+		{"st4_default_m1", "192.0.2.51", "st4_default_m2"},
+	} {
+		if _, ok := elementExpires(t, ns, c.set, c.elem); !ok {
+			t.Errorf("%s (its uplink's set now) lacks %s after the marks were swapped", c.set, c.elem)
+		}
+		if _, ok := elementExpires(t, ns, c.other, c.elem); ok {
+			t.Errorf("%s (the other uplink's set now) holds %s after the marks were swapped", c.other, c.elem)
+		}
+	}
+}
+
+// The same across a restart: the memory written at the stop goes back
+// by uplink when the next start has the uplinks reordered.
+func TestStickyMemoryFollowsUplinkAcrossMarks(t *testing.T) {
+	ns := newNS(t)
+	m := ns.manager(t, WithoutOwner())
+	before, after := swappedMarks()
+	mustApply(t, m, before)
+	ns.mustNft(t, "add", "element", "inet", "wanpin", "st4_default_m1", "{ 192.0.2.50 timeout 10m }") // wan1
+	ns.mustNft(t, "add", "element", "inet", "wanpin", "st4_default_m2", "{ 192.0.2.51 timeout 10m }") // wan2
+	mem, err := m.Memory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	m2 := ns.manager(t, WithoutOwner())
+	m2.Seed(mem)
+	mustApply(t, m2, after)
+	for _, c := range []struct{ set, elem, other string }{
+		{"st4_default_m2", "192.0.2.50", "st4_default_m1"},
+		{"st4_default_m1", "192.0.2.51", "st4_default_m2"},
+	} {
+		if _, ok := elementExpires(t, ns, c.set, c.elem); !ok {
+			t.Errorf("%s (its uplink's set now) lacks %s after a restart with the marks swapped", c.set, c.elem)
+		}
+		if _, ok := elementExpires(t, ns, c.other, c.elem); ok {
+			t.Errorf("%s (the other uplink's set now) holds %s after a restart with the marks swapped", c.other, c.elem)
+		}
+	}
+}
