@@ -198,6 +198,14 @@ func (l *domainLearner) handle(ls []dnslearn.Learned) {
 		return
 	}
 	var batch []rules.Learned
+	// An address comes once per domain on its CNAME chain, and a set
+	// can be the target of two of them (example.com's for a chain
+	// through www.example.com and cdn.example.com): once per set.
+	type setAddr struct {
+		set  string
+		addr netip.Addr
+	}
+	queued := map[setAddr]int{}
 	for _, x := range ls {
 		fam := inet.Of(x.Addr)
 		ttl := min(max(x.TTL, r.floor), config.MaxDomainTTL)
@@ -205,9 +213,15 @@ func (l *domainLearner) handle(ls []dnslearn.Learned) {
 		// chain leads into this one (tv.example.net -> edge.example.com)
 		// teaches example.com's policies.
 		for _, t := range r.targets(x.Domain) {
-			if t.family == fam {
-				batch = append(batch, rules.Learned{Set: t.set, Addr: x.Addr, Name: x.Name, Timeout: ttl})
+			if t.family != fam {
+				continue
 			}
+			if i, dup := queued[setAddr{t.set, x.Addr}]; dup {
+				batch[i].Timeout = min(batch[i].Timeout, ttl)
+				continue
+			}
+			queued[setAddr{t.set, x.Addr}] = len(batch)
+			batch = append(batch, rules.Learned{Set: t.set, Addr: x.Addr, Name: x.Name, Timeout: ttl})
 		}
 	}
 	if len(batch) == 0 {

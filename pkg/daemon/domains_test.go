@@ -47,6 +47,9 @@ func TestDomainLearnerHandle(t *testing.T) {
 		{Domain: "www.example.com", Name: "x.www.example.com", Addr: a("203.0.113.1"), TTL: 5 * time.Second},
 		{Domain: "example.com", Name: "tv.example.org", Addr: a("2001:db8::1"), TTL: 48 * time.Hour},
 		{Domain: "example.org", Name: "other.example.org", Addr: a("203.0.113.2"), TTL: time.Hour},
+		// The same address again for another domain on its chain that
+		// leads to a set it went to already: added once.
+		{Domain: "example.com", Name: "x.www.example.com", Addr: a("203.0.113.1"), TTL: 5 * time.Second},
 	})
 	var got []string
 	for _, e := range w.added {

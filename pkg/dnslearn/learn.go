@@ -57,6 +57,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -174,9 +175,9 @@ const MaxChain = 16
 
 // Learn parses one DNS message and returns the addresses it teaches about
 // m's domains. For each question it follows the CNAME chain in the answer
-// section (CNAME records whose owner is the current name) and, if the
-// question name or any name on the chain matches a domain (the first one
-// that does, from the question on), returns every A and AAAA record of
+// section (CNAME records whose owner is the current name) and, for each
+// domain the question name or a name on the chain matches (in chain
+// order, from the question on), returns every A and AAAA record of
 // class IN whose owner is on the chain, with TTL the smallest of the
 // record's and of the CNAMEs' leading to it. Records of other names are
 // ignored, so an answer cannot teach addresses of names the question did
@@ -267,7 +268,19 @@ func Learn(msg []byte, m *Matcher) ([]Learned, error) {
 		qname := canonical(q.Name)
 		// ttlTo[name] is the smallest CNAME TTL on the way from qname to name.
 		ttlTo := map[string]uint32{qname: ^uint32(0)}
-		domain, matched := m.Match(qname)
+		// Every domain a name on the chain matches, not just the first:
+		// www.example.com CNAME edge.cdn.example.net teaches a policy for
+		// cdn.example.net as well as one for example.com, and the first
+		// of them in the file steers. Had only the question's domain
+		// learned it, a policy listed earlier for the CDN's domain
+		// would never see the address.
+		var domains []string
+		match := func(name string) {
+			if d, ok := m.Match(name); ok && !slices.Contains(domains, d) {
+				domains = append(domains, d)
+			}
+		}
+		match(qname)
 		cur, bad := qname, false
 		for {
 			c, ok := cnames[cur]
@@ -280,26 +293,26 @@ func Learn(msg []byte, m *Matcher) ([]Learned, error) {
 			}
 			ttlTo[c.target] = min(ttlTo[cur], c.ttl)
 			cur = c.target
-			if !matched {
-				domain, matched = m.Match(cur)
-			}
+			match(cur)
 		}
-		if bad || !matched {
+		if bad || len(domains) == 0 {
 			continue
 		}
-		seen := make(map[netip.Addr]int)
-		for _, a := range addrs {
-			via, ok := ttlTo[a.owner]
-			if !ok {
-				continue
+		for _, domain := range domains {
+			seen := make(map[netip.Addr]int)
+			for _, a := range addrs {
+				via, ok := ttlTo[a.owner]
+				if !ok {
+					continue
+				}
+				ttl := time.Duration(min(via, a.ttl)) * time.Second
+				if i, dup := seen[a.addr]; dup {
+					out[i].TTL = min(out[i].TTL, ttl)
+					continue
+				}
+				seen[a.addr] = len(out)
+				out = append(out, Learned{Domain: domain, Name: qname, Addr: a.addr, TTL: ttl})
 			}
-			ttl := time.Duration(min(via, a.ttl)) * time.Second
-			if i, dup := seen[a.addr]; dup {
-				out[i].TTL = min(out[i].TTL, ttl)
-				continue
-			}
-			seen[a.addr] = len(out)
-			out = append(out, Learned{Domain: domain, Name: qname, Addr: a.addr, TTL: ttl})
 		}
 	}
 	return out, nil

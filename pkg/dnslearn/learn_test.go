@@ -189,14 +189,22 @@ func TestLearn(t *testing.T) {
 			{"edge.cdn.invalid", "A", "198.51.100.20", 300},
 			{"edge.cdn.invalid", "AAAA", "2001:db8::20", 3},
 		}), []Learned{
+			// Both domains on the chain learn it: the first policy in
+			// the file that has either steers.
 			l("example.com", "www.example.com", "198.51.100.20", 5),
 			l("example.com", "www.example.com", "2001:db8::20", 3),
+			l("example.net", "www.example.com", "198.51.100.20", 5),
+			l("example.net", "www.example.com", "2001:db8::20", 3),
 		}},
-		{"CNAME into a domain: the first match on the chain", msg(t, []string{"shop.invalid"}, []rr{
+		{"CNAME into a domain: every match on the chain", msg(t, []string{"shop.invalid"}, []rr{
 			{"shop.invalid", "CNAME", "shop.deep.example.org", 100},
 			{"shop.deep.example.org", "CNAME", "x.example.net", 100},
 			{"x.example.net", "A", "198.51.100.30", 50},
-		}), []Learned{l("deep.example.org", "shop.invalid", "198.51.100.30", 50)}},
+		}), []Learned{l("deep.example.org", "shop.invalid", "198.51.100.30", 50), l("example.net", "shop.invalid", "198.51.100.30", 50)}},
+		{"a domain met twice on the chain counts once", msg(t, []string{"a.example.com"}, []rr{
+			{"a.example.com", "CNAME", "b.example.com", 100},
+			{"b.example.com", "A", "198.51.100.31", 50},
+		}), []Learned{l("example.com", "a.example.com", "198.51.100.31", 50)}},
 		{"records off the chain are ignored", msg(t, []string{"www.example.com"}, []rr{
 			{"www.example.com", "CNAME", "cdn.invalid", 100},
 			{"other.invalid", "A", "198.51.100.66", 100},
