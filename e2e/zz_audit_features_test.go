@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"strings"
 	"syscall"
 	"testing"
@@ -110,5 +111,138 @@ uplinks = ["isp2"]
 		if i < 0 || j < 0 || !strings.Contains(out[i:i+1+j], c.addr) {
 			t.Errorf("set %s lacks %s:\n%s", c.set, c.addr, out)
 		}
+	}
+}
+
+// TestAuditFailbackMoveIPv6: failback = "move" resets an IPv6 stream on
+// the backup when the primary comes back, as it does IPv4's.
+func TestAuditFailbackMoveIPv6(t *testing.T) {
+	l := newLab(t, 2)
+	d := startWanpin(t, l, failbackConfig("move"))
+	if err := l.SetCarrier(1, false); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(`msg="uplink down" uplink=isp1`, 1, 5*time.Second)
+	s, err := l.OpenStream(netlab.ServerAddr6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if isp := l.ISPOf(s.Peer()); isp != 2 {
+		t.Fatalf("the IPv6 stream left by ISP %d while isp1 is out, want 2", isp)
+	}
+	f, err := l.StartUDPFlow(41006, netlab.ServerAddr6, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	waitAnswers(t, f, 3, time.Now(), "the IPv6 UDP flow on the backup")
+	if err := l.SetCarrier(1, true); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(`msg="uplink up" uplink=isp1`, 1, 5*time.Second)
+	back := time.Now()
+	d.waitFor(`msg="failback: connections moved" uplink=isp2 to=isp1 family=IPv6`, 1, 3*time.Second)
+	took := waitUntil(t, 3*time.Second, "the IPv6 stream reset", func() (bool, string) {
+		return s.Err() != nil, fmt.Sprintf("%d bytes", s.Received())
+	})
+	t.Logf("IPv6 stream reset %v after isp1 came back: %v", took.Round(time.Millisecond), s.Err())
+	waitUntil(t, 2*time.Second, "the IPv6 UDP flow on isp1", func() (bool, string) {
+		a := f.Answers()
+		last := a[len(a)-1]
+		return last.At.After(back) && l.ISPOf(last.Seen) == 1, last.Seen
+	})
+	s2, err := l.OpenStream(netlab.ServerAddr6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if isp := l.ISPOf(s2.Peer()); isp != 1 {
+		t.Errorf("the reconnected IPv6 stream left by ISP %d, want 1", isp)
+	}
+	if msg := stillFlowing(s2); msg != "" {
+		t.Errorf("the reconnected IPv6 stream %s", msg)
+	}
+}
+
+// TestAuditQuotaLastResortMoveBack: isp1's quota used up (last resort,
+// failback = "move"), isp2 down: new connections take isp1; when isp2
+// comes back, isp1's connections move to it.
+func TestAuditQuotaLastResortMoveBack(t *testing.T) {
+	l := newLab(t, 2)
+	d := startWanpin(t, l, `
+[[uplink]]
+name = "isp1"
+interface = "wan1"
+quota = "1kB"
+failback = "move"
+
+[[uplink]]
+name = "isp2"
+interface = "wan2"
+`, "--state-dir", t.TempDir())
+	waitUntil(t, 10*time.Second, "isp1's quota used up", func() (bool, string) {
+		l.CurlMany(4)
+		return strings.Contains(d.log(), `msg="quota used up" uplink=isp1`), ""
+	})
+	if err := l.SetCarrier(2, false); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(`msg="uplink down" uplink=isp2`, 1, 5*time.Second)
+	s, err := l.OpenStream("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if isp := l.ISPOf(s.Peer()); isp != 1 {
+		t.Fatalf("stream by ISP %d with isp2 down, want 1 (the last resort)", isp)
+	}
+	if err := l.SetCarrier(2, true); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(`msg="uplink up" uplink=isp2`, 1, 5*time.Second)
+	d.waitFor(`msg="failback: connections moved" uplink=isp1 to=isp2`, 1, 3*time.Second)
+	waitUntil(t, 3*time.Second, "the stream on the last resort reset", func() (bool, string) {
+		return s.Err() != nil, fmt.Sprintf("%d bytes", s.Received())
+	})
+	if got, err := l.CurlMany(10); err != nil || got[2] != 10 {
+		t.Errorf("10 connections after isp2's return: %v %v, want all by isp2", got, err)
+	}
+}
+
+// TestAuditDomainsLearnedAcrossUplinkDown: an address learned for a
+// domain policy still steers once the policy's uplink has been down and
+// come back, without a new DNS query.
+func TestAuditDomainsLearnedAcrossUplinkDown(t *testing.T) {
+	for _, fb := range []string{"any", "none"} {
+		t.Run(fb, func(t *testing.T) {
+			l := newLabWith(t, netlab.Options{ISPs: 2, Resolvers: true})
+			domainLab(t, l)
+			cfg := strings.Replace(domainConfig(""), `domain_ttl_floor = "1s"`, `domain_ttl_floor = "10m"`, 1) + "fallback = \"" + fb + "\"\n"
+			d := startWanpin(t, l, cfg)
+			d.waitFor("domain policies: learning from DNS answers", 1, 5*time.Second)
+			if c := firstConnections(t, l, domainDNS, "A", []string{"d7.stream.example"}); c[2] != 1 {
+				t.Fatalf("first connection by %v, want ISP 2", c)
+			}
+			if err := l.SetCarrier(2, false); err != nil {
+				t.Fatal(err)
+			}
+			d.waitFor(`msg="uplink down" uplink=isp2`, 1, 5*time.Second)
+			if err := l.SetCarrier(2, true); err != nil {
+				t.Fatal(err)
+			}
+			d.waitFor(`msg="uplink up" uplink=isp2`, 1, 5*time.Second)
+			waitUntil(t, 3*time.Second, "the applied table after isp2's return", func() (bool, string) {
+				return strings.Count(d.log(), "nftables applied") >= 3, ""
+			})
+			out := run(t, l, l.Router, "nft", "list", "table", "inet", "wanpin")
+			if !strings.Contains(out, "203.0.113.134") {
+				t.Errorf("the learned address of d7.stream.example is gone after isp2 was down and back:\n%s", out)
+			}
+			counts, err := l.CurlManySrc(netlab.LANHost4, "203.0.113.134", 3)
+			if err != nil || counts[2] != 3 {
+				t.Errorf("connections to the learned address after isp2's return: %v %v, want by ISP 2", counts, err)
+			}
+		})
 	}
 }
