@@ -21,9 +21,9 @@ name = "isp1"
 interface = "wan1"
 `
 
-// TestAuditStickyReorderReload: a reload that swaps the uplinks' order
+// TestStickyReorderReload: a reload that swaps the uplinks' order
 // (so their marks) must keep each remembered source on its uplink.
-func TestAuditStickyReorderReload(t *testing.T) {
+func TestStickyReorderReload(t *testing.T) {
 	l := newLab(t, 2)
 	d := startWanpin(t, l, stickyConfig("10m", ""))
 	a, b := netlab.LANHost4, netlab.LANHostAlt4
@@ -43,9 +43,9 @@ func TestAuditStickyReorderReload(t *testing.T) {
 	}
 }
 
-// TestAuditStickyReorderRestart: the same across a restart (the memory
+// TestStickyReorderRestart: the same across a restart (the memory
 // file).
-func TestAuditStickyReorderRestart(t *testing.T) {
+func TestStickyReorderRestart(t *testing.T) {
 	l := newLab(t, 2)
 	d := startWanpin(t, l, stickyConfig("10m", ""))
 	a, b := netlab.LANHost4, netlab.LANHostAlt4
@@ -63,13 +63,13 @@ func TestAuditStickyReorderRestart(t *testing.T) {
 	}
 }
 
-// TestAuditDomainsCNAMEIntoEarlierPolicy: www.stream.example is a CNAME
+// TestDomainsCNAMEIntoEarlierPolicy: www.stream.example is a CNAME
 // of cdn.elsewhere.example. A policy for elsewhere.example listed first
 // must take the connection (the first policy that matches wins, and the
 // answer's chain leads into its domain), not the later policy for
 // stream.example alone; and the reverse chain (tv.elsewhere.example ->
 // edge.stream.example) teaches both too.
-func TestAuditDomainsCNAMEIntoEarlierPolicy(t *testing.T) {
+func TestDomainsCNAMEIntoEarlierPolicy(t *testing.T) {
 	l := newLabWith(t, netlab.Options{ISPs: 3, Resolvers: true})
 	domainLab(t, l)
 	d := startWanpin(t, l, `domain_ttl_floor = "1m"
@@ -114,9 +114,9 @@ uplinks = ["isp2"]
 	}
 }
 
-// TestAuditFailbackMoveIPv6: failback = "move" resets an IPv6 stream on
+// TestFailbackMoveIPv6: failback = "move" resets an IPv6 stream on
 // the backup when the primary comes back, as it does IPv4's.
-func TestAuditFailbackMoveIPv6(t *testing.T) {
+func TestFailbackMoveIPv6(t *testing.T) {
 	l := newLab(t, 2)
 	d := startWanpin(t, l, failbackConfig("move"))
 	if err := l.SetCarrier(1, false); err != nil {
@@ -165,10 +165,10 @@ func TestAuditFailbackMoveIPv6(t *testing.T) {
 	}
 }
 
-// TestAuditQuotaLastResortMoveBack: isp1's quota used up (last resort,
+// TestQuotaLastResortMoveBack: isp1's quota used up (last resort,
 // failback = "move"), isp2 down: new connections take isp1; when isp2
 // comes back, isp1's connections move to it.
-func TestAuditQuotaLastResortMoveBack(t *testing.T) {
+func TestQuotaLastResortMoveBack(t *testing.T) {
 	l := newLab(t, 2)
 	d := startWanpin(t, l, `
 [[uplink]]
@@ -210,10 +210,10 @@ interface = "wan2"
 	}
 }
 
-// TestAuditDomainsLearnedAcrossUplinkDown: an address learned for a
+// TestDomainsLearnedAcrossUplinkDown: an address learned for a
 // domain policy still steers once the policy's uplink has been down and
 // come back, without a new DNS query.
-func TestAuditDomainsLearnedAcrossUplinkDown(t *testing.T) {
+func TestDomainsLearnedAcrossUplinkDown(t *testing.T) {
 	for _, fb := range []string{"any", "none"} {
 		t.Run(fb, func(t *testing.T) {
 			l := newLabWith(t, netlab.Options{ISPs: 2, Resolvers: true})
