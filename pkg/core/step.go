@@ -441,7 +441,7 @@ func Step(prev State, at time.Time, in Input) Result {
 		s.Cgroups = in.Cgroups
 		s.reconcile(r, at, "service cgroup changed")
 	case ExecStarted:
-		if r.Err = s.checkUplink(in.Uplink); r.Err != nil {
+		if r.Err = s.CheckExec(in.Uplink); r.Err != nil {
 			break
 		}
 		if r.Err = CheckExecPath(in.Path); r.Err != nil {
@@ -530,6 +530,26 @@ func (s *State) checkUplink(name string) error {
 		}
 	}
 	return fmt.Errorf("no uplink named %q", name)
+}
+
+// CheckExec refuses `wanpin exec --uplink` to an uplink that does not
+// exist or is down (failed, or taken out of service): the command's
+// connections would all be rejected (its policy has no bucket), so it is
+// refused up front, as the README promises, rather than run cut off. The
+// daemon asks before it makes the cgroup, so that a refusal leaves none
+// behind; ExecStarted asks again.
+func (s *State) CheckExec(uplink string) error {
+	if err := s.checkUplink(uplink); err != nil {
+		return err
+	}
+	if st := s.Uplinks[uplink]; !st.Up {
+		why := st.Reason
+		if why == "" {
+			why = "not known to be up yet"
+		}
+		return fmt.Errorf("uplink %q is down (%s): the command's connections would all be refused", uplink, why)
+	}
+	return nil
 }
 
 // ExecRoot is the cgroup under which `wanpin exec` makes one cgroup per

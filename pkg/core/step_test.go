@@ -773,3 +773,27 @@ func TestReloadRepin(t *testing.T) {
 		t.Errorf("back to the first marks: pinned %+v", back.Pinned)
 	}
 }
+
+// An exec to an uplink that is down (here taken out of service) is
+// refused, as the README says, and nothing of it is kept; once the uplink
+// is back it is accepted.
+func TestExecRefusedWhileDown(t *testing.T) {
+	cfg := mustConfig(t, stepConfig)
+	s := Step(NewState(cfg), t0, Start{Links: links(fibre(), ppp(7, "198.51.100.10", "198.51.100.9"))}).State
+	s = Step(s, t0.Add(time.Second), SetService{Uplink: "dsl"}).State
+	cg := policy.CgroupMatch{Level: 2, ID: 42}
+	r := Step(s, t0.Add(2*time.Second), ExecStarted{Path: ExecRoot + "/1", Uplink: "dsl", Cgroup: cg})
+	if r.Err == nil || !strings.Contains(r.Err.Error(), "is down") {
+		t.Errorf("exec to a down uplink: err %v, want a refusal saying it is down", r.Err)
+	}
+	if len(r.State.Execs) != 0 {
+		t.Errorf("a refused exec was kept: %v", r.State.Execs)
+	}
+	if r := Step(s, t0.Add(2*time.Second), ExecStarted{Path: ExecRoot + "/1", Uplink: "nosuch", Cgroup: cg}); r.Err == nil {
+		t.Errorf("exec to an unknown uplink accepted")
+	}
+	s = Step(s, t0.Add(3*time.Second), SetService{Uplink: "dsl", InService: true}).State
+	if r := Step(s, t0.Add(4*time.Second), ExecStarted{Path: ExecRoot + "/1", Uplink: "dsl", Cgroup: cg}); r.Err != nil || len(r.State.Execs) != 1 {
+		t.Errorf("exec to an up uplink: err %v, execs %v", r.Err, r.State.Execs)
+	}
+}

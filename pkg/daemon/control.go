@@ -181,6 +181,18 @@ func (d *Daemon) Exec(ctx context.Context, uplink string, pid uint32) (string, e
 	var path string
 	var serr error
 	err := d.do(ctx, func() {
+		// Refused before anything is made: a cgroup made for a refused
+		// exec, with the caller moved into it, could not be removed
+		// (the caller is in it) and, unknown to the state, would never
+		// be reaped.
+		if serr = d.state.CheckExec(uplink); serr != nil {
+			return
+		}
+		from, err := processCgroup(pid)
+		if err != nil {
+			serr = err
+			return
+		}
 		path, serr = d.makeExecCgroup()
 		if serr != nil {
 			return
@@ -188,6 +200,9 @@ func (d *Daemon) Exec(ctx context.Context, uplink string, pid uint32) (string, e
 		dir := filepath.Join(d.cgroups.Root, path)
 		defer func() {
 			if serr != nil {
+				// A cgroup holding a process cannot be removed: the
+				// caller goes back where it came from first.
+				_ = os.WriteFile(filepath.Join(d.cgroups.Root, from, "cgroup.procs"), []byte(strconv.FormatUint(uint64(pid), 10)), 0o644)
 				_ = os.Remove(dir)
 			}
 		}()
@@ -206,6 +221,21 @@ func (d *Daemon) Exec(ctx context.Context, uplink string, pid uint32) (string, e
 		return "", err
 	}
 	return path, serr
+}
+
+// processCgroup is the cgroup v2 path of process pid
+// (/proc/PID/cgroup's "0::" line).
+func processCgroup(pid uint32) (string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return "", fmt.Errorf("reading the cgroup of process %d: %w", pid, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok && strings.HasPrefix(p, "/") {
+			return filepath.Clean(p), nil
+		}
+	}
+	return "", fmt.Errorf("process %d: no cgroup v2 path in /proc/%d/cgroup", pid, pid)
 }
 
 // makeExecCgroup creates ExecRoot/<n> with the next free n: Mkdir fails

@@ -1,0 +1,82 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wanpin/wanpin/pkg/cgroups"
+	"github.com/wanpin/wanpin/pkg/core"
+)
+
+// execDirs lists the cgroups under /wanpin-exec (other tests' daemons
+// may make some meanwhile: callers compare what their own calls added).
+func execDirs(t *testing.T) []string {
+	t.Helper()
+	res, err := cgroups.NewResolver()
+	if err != nil || res.Root == "" {
+		t.Skipf("no cgroup v2: %v", err)
+	}
+	m, _ := filepath.Glob(filepath.Join(res.Root, core.ExecRoot, "*"))
+	var out []string
+	for _, p := range m {
+		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// A refused `wanpin exec` (an unknown uplink, or one that is down) fails
+// within a second with the reason, runs nothing and leaves no cgroup
+// behind; before, the caller was moved into a fresh cgroup first, which
+// then could not be removed and was never reaped, and an exec to a down
+// uplink ran with every connection refused.
+func TestAuditExecRefusedLeavesNothing(t *testing.T) {
+	l := newLab(t, 2)
+	d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1)+"tier = 2\n")
+	mark := filepath.Join(t.TempDir(), "ran")
+	wexec := func(uplink string) (string, int, time.Duration) {
+		before := execDirs(t)
+		start := time.Now()
+		out, code := wanpinIn(t, d, "exec", "--uplink", uplink, "--", "touch", mark)
+		took := time.Since(start)
+		// Give the daemon's reaper (every second or so) the time to
+		// remove what it knows of.
+		waitUntil(t, 5*time.Second, "no new exec cgroup", func() (bool, string) {
+			var added []string
+			for _, p := range execDirs(t) {
+				if !slices.Contains(before, p) {
+					added = append(added, p)
+				}
+			}
+			return len(added) == 0, fmt.Sprint(added)
+		})
+		return out, code, took
+	}
+	if out, code, took := wexec("nosuch"); code == 0 || !strings.Contains(out, `no uplink named "nosuch"`) || took > time.Second {
+		t.Errorf("exec to an unknown uplink: exit %d in %v: %q", code, took, out)
+	}
+	if out, code := d.cli(0, "down", "isp2"); code != 0 {
+		t.Fatalf("wanpin down isp2: %d %s", code, out)
+	}
+	if out, code, took := wexec("isp2"); code == 0 || !strings.Contains(out, "is down") || took > time.Second {
+		t.Errorf("exec to a down uplink: exit %d in %v: %q", code, took, out)
+	}
+	if _, err := os.Stat(mark); err == nil {
+		t.Errorf("a refused exec ran its command")
+	}
+	if out, code := d.cli(0, "up", "isp2"); code != 0 {
+		t.Fatalf("wanpin up isp2: %d %s", code, out)
+	}
+	if out, code, _ := wexec("isp2"); code != 0 {
+		t.Errorf("exec to an up uplink: exit %d: %q", code, out)
+	}
+	if _, err := os.Stat(mark); err != nil {
+		t.Errorf("the exec'd command did not run: %v", err)
+	}
+}
