@@ -80,3 +80,34 @@ func TestAuditExecRefusedLeavesNothing(t *testing.T) {
 		t.Errorf("the exec'd command did not run: %v", err)
 	}
 }
+
+// A PPP up event whose peer (the uplink's gateway to be) is multicast,
+// loopback, unspecified or zoned is refused within a second, and the
+// running state stays: before, it was accepted, and then every routing
+// apply failed ("invalid argument", retried every second) or, for the
+// zoned one, drift repair re-installed the route twice a second forever.
+func TestAuditPPPEventBadPeerRefused(t *testing.T) {
+	l := newLab(t, 2)
+	d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1))
+	for _, peer := range []string{"224.0.0.1", "0.0.0.0", "127.0.0.1", "::1", "fe80::1%wan1"} {
+		start := time.Now()
+		out, code := d.cli(0, "event", "up", "wan1", "--peer", peer)
+		if took := time.Since(start); code == 0 || !strings.Contains(out, "peer") || took > time.Second {
+			t.Errorf("event up wan1 --peer %s: exit %d in %v: %q", peer, code, took, out)
+		}
+	}
+	// Drift is checked every half second: a repair or failed apply
+	// would show within 1.5 s.
+	if bad, seen, _ := poll(1500*time.Millisecond, func() (bool, string) {
+		lg := d.log()
+		return strings.Contains(lg, "repairing state") || strings.Contains(lg, "applying state"), lg
+	}); bad {
+		t.Errorf("a refused event changed the state:\n%s", seen)
+	}
+	if out, code := d.cli(0, "status"); code != 0 || strings.Count(out, " up ") != 4 {
+		t.Errorf("status after the refused events: %d\n%s", code, out)
+	}
+	if out, code := d.cli(0, "event", "up", "wan1", "--peer", "fe80::1"); code != 0 {
+		t.Errorf("event up with a link-local peer: exit %d: %q", code, out)
+	}
+}

@@ -195,3 +195,29 @@ func TestQuotaCalls(t *testing.T) {
 		t.Errorf("calls: %q, want %q", f.events, want)
 	}
 }
+
+// An up event's addresses must be unicast and without a zone: the peer
+// becomes the uplink's gateway, and the kernel refuses a multicast,
+// loopback or unspecified one (every apply failed) or stores a zoned one
+// without its zone (drift repair forever).
+func TestCheckEventAddresses(t *testing.T) {
+	for _, c := range []struct {
+		addr string
+		ok   bool
+	}{
+		{"198.51.100.9", true}, {"10.64.64.64", true}, {"fe80::1", true}, {"2001:db8::1", true},
+		{"::ffff:198.51.100.9", true}, {"169.254.1.1", true},
+		{"fe80::1%wan1", false}, {"224.0.0.1", false}, {"ff02::1", false}, {"0.0.0.0", false},
+		{"::", false}, {"127.0.0.1", false}, {"::1", false}, {"255.255.255.255", false},
+	} {
+		for _, key := range []string{"local", "peer"} {
+			ea, err := checkEvent("up", "ppp0", map[string]any{key: c.addr})
+			if (err == nil) != c.ok {
+				t.Errorf("%s %s: err %v, want ok %v", key, c.addr, err, c.ok)
+			}
+			if err == nil && (ea.Local.Is4In6() || ea.Peer.Is4In6()) {
+				t.Errorf("%s %s: kept as a mapped address: %+v", key, c.addr, ea)
+			}
+		}
+	}
+}

@@ -262,10 +262,23 @@ func checkEvent(kind, iface string, args map[string]any) (EventArgs, error) {
 			if err != nil {
 				return ea, fmt.Errorf("%s: %v", key, err)
 			}
+			// The peer becomes the uplink's gateway: a multicast,
+			// loopback or unspecified one made every routing apply fail
+			// ("invalid argument", retried every second, the rest of the
+			// state not applied either), and a zone (fe80::1%wan1) made
+			// a route the kernel stores without it, so that drift
+			// repair put it back twice a second forever. The interface
+			// is the event's own.
+			if a.Zone() != "" {
+				return ea, fmt.Errorf("%s: %q: no zone, the interface is the event's", key, str)
+			}
+			if a = a.Unmap(); !a.IsGlobalUnicast() && !a.IsLinkLocalUnicast() {
+				return ea, fmt.Errorf("%s: %q is not a unicast address", key, str)
+			}
 			if key == "local" {
-				ea.Local = a.Unmap()
+				ea.Local = a
 			} else {
-				ea.Peer = a.Unmap()
+				ea.Peer = a
 			}
 		case "dns":
 			for _, p := range strings.Split(str, ",") {
