@@ -295,6 +295,17 @@ func cmdEvent(args []string, stderr io.Writer) int {
 		k := core.LeaseKey{Interface: iface, Family: ea.Family}
 		var l *core.Lease
 		if kind == "lease" {
+			// The values go into the lease file's key=value lines: a line
+			// break in one (--gateway "G\naddress=A") would add a line of
+			// the caller's own, overriding the address the DHCP client
+			// gave, so none may hold one.
+			for _, v := range []struct{ flag, val string }{
+				{"--address", *address}, {"--gateway", *gateway}, {"--dns", *dns}, {"--client", *client},
+			} {
+				if strings.ContainsAny(v.val, "\r\n") {
+					return fail(fmt.Errorf("lease of %s: %s %q: a line break is not allowed", iface, v.flag, v.val))
+				}
+			}
 			addr, err := leaseAddress(*address, ea.Family)
 			if err != nil {
 				return fail(fmt.Errorf("lease of %s: --address: %w", iface, err))

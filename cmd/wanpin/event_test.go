@@ -64,3 +64,24 @@ func TestEventWithoutDaemon(t *testing.T) {
 		t.Error("a bad lease was recorded")
 	}
 }
+
+// A value with a line break cannot add lines of its own to the lease
+// file: --gateway "G\naddress=A" used to record address A instead of the
+// --address given.
+func TestEventLeaseLineBreakRefused(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path="+filepath.Join(dir, "no-bus"))
+	for _, flag := range []string{"--gateway", "--dns", "--client"} {
+		args := map[string]string{"--gateway": "198.51.100.1", "--dns": "203.0.113.53", "--client": "dhclient"}
+		args[flag] = map[string]string{"--gateway": "198.51.100.1", "--dns": "203.0.113.53", "--client": "dhclient"}[flag] + "\naddress=192.0.2.99/8"
+		var stderr bytes.Buffer
+		code := cmdEvent([]string{"lease", "wan1", "--family", "4", "--address", "198.51.100.2/29",
+			"--gateway", args["--gateway"], "--dns", args["--dns"], "--client", args["--client"], "--runtime-dir", dir}, &stderr)
+		if code == 0 || !strings.Contains(stderr.String(), "line break") {
+			t.Errorf("%s with a line break: exit %d, %q", flag, code, stderr.String())
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "leases", "wan1.4")); err == nil {
+			t.Errorf("%s with a line break: recorded %q", flag, b)
+		}
+	}
+}
