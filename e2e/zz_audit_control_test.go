@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -109,5 +110,37 @@ func TestAuditPPPEventBadPeerRefused(t *testing.T) {
 	}
 	if out, code := d.cli(0, "event", "up", "wan1", "--peer", "fe80::1"); code != 0 {
 		t.Errorf("event up with a link-local peer: exit %d: %q", code, out)
+	}
+}
+
+// A stop right after an exec ended (before the reaper came round) leaves
+// no cgroup behind: a later daemon never touches a cgroup it did not
+// make, so it stayed until the reboot.
+func TestAuditStopRemovesEndedExecCgroup(t *testing.T) {
+	l := newLab(t, 2)
+	res, err := cgroups.NewResolver()
+	if err != nil || res.Root == "" {
+		t.Skipf("no cgroup v2: %v", err)
+	}
+	d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1))
+	// dbus-send as the caller: moved into the cgroup, it exits at once.
+	out, err := l.Exec(l.Router, "env", "DBUS_SYSTEM_BUS_ADDRESS="+d.busAddr, "dbus-send", "--system", "--print-reply",
+		"--dest=org.wanpin.Wanpin1", "/org/wanpin/Wanpin1", "org.wanpin.Wanpin1.Exec", "string:isp1")
+	if err != nil {
+		t.Fatalf("Exec: %v\n%s", err, out)
+	}
+	var path string
+	for _, f := range strings.Fields(out) {
+		if strings.Contains(f, core.ExecRoot+"/") {
+			path = strings.Trim(f, `"`)
+		}
+	}
+	if path == "" {
+		t.Fatalf("no cgroup in the answer: %q", out)
+	}
+	d.stop(syscall.SIGTERM)
+	if _, err := os.Stat(filepath.Join(res.Root, path)); err == nil {
+		t.Errorf("%s left after the stop", path)
+		os.Remove(filepath.Join(res.Root, path))
 	}
 }

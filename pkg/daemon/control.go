@@ -264,6 +264,21 @@ func (d *Daemon) makeExecCgroup() (string, error) {
 	return "", errors.New("no free exec cgroup name")
 }
 
+// removeExecCgroups removes, at a stop, the exec cgroups whose processes
+// have ended: the reaper runs every few seconds, and a stop in between
+// left them for good, since a later daemon never touches a cgroup it did
+// not make itself. One whose command still runs cannot be removed and
+// stays (unpinned: the table is gone); the kernel removes nothing itself.
+func (d *Daemon) removeExecCgroups() {
+	if d.cgroups == nil || d.cgroups.Root == "" {
+		return
+	}
+	for path := range d.state.Execs {
+		_ = os.Remove(filepath.Join(d.cgroups.Root, path))
+	}
+	_ = os.Remove(filepath.Join(d.cgroups.Root, core.ExecRoot)) // once empty
+}
+
 // reapExecs forgets the exec cgroups whose processes have all ended and
 // removes their directories.
 func (d *Daemon) reapExecs() {

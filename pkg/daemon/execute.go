@@ -233,6 +233,7 @@ func (d *Daemon) teardown() {
 		errs = append(errs, err)
 	}
 	d.restoreRPFilters()
+	d.removeExecCgroups()
 	d.log.Info("stopped, state removed", "rules_deleted", res.RulesDeleted, "routes_deleted", res.RoutesDeleted)
 	if len(errs) > 0 {
 		d.teardownErr = fmt.Errorf("%v", errs)
