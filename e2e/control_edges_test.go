@@ -37,7 +37,7 @@ func execDirs(t *testing.T) []string {
 // behind; before, the caller was moved into a fresh cgroup first, which
 // then could not be removed and was never reaped, and an exec to a down
 // uplink ran with every connection refused.
-func TestAuditExecRefusedLeavesNothing(t *testing.T) {
+func TestExecRefusedLeavesNothing(t *testing.T) {
 	l := newLab(t, 2)
 	d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1)+"tier = 2\n")
 	mark := filepath.Join(t.TempDir(), "ran")
@@ -87,7 +87,7 @@ func TestAuditExecRefusedLeavesNothing(t *testing.T) {
 // running state stays: before, it was accepted, and then every routing
 // apply failed ("invalid argument", retried every second) or, for the
 // zoned one, drift repair re-installed the route twice a second forever.
-func TestAuditPPPEventBadPeerRefused(t *testing.T) {
+func TestPPPEventBadPeerRefused(t *testing.T) {
 	l := newLab(t, 2)
 	d := startWanpin(t, l, fmt.Sprintf(twoUplinks, 1, 1))
 	for _, peer := range []string{"224.0.0.1", "0.0.0.0", "127.0.0.1", "::1", "fe80::1%wan1"} {
@@ -116,7 +116,7 @@ func TestAuditPPPEventBadPeerRefused(t *testing.T) {
 // A stop right after an exec ended (before the reaper came round) leaves
 // no cgroup behind: a later daemon never touches a cgroup it did not
 // make, so it stayed until the reboot.
-func TestAuditStopRemovesEndedExecCgroup(t *testing.T) {
+func TestStopRemovesEndedExecCgroup(t *testing.T) {
 	l := newLab(t, 2)
 	res, err := cgroups.NewResolver()
 	if err != nil || res.Root == "" {
