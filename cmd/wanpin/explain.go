@@ -141,13 +141,13 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		// it is refused only where that route leaves by an uplink.
 		route, iface := kernelRouteDev(f, 0)
 		if res.Explanation.Outcome == core.Rejected {
-			route += notByUplink(ifaces, iface)
+			route += notByUplink(ifaces, iface, "")
 		}
 		res.Uplinks = append(res.Uplinks, uplinkChance{Uplink: ifaces[iface], Share: 1, Kernel: route})
 	default:
 		for _, ch := range res.Explanation.Choices {
 			route, iface := kernelRouteDev(f, ch.Mark)
-			res.Uplinks = append(res.Uplinks, uplinkChance{Uplink: ch.Uplink, Share: ch.Share, Kernel: route + notByUplink(ifaces, iface)})
+			res.Uplinks = append(res.Uplinks, uplinkChance{Uplink: ch.Uplink, Share: ch.Share, Kernel: route + notByUplink(ifaces, iface, ch.Uplink)})
 		}
 	}
 	if *asJSON {
@@ -268,13 +268,21 @@ func orAny(a netip.Addr) string {
 	return a.String()
 }
 
-// notByUplink notes a route that leaves by no uplink: the main table's
-// specific routes (a second LAN, a VPN) come before wanpin's marks, so a
-// balanced connection does not leave by its uplink and a rejected one is
-// not refused.
-func notByUplink(ifaces map[string]string, iface string) string {
-	if iface == "" || ifaces[iface] != "" {
+// notByUplink notes a route that does not leave by the uplink chosen
+// (want; "" for a flow no uplink was chosen for): the main table's
+// specific and connected routes (a second LAN, a VPN, an uplink's own
+// link) come before wanpin's marks (the suppress rule), so a balanced
+// connection leaves by that route's interface, pinned to the uplink
+// there if any, and a rejected one is not refused.
+func notByUplink(ifaces map[string]string, iface, want string) string {
+	if iface == "" {
 		return ""
 	}
-	return " (by no uplink: the main table's route to it comes first)"
+	switch got := ifaces[iface]; {
+	case got == "":
+		return " (by no uplink: the main table's route to it comes first)"
+	case want != "" && got != want:
+		return " (by " + got + ": the main table's route to it comes first)"
+	}
+	return ""
 }

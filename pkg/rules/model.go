@@ -176,7 +176,6 @@ const (
 	mapRestore        = "restore"
 	mapInbound        = "inbound"
 	mapOutbound       = "outbound"
-	setUplinkMarks    = "uplink_marks"
 	mapGuard          = "guard"
 	chainEvict        = "evict"
 	chainEvictForward = "evict_forward"
@@ -293,7 +292,6 @@ func (b *builder) build() {
 	restore := b.addSet(&set{name: mapRestore, key: typeMark, typeText: "mark : verdict", isMap: true, native: true})
 	inbound := b.addSet(&set{name: mapInbound, key: typeIfname, typeText: "ifname : verdict", isMap: true, native: true})
 	guard := b.addSet(&set{name: mapGuard, key: typeMarkIfname, typeText: "mark . ifname : verdict", isMap: true, native: true})
-	marks := b.addSet(&set{name: setUplinkMarks, key: typeMark, typeText: "mark", native: true})
 	for _, u := range s.Uplinks {
 		b.addChain(markChain(u), nil).rules = []*rule{newRule(setMark(false, s.Mask, u.Mark))}
 		b.addChain(pinChain(u), nil).rules = []*rule{
@@ -302,19 +300,23 @@ func (b *builder) build() {
 		}
 		// A packet leaving this uplink's interface whose connection no
 		// uplink holds yet: another program's alone (see foreign), else
-		// refused if its own mark names another uplink (a balanced first
-		// packet or a health probe the routing sent elsewhere: a rule of
-		// ours deleted by hand, a race with another program), else the
-		// connection is pinned to where it really leaves.
+		// the connection is pinned to where it really leaves, whatever
+		// uplink its own mark named. The suppress rule (`lookup main
+		// suppress_prefixlength 0`) comes before the mark rules, so the
+		// kernel sends a marked packet whose destination has a connected
+		// or specific route in the main table out of that route's
+		// interface: for an uplink's own link (the ISP's router, a modem,
+		// an on-link resolver) another uplink's interface than the mark
+		// named. Dropping it there lost every connection the balancer
+		// gave another uplink; pinned here, its first packet is
+		// translated here too (nat runs after this chain), so the ISP
+		// sees its own customer. Health probes are bound to their
+		// uplink's interface and never get here by another.
 		leave := b.addChain(leaveChain(u), nil)
 		if s.Mask != ^uint32(0) {
 			leave.rules = append(leave.rules, newRule(b.foreign(), maskedMark("meta mark", metaMarkLoad(), s.Mask), eqZero(s.Mask), verdict(expr.VerdictReturn, "")))
 		}
-		leave.rules = append(leave.rules,
-			newRule(pinnedElsewhere("meta mark", metaMarkLoad, s.Mask, u.Mark)...),
-			newRule(setMark(true, s.Mask, u.Mark)),
-		)
-		marks.elems = append(marks.elems, markElem(u.Mark))
+		leave.rules = append(leave.rules, newRule(setMark(true, s.Mask, u.Mark)))
 		// The guard: a packet of a connection pinned to another uplink
 		// never leaves here. If it did (a rule of ours deleted by hand, a
 		// race with another program), the kernel would kill the
@@ -352,7 +354,7 @@ func (b *builder) build() {
 	if s.Evict != 0 {
 		b.evict(restore, guard)
 	}
-	for _, st := range []*set{restore, inbound, guard, marks} {
+	for _, st := range []*set{restore, inbound, guard} {
 		st.sortElems()
 	}
 
@@ -606,23 +608,6 @@ func (b *builder) foreign() frag {
 	}
 	f.exprs = append(f.exprs, cmpReg(expr.CmpOpNeq, native32(0)))
 	return f
-}
-
-// pinnedElsewhere: the mark (ct or meta) says another uplink than the
-// one whose mark is own: `ct mark & M != X_u ct mark & M @uplink_marks
-// drop`. Marks of no uplink (none, or a removed uplink's) pass.
-func pinnedElsewhere(src string, load func() expr.Any, mask, own uint32) []frag {
-	other := maskedMark(src, load(), mask)
-	other.text += " != " + hexMark(own)
-	other.exprs = append(other.exprs, cmpReg(expr.CmpOpNeq, native32(own)))
-	known := maskedMark(src, load(), mask)
-	if mask == ^uint32(0) {
-		known.text += " @" + setUplinkMarks
-	} else {
-		known.text += " == @" + setUplinkMarks // as nft 1.0.6 lists a masked lookup
-	}
-	known.exprs = append(known.exprs, lookup(setUplinkMarks))
-	return []frag{other, known, verdict(expr.VerdictDrop, "")}
 }
 
 // restoreRule gives a packet its connection's pin: the uplink's mark
