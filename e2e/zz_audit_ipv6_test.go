@@ -318,3 +318,184 @@ func TestAuditOnLinkOfUplink(t *testing.T) {
 	}
 	assertNoSpoofed(t, l)
 }
+
+// TestAuditLinkLocalTarget: the ISP's link-local router (fe80::1, the
+// gateway router advertisements name) as an IPv6 health target, next to
+// an IPv4 one, per method that takes it. The probes answer through each
+// uplink's own interface; when ISP 1's IPv6 goes silent only its IPv6
+// goes down.
+func TestAuditLinkLocalTarget(t *testing.T) {
+	l := newLab(t, 2)
+	d := startWanpin(t, l, healthConfig("203.0.113.10", "fe80::1"))
+	waitUntil(t, 5*time.Second, "answered probe rounds in each family on both uplinks", func() (bool, string) {
+		st := statusOf(t, d)
+		ok := true
+		for _, u := range st.Uplinks {
+			ok = ok && u.IPv4.RTTms > 0 && u.IPv6.RTTms > 0 && u.IPv6.State == "up"
+		}
+		return ok, fmt.Sprintf("%+v / %+v", st.Uplinks[0].IPv6, st.Uplinks[1].IPv6)
+	})
+	if err := l.Blackhole6(1, true); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(`uplink IPv6 down" uplink=isp1`, 1, 5*time.Second)
+	if strings.Contains(d.log(), `uplink IPv6 down" uplink=isp2`) || strings.Contains(d.log(), `uplink IPv4 down`) {
+		t.Errorf("more went down than isp1's IPv6:\n%s", d.log())
+	}
+	if err := l.Blackhole6(1, false); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(`uplink IPv6 up" uplink=isp1`, 1, 8*time.Second)
+}
+
+// TestAuditPTBFromISP, per nat6 mode: ISP 1's link to the server has an
+// MTU of 1280; a LAN host's 1400-byte ping through isp1 gets ISP 1's
+// Packet Too Big, sent to the translated address, and the router must
+// hand it to the LAN host (translated back), who then knows the path MTU.
+func TestAuditPTBFromISP(t *testing.T) {
+	for _, mode := range []string{"masquerade", "prefix", "none"} {
+		t.Run(mode, func(t *testing.T) {
+			l := newLab(t, 2)
+			src := netlab.LANHost6
+			if mode == "none" {
+				if err := l.AddLANPrefixes(); err != nil {
+					t.Fatal(err)
+				}
+				src = netlab.LANHostIn6(1)
+			}
+			startWanpin(t, l, tiered(mode))
+			run(t, l, l.ISP(1), "ip", "link", "set", "srv", "mtu", "1280")
+			out, _ := l.Exec(l.LAN, "ping", "-6", "-c", "3", "-i", "0.3", "-W", "1", "-s", "1400", "-M", "do", "-I", src, netlab.ServerAddr6)
+			t.Logf("ping: %s", out)
+			route := run(t, l, l.LAN, "ip", "-6", "route", "get", netlab.ServerAddr6, "from", src)
+			if !strings.Contains(route, "mtu 1280") {
+				t.Errorf("the LAN host did not learn the path MTU (no Packet Too Big through the router): %s", route)
+			}
+		})
+	}
+}
+
+// TestAuditFailback6, per nat6 mode: failback = "move" for IPv6. A stream
+// and a UDP flow from the LAN host on the tier-2 backup while the primary
+// is out; when it comes back the stream is reset at once and the flow's
+// next datagrams leave by the primary, with the primary's address.
+func TestAuditFailback6(t *testing.T) {
+	for _, mode := range []string{"masquerade", "prefix", "none"} {
+		t.Run(mode, func(t *testing.T) {
+			l := newLab(t, 2)
+			src := netlab.LANHost6
+			if mode == "none" {
+				if err := l.AddLANPrefixes(); err != nil {
+					t.Fatal(err)
+				}
+				src = netlab.LANHostIn6(1)
+			}
+			d := startWanpin(t, l, strings.Replace(tiered(mode), "tier = 2\n", "tier = 2\nfailback = \"move\"\n", 1))
+			if err := l.SetCarrier(1, false); err != nil {
+				t.Fatal(err)
+			}
+			d.waitFor(`msg="uplink down" uplink=isp1`, 1, 5*time.Second)
+			s, err := l.OpenStreamFrom(src, netlab.ServerAddr6)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if isp := l.ISPOf(s.Peer()); isp != 2 {
+				t.Fatalf("the stream left by ISP %d (%s) while isp1 is out, want 2", isp, s.Peer())
+			}
+			f, err := l.StartUDPFlowFrom(src, 41006, netlab.ServerAddr6, 20*time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			a := waitAnswers(t, f, 3, time.Now(), "the UDP flow on the backup")
+			if isp := l.ISPOf(a[len(a)-1].Seen); isp != 2 {
+				t.Fatalf("the UDP flow left by ISP %d, want 2", isp)
+			}
+			if err := l.SetCarrier(1, true); err != nil {
+				t.Fatal(err)
+			}
+			d.waitFor(`msg="uplink up" uplink=isp1`, 1, 5*time.Second)
+			back := time.Now()
+			d.waitFor(`msg="failback: connections moved" uplink=isp2 to=isp1 family=IPv6 `, 1, 2*time.Second)
+			waitUntil(t, 2*time.Second, "the stream reset", func() (bool, string) {
+				return s.Err() != nil, fmt.Sprintf("%d bytes", s.Received())
+			})
+			want := sourceAt(mode, 1)
+			if mode == "none" {
+				want = src
+			}
+			waitUntil(t, 2*time.Second, "the UDP flow on isp1", func() (bool, string) {
+				a := f.Answers()
+				last := a[len(a)-1]
+				return last.At.After(back) && last.Seen == want, last.Seen
+			})
+			assertNoSpoofed(t, l)
+		})
+	}
+}
+
+// TestAuditIPv4OnlyUplinkProbes: isp2 has no IPv6 but its health table
+// names an IPv6 target too (one file for both uplinks). Its IPv6 probes
+// cannot be sent; its IPv4, judged by its own target, stays up and keeps
+// carrying IPv4, and a blackhole of ISP 2 still takes it down.
+func TestAuditIPv4OnlyUplinkProbes(t *testing.T) {
+	l := newLab(t, 2)
+	run(t, l, l.Router, "ip", "-6", "route", "del", "default", "dev", "wan2")
+	run(t, l, l.Router, "ip", "-6", "addr", "del", netlab.UplinkAddr6(2)+"/64", "dev", "wan2")
+	d := startWanpin(t, l, strings.Replace(healthConfig("203.0.113.10", "2001:db8:ff::10"), "tier = 2\n", "", 1))
+	waitUntil(t, 5*time.Second, "answered IPv4 probes on isp2", func() (bool, string) {
+		u := statusOf(t, d).Uplinks[1]
+		return u.IPv4.RTTms > 0, fmt.Sprintf("%+v", u)
+	})
+	// Enough rounds that every IPv6 probe of isp2 has been lost: still
+	// nothing of isp2 goes down.
+	waitUntil(t, 8*time.Second, "isp2's IPv6 probes all lost over the window", func() (bool, string) {
+		u := statusOf(t, d).Uplinks[1]
+		return u.IPv6.Loss >= 1, fmt.Sprintf("%+v", u.IPv6)
+	})
+	if strings.Contains(d.log(), `"uplink down" uplink=isp2`) || strings.Contains(d.log(), `uplink IPv4 down" uplink=isp2`) {
+		t.Errorf("isp2 went down without IPv6:\n%s", d.log())
+	}
+	if c, err := l.CurlMany(40); err != nil || c[2] == 0 {
+		t.Errorf("IPv4 balancing with isp2: %v %v", c, err)
+	}
+	if err := l.Blackhole(2, true); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(`"uplink down" uplink=isp2`, 1, 5*time.Second)
+	t.Logf("status: %+v", statusOf(t, d).Uplinks[1])
+}
+
+// TestAuditResolver6FamilyDown: ISP 1's IPv6 goes silent while its IPv4
+// works. The router's queries to isp1's IPv6 resolver fail at once (its
+// rule is unreachable, not leaked through isp2), those to its IPv4
+// resolver still get answers through isp1.
+func TestAuditResolver6FamilyDown(t *testing.T) {
+	l := newLabWith(t, netlab.Options{ISPs: 2, Resolvers: true})
+	d := startWanpin(t, l, resolverUplinks())
+	waitUntil(t, 5*time.Second, "answered probe rounds of isp1 in each family", func() (bool, string) {
+		u := statusOf(t, d).Uplinks[0]
+		return u.IPv4.RTTms > 0 && u.IPv6.RTTms > 0, fmt.Sprintf("%+v %+v", u.IPv4, u.IPv6)
+	})
+	if err := l.Blackhole6(1, true); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(`uplink IPv6 down" uplink=isp1`, 1, 5*time.Second)
+	t0 := time.Now()
+	out, err := l.Dig(l.Router, netlab.ResolverAddr6(1), netlab.NameWWW, "+time=2", "+tries=1")
+	if err == nil || time.Since(t0) > time.Second {
+		t.Errorf("query to isp1's IPv6 resolver with its IPv6 down: %v after %v\n%s", err, time.Since(t0), out)
+	}
+	if out, err := l.Dig(l.Router, netlab.ResolverAddr4(1), netlab.NameWWW, "+time=2", "+tries=1"); err != nil {
+		t.Errorf("query to isp1's IPv4 resolver with its IPv6 down: %v\n%s", err, out)
+	}
+	if out, err := l.Dig(l.Router, netlab.ResolverAddr6(2), netlab.NameWWW, "+time=2", "+tries=1"); err != nil {
+		t.Errorf("query to isp2's IPv6 resolver: %v\n%s", err, out)
+	}
+	for i := 1; i <= 2; i++ {
+		if n, err := l.ResolverDrops(i); err != nil || n != 0 {
+			t.Errorf("resolver %d dropped %d foreign queries (%v)", i, n, err)
+		}
+	}
+}
