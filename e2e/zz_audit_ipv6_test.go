@@ -499,3 +499,60 @@ func TestAuditResolver6FamilyDown(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditIPv4GoneIPv4Targets: both uplinks are probed by an IPv4
+// target only (IPv6 follows IPv4's verdict). isp1 loses its IPv4 address
+// (a DHCP lease gone) while its IPv6 works: its IPv6 must carry on (the
+// README: "an ISP whose DHCP lease runs out while its IPv6 keeps working
+// carries IPv6 on"), and an IPv6 stream through it must go on.
+func TestAuditIPv4GoneIPv4Targets(t *testing.T) {
+	l := newLab(t, 2)
+	d := startWanpin(t, l, healthConfig("203.0.113.10"))
+	waitUntil(t, 5*time.Second, "answered probe rounds of isp1", func() (bool, string) {
+		u := statusOf(t, d).Uplinks[0]
+		return u.IPv4.RTTms > 0, fmt.Sprintf("%+v", u.IPv4)
+	})
+	s6, err := l.OpenStreamFrom(netlab.LANHost6, netlab.ServerAddr6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s6.Close()
+	if l.ISPOf(s6.Peer()) != 1 {
+		t.Fatalf("IPv6 stream via %s, want isp1", s6.Peer())
+	}
+	run(t, l, l.Router, "ip", "addr", "del", netlab.UplinkAddr4(1)+"/29", "dev", "wan1")
+	gone := time.Now()
+	d.waitFor(`uplink IPv4 down" uplink=isp1`, 1, 5*time.Second)
+	// Rounds enough for any health verdict to land (down_after 2 at
+	// 500 ms, then up_after 3 and the hold-down): the stream must flow
+	// throughout.
+	for time.Since(gone) < 4*time.Second {
+		if why := stillFlowing(s6); why != "" {
+			t.Fatalf("IPv6 stream on isp1 %s after isp1's IPv4 address went:\n%s", why, d.log())
+		}
+	}
+	u := statusOf(t, d).Uplinks[0]
+	if u.IPv6.State != "up" {
+		t.Errorf("isp1's IPv6 with its IPv4 address gone: %+v\n%s", u.IPv6, d.log())
+	}
+	if c, err := l.CurlManySrc(netlab.LANHost6, netlab.ServerAddr6, 10); err != nil || c[1] != 10 {
+		t.Errorf("new IPv6 connections: %v %v, want all through isp1 (tier 1)", c, err)
+	}
+	// The lease comes back: IPv4 is up again at once (its probes start
+	// afresh), and IPv6 never went down.
+	run(t, l, l.Router, "ip", "addr", "add", netlab.UplinkAddr4(1)+"/29", "dev", "wan1")
+	run(t, l, l.Router, "ip", "route", "replace", "default", "via", netlab.UplinkGateway4(1), "dev", "wan1", "metric", "100")
+	d.waitFor(`uplink IPv4 up" uplink=isp1`, 1, 5*time.Second)
+	back := time.Now()
+	for time.Since(back) < 3*time.Second {
+		if why := stillFlowing(s6); why != "" {
+			t.Fatalf("IPv6 stream on isp1 %s after isp1's IPv4 address came back", why)
+		}
+	}
+	if c, err := l.CurlMany(10); err != nil || c[1] != 10 {
+		t.Errorf("IPv4 after the lease came back: %v %v, want all through isp1 (tier 1)", c, err)
+	}
+	if strings.Contains(d.log(), `uplink IPv6 down" uplink=isp1`) || strings.Contains(d.log(), `"uplink down" uplink=isp1`) {
+		t.Errorf("isp1's IPv6 went down with its IPv4 lease:\n%s", d.log())
+	}
+}

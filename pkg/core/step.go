@@ -573,14 +573,20 @@ func addrText(a netip.Addr) string {
 	return a.String()
 }
 
-// verdict is what health probes say of one family of an uplink: its own
-// targets' verdict, or, when it has no targets of its own, the other
-// family's (an ISP that forwards nothing usually forwards neither family,
-// and an admin who lists only IPv4 targets expects them to guard the
-// uplink as a whole).
-func (s *State) verdict(uplink string, f inet.Family) (Verdict, bool) {
+// verdict is what health probes say of one family of an uplink (st, as
+// the interface shows it): its own targets' verdict, or, when it has no
+// targets of its own, the other family's (an ISP that forwards nothing
+// usually forwards neither family, and an admin who lists only IPv4
+// targets expects them to guard the uplink as a whole) while that family
+// can carry traffic. A family with no address or gateway (a DHCP lease
+// gone) cannot send its probes: their lost rounds say nothing of the
+// ISP, and borrowed they took the working IPv6 down with the lease.
+func (s *State) verdict(uplink string, f inet.Family, st UplinkState) (Verdict, bool) {
 	k := Key{uplink, f}
 	if _, own := s.Probes[k]; !own {
+		if !st.Family(f.Other()).Up {
+			return Verdict{}, false
+		}
 		k.Family = f.Other()
 	}
 	v, ok := s.Verdicts[k]
@@ -759,7 +765,7 @@ func (s *State) reconcile(r *Result, at time.Time, trigger string) {
 		st, rs := Observe(u, l, s.hint(r, u.Interface, l, at), leases)
 		s.restartProbesAfterBlip(r, u.Name, st)
 		for _, f := range inet.Families {
-			if v, ok := s.verdict(u.Name, f); ok && !v.Healthy && st.Family(f).Up {
+			if v, ok := s.verdict(u.Name, f, st); ok && !v.Healthy && st.Family(f).Up {
 				st.Of(f).Unhealthy = true
 				*rs.Of(f) = "health probes: " + v.Reason
 			}
@@ -998,7 +1004,13 @@ func (s *State) noteConflicts(r *Result, now []neighbours.Finding) {
 // would take the family down just after it came back, and hold it down
 // for up_after rounds and hold_down (seen in CI: a 0.95 s carrier loss,
 // IPv6 down 0.18 s after the carrier returned). A family the probes
-// already called down keeps its monitor: it comes back by their rules.
+// already called down keeps its monitor: it comes back by their rules;
+// unless it was out alone (its address or gateway gone, a DHCP lease,
+// while the other family stayed up: the link was fine), when its probes
+// could not be sent and their lost rounds say nothing of the ISP. Kept,
+// that verdict held the family down for up_after rounds and hold_down
+// after the lease came back, and the other family, if it has no targets
+// of its own, with it (its connections flushed).
 func (s *State) restartProbesAfterBlip(r *Result, uplink string, st UplinkState) {
 	prev, known := s.Uplinks[uplink]
 	if !known {
@@ -1010,13 +1022,16 @@ func (s *State) restartProbesAfterBlip(r *Result, uplink string, st UplinkState)
 		if !probed || prev.State.Family(f).Up || !st.Family(f).Up {
 			continue
 		}
+		why := "the link came back before the probes noticed it was gone"
 		if v, ok := s.Verdicts[k]; ok && !v.Healthy {
-			continue
+			if !prev.State.Family(f.Other()).Up || !st.Family(f.Other()).Up {
+				continue
+			}
+			why = "the family was out alone: its probes could not be sent"
 		}
 		r.add(StopProbes{Key: k}, StartProbes{Spec: spec})
 		delete(s.Verdicts, k)
-		r.log(slog.LevelInfo, "health probes restarted", "uplink", uplink, "family", f.String(),
-			"why", "the link came back before the probes noticed it was gone")
+		r.log(slog.LevelInfo, "health probes restarted", "uplink", uplink, "family", f.String(), "why", why)
 	}
 }
 

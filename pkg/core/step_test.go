@@ -80,6 +80,12 @@ func links(ls ...Link) map[string]Link {
 
 func noCarrier(l Link) Link { l.Carrier = false; return l }
 
+// noIPv4 is l without its IPv4 addresses (a DHCP lease gone).
+func noIPv4(l Link) Link {
+	l.Addrs = slices.DeleteFunc(slices.Clone(l.Addrs), func(x Addr) bool { return x.Prefix.Addr().Is4() })
+	return l
+}
+
 func noIPv6Gateway(l Link) Link {
 	*l.Gateway.Of(inet.IPv6) = netip.Addr{}
 	return l
@@ -186,6 +192,15 @@ func scenarios(t testing.TB) map[string][]step {
 			{4*time.Second + time.Millisecond, PPPEvent{Up: true, Iface: "ppp0", Local: a("198.51.100.11"), Peer: a("198.51.100.9")}}},
 		// The RA's default route expires: IPv6 goes, IPv4 stays, no hook
 		// (the uplink as a whole is still up).
+		// fibre's IPv4 lease goes while its IPv6 works; its IPv4 probes
+		// (fibre's only targets) cannot be sent and lose their rounds.
+		// IPv6 carries on (it follows IPv4's verdict only while IPv4 can
+		// carry traffic), and when the lease comes back IPv4's probes
+		// start afresh instead of holding it (and IPv6) down.
+		"ipv4_gone": {start, {time.Second, healthy},
+			{2 * time.Second, Observed{Links: links(noIPv4(fibre()), ppp(7, "198.51.100.10", "198.51.100.9")), Trigger: "netlink"}},
+			{3 * time.Second, unhealthy},
+			{4 * time.Second, Observed{Links: bothUp, Trigger: "netlink"}}},
 		"family_down": {start,
 			{time.Second, Observed{Links: links(noIPv6Gateway(fibre()), ppp(7, "198.51.100.10", "198.51.100.9")), Trigger: "netlink"}}},
 		"maintenance": {start,
