@@ -415,7 +415,7 @@ func TestAuditFailback6(t *testing.T) {
 			if err := l.SetCarrier(1, true); err != nil {
 				t.Fatal(err)
 			}
-			d.waitFor(`msg="uplink up" uplink=isp1`, 1, 5*time.Second)
+			d.waitFor(`msg="uplink up" uplink=isp1`, 2, 5*time.Second)
 			back := time.Now()
 			d.waitFor(`msg="failback: connections moved" uplink=isp2 to=isp1 family=IPv6 `, 1, 2*time.Second)
 			waitUntil(t, 2*time.Second, "the stream reset", func() (bool, string) {
@@ -555,4 +555,86 @@ func TestAuditIPv4GoneIPv4Targets(t *testing.T) {
 	if strings.Contains(d.log(), `uplink IPv6 down" uplink=isp1`) || strings.Contains(d.log(), `"uplink down" uplink=isp1`) {
 		t.Errorf("isp1's IPv6 went down with its IPv4 lease:\n%s", d.log())
 	}
+}
+
+// TestAuditExplainNat6None: explain for a LAN host of isp2's prefix6
+// says the source prefix chooses isp2 and the kernel routes it there;
+// with isp2 out, it is balanced over isp1 (and masqueraded there).
+func TestAuditExplainNat6None(t *testing.T) {
+	l := newLab(t, 2)
+	if err := l.AddLANPrefixes(); err != nil {
+		t.Fatal(err)
+	}
+	d := startWanpin(t, l, dualConfig("none", 1, 1))
+	args := []string{"--src", netlab.LANHostIn6(2), "--iif", "lan0", "--dst", netlab.ServerAddr6, "--dport", "8080"}
+	e := explainAs(t, l, d, args...)
+	if e.Explanation.Outcome != "balanced" || !strings.Contains(e.Explanation.Why, "prefix6") || len(e.Uplinks) != 1 ||
+		e.Uplinks[0].Uplink != "isp2" || !strings.Contains(e.Uplinks[0].Kernel, "dev wan2") {
+		t.Errorf("explain %v: %+v", args, e)
+	}
+	if err := l.SetCarrier(2, false); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(`"uplink down" uplink=isp2`, 1, 5*time.Second)
+	e = explainAs(t, l, d, args...)
+	if e.Explanation.Outcome != "balanced" || len(e.Uplinks) != 1 || e.Uplinks[0].Uplink != "isp1" || !strings.Contains(e.Uplinks[0].Kernel, "dev wan1") {
+		t.Errorf("explain %v with isp2 out: %+v", args, e)
+	}
+	l.ResetSeen()
+	if c, err := l.CurlManySrc(netlab.LANHostIn6(2), netlab.ServerAddr6, 10); err != nil || c[1] != 10 {
+		t.Errorf("isp2's host with isp2 out: %v %v", c, err)
+	}
+	seenOnly(t, l, netlab.UplinkAddr6(1))
+}
+
+// TestAuditNat6NoneBlackhole: nat6 none, ISP 1 silently drops everything
+// (link up, routes kept for the probes). A UDP flow of a host of isp1's
+// prefix moves to isp2, masqueraded; when ISP 1 is back, the host's new
+// connections leave by isp1 untranslated again.
+func TestAuditNat6NoneBlackhole(t *testing.T) {
+	l := newLab(t, 2)
+	if err := l.AddLANPrefixes(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := dualConfig("none", 1, 1) + ""
+	cfg = strings.ReplaceAll(cfg, "nat6 = \"none\"\n", "nat6 = \"none\"\n[uplink.health]\ntargets = [\"203.0.113.10\", \"2001:db8:ff::10\"]\n")
+	// [uplink.health] must come after the uplink's own keys: prefix6
+	// follows nat6 in dualConfig, so put it back above the table.
+	for i := 1; i <= 2; i++ {
+		p := fmt.Sprintf("prefix6 = %q\n", netlab.Delegated6(i))
+		cfg = strings.Replace(cfg, p, "", 1)
+		cfg = strings.Replace(cfg, fmt.Sprintf("name = \"isp%d\"\n", i), fmt.Sprintf("name = \"isp%d\"\n%s", i, p), 1)
+	}
+	d := startWanpin(t, l, cfg)
+	src := netlab.LANHostIn6(1)
+	started := time.Now()
+	f, err := l.StartUDPFlowFrom(src, 40021, netlab.ServerAddr6, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if a := waitAnswers(t, f, 1, started, "the flow"); a[len(a)-1].Seen != src {
+		t.Fatalf("flow before: %+v", a[len(a)-1])
+	}
+	if err := l.Blackhole(1, true); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(`"uplink down" uplink=isp1`, 1, 5*time.Second)
+	waitUntil(t, 3*time.Second, "the flow on isp2, masqueraded", func() (bool, string) {
+		a := f.Answers()
+		last := a[len(a)-1]
+		return time.Since(last.At) < 200*time.Millisecond && last.Seen == netlab.UplinkAddr6(2), fmt.Sprintf("%+v", last)
+	})
+	if err := l.Blackhole(1, false); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor(`"uplink up" uplink=isp1`, 2, 8*time.Second)
+	l.ResetSeen()
+	if c, err := l.CurlManySrc(src, netlab.ServerAddr6, 10); err != nil || c[1] != 10 {
+		t.Errorf("new connections after isp1's return: %v %v", c, err)
+	}
+	if l.Seen()[src] < 10 {
+		t.Errorf("after the return the server saw %v, want %s untranslated", l.Seen(), src)
+	}
+	assertNoSpoofed(t, l)
 }
