@@ -638,3 +638,45 @@ func TestAuditNat6NoneBlackhole(t *testing.T) {
 	}
 	assertNoSpoofed(t, l)
 }
+
+// TestAuditProbeMethods6: tcp, http and dns probes of IPv6 targets
+// answer through each uplink, and a silent ISP 1 IPv6 takes only isp1's
+// IPv6 down.
+func TestAuditProbeMethods6(t *testing.T) {
+	for _, m := range []struct{ method, v4, v6 string }{
+		{"tcp", "203.0.113.10:8080", "[2001:db8:ff::10]:8080"},
+		{"http", "http://203.0.113.10:8080/", "http://[2001:db8:ff::10]:8080/"},
+		{"dns", "", ""},
+	} {
+		t.Run(m.method, func(t *testing.T) {
+			l := newLabWith(t, netlab.Options{ISPs: 2, Resolvers: true})
+			var b strings.Builder
+			for i := 1; i <= 2; i++ {
+				v4, v6 := m.v4, m.v6
+				if m.method == "dns" {
+					v4, v6 = netlab.ResolverAddr4(i), netlab.ResolverAddr6(i)
+				}
+				fmt.Fprintf(&b, "\n[[uplink]]\nname = \"isp%d\"\ninterface = \"wan%d\"\n\n[uplink.health]\nmethod = %q\ntargets = [%q, %q]\n", i, i, m.method, v4, v6)
+				if m.method == "dns" {
+					b.WriteString("dns_name = \"" + netlab.NameWWW + "\"\n")
+				}
+			}
+			d := startWanpin(t, l, b.String())
+			waitUntil(t, 5*time.Second, "answered probes in each family on both uplinks", func() (bool, string) {
+				st := statusOf(t, d)
+				ok := true
+				for _, u := range st.Uplinks {
+					ok = ok && u.IPv4.RTTms > 0 && u.IPv6.RTTms > 0
+				}
+				return ok, fmt.Sprintf("%+v / %+v", st.Uplinks[0].IPv6, st.Uplinks[1].IPv6)
+			})
+			if err := l.Blackhole6(1, true); err != nil {
+				t.Fatal(err)
+			}
+			d.waitFor(`uplink IPv6 down" uplink=isp1`, 1, 5*time.Second)
+			if strings.Contains(d.log(), `uplink IPv6 down" uplink=isp2`) || strings.Contains(d.log(), `uplink IPv4 down`) {
+				t.Errorf("more went down than isp1's IPv6:\n%s", d.log())
+			}
+		})
+	}
+}
