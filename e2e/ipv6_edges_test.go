@@ -10,13 +10,13 @@ import (
 	"github.com/wanpin/wanpin/internal/netlab"
 )
 
-// TestAuditPTBFromRouter, per nat6 mode: the router's LAN link has a
+// TestIPv6EdgePTBFromRouter, per nat6 mode: the router's LAN link has a
 // smaller MTU than the LAN host's, so the server's full-size segments of
 // a stream to the LAN host cannot be forwarded and the router itself
 // sends the server an ICMPv6 Packet Too Big. It must leave through the
 // uplink the connection is pinned to with a source that ISP accepts, or
 // the server never learns the path MTU and the stream stalls.
-func TestAuditPTBFromRouter(t *testing.T) {
+func TestIPv6EdgePTBFromRouter(t *testing.T) {
 	for _, mode := range []string{"masquerade", "prefix", "none"} {
 		t.Run(mode, func(t *testing.T) {
 			l := newLab(t, 2)
@@ -56,10 +56,10 @@ uplinks = ["isp2"]
 	}
 }
 
-// TestAuditIPv4OnlyUplink: isp2 has no IPv6 at all next to a dual-stack
+// TestIPv6EdgeIPv4OnlyUplink: isp2 has no IPv6 at all next to a dual-stack
 // isp1. Every IPv6 connection, forwarded or the router's own, and one a
 // policy sends to isp2 (fallback any), must leave through isp1.
-func TestAuditIPv4OnlyUplink(t *testing.T) {
+func TestIPv6EdgeIPv4OnlyUplink(t *testing.T) {
 	l := newLab(t, 2)
 	run(t, l, l.Router, "ip", "-6", "route", "del", "default", "dev", "wan2")
 	run(t, l, l.Router, "ip", "-6", "addr", "del", netlab.UplinkAddr6(2)+"/64", "dev", "wan2")
@@ -129,11 +129,11 @@ func tiered(mode string) string {
 	return strings.Replace(dualConfig(mode, 1, 1), "name = \"isp2\"\n", "name = \"isp2\"\ntier = 2\n", 1)
 }
 
-// TestAuditIPv6Renumbered: isp1's IPv6 address changes (the ISP
+// TestIPv6EdgeRenumbered: isp1's IPv6 address changes (the ISP
 // renumbers: a new address, the old one deprecated, then gone). New
 // connections and a masqueraded UDP flow must use the new address; the
 // entries NATed to the old one are flushed once it is gone.
-func TestAuditIPv6Renumbered(t *testing.T) {
+func TestIPv6EdgeRenumbered(t *testing.T) {
 	l := newLab(t, 2)
 	const newAddr = "2001:db8:101::3"
 	run(t, l, l.ISP(1), "nft", "insert", "rule", "inet", "isp", "in", "ip6", "saddr", newAddr, "accept")
@@ -174,11 +174,11 @@ func TestAuditIPv6Renumbered(t *testing.T) {
 	assertNoSpoofed(t, l)
 }
 
-// TestAuditInboundToLANHost6: with nat6 prefix and none, a connection
+// TestIPv6EdgeInboundToLANHost6: with nat6 prefix and none, a connection
 // from the internet to the LAN host's address of the backup uplink
 // (isp2, tier 2) gets its replies through isp2 with that address, and so
 // does a ping.
-func TestAuditInboundToLANHost6(t *testing.T) {
+func TestIPv6EdgeInboundToLANHost6(t *testing.T) {
 	for _, mode := range []string{"prefix", "none"} {
 		t.Run(mode, func(t *testing.T) {
 			l := newLab(t, 2)
@@ -234,10 +234,10 @@ func onOne6(t *testing.T, l *netlab.Lab, src, dst string, n int, what string) in
 	return 0
 }
 
-// TestAuditSticky6, per sticky_by: IPv6 sources stick to one uplink, the
+// TestIPv6EdgeSticky6, per sticky_by: IPv6 sources stick to one uplink, the
 // memory shows in status and explain, and it survives a reload and a
 // restart.
-func TestAuditSticky6(t *testing.T) {
+func TestIPv6EdgeSticky6(t *testing.T) {
 	for _, by := range []string{"source", "source+destination"} {
 		t.Run(by, func(t *testing.T) {
 			l := newLab(t, 2)
@@ -284,13 +284,13 @@ func TestAuditSticky6(t *testing.T) {
 	}
 }
 
-// TestAuditOnLinkOfUplink: the LAN reaches the ISP's own address on an
+// TestOnLinkOfUplink: the LAN reaches the ISP's own address on an
 // uplink's link (isp1's router, 2001:db8:101::1 and 198.51.100.1), whose
 // connected route in the main table the suppress rule sends every packet
 // to, whatever uplink the balancer chose. Every new connection must get
 // through, by isp1; before, the ones balanced to isp2 left wan1 marked
 // for isp2 and were dropped (half of them).
-func TestAuditOnLinkOfUplink(t *testing.T) {
+func TestOnLinkOfUplink(t *testing.T) {
 	l := newLab(t, 2)
 	d := startWanpin(t, l, dualConfig("masquerade", 1, 1))
 	// explain says the isp2 choice leaves by isp1.
@@ -319,12 +319,12 @@ func TestAuditOnLinkOfUplink(t *testing.T) {
 	assertNoSpoofed(t, l)
 }
 
-// TestAuditLinkLocalTarget: the ISP's link-local router (fe80::1, the
+// TestIPv6EdgeLinkLocalTarget: the ISP's link-local router (fe80::1, the
 // gateway router advertisements name) as an IPv6 health target, next to
 // an IPv4 one, per method that takes it. The probes answer through each
 // uplink's own interface; when ISP 1's IPv6 goes silent only its IPv6
 // goes down.
-func TestAuditLinkLocalTarget(t *testing.T) {
+func TestIPv6EdgeLinkLocalTarget(t *testing.T) {
 	l := newLab(t, 2)
 	d := startWanpin(t, l, healthConfig("203.0.113.10", "fe80::1"))
 	waitUntil(t, 5*time.Second, "answered probe rounds in each family on both uplinks", func() (bool, string) {
@@ -348,11 +348,11 @@ func TestAuditLinkLocalTarget(t *testing.T) {
 	d.waitFor(`uplink IPv6 up" uplink=isp1`, 1, 8*time.Second)
 }
 
-// TestAuditPTBFromISP, per nat6 mode: ISP 1's link to the server has an
+// TestIPv6EdgePTBFromISP, per nat6 mode: ISP 1's link to the server has an
 // MTU of 1280; a LAN host's 1400-byte ping through isp1 gets ISP 1's
 // Packet Too Big, sent to the translated address, and the router must
 // hand it to the LAN host (translated back), who then knows the path MTU.
-func TestAuditPTBFromISP(t *testing.T) {
+func TestIPv6EdgePTBFromISP(t *testing.T) {
 	for _, mode := range []string{"masquerade", "prefix", "none"} {
 		t.Run(mode, func(t *testing.T) {
 			l := newLab(t, 2)
@@ -375,11 +375,11 @@ func TestAuditPTBFromISP(t *testing.T) {
 	}
 }
 
-// TestAuditFailback6, per nat6 mode: failback = "move" for IPv6. A stream
+// TestIPv6EdgeFailback6, per nat6 mode: failback = "move" for IPv6. A stream
 // and a UDP flow from the LAN host on the tier-2 backup while the primary
 // is out; when it comes back the stream is reset at once and the flow's
 // next datagrams leave by the primary, with the primary's address.
-func TestAuditFailback6(t *testing.T) {
+func TestIPv6EdgeFailback6(t *testing.T) {
 	for _, mode := range []string{"masquerade", "prefix", "none"} {
 		t.Run(mode, func(t *testing.T) {
 			l := newLab(t, 2)
@@ -435,11 +435,11 @@ func TestAuditFailback6(t *testing.T) {
 	}
 }
 
-// TestAuditIPv4OnlyUplinkProbes: isp2 has no IPv6 but its health table
+// TestIPv6EdgeIPv4OnlyUplinkProbes: isp2 has no IPv6 but its health table
 // names an IPv6 target too (one file for both uplinks). Its IPv6 probes
 // cannot be sent; its IPv4, judged by its own target, stays up and keeps
 // carrying IPv4, and a blackhole of ISP 2 still takes it down.
-func TestAuditIPv4OnlyUplinkProbes(t *testing.T) {
+func TestIPv6EdgeIPv4OnlyUplinkProbes(t *testing.T) {
 	l := newLab(t, 2)
 	run(t, l, l.Router, "ip", "-6", "route", "del", "default", "dev", "wan2")
 	run(t, l, l.Router, "ip", "-6", "addr", "del", netlab.UplinkAddr6(2)+"/64", "dev", "wan2")
@@ -467,11 +467,11 @@ func TestAuditIPv4OnlyUplinkProbes(t *testing.T) {
 	t.Logf("status: %+v", statusOf(t, d).Uplinks[1])
 }
 
-// TestAuditResolver6FamilyDown: ISP 1's IPv6 goes silent while its IPv4
+// TestIPv6EdgeResolver6FamilyDown: ISP 1's IPv6 goes silent while its IPv4
 // works. The router's queries to isp1's IPv6 resolver fail at once (its
 // rule is unreachable, not leaked through isp2), those to its IPv4
 // resolver still get answers through isp1.
-func TestAuditResolver6FamilyDown(t *testing.T) {
+func TestIPv6EdgeResolver6FamilyDown(t *testing.T) {
 	l := newLabWith(t, netlab.Options{ISPs: 2, Resolvers: true})
 	d := startWanpin(t, l, resolverUplinks())
 	waitUntil(t, 5*time.Second, "answered probe rounds of isp1 in each family", func() (bool, string) {
@@ -500,12 +500,12 @@ func TestAuditResolver6FamilyDown(t *testing.T) {
 	}
 }
 
-// TestAuditIPv4GoneIPv4Targets: both uplinks are probed by an IPv4
+// TestIPv4GoneIPv4Targets: both uplinks are probed by an IPv4
 // target only (IPv6 follows IPv4's verdict). isp1 loses its IPv4 address
 // (a DHCP lease gone) while its IPv6 works: its IPv6 must carry on (the
 // README: "an ISP whose DHCP lease runs out while its IPv6 keeps working
 // carries IPv6 on"), and an IPv6 stream through it must go on.
-func TestAuditIPv4GoneIPv4Targets(t *testing.T) {
+func TestIPv4GoneIPv4Targets(t *testing.T) {
 	l := newLab(t, 2)
 	d := startWanpin(t, l, healthConfig("203.0.113.10"))
 	waitUntil(t, 5*time.Second, "answered probe rounds of isp1", func() (bool, string) {
@@ -557,10 +557,10 @@ func TestAuditIPv4GoneIPv4Targets(t *testing.T) {
 	}
 }
 
-// TestAuditExplainNat6None: explain for a LAN host of isp2's prefix6
+// TestIPv6EdgeExplainNat6None: explain for a LAN host of isp2's prefix6
 // says the source prefix chooses isp2 and the kernel routes it there;
 // with isp2 out, it is balanced over isp1 (and masqueraded there).
-func TestAuditExplainNat6None(t *testing.T) {
+func TestIPv6EdgeExplainNat6None(t *testing.T) {
 	l := newLab(t, 2)
 	if err := l.AddLANPrefixes(); err != nil {
 		t.Fatal(err)
@@ -587,11 +587,11 @@ func TestAuditExplainNat6None(t *testing.T) {
 	seenOnly(t, l, netlab.UplinkAddr6(1))
 }
 
-// TestAuditNat6NoneBlackhole: nat6 none, ISP 1 silently drops everything
+// TestIPv6EdgeNat6NoneBlackhole: nat6 none, ISP 1 silently drops everything
 // (link up, routes kept for the probes). A UDP flow of a host of isp1's
 // prefix moves to isp2, masqueraded; when ISP 1 is back, the host's new
 // connections leave by isp1 untranslated again.
-func TestAuditNat6NoneBlackhole(t *testing.T) {
+func TestIPv6EdgeNat6NoneBlackhole(t *testing.T) {
 	l := newLab(t, 2)
 	if err := l.AddLANPrefixes(); err != nil {
 		t.Fatal(err)
@@ -639,10 +639,10 @@ func TestAuditNat6NoneBlackhole(t *testing.T) {
 	assertNoSpoofed(t, l)
 }
 
-// TestAuditProbeMethods6: tcp, http and dns probes of IPv6 targets
+// TestIPv6EdgeProbeMethods6: tcp, http and dns probes of IPv6 targets
 // answer through each uplink, and a silent ISP 1 IPv6 takes only isp1's
 // IPv6 down.
-func TestAuditProbeMethods6(t *testing.T) {
+func TestIPv6EdgeProbeMethods6(t *testing.T) {
 	for _, m := range []struct{ method, v4, v6 string }{
 		{"tcp", "203.0.113.10:8080", "[2001:db8:ff::10]:8080"},
 		{"http", "http://203.0.113.10:8080/", "http://[2001:db8:ff::10]:8080/"},
