@@ -250,7 +250,7 @@ func cmdEvent(args []string, stderr io.Writer) int {
 	family := fs.String("family", "", "lease, lease-lost: 4 or 6")
 	address := fs.String("address", "", "lease: the leased address, with its prefix length or mask (bare: a host prefix)")
 	gateway := fs.String("gateway", "", "lease: routers, comma-separated")
-	client := fs.String("client", "", "lease: the DHCP client (dhclient, dhcpcd, networkmanager)")
+	client := fs.String("client", "", "lease: the DHCP client (dhclient, dhcpcd, NetworkManager)")
 	runtime := fs.String("runtime-dir", envOr("WANPIN_RUNTIME_DIR", "/run/wanpin"), "where lease files go")
 	if fs.Parse(args[2:]) != nil || fs.NArg() > 0 {
 		fmt.Fprintln(stderr, usage)

@@ -144,7 +144,7 @@ type Lease struct {
 	Address  netip.Prefix
 	Gateways []netip.Addr
 	DNS      []netip.Addr
-	Client   string // dhclient, dhcpcd, networkmanager
+	Client   string // dhclient, dhcpcd, NetworkManager
 }
 
 // LeaseKey names one family of one interface.

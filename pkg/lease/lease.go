@@ -74,7 +74,10 @@ func Parse(data []byte, f inet.Family) (core.Lease, error) {
 		var err error
 		switch key {
 		case "client":
-			if len(val) > 32 || strings.Trim(val, "abcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
+			// Letters of either case: the NetworkManager dispatcher
+			// hook names its client "NetworkManager", and a lowercase
+			// cutset refused every lease it reported.
+			if len(val) > 32 || strings.Trim(val, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") != "" {
 				return l, fmt.Errorf("client %q: want a short name", val)
 			}
 			l.Client = val

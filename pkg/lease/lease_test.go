@@ -62,6 +62,10 @@ func TestParseRefuses(t *testing.T) {
 	if l, err := Parse([]byte("client=ppp1-dhcp6\naddress=198.51.100.2/29\n"), inet.IPv4); err != nil || l.Client != "ppp1-dhcp6" {
 		t.Errorf("client ppp1-dhcp6: %+v %v", l, err)
 	}
+	// The NetworkManager dispatcher hook's name for its client.
+	if l, err := Parse([]byte("client=NetworkManager\naddress=198.51.100.2/29\n"), inet.IPv4); err != nil || l.Client != "NetworkManager" {
+		t.Errorf("client NetworkManager: %+v %v", l, err)
+	}
 }
 
 func TestReadRefusesUnsafeFiles(t *testing.T) {
