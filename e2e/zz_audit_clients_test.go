@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -45,6 +46,29 @@ func waitISP2(t *testing.T, d *daemon, state string) {
 		u := statusOf(t, d).Uplinks[1]
 		return u.IPv4.State == state, fmt.Sprintf("%+v", u.IPv4)
 	})
+}
+
+// TestAuditTwoClientsLeaseLost: two DHCP clients on one uplink (ifupdown's
+// dhclient and Debian's dhcpcd service, which runs on every interface).
+// dhclient holds the lease wanpin follows; dhcpcd stopping (its STOP hook:
+// lease-lost --client dhcpcd) must not take dhclient's lease away.
+func TestAuditTwoClientsLeaseLost(t *testing.T) {
+	_, d, runtime := auditLeaseLab(t)
+	isp2Lease(t, d, runtime, "dhclient")
+	waitISP2(t, d, "up")
+	hookEvent(t, d, runtime, "lease-lost", "wan2", "--family", "4", "--client", "dhcpcd")
+	if ok, seen, _ := poll(2*time.Second, func() (bool, string) {
+		u := statusOf(t, d).Uplinks[1]
+		return u.IPv4.State != "up", fmt.Sprintf("%+v", u.IPv4)
+	}); ok {
+		t.Errorf("dhcpcd's lease-lost took dhclient's lease of wan2 away: %s", seen)
+	}
+	if _, err := os.Stat(filepath.Join(runtime, "leases", "wan2.4")); err != nil {
+		t.Errorf("dhclient's lease file is gone: %v", err)
+	}
+	// dhclient's own loss still counts.
+	hookEvent(t, d, runtime, "lease-lost", "wan2", "--family", "4", "--client", "dhclient")
+	waitISP2(t, d, "down")
 }
 
 // TestAuditNetworkManagerLease: NetworkManager's dispatcher runs the

@@ -319,6 +319,17 @@ func cmdEvent(args []string, stderr io.Writer) int {
 				return fail(fmt.Errorf("lease of %s: %w", iface, err))
 			}
 			l = &parsed
+		} else if *client != "" {
+			// Two clients on one interface (ifupdown's dhclient and the
+			// dhcpcd service, which runs on every interface): the file
+			// holds the lease last reported, and one client's loss must
+			// not take another's lease away, or the uplink loses the
+			// gateway that only that lease knows. A loss removes the
+			// lease of its own client (or of none named) alone.
+			if old, err := lease.Read(*runtime, k); err == nil && old != nil && old.Client != "" && !strings.EqualFold(old.Client, *client) {
+				fmt.Fprintf(stderr, "wanpin event: the lease of %s is %s's, not %s's: kept\n", iface, old.Client, *client)
+				return 0
+			}
 		}
 		if err := lease.Write(*runtime, k, l); err != nil {
 			fmt.Fprintf(stderr, "wanpin event: writing the lease of %s: %v\n", iface, err)

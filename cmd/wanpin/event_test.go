@@ -85,3 +85,44 @@ func TestEventLeaseLineBreakRefused(t *testing.T) {
 		}
 	}
 }
+
+// Two clients on one interface: a lease-lost of one keeps the lease the
+// other reported (the uplink's gateway may be known from it alone); its
+// own client's loss, or one naming no client, removes it.
+func TestEventLeaseLostOfAnotherClient(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: a lease file counts only when root owns it")
+	}
+	dir := t.TempDir()
+	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path="+filepath.Join(dir, "no-bus"))
+	file := filepath.Join(dir, "leases", "wan1.4")
+	lease := func(client string) {
+		t.Helper()
+		var stderr bytes.Buffer
+		if code := cmdEvent([]string{"lease", "wan1", "--family", "4", "--address", "198.51.100.2/29",
+			"--gateway", "198.51.100.1", "--client", client, "--runtime-dir", dir}, &stderr); code != 0 {
+			t.Fatalf("lease: exit %d, %q", code, stderr.String())
+		}
+	}
+	lost := func(args ...string) {
+		t.Helper()
+		var stderr bytes.Buffer
+		if code := cmdEvent(append([]string{"lease-lost", "wan1", "--family", "4", "--runtime-dir", dir}, args...), &stderr); code != 0 {
+			t.Fatalf("lease-lost %v: exit %d, %q", args, code, stderr.String())
+		}
+	}
+	lease("dhclient")
+	lost("--client", "dhcpcd")
+	if _, err := os.Stat(file); err != nil {
+		t.Errorf("dhcpcd's lease-lost removed dhclient's lease: %v", err)
+	}
+	lost("--client", "dhclient")
+	if _, err := os.Stat(file); err == nil {
+		t.Error("dhclient's lease-lost kept its lease")
+	}
+	lease("NetworkManager")
+	lost()
+	if _, err := os.Stat(file); err == nil {
+		t.Error("a lease-lost naming no client kept the lease")
+	}
+}
