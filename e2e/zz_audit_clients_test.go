@@ -95,3 +95,19 @@ func TestAuditNetworkManagerLease(t *testing.T) {
 		t.Errorf("isp2 after NetworkManager's up: %+v", u.IPv4)
 	}
 }
+
+// TestAuditLeaseOddDNS: a lease whose DNS list holds one unusable entry
+// (0.0.0.0, as misconfigured servers send) keeps its gateway and its
+// usable resolvers.
+func TestAuditLeaseOddDNS(t *testing.T) {
+	_, d, runtime := auditLeaseLab(t)
+	out, code := d.cli(0, "event", "lease", "wan2", "--family", "4", "--address", netlab.UplinkAddr4(2)+"/29",
+		"--gateway", netlab.UplinkGateway4(2), "--dns", "0.0.0.0,"+netlab.ResolverAddr4(2), "--client", "dhclient", "--runtime-dir", runtime)
+	if code != 0 {
+		t.Errorf("wanpin event lease: exit %d: %s", code, out)
+	}
+	waitISP2(t, d, "up")
+	if dns := statusOf(t, d).Uplinks[1].IPv4.DNS; len(dns) != 1 || dns[0].String() != netlab.ResolverAddr4(2) {
+		t.Errorf("isp2's resolvers %v, want %s alone", dns, netlab.ResolverAddr4(2))
+	}
+}

@@ -310,9 +310,17 @@ func cmdEvent(args []string, stderr io.Writer) int {
 			if err != nil {
 				return fail(fmt.Errorf("lease of %s: --address: %w", iface, err))
 			}
-			text := fmt.Sprintf("client=%s\naddress=%s\ngateways=%s\ndns=%s\n", *client, addr, *gateway, *dns)
+			// One unusable resolver (0.0.0.0, loopback, link-local) in
+			// what the server sent would refuse the whole lease, gateway
+			// and all: it is left out, and the others kept.
+			servers, dropped := lease.UsableDNS(*dns, ea.Family)
+			if len(dropped) > 0 {
+				fmt.Fprintf(stderr, "wanpin event: lease of %s: ignoring DNS servers %s: not unicast %v addresses\n", iface, strings.Join(dropped, ","), ea.Family)
+			}
+			dnsList := strings.Join(servers, ",")
+			text := fmt.Sprintf("client=%s\naddress=%s\ngateways=%s\ndns=%s\n", *client, addr, *gateway, dnsList)
 			if *address == "" {
-				text = fmt.Sprintf("client=%s\ngateways=%s\ndns=%s\n", *client, *gateway, *dns)
+				text = fmt.Sprintf("client=%s\ngateways=%s\ndns=%s\n", *client, *gateway, dnsList)
 			}
 			parsed, err := lease.Parse([]byte(text), ea.Family)
 			if err != nil {

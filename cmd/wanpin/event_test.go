@@ -126,3 +126,17 @@ func TestEventLeaseLostOfAnotherClient(t *testing.T) {
 		t.Error("a lease-lost naming no client kept the lease")
 	}
 }
+
+// A lease whose DNS list holds an unusable entry (0.0.0.0 from a
+// misconfigured server) is recorded with its gateway and usable servers.
+func TestEventLeaseUnusableDNS(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path="+filepath.Join(dir, "no-bus"))
+	var stderr bytes.Buffer
+	code := cmdEvent([]string{"lease", "wan1", "--family", "4", "--address", "198.51.100.2/29",
+		"--gateway", "198.51.100.1", "--dns", "0.0.0.0,203.0.113.53", "--client", "dhclient", "--runtime-dir", dir}, &stderr)
+	b, err := os.ReadFile(filepath.Join(dir, "leases", "wan1.4"))
+	if code != 0 || err != nil || !strings.Contains(string(b), "gateways=198.51.100.1\n") || !strings.Contains(string(b), "dns=203.0.113.53\n") {
+		t.Errorf("exit %d, %q; recorded %q %v", code, stderr.String(), b, err)
+	}
+}

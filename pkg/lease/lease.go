@@ -126,6 +126,25 @@ func addrs(s string, f inet.Family, linkLocalOK bool) ([]netip.Addr, error) {
 	return out, nil
 }
 
+// UsableDNS splits a hook's comma-separated DNS list into the servers a
+// lease file may hold (unicast addresses of family f, as Parse wants
+// them) and the rest. A DHCP server that lists 0.0.0.0, a loopback or a
+// link-local resolver among good ones must not cost the lease its
+// gateway: the CLI records the usable servers and drops the others.
+func UsableDNS(s string, f inet.Family) (kept, dropped []string) {
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		if _, err := addrs(p, f, false); err != nil {
+			dropped = append(dropped, p)
+			continue
+		}
+		kept = append(kept, p)
+	}
+	return kept, dropped
+}
+
 // Write stores a lease (nil: removes it) atomically: a reader sees the
 // old file or the new one.
 func Write(runtime string, k core.LeaseKey, l *core.Lease) error {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/wanpin/wanpin/pkg/core"
@@ -85,5 +86,16 @@ func TestReadRefusesUnsafeFiles(t *testing.T) {
 	os.Symlink("/etc/passwd", path)
 	if _, err := Read(dir, k); err == nil {
 		t.Error("a symlink was followed")
+	}
+}
+
+// A hook's DNS list: unicast servers of the family kept, the rest dropped.
+func TestUsableDNS(t *testing.T) {
+	kept, dropped := UsableDNS("0.0.0.0, 203.0.113.53,127.0.0.1,,2001:db8::53,224.0.0.1,203.0.113.54", inet.IPv4)
+	if strings.Join(kept, ",") != "203.0.113.53,203.0.113.54" || strings.Join(dropped, ",") != "0.0.0.0,127.0.0.1,2001:db8::53,224.0.0.1" {
+		t.Errorf("kept %v, dropped %v", kept, dropped)
+	}
+	if kept, dropped := UsableDNS("fe80::1,2001:db8:53::1", inet.IPv6); len(kept) != 1 || len(dropped) != 1 {
+		t.Errorf("IPv6: kept %v, dropped %v", kept, dropped)
 	}
 }
