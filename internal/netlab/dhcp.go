@@ -97,8 +97,9 @@ const etcNetns = "/etc/netns"
 // dhcpState is the lab's DHCP bookkeeping.
 type dhcpState struct {
 	mu         sync.Mutex
-	customer4  map[int]string // address ISP i lets its customer use, when moved
-	servers    map[int]*Proc  // ISP i's DHCP server
+	customer4  map[int]string    // address ISP i lets its customer use, when moved
+	options4   map[int][2]string // router and DNS server ISP i hands out, when changed
+	servers    map[int]*Proc     // ISP i's DHCP server
 	clients    map[int]*DHCPClient
 	etc        string // /etc/netns/<router>, once made
 	madeNetns  bool   // /etc/netns did not exist before
@@ -254,6 +255,12 @@ func (l *Lab) startDHCPServer(i int) error {
 		return fmt.Errorf("lab: %w", err)
 	}
 	addr := l.CustomerAddr4(i)
+	router, dns := UplinkGateway4(i), ResolverAddr4(i)
+	l.dhcp.mu.Lock()
+	if o, ok := l.dhcp.options4[i]; ok {
+		router, dns = o[0], o[1]
+	}
+	l.dhcp.mu.Unlock()
 	args := []string{"dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
 		// root: dropping to nobody would clear the parent-death
 		// signal, and a crashed test would leave it running.
@@ -265,8 +272,8 @@ func (l *Lab) startDHCPServer(i int) error {
 		// does not have yet would be forwarded by it, out of its default
 		// route, and counted as spoofed by the ISP there.
 		"--dhcp-authoritative", "--dhcp-broadcast", "--no-ping", "--dhcp-ignore-names",
-		"--dhcp-option=option:router," + UplinkGateway4(i),
-		"--dhcp-option=option:dns-server," + ResolverAddr4(i),
+		"--dhcp-option=option:router," + router,
+		"--dhcp-option=option:dns-server," + dns,
 		"--dhcp-leasefile=" + leases,
 		"--pid-file=" + filepath.Join(dir, fmt.Sprintf("isp%d-dhcp.pid", i)),
 		"--log-dhcp", "--log-facility=-",
@@ -336,6 +343,23 @@ func (l *Lab) SetLeaseAddr(i int, addr string) error {
 	if err := l.nft(l.ISP(i), fmt.Sprintf("flush set inet isp cust4\nadd element inet isp cust4 { %s }\n", addr)); err != nil {
 		return err
 	}
+	return l.startDHCPServer(i)
+}
+
+// SetLeaseOptions makes ISP i's DHCP server hand out router and dns (a
+// comma-separated list) from now on; the router's client learns of them
+// at its next renewal. The caller gives the ISP's namespace the router
+// address if traffic is to flow through it.
+func (l *Lab) SetLeaseOptions(i int, router, dns string) error {
+	if !l.dhcpOn(i) {
+		return fmt.Errorf("lab: uplink %d is not under DHCP", i)
+	}
+	l.dhcp.mu.Lock()
+	if l.dhcp.options4 == nil {
+		l.dhcp.options4 = map[int][2]string{}
+	}
+	l.dhcp.options4[i] = [2]string{router, dns}
+	l.dhcp.mu.Unlock()
 	return l.startDHCPServer(i)
 }
 
