@@ -49,11 +49,11 @@ func waitISP2(t *testing.T, d *daemon, state string) {
 	})
 }
 
-// TestAuditTwoClientsLeaseLost: two DHCP clients on one uplink (ifupdown's
+// TestTwoDHCPClientsLeaseLost: two DHCP clients on one uplink (ifupdown's
 // dhclient and Debian's dhcpcd service, which runs on every interface).
 // dhclient holds the lease wanpin follows; dhcpcd stopping (its STOP hook:
 // lease-lost --client dhcpcd) must not take dhclient's lease away.
-func TestAuditTwoClientsLeaseLost(t *testing.T) {
+func TestTwoDHCPClientsLeaseLost(t *testing.T) {
 	_, d, runtime := auditLeaseLab(t)
 	isp2Lease(t, d, runtime, "dhclient")
 	waitISP2(t, d, "up")
@@ -72,10 +72,10 @@ func TestAuditTwoClientsLeaseLost(t *testing.T) {
 	waitISP2(t, d, "down")
 }
 
-// TestAuditNetworkManagerLease: NetworkManager's dispatcher runs the
+// TestNetworkManagerLease: NetworkManager's dispatcher runs the
 // shipped script with "wan2 up" and the DHCP4_* of the lease: wanpin
 // learns the gateway and the resolver, and status says whose lease it is.
-func TestAuditNetworkManagerLease(t *testing.T) {
+func TestNetworkManagerLease(t *testing.T) {
 	_, d, runtime := auditLeaseLab(t)
 	script := filepath.Join(repoRoot(t), "hooks", "dhcp", "nm-dispatcher")
 	cmd := exec.Command(script, "wan2", "up")
@@ -97,10 +97,10 @@ func TestAuditNetworkManagerLease(t *testing.T) {
 	}
 }
 
-// TestAuditLeaseOddDNS: a lease whose DNS list holds one unusable entry
+// TestLeaseOddDNS: a lease whose DNS list holds one unusable entry
 // (0.0.0.0, as misconfigured servers send) keeps its gateway and its
 // usable resolvers.
-func TestAuditLeaseOddDNS(t *testing.T) {
+func TestLeaseOddDNS(t *testing.T) {
 	_, d, runtime := auditLeaseLab(t)
 	out, code := d.cli(0, "event", "lease", "wan2", "--family", "4", "--address", netlab.UplinkAddr4(2)+"/29",
 		"--gateway", netlab.UplinkGateway4(2), "--dns", "0.0.0.0,"+netlab.ResolverAddr4(2), "--client", "dhclient", "--runtime-dir", runtime)
@@ -113,11 +113,11 @@ func TestAuditLeaseOddDNS(t *testing.T) {
 	}
 }
 
-// TestAuditRenewNewRouter: at a renewal the ISP's server hands out
+// TestRenewNewRouter: at a renewal the ISP's server hands out
 // another router and another DNS server (same address): wanpin moves the
 // uplink's default route to the new router and its resolver rule to the
 // new server, and traffic keeps flowing through the uplink.
-func TestAuditRenewNewRouter(t *testing.T) {
+func TestRenewNewRouter(t *testing.T) {
 	for _, kind := range []netlab.ClientKind{netlab.Dhclient, netlab.Dhcpcd} {
 		t.Run(string(kind), func(t *testing.T) { testAuditRenewNewRouter(t, kind) })
 	}
@@ -180,13 +180,13 @@ func testAuditRenewNewRouter(t *testing.T, kind netlab.ClientKind) {
 	}
 }
 
-// TestAuditDhclientRestart: dhclient on uplink 2 (whose gateway only the
+// TestDhclientRestart: dhclient on uplink 2 (whose gateway only the
 // lease knows) is restarted while a stream runs there (PREINIT, then
 // REBOOT of the same lease): the uplink never goes down and the stream
 // flows on. Then the daemon stops, the lease renews with a new router
 // while it is down (the hook records it), and the daemon started again
 // uses the new router.
-func TestAuditDhclientRestart(t *testing.T) {
+func TestDhclientRestart(t *testing.T) {
 	l := newLabWith(t, netlab.Options{ISPs: 2, DHCP: []int{1, 2}, DHCPRenewal: 3 * time.Second})
 	runtime := t.TempDir()
 	d := newDaemon(t, l, dhcpUplinks, "--runtime-dir", runtime)
@@ -259,11 +259,11 @@ func TestAuditDhclientRestart(t *testing.T) {
 	}
 }
 
-// TestAuditLeaseExpiry: ISP 2's DHCP server stops answering and the
+// TestLeaseExpiry: ISP 2's DHCP server stops answering and the
 // lease runs out while the link stays up: dhclient's EXPIRE (the script
 // flushes the address) takes uplink 2 out, its lease file goes, and
 // uplink 1 carries everything.
-func TestAuditLeaseExpiry(t *testing.T) {
+func TestLeaseExpiry(t *testing.T) {
 	l := newLabWith(t, netlab.Options{ISPs: 2, DHCP: []int{1, 2}, DHCPRenewal: 3 * time.Second})
 	runtime := t.TempDir()
 	d := newDaemon(t, l, dhcpUplinks, "--runtime-dir", runtime)
