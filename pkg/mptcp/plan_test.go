@@ -211,6 +211,16 @@ func TestOrphaned(t *testing.T) {
 	if got := Orphaned(eps, Counts{}); got != nil {
 		t.Errorf("Orphaned with no connection = %v", got)
 	}
+	// A dual-stack router with IPv4 connections only: its IPv6
+	// endpoints cannot have subflows on them, they are not orphans.
+	eps6 := append(slices.Clone(eps[:2]), ep(252, "2001:db8::1", 3, Subflow), ep(251, "::ffff:198.51.100.7", 4, Subflow))
+	if got := Orphaned(eps6, n); len(got) != 2 || got[0].ID != 254 || got[1].ID != 251 {
+		t.Errorf("Orphaned with IPv4 subflows only = %v, want the endpoints 254 and 251", got)
+	}
+	n6 := Counts{Subflows: map[netip.Addr]int{netip.MustParseAddr("2001:db8::1"): 1}, Connections: 1}
+	if got := Orphaned(eps6, n6); len(got) != 0 {
+		t.Errorf("Orphaned with IPv6 subflows only = %v, want none (no IPv4 subflow anywhere)", got)
+	}
 	k := &fakeKernel{eps: slices.Clone(eps)}
 	if err := Refresh(k, eps[1]); err != nil || k.writes != 2 {
 		t.Errorf("Refresh: %v, %d writes", err, k.writes)

@@ -30,13 +30,27 @@ func Refresh(k Kernel, e Endpoint) error {
 // connection may have a peer that refuses more subflows, or be one the
 // router accepted, which subflow endpoints do not serve), so the caller
 // should refresh an endpoint once per uplink recovery, not in a loop.
+//
+// Only endpoints of a family that some subflow uses count: a subflow
+// never crosses families, so on a dual-stack router whose MPTCP
+// connections are all IPv4 the IPv6 endpoints have no subflow by nature,
+// and refreshing them (once a minute, each logged) would fix nothing.
+// The price: a connection that lost every subflow of its family is not
+// seen, but such a connection has nothing left to carry its data anyway.
 func Orphaned(endpoints []Endpoint, n Counts) []Endpoint {
 	if n.Connections == 0 {
 		return nil
 	}
+	used := map[bool]bool{} // by Is4
+	for a, c := range n.Subflows {
+		if c > 0 {
+			used[a.Unmap().Is4()] = true
+		}
+	}
 	var out []Endpoint
 	for _, e := range endpoints {
-		if Owned(e.ID) && e.Flags&Subflow != 0 && n.Subflows[e.Addr.Unmap()] == 0 {
+		a := e.Addr.Unmap()
+		if Owned(e.ID) && e.Flags&Subflow != 0 && used[a.Is4()] && n.Subflows[a] == 0 {
 			out = append(out, e)
 		}
 	}
