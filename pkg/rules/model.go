@@ -976,6 +976,11 @@ func (b *builder) natRules() []*rule {
 			rs = append(rs, newRule(out, masquerade()))
 			continue
 		}
+		for _, f := range inet.Families {
+			if r := b.ownAddrsKept(u, f); r != nil {
+				rs = append(rs, r)
+			}
+		}
 		if u.Masquerade {
 			rs = append(rs, newRule(out, b.translate(u, inet.IPv4)))
 		} else if r := b.foreignAddrMasq(u); r != nil {
@@ -1051,20 +1056,51 @@ func (b *builder) foreignAddrMasq(u desired.Uplink) *rule {
 	if len(v4) == 0 {
 		return nil
 	}
-	slices.SortFunc(v4, netip.Addr.Compare)
-	v4 = slices.Compact(v4)
-	name, load := addrPayload(inet.IPv4, saddr)
-	f := frag{exprs: append(nfprotoIs(inet.IPv4), load)}
-	if len(v4) == 1 {
-		f.text = name + " " + v4[0].String()
-		f.exprs = append(f.exprs, cmpReg(expr.CmpOpEq, v4[0].AsSlice()))
-	} else {
-		st := &set{anonymous: true, key: typeIPv4, typeText: "ipv4_addr"}
-		for _, a := range v4 {
-			st.elems = append(st.elems, element{key: a.AsSlice(), text: a.String()})
-		}
-		f.text, f.anon = name+" "+st.inlineText(), st
-		f.exprs = append(f.exprs, lookup(""))
+	return newRule(oifnameIs(u.Interface), saddrIn(inet.IPv4, v4), b.translateMatched(u, inet.IPv4))
+}
+
+// saddrIn is `ip|ip6 saddr <addr>` or `ip|ip6 saddr { <addrs> }`.
+func saddrIn(fam inet.Family, addrs []netip.Addr) frag {
+	addrs = slices.Clone(addrs)
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	addrs = slices.Compact(addrs)
+	name, load := addrPayload(fam, saddr)
+	f := frag{exprs: append(nfprotoIs(fam), load)}
+	if len(addrs) == 1 {
+		f.text = name + " " + addrs[0].String()
+		f.exprs = append(f.exprs, cmpReg(expr.CmpOpEq, addrs[0].AsSlice()))
+		return f
 	}
-	return newRule(oifnameIs(u.Interface), f, b.translateMatched(u, inet.IPv4))
+	st := &set{anonymous: true, key: typeIPv4, typeText: "ipv4_addr"}
+	if fam == inet.IPv6 {
+		st.key, st.typeText = typeIPv6, "ipv6_addr"
+	}
+	for _, a := range addrs {
+		st.elems = append(st.elems, element{key: a.AsSlice(), text: a.String()})
+	}
+	f.text, f.anon = name+" "+st.inlineText(), st
+	f.exprs = append(f.exprs, lookup(""))
+	return f
+}
+
+// ownAddrsKept: the router's own packets that already carry one of the
+// uplink's addresses other than the one it translates to (a second
+// address, or the new one of a renumber while the old one is still
+// there) leave untranslated. Each of those addresses is an MPTCP
+// endpoint whose subflows must leave from it: translated to the first
+// address, the peer knows the subflow by that one, and when a renumber
+// takes it away the subflow is dead (TestAuditMPTCPRenumber). nil when
+// the uplink has no such address in the family.
+func (b *builder) ownAddrsKept(u desired.Uplink, fam inet.Family) *rule {
+	nat := u.NAT.Get(fam)
+	var other []netip.Addr
+	for _, a := range u.Addrs {
+		if a = a.Unmap(); a.Is4() == (fam == inet.IPv4) && a != nat {
+			other = append(other, a)
+		}
+	}
+	if !nat.IsValid() || len(other) == 0 {
+		return nil
+	}
+	return newRule(oifnameIs(u.Interface), saddrIn(fam, other), verdict(expr.VerdictReturn, ""))
 }

@@ -204,6 +204,19 @@ func goldenSpecs() map[string]desired.NFT {
 		},
 		// Every IPv6 mode at once, and balancers whose families differ:
 		// "lte" has no IPv6, "dsl" lost its IPv4.
+		// An uplink with a second address of each family (a renumber in
+		// progress, a SLAAC and a DHCPv6 address): the router's packets
+		// from those leave untranslated, MPTCP subflows from them
+		// included.
+		"own_addrs": {
+			Table: "wanpin", Mask: 0xff00,
+			Uplinks: []desired.Uplink{
+				{Name: "wan1", Interface: "eth1", Mark: 0x100, Masquerade: true,
+					Addrs: addrs("192.0.2.10", "192.0.2.11", "2001:db8:1::10", "2001:db8:1::11", "2001:db8:1::12"), NAT: nat("192.0.2.10", "2001:db8:1::10")},
+				{Name: "wan2", Interface: "ppp0", Mark: 0x200, Addrs: addrs("198.51.100.20"), NAT: nat("198.51.100.20", "")},
+			},
+			Default: desired.Both(desired.Choice{Buckets: []desired.Bucket{{Mark: 0x100, Weight: 1}, {Mark: 0x200, Weight: 1}}}),
+		},
 		"dualstack": {
 			Table: "wanpin", Mask: 0x00ff0000, LANPrefix6: pfx("2001:db8:1::/64")[0],
 			Uplinks: []desired.Uplink{
