@@ -1089,7 +1089,7 @@ func saddrIn(fam inet.Family, addrs []netip.Addr) frag {
 // there) leave untranslated. Each of those addresses is an MPTCP
 // endpoint whose subflows must leave from it: translated to the first
 // address, the peer knows the subflow by that one, and when a renumber
-// takes it away the subflow is dead (TestAuditMPTCPRenumber). nil when
+// takes it away the subflow is dead (e2e TestMPTCPEdgeRenumber). nil when
 // the uplink has no such address in the family.
 func (b *builder) ownAddrsKept(u desired.Uplink, fam inet.Family) *rule {
 	nat := u.NAT.Get(fam)

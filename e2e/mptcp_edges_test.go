@@ -18,11 +18,11 @@ func endpoints(t *testing.T, l *netlab.Lab) string {
 	return run(t, l, l.Router, "ip", "mptcp", "endpoint", "show")
 }
 
-// TestAuditMPTCPOrphanFamily: a dual-stack router with only IPv4 MPTCP
+// TestMPTCPEdgeOrphanFamily: a dual-stack router with only IPv4 MPTCP
 // connections: its IPv6 endpoints can have no subflow on them (a
 // subflow never crosses families), so they are not orphans to refresh;
 // an IPv4 subflow reset is still one.
-func TestAuditMPTCPOrphanFamily(t *testing.T) {
+func TestMPTCPEdgeOrphanFamily(t *testing.T) {
 	l := newLab(t, 2)
 	for i := 1; i <= 2; i++ {
 		run(t, l, l.ISP(i), "tc", "qdisc", "add", "dev", "cust", "root", "tbf", "rate", "5mbit", "burst", "32kb", "latency", "50ms")
@@ -61,11 +61,11 @@ func TestAuditMPTCPOrphanFamily(t *testing.T) {
 	}
 }
 
-// TestAuditMPTCPRenumber: uplink 1's address changes (a DHCP renumber,
+// TestMPTCPEdgeRenumber: uplink 1's address changes (a DHCP renumber,
 // done here by hand) during an MPTCP download: the old address's
 // endpoint goes, the new one's comes, and the download takes uplink 1
 // again from its new address.
-func TestAuditMPTCPRenumber(t *testing.T) {
+func TestMPTCPEdgeRenumber(t *testing.T) {
 	l := newLab(t, 2)
 	for i := 1; i <= 2; i++ {
 		run(t, l, l.ISP(i), "tc", "qdisc", "add", "dev", "cust", "root", "tbf", "rate", "20mbit", "burst", "32kb", "latency", "20ms")
@@ -96,11 +96,11 @@ func TestAuditMPTCPRenumber(t *testing.T) {
 	}
 }
 
-// TestAuditMPTCPForeign: the admin's limits and endpoints (set before
+// TestMPTCPEdgeForeign: the admin's limits and endpoints (set before
 // wanpin starts, and an id-less one added while it was down after a
 // crash) are left alone; wanpin's own come back after the restart, once
 // each, and a clean stop removes only its own.
-func TestAuditMPTCPForeign(t *testing.T) {
+func TestMPTCPEdgeForeign(t *testing.T) {
 	l := newLab(t, 2)
 	run(t, l, l.Router, "ip", "mptcp", "limits", "set", "subflows", "6", "add_addr_accepted", "5")
 	run(t, l, l.Router, "ip", "mptcp", "endpoint", "add", netlab.LANRouter4, "id", "7", "signal")
@@ -146,7 +146,7 @@ func TestAuditMPTCPForeign(t *testing.T) {
 	}
 }
 
-// TestAuditMPTCPPolicy: a policy sends the router's connections to the
+// TestMPTCPEdgePolicy: a policy sends the router's connections to the
 // server by one uplink only; the subflow from the other's address must
 // not be marked by it (nor dropped by the guard), so the download still
 // uses both uplinks.
@@ -155,10 +155,10 @@ func TestAuditMPTCPForeign(t *testing.T) {
 // takes its source address from the main table's route before the
 // policy's mark re-routes it, and is then source-NATed; the kernel counts
 // that address's endpoint as used, so both subflows leave by the
-// policy's uplink. WANPIN_AUDIT_KNOWN=1 runs it.
-func TestAuditMPTCPPolicy(t *testing.T) {
-	if os.Getenv("WANPIN_AUDIT_KNOWN") != "1" {
-		t.Skip("known defect: WANPIN_AUDIT_KNOWN=1 runs it")
+// policy's uplink. WANPIN_E2E_KNOWN=1 runs it.
+func TestMPTCPEdgePolicy(t *testing.T) {
+	if os.Getenv("WANPIN_E2E_KNOWN") != "1" {
+		t.Skip("known defect: WANPIN_E2E_KNOWN=1 runs it")
 	}
 	for _, u := range []string{"isp1", "isp2"} {
 		t.Run(u, func(t *testing.T) { testAuditMPTCPPolicy(t, u) })
@@ -188,9 +188,9 @@ uplinks = ["`+by+`"]
 	}
 }
 
-// TestAuditMPTCPIPv6: the router's own IPv6 MPTCP download uses both
+// TestMPTCPEdgeIPv6: the router's own IPv6 MPTCP download uses both
 // uplinks (each uplink's IPv6 address is an endpoint).
-func TestAuditMPTCPIPv6(t *testing.T) {
+func TestMPTCPEdgeIPv6(t *testing.T) {
 	l := newLab(t, 2)
 	serveZeros(t, l)
 	d := startWanpin(t, l, mptcpWanpin)
@@ -201,11 +201,11 @@ func TestAuditMPTCPIPv6(t *testing.T) {
 	dl.Abort()
 }
 
-// TestAuditAdaptiveReturn: ISP 2 delivers a quarter of ISP 1's rate;
+// TestAdaptiveAcrossOutage: ISP 2 delivers a quarter of ISP 1's rate;
 // its learnt weight stays within 5..100 while it is down, is kept when it
 // returns and across a reload that changes neither tier nor bandwidth,
 // and the metrics show the weights status shows.
-func TestAuditAdaptiveReturn(t *testing.T) {
+func TestAdaptiveAcrossOutage(t *testing.T) {
 	l := newLab(t, 2)
 	run(t, l, l.ISP(1), "tc", "qdisc", "add", "dev", "cust", "root", "tbf", "rate", "40mbit", "burst", "32kb", "latency", "50ms")
 	run(t, l, l.ISP(2), "tc", "qdisc", "add", "dev", "cust", "root", "tbf", "rate", "10mbit", "burst", "32kb", "latency", "50ms")
@@ -279,11 +279,11 @@ func TestAuditAdaptiveReturn(t *testing.T) {
 	}
 }
 
-// TestAuditMPTCPHealthDown: uplink 1's ISP stops forwarding (carrier
+// TestMPTCPEdgeHealthDown: uplink 1's ISP stops forwarding (carrier
 // stays) during an MPTCP download: its health checks take it down, its
 // endpoint goes, the download goes on over uplink 2, and when the ISP
 // is back the endpoint returns and the download takes uplink 1 again.
-func TestAuditMPTCPHealthDown(t *testing.T) {
+func TestMPTCPEdgeHealthDown(t *testing.T) {
 	l := newLab(t, 2)
 	for i := 1; i <= 2; i++ {
 		run(t, l, l.ISP(i), "tc", "qdisc", "add", "dev", "cust", "root", "tbf", "rate", "20mbit", "burst", "32kb", "latency", "20ms")
