@@ -301,3 +301,21 @@ func TestLeaseExpiry(t *testing.T) {
 		t.Errorf("after isp2's lease expired: %v %v", counts, err)
 	}
 }
+
+// TestLeaseOfNoUplink: the LAN's own DHCP client (Debian's dhcpcd runs
+// on every interface) reports through the same hooks: wanpin event
+// exits 0 for a lease and a lease-lost of lan0, which no uplink uses,
+// and nothing changes for the uplinks. Before, each renewal failed the
+// hook ("no uplink uses interface lan0"), logged to syslog.
+func TestLeaseOfNoUplink(t *testing.T) {
+	_, d, runtime := auditLeaseLab(t)
+	before := rawState(t, d)
+	hookEvent(t, d, runtime, "lease", "lan0", "--family", "4", "--address", netlab.LANRouter4+"/26", "--client", "dhcpcd")
+	hookEvent(t, d, runtime, "lease-lost", "lan0", "--family", "4", "--client", "dhcpcd")
+	if after := rawState(t, d); after != before {
+		t.Errorf("a lease of lan0 changed wanpin's state:\n--- before\n%s--- after\n%s", before, after)
+	}
+	if strings.Contains(d.log(), "level=ERROR") {
+		t.Errorf("errors in the log:\n%s", d.log())
+	}
+}

@@ -379,7 +379,16 @@ func Step(prev State, at time.Time, in Input) Result {
 		s.reconcile(r, at, "ppp ip-"+kind)
 	case LeaseEvent:
 		if !slices.ContainsFunc(s.Config.Uplinks, func(u config.Uplink) bool { return u.Interface == in.Key.Interface }) {
-			r.Err = fmt.Errorf("lease for %s: no uplink uses interface %s", in.Key.Interface, in.Key.Interface)
+			// A DHCP client of an interface no uplink uses (the LAN's
+			// own, Debian's dhcpcd on every interface) reports through
+			// the same hooks: not an error, which the hook would log at
+			// every renewal. The lease is kept for a reload that makes
+			// the interface an uplink, as its file is.
+			if in.Lease == nil {
+				delete(s.Leases, in.Key)
+			} else {
+				s.Leases[in.Key] = *in.Lease
+			}
 			break
 		}
 		if in.Lease == nil {

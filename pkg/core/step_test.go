@@ -812,3 +812,22 @@ func TestExecRefusedWhileDown(t *testing.T) {
 		t.Errorf("exec to an up uplink: err %v, execs %v", r.Err, r.State.Execs)
 	}
 }
+
+// A lease of an interface no uplink uses is no error and changes
+// nothing now; a reload that makes the interface an uplink has it.
+func TestLeaseOfNoUplink(t *testing.T) {
+	cfg := mustConfig(t, stepConfig)
+	s := Step(NewState(cfg), t0, Start{Links: links(fibre(), ppp(7, "198.51.100.10", "198.51.100.9"))}).State
+	key := LeaseKey{"lan0", inet.IPv4}
+	r := Step(s, t0.Add(time.Second), LeaseEvent{Key: key, Lease: &Lease{Address: netip.MustParsePrefix("192.0.2.1/26"), Client: "dhcpcd"}})
+	if r.Err != nil || len(r.Effects) != 0 {
+		t.Fatalf("a lease of lan0: err %v, effects %v", r.Err, r.Effects)
+	}
+	if _, ok := r.State.Leases[key]; !ok {
+		t.Errorf("the lease of lan0 is not kept")
+	}
+	r = Step(r.State, t0.Add(2*time.Second), LeaseEvent{Key: key})
+	if _, ok := r.State.Leases[key]; ok || r.Err != nil {
+		t.Errorf("lease-lost of lan0: err %v, still kept %v", r.Err, ok)
+	}
+}
