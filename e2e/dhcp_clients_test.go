@@ -25,6 +25,26 @@ func auditLeaseLab(t *testing.T) (*netlab.Lab, *daemon, string) {
 	return l, d, runtime
 }
 
+// leaseBothThenStart runs a DHCP client of the kind on both uplinks,
+// then starts the daemon and waits for both uplinks' IPv4.
+func leaseBothThenStart(t *testing.T, l *netlab.Lab, d *daemon, kind netlab.ClientKind) {
+	t.Helper()
+	for i := 1; i <= 2; i++ {
+		c, err := l.StartDHCPClient(i, kind)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.WaitLease(15 * time.Second); err != nil {
+			t.Fatalf("%v\n%s", err, c.Log())
+		}
+	}
+	d.start()
+	waitUntil(t, 10*time.Second, "both uplinks' IPv4 up", func() (bool, string) {
+		s := statusOf(t, d)
+		return s.Uplinks[0].IPv4.State == "up" && s.Uplinks[1].IPv4.State == "up", fmt.Sprintf("%+v", s.Uplinks)
+	})
+}
+
 // hookEvent runs `wanpin event` as a hook does and fails the test when
 // it fails (the hooks log such a failure and drop the lease).
 func hookEvent(t *testing.T, d *daemon, runtime string, args ...string) {
@@ -133,20 +153,7 @@ func testAuditRenewNewRouter(t *testing.T, kind netlab.ClientKind) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	for i := 1; i <= 2; i++ {
-		c, err := l.StartDHCPClient(i, kind)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.WaitLease(15 * time.Second); err != nil {
-			t.Fatalf("%v\n%s", err, c.Log())
-		}
-	}
-	d.start()
-	waitUntil(t, 10*time.Second, "both uplinks' IPv4 up", func() (bool, string) {
-		s := statusOf(t, d)
-		return s.Uplinks[0].IPv4.State == "up" && s.Uplinks[1].IPv4.State == "up", fmt.Sprintf("%+v", s.Uplinks)
-	})
+	leaseBothThenStart(t, l, d, kind)
 	// ISP 2's second router, and a new resolver address.
 	newRouter, newDNS := "198.51.100.14", "203.0.113.99"
 	run(t, l, l.ISP(2), "ip", "addr", "add", newRouter+"/29", "dev", "cust")
@@ -273,20 +280,7 @@ func TestLeaseExpiry(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	for i := 1; i <= 2; i++ {
-		c, err := l.StartDHCPClient(i, netlab.Dhclient)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.WaitLease(15 * time.Second); err != nil {
-			t.Fatalf("%v\n%s", err, c.Log())
-		}
-	}
-	d.start()
-	waitUntil(t, 10*time.Second, "both uplinks' IPv4 up", func() (bool, string) {
-		s := statusOf(t, d)
-		return s.Uplinks[0].IPv4.State == "up" && s.Uplinks[1].IPv4.State == "up", fmt.Sprintf("%+v", s.Uplinks)
-	})
+	leaseBothThenStart(t, l, d, netlab.Dhclient)
 	run(t, l, l.ISP(2), "nft", "add table inet audit; add chain inet audit in { type filter hook input priority -10; }; add rule inet audit in udp dport 67 drop")
 	waitUntil(t, netlab.LeaseTime+30*time.Second, "isp2's IPv4 down after the lease expired", func() (bool, string) {
 		u := statusOf(t, d).Uplinks[1]

@@ -114,57 +114,6 @@ uplinks = ["isp2"]
 	}
 }
 
-// TestFailbackMoveIPv6: failback = "move" resets an IPv6 stream on
-// the backup when the primary comes back, as it does IPv4's.
-func TestFailbackMoveIPv6(t *testing.T) {
-	l := newLab(t, 2)
-	d := startWanpin(t, l, failbackConfig("move"))
-	if err := l.SetCarrier(1, false); err != nil {
-		t.Fatal(err)
-	}
-	d.waitFor(`msg="uplink down" uplink=isp1`, 1, 5*time.Second)
-	s, err := l.OpenStream(netlab.ServerAddr6)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if isp := l.ISPOf(s.Peer()); isp != 2 {
-		t.Fatalf("the IPv6 stream left by ISP %d while isp1 is out, want 2", isp)
-	}
-	f, err := l.StartUDPFlow(41006, netlab.ServerAddr6, 20*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	waitAnswers(t, f, 3, time.Now(), "the IPv6 UDP flow on the backup")
-	if err := l.SetCarrier(1, true); err != nil {
-		t.Fatal(err)
-	}
-	d.waitFor(`msg="uplink up" uplink=isp1`, 1, 5*time.Second)
-	back := time.Now()
-	d.waitFor(`msg="failback: connections moved" uplink=isp2 to=isp1 family=IPv6`, 1, 3*time.Second)
-	took := waitUntil(t, 3*time.Second, "the IPv6 stream reset", func() (bool, string) {
-		return s.Err() != nil, fmt.Sprintf("%d bytes", s.Received())
-	})
-	t.Logf("IPv6 stream reset %v after isp1 came back: %v", took.Round(time.Millisecond), s.Err())
-	waitUntil(t, 2*time.Second, "the IPv6 UDP flow on isp1", func() (bool, string) {
-		a := f.Answers()
-		last := a[len(a)-1]
-		return last.At.After(back) && l.ISPOf(last.Seen) == 1, last.Seen
-	})
-	s2, err := l.OpenStream(netlab.ServerAddr6)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s2.Close()
-	if isp := l.ISPOf(s2.Peer()); isp != 1 {
-		t.Errorf("the reconnected IPv6 stream left by ISP %d, want 1", isp)
-	}
-	if msg := stillFlowing(s2); msg != "" {
-		t.Errorf("the reconnected IPv6 stream %s", msg)
-	}
-}
-
 // TestQuotaLastResortMoveBack: isp1's quota used up (last resort,
 // failback = "move"), isp2 down: new connections take isp1; when isp2
 // comes back, isp1's connections move to it.

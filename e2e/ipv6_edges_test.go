@@ -355,14 +355,7 @@ func TestIPv6EdgeLinkLocalTarget(t *testing.T) {
 func TestIPv6EdgePTBFromISP(t *testing.T) {
 	for _, mode := range []string{"masquerade", "prefix", "none"} {
 		t.Run(mode, func(t *testing.T) {
-			l := newLab(t, 2)
-			src := netlab.LANHost6
-			if mode == "none" {
-				if err := l.AddLANPrefixes(); err != nil {
-					t.Fatal(err)
-				}
-				src = netlab.LANHostIn6(1)
-			}
+			l, src := nat6Lab(t, mode)
 			startWanpin(t, l, tiered(mode))
 			run(t, l, l.ISP(1), "ip", "link", "set", "srv", "mtu", "1280")
 			out, _ := l.Exec(l.LAN, "ping", "-6", "-c", "3", "-i", "0.3", "-W", "1", "-s", "1400", "-M", "do", "-I", src, netlab.ServerAddr6)
@@ -382,14 +375,7 @@ func TestIPv6EdgePTBFromISP(t *testing.T) {
 func TestIPv6EdgeFailback6(t *testing.T) {
 	for _, mode := range []string{"masquerade", "prefix", "none"} {
 		t.Run(mode, func(t *testing.T) {
-			l := newLab(t, 2)
-			src := netlab.LANHost6
-			if mode == "none" {
-				if err := l.AddLANPrefixes(); err != nil {
-					t.Fatal(err)
-				}
-				src = netlab.LANHostIn6(1)
-			}
+			l, src := nat6Lab(t, mode)
 			d := startWanpin(t, l, strings.Replace(tiered(mode), "tier = 2\n", "tier = 2\nfailback = \"move\"\n", 1))
 			if err := l.SetCarrier(1, false); err != nil {
 				t.Fatal(err)

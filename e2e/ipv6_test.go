@@ -110,6 +110,20 @@ func TestIPv6Balancing(t *testing.T) {
 	}
 }
 
+// nat6Lab is a two-ISP lab for one nat6 mode and the LAN host's source
+// address in it: with "none" the host has an address of ISP 1's prefix.
+func nat6Lab(t *testing.T, mode string) (*netlab.Lab, string) {
+	t.Helper()
+	l := newLab(t, 2)
+	if mode != "none" {
+		return l, netlab.LANHost6
+	}
+	if err := l.AddLANPrefixes(); err != nil {
+		t.Fatal(err)
+	}
+	return l, netlab.LANHostIn6(1)
+}
+
 // TestIPv6Failover, per nat6 mode: uplink 1 loses carrier and every new
 // IPv6 connection leaves through uplink 2, translated so ISP 2 accepts it
 // (in none mode too: a host of ISP 1's prefix is masqueraded while ISP 1
@@ -118,14 +132,7 @@ func TestIPv6Balancing(t *testing.T) {
 func TestIPv6Failover(t *testing.T) {
 	for _, mode := range []string{"masquerade", "prefix", "none"} {
 		t.Run(mode, func(t *testing.T) {
-			l := newLab(t, 2)
-			src := netlab.LANHost6
-			if mode == "none" {
-				if err := l.AddLANPrefixes(); err != nil {
-					t.Fatal(err)
-				}
-				src = netlab.LANHostIn6(1)
-			}
+			l, src := nat6Lab(t, mode)
 			d := startWanpin(t, l, dualConfig(mode, 1, 1))
 			if err := l.SetCarrier(1, false); err != nil {
 				t.Fatal(err)
