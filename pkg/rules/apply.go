@@ -228,6 +228,10 @@ func (m *Manager) carry(t *table, old *nftables.Table) map[string][]nftables.Set
 	for _, st := range t.sticky {
 		sticky[st.Name] = st
 	}
+	oldSticky := map[memoryKey]string{} // the old table's set of each memory
+	for _, st := range m.sticky {
+		oldSticky[st.memoryKey()] = st.Name
+	}
 	want := map[string]*set{}
 	for _, s := range t.sets {
 		if !s.keep {
@@ -240,8 +244,8 @@ func (m *Manager) carry(t *table, old *nftables.Table) map[string][]nftables.Set
 			want[s.name] = s
 			continue
 		}
-		if i := slices.IndexFunc(m.sticky, st.sameMemory); i >= 0 {
-			want[m.sticky[i].Name] = s
+		if name, ok := oldSticky[st.memoryKey()]; ok {
+			want[name] = s
 		}
 	}
 	if len(want) == 0 {

@@ -39,11 +39,15 @@ type StickySet struct {
 	Timeout       time.Duration
 }
 
-// sameMemory says whether o holds the memory s is for: the same
-// balancer, family and uplink, whatever their marks.
-func (s StickySet) sameMemory(o StickySet) bool {
-	return s.Policy == o.Policy && s.Family == o.Family && s.Uplink == o.Uplink
+// memoryKey names the memory a sticky set holds: its balancer, family
+// and uplink, whatever their marks.
+type memoryKey struct {
+	policy string
+	family inet.Family
+	uplink string
 }
+
+func (s StickySet) memoryKey() memoryKey { return memoryKey{s.Policy, s.Family, s.Uplink} }
 
 // StickySets lists the sticky sets s's table has, as Apply creates them.
 func StickySets(s desired.NFT) []StickySet {
